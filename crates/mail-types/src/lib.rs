@@ -1,0 +1,8 @@
+//! Domain newtypes shared by the services: addresses and mailbox names.
+//! Constructors check their invariants, so invalid values cannot exist.
+
+pub mod address;
+pub mod mailbox;
+
+pub use address::{AddressError, EmailAddress};
+pub use mailbox::{HIERARCHY_SEPARATOR, MailboxName, MailboxNameError};

@@ -1,0 +1,128 @@
+//! Tracing set-up. Logs go to stderr; when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set, spans are also exported by OTLP/gRPC. W3C trace context is carried in
+//! gRPC metadata and NATS headers through the helpers at the bottom.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Keeps the exporter alive; flushes spans when dropped.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // shutdown() blocks until the batch is flushed; do it off the
+            // async worker threads.
+            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        }
+    }
+}
+
+/// Initialise tracing for `service`. Must be called inside a Tokio runtime
+/// (the OTLP exporter is built on tonic).
+pub fn init(service: &'static str) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+
+    let provider =
+        std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+                    .build(),
+            ),
+            Err(err) => {
+                eprintln!("OTLP exporter disabled: {err}");
+                None
+            }
+        });
+
+    let otel_layer = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel_layer).try_init();
+    if let Some(p) = &provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    TelemetryGuard { provider }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Put the current span's trace context into outgoing gRPC metadata.
+pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
+}
+
+/// Make `span` a child of the trace context found in incoming gRPC metadata.
+pub fn link_grpc(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+    let cx = TraceContextPropagator::new().extract(&MetadataExtractor(metadata));
+    let _ = span.set_parent(cx);
+}
+
+struct NatsInjector<'a>(&'a mut async_nats::HeaderMap);
+impl Injector for NatsInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct NatsExtractor<'a>(&'a async_nats::HeaderMap);
+impl Extractor for NatsExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+/// Put the current span's trace context into NATS message headers.
+pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut NatsInjector(headers));
+}
+
+/// Make `span` a child of the trace context found in NATS headers.
+pub fn link_nats(span: &tracing::Span, headers: &async_nats::HeaderMap) {
+    let cx = TraceContextPropagator::new().extract(&NatsExtractor(headers));
+    let _ = span.set_parent(cx);
+}

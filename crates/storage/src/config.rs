@@ -1,0 +1,47 @@
+//! Storage service configuration (`storage.toml`, env `MAILFLEET_STORAGE_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// gRPC for gateways and the queue (Directory, Mailboxes, Messages, Locks).
+    pub listen: SocketAddr,
+    /// gRPC Admin API for mailctl; loopback by default so it is not exposed.
+    pub admin_listen: SocketAddr,
+    /// When set, mailctl must send `authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    pub database_url: String,
+    /// Postgres connections; each append or delivery holds one briefly.
+    pub database_max_connections: u32,
+    /// Root of the content-addressed blob store.
+    pub blob_dir: PathBuf,
+    pub nats_url: String,
+    /// Events go to `<events_prefix>.<account_id>`.
+    pub events_prefix: String,
+    /// Largest message accepted by Append/PutBlob, in octets.
+    pub max_message_size: u64,
+    /// Minimum argon2id-checked password length for new passwords.
+    pub min_password_length: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            listen: "127.0.0.1:50051".parse().expect("static address"),
+            admin_listen: "127.0.0.1:50052".parse().expect("static address"),
+            admin_token: None,
+            database_url: "postgres://postgres@127.0.0.1:5432/mailfleet".into(),
+            database_max_connections: 16,
+            blob_dir: PathBuf::from("var/blobs"),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            events_prefix: "mail.events".into(),
+            // 50 MiB, a little above common provider limits (Gmail 25 MB, M365 35 MB).
+            max_message_size: 50 * 1024 * 1024,
+            min_password_length: 8,
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The storage service: the only owner of Postgres and the blob store.
+//! Gateways, the queue and mailctl reach it over gRPC (see `proto/`).
+
+pub mod admin;
+pub mod blob;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod events;
+pub mod locks;
+pub mod mailboxes;
+pub mod messages;
+pub mod mime;
+pub mod password;
+pub mod server;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+pub use config::StorageConfig;
+pub use error::{StorageError, StorageResult};
+pub use server::{RunningStorage, serve};
+
+/// Everything a request handler needs; cloned cheaply into each service.
+pub struct Store {
+    pub pool: PgPool,
+    pub blobs: Arc<dyn blob::BlobStore>,
+    pub events: events::EventPublisher,
+    pub config: Arc<StorageConfig>,
+}
+
+/// Embedded migrations (crates/storage/migrations).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,0 +1,133 @@
+//! Wiring: Postgres pool, migrations, blob store, NATS, and the two gRPC
+//! listeners (service API and admin API).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mailfleet_proto::storage::v1::admin_server::AdminServer;
+use mailfleet_proto::storage::v1::directory_server::DirectoryServer;
+use mailfleet_proto::storage::v1::locks_server::LocksServer;
+use mailfleet_proto::storage::v1::mailboxes_server::MailboxesServer;
+use mailfleet_proto::storage::v1::messages_server::MessagesServer;
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::admin::AdminService;
+use crate::blob::FsBlobStore;
+use crate::directory::DirectoryService;
+use crate::events::EventPublisher;
+use crate::locks::LocksService;
+use crate::mailboxes::MailboxesService;
+use crate::messages::MessagesService;
+use crate::{MIGRATOR, StorageConfig, Store};
+
+/// A storage instance serving on real sockets.
+pub struct RunningStorage {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Create the configured database when it does not exist yet, so that the
+/// first start on a fresh machine needs no manual `createdb`.
+pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
+    let options: PgConnectOptions = database_url.parse()?;
+    let Some(name) = options.get_database().map(str::to_string) else {
+        return Ok(());
+    };
+    let mut admin = options.clone().database("postgres").connect().await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(err) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+            // Another replica may have created it at the same moment.
+            if !crate::error::is_unique_violation(&err) {
+                return Err(err.into());
+            }
+        }
+        tracing::info!(database = %name, "created database");
+    }
+    Ok(())
+}
+
+/// Connect, migrate and start serving. Returns once both listeners are bound.
+pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow::Result<RunningStorage> {
+    ensure_database(&config.database_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&config.database_url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+
+    let nats = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(config.nats_url.as_str()).await?;
+    let blobs = Arc::new(FsBlobStore::new(&config.blob_dir)?);
+    let store = Arc::new(Store {
+        pool,
+        blobs,
+        events: EventPublisher::new(Some(nats), config.events_prefix.clone()),
+        config: Arc::new(config.clone()),
+    });
+
+    let listener = TcpListener::bind(config.listen).await?;
+    let admin_listener = TcpListener::bind(config.admin_listen).await?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<MessagesServer<MessagesService>>().await;
+    health_reporter.set_serving::<DirectoryServer<DirectoryService>>().await;
+
+    let max = config.max_message_size as usize + 1024 * 1024;
+    let service_router = Server::builder()
+        .add_service(health_service.clone())
+        .add_service(DirectoryServer::new(DirectoryService(store.clone())))
+        .add_service(MailboxesServer::new(MailboxesService(store.clone())))
+        .add_service(
+            MessagesServer::new(MessagesService(store.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(LocksServer::new(LocksService(store.clone())));
+
+    let token = config.admin_token.clone();
+    let admin_router = Server::builder()
+        .add_service(health_service)
+        .add_service(AdminServer::with_interceptor(AdminService(store.clone()), move |req: tonic::Request<()>| {
+            check_admin_token(token.as_deref(), req)
+        }));
+
+    let s1 = shutdown.clone();
+    let s2 = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let a = service_router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), s1.cancelled_owned());
+        let b = admin_router.serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), s2.cancelled_owned());
+        let (ra, rb) = tokio::join!(a, b);
+        ra?;
+        rb?;
+        Ok(())
+    });
+    tracing::info!(%addr, %admin_addr, "storage serving");
+    Ok(RunningStorage { addr, admin_addr, store, task })
+}
+
+fn check_admin_token(token: Option<&str>, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let Some(expected) = token else {
+        return Ok(req);
+    };
+    let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if given.strip_prefix("Bearer ").is_some_and(|t| t == expected) {
+        Ok(req)
+    } else {
+        Err(tonic::Status::unauthenticated("admin token required"))
+    }
+}

@@ -1,0 +1,194 @@
+//! Test harness shared by every crate's integration tests.
+//!
+//! Each `TestEnv` gets its own Postgres database (`mf_t_<uuid>`, dropped at
+//! the end), its own NATS subject prefix and JetStream names, its own blob
+//! directory and an in-process storage service on `127.0.0.1:0`. Tests can
+//! therefore run in parallel, and runs never see each other's data.
+//!
+//! Postgres and NATS must be reachable (the test command, `scripts/test.sh`,
+//! starts or installs them). Override with `MAILFLEET_TEST_PG` (a URL of any
+//! database on the server, used to create the test database) and
+//! `MAILFLEET_TEST_NATS`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mailfleet_proto::storage::v1 as pb;
+use pb::admin_client::AdminClient;
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+use storage::{RunningStorage, StorageConfig};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub fn pg_base_url() -> String {
+    std::env::var("MAILFLEET_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("MAILFLEET_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A short unique token for names (databases, subjects, streams).
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+pub struct TestEnv {
+    /// Unique to this test: use it in stream, consumer and subject names.
+    pub id: String,
+    pub database_url: String,
+    pub nats_url: String,
+    /// Storage publishes events on `<events_prefix>.<account_id>`.
+    pub events_prefix: String,
+    pub blob_dir: PathBuf,
+    db_name: String,
+    storage: Option<(RunningStorage, CancellationToken)>,
+    _tmp: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// A fresh database and a storage service serving on loopback.
+    pub async fn start() -> TestEnv {
+        mailfleet_runtime::init_crypto();
+        let id = unique();
+        let db_name = format!("mf_t_{id}");
+        let base: PgConnectOptions = pg_base_url().parse().expect("MAILFLEET_TEST_PG is a Postgres URL");
+        let mut conn = base.connect().await.expect("Postgres is reachable (run scripts/test.sh, which starts it)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db_name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let database_url = base.database(&db_name).to_url_lossy().to_string();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut env = TestEnv {
+            events_prefix: format!("t{id}.events"),
+            id,
+            database_url,
+            nats_url: nats_url(),
+            blob_dir: tmp.path().join("blobs"),
+            db_name,
+            storage: None,
+            _tmp: tmp,
+        };
+        env.start_storage().await;
+        env
+    }
+
+    /// The configuration the in-process storage runs with.
+    pub fn storage_config(&self) -> StorageConfig {
+        StorageConfig {
+            listen: "127.0.0.1:0".parse().expect("static"),
+            admin_listen: "127.0.0.1:0".parse().expect("static"),
+            database_url: self.database_url.clone(),
+            database_max_connections: 8,
+            blob_dir: self.blob_dir.clone(),
+            nats_url: self.nats_url.clone(),
+            events_prefix: self.events_prefix.clone(),
+            ..StorageConfig::default()
+        }
+    }
+
+    /// (Re)start storage; after a restart it listens on a new port.
+    pub async fn start_storage(&mut self) {
+        let token = CancellationToken::new();
+        let running = storage::serve(self.storage_config(), token.clone()).await.expect("storage starts");
+        self.storage = Some((running, token));
+    }
+
+    /// Stop storage (simulates an outage); `storage_addr` keeps the old port.
+    pub async fn stop_storage(&mut self) {
+        if let Some((running, token)) = self.storage.take() {
+            token.cancel();
+            let _ = running.task.await;
+            self.storage = Some((
+                RunningStorage {
+                    addr: running.addr,
+                    admin_addr: running.admin_addr,
+                    store: running.store,
+                    task: tokio::spawn(async { Ok(()) }),
+                },
+                token,
+            ));
+        }
+    }
+
+    fn running(&self) -> &RunningStorage {
+        &self.storage.as_ref().expect("storage started").0
+    }
+
+    pub fn storage_addr(&self) -> SocketAddr {
+        self.running().addr
+    }
+
+    /// `http://127.0.0.1:port` for gRPC clients.
+    pub fn storage_url(&self) -> String {
+        format!("http://{}", self.storage_addr())
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.running().admin_addr)
+    }
+
+    /// Direct access to the store (for assertions on Postgres state).
+    pub fn store(&self) -> &storage::Store {
+        &self.running().store
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.storage_url()).expect("url").connect().await.expect("connect to storage")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(self.admin_url()).await.expect("connect to admin API")
+    }
+
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::connect(self.nats_url.as_str()).await.expect("NATS is reachable (run scripts/test.sh)")
+    }
+
+    /// Create the domain if needed, then the account.
+    pub async fn add_account(&self, address: &str, password: &str) -> pb::Account {
+        let mut admin = self.admin().await;
+        let domain = address.rsplit_once('@').map(|(_, d)| d).expect("address has a domain");
+        match admin.add_domain(pb::AddDomainRequest { name: domain.into() }).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => panic!("add domain: {s}"),
+        }
+        admin
+            .add_account(pb::AddAccountRequest { address: address.into(), password: password.into(), quota_bytes: 0 })
+            .await
+            .expect("add account")
+            .into_inner()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some((_, token)) = &self.storage {
+            token.cancel();
+        }
+        // Drop the database from a separate thread and runtime: Drop cannot
+        // await, and the test's runtime may be shutting down.
+        let db = self.db_name.clone();
+        let base = pg_base_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(opts) = base.parse::<PgConnectOptions>() else {
+                    return;
+                };
+                if let Ok(mut conn) = opts.connect().await {
+                    let _ =
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
