@@ -1,0 +1,78 @@
+//! mailctl end to end: the real binary against a real storage service.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use mailfleet_testkit::TestEnv;
+
+fn mailctl(env: &TestEnv, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .arg("--admin-url")
+        .arg(env.admin_url())
+        .args(args)
+        .output()
+        .expect("run mailctl")
+}
+
+fn ok(env: &TestEnv, args: &[&str]) -> String {
+    let out = mailctl(env, args);
+    assert!(out.status.success(), "mailctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(env: &TestEnv, args: &[&str]) -> String {
+    let out = mailctl(env, args);
+    assert!(!out.status.success(), "mailctl {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn administrator_sets_up_a_domain() {
+    let env = TestEnv::start().await;
+    let listing_before = ok(&env, &["account", "list"]);
+    assert_eq!(listing_before, "");
+
+    assert!(ok(&env, &["domain", "add", "example.org"]).contains("added domain example.org"));
+    ok(&env, &["account", "add", "alice@example.org", "--password", "correct horse", "--quota", "1G"]);
+
+    // Password from stdin, as a script would pass it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .args(["--admin-url", &env.admin_url(), "account", "add", "bob@example.org"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"bobs long password\n").unwrap();
+    assert!(child.wait().unwrap().success());
+
+    ok(&env, &["alias", "add", "team@example.org", "alice@example.org", "bob@example.org"]);
+    ok(&env, &["account", "quota", "bob@example.org", "500M"]);
+    ok(&env, &["domain", "catch-all", "example.org", "alice@example.org"]);
+
+    let accounts = ok(&env, &["account", "list"]);
+    assert!(accounts.contains("alice@example.org\tquota=1G"), "{accounts}");
+    assert!(accounts.contains("bob@example.org\tquota=500M"), "{accounts}");
+    let aliases = ok(&env, &["alias", "list"]);
+    assert_eq!(aliases.trim(), "team@example.org\t-> alice@example.org, bob@example.org");
+    let domains = ok(&env, &["domain", "list"]);
+    assert_eq!(domains.trim(), "example.org\taccounts=2\tcatch-all=alice@example.org");
+
+    // Errors are clear and change nothing.
+    assert!(fails(&env, &["account", "add", "carol@nowhere.net", "--password", "long enough"]).contains("unknown domain"));
+    assert!(fails(&env, &["account", "add", "alice@example.org", "--password", "long enough"]).contains("already exists"));
+    assert!(fails(&env, &["account", "add", "not-an-address", "--password", "long enough"]).contains("no `@`"));
+    assert!(fails(&env, &["account", "add", "dave@example.org", "--password", "weak"]).contains("too weak"));
+    assert!(fails(&env, &["account", "add", "dave@example.org", "--password", ""]).contains("empty"));
+    assert!(fails(&env, &["account", "quota", "alice@example.org", "lots"]).contains("malformed size"));
+    assert_eq!(ok(&env, &["account", "list"]), accounts);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_storage_is_reported() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .args(["--admin-url", "http://127.0.0.1:1", "domain", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach storage admin API"));
+}
