@@ -1,0 +1,91 @@
+//! `Pop3Config`: the gateway's only configuration (`pop3-gateway.toml`,
+//! every key overridable as `MAILFLEET_POP3_<KEY>`, nested keys with `__`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailfleet_runtime::tls::TlsSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pop3Config {
+    /// Plain POP3 with STLS. Dev port 1110 (production 110, mapped by compose).
+    pub listen: SocketAddr,
+    /// POP3S, implicit TLS (RFC 8314). Dev port 9995 (production 995); unset: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// Turn TLS off entirely: no STLS, no POP3S listener (tests without a certificate).
+    pub tls_enabled: bool,
+    /// Certificate; without files a self-signed one is generated in `var/tls`.
+    pub tls: TlsSettings,
+    /// The storage service's gRPC endpoint.
+    pub storage_url: String,
+    /// Not used by POP3 today (it needs no change events); kept so one
+    /// deployment file can configure every service the same way.
+    pub nats_url: String,
+    /// Host name in the greeting's APOP timestamp banner (RFC 1939 §7).
+    pub hostname: String,
+    /// Offer APOP: the greeting carries a timestamp banner (RFC 1939 §7).
+    pub apop_enabled: bool,
+    /// Accept USER/PASS and AUTH PLAIN/LOGIN without TLS from anyone. Off:
+    /// passwords must not cross the network in clear (RFC 2595 §2.2).
+    pub allow_plaintext_auth: bool,
+    /// ... but do accept them from a loopback peer (development, tests).
+    pub allow_plaintext_auth_on_loopback: bool,
+    /// Inactivity autologout. RFC 1939 §3: at least 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub autologout: Duration,
+    /// Pause before answering a failed authentication (slows guessing).
+    #[serde(with = "humantime_serde")]
+    pub bad_auth_delay: Duration,
+    /// Failed authentications on one connection before it is closed.
+    pub max_bad_auth: u32,
+    /// Maildrop lease length; renewed every third of it while the session lives.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// RFC 2449 §4: a command line is at most 255 octets including CRLF.
+    pub max_command_line: usize,
+    /// SASL continuation lines (RFC 5034 §4) carry base64; allow more room.
+    pub max_sasl_line: usize,
+    /// Over-long or unparsable lines tolerated before the connection is closed.
+    pub max_bad_commands: u32,
+    /// Concurrent connections per listener set; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Advertise `EXPIRE <value>` in CAPA (RFC 2449 §6.7), e.g. "NEVER". Advisory only.
+    pub capa_expire: Option<String>,
+    /// Advertise `LOGIN-DELAY <seconds>` in CAPA (RFC 2449 §6.8). Advisory only.
+    pub capa_login_delay: Option<u32>,
+    /// How long open sessions get to finish their command on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Pop3Config {
+            listen: "127.0.0.1:1110".parse().expect("static address"),
+            tls_listen: Some("127.0.0.1:9995".parse().expect("static address")),
+            tls_enabled: true,
+            tls: TlsSettings::default(),
+            storage_url: "http://127.0.0.1:50051".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            hostname: "localhost".into(),
+            // Most clients never use it, but it costs nothing to offer.
+            apop_enabled: true,
+            allow_plaintext_auth: false,
+            // A dev machine and the tests talk over loopback without TLS.
+            allow_plaintext_auth_on_loopback: true,
+            autologout: Duration::from_secs(10 * 60),
+            bad_auth_delay: Duration::from_secs(2),
+            max_bad_auth: 3,
+            lock_ttl: Duration::from_secs(60),
+            max_command_line: 255,
+            max_sasl_line: 2048,
+            max_bad_commands: 10,
+            max_connections: 1024,
+            capa_expire: None,
+            capa_login_delay: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

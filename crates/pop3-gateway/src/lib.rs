@@ -1,0 +1,17 @@
+//! Mailfleet POP3 gateway: a stateless RFC 1939 front-end (with CAPA,
+//! STLS, SASL PLAIN/LOGIN, APOP) over the storage service.
+//!
+//! - [`codec`]: lines in, [`codec::Command`] out; replies and byte-stuffing. No I/O.
+//! - [`session`]: the AUTHORIZATION / TRANSACTION / UPDATE state machine. No sockets.
+//! - [`store`]: the [`store::MailStore`] trait the session uses, and its gRPC implementation.
+//! - [`driver`]: listeners, TLS, timeouts, limits, shutdown.
+//! - [`config`]: the [`Pop3Config`] type.
+
+pub mod codec;
+pub mod config;
+pub mod driver;
+pub mod session;
+pub mod store;
+
+pub use config::Pop3Config;
+pub use driver::{RunningPop3, ServeError, serve, serve_with_store};

@@ -1,0 +1,219 @@
+//! AUTHORIZATION state (RFC 1939 §4, §7): USER/PASS, APOP, and SASL AUTH
+//! with PLAIN and LOGIN (RFC 5034, RFC 4616), then the maildrop lock and
+//! snapshot that open the TRANSACTION state.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::AsyncWrite;
+
+use super::{Flow, Maildrop, Sasl, Session, State, store_error, write, write_flow};
+use crate::codec::{self, RespCode};
+use crate::store::{Account, MailStore, StoreError};
+
+const PLAINTEXT_REFUSED: &str = "plaintext authentication disallowed on non-secure connections; use STLS";
+
+impl Session {
+    /// RFC 1939 §7 USER. Always `+OK`: whether the name exists is only
+    /// revealed by PASS failing, so names cannot be probed one by one.
+    pub(super) async fn user_cmd<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        name: String,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        if !self.plaintext_ok() {
+            return write_flow(out, codec::err(Some(RespCode::Auth), PLAINTEXT_REFUSED)).await;
+        }
+        if let State::Authorization { user, .. } = &mut self.state {
+            *user = Some(name);
+        }
+        write_flow(out, codec::ok("send PASS")).await
+    }
+
+    /// RFC 1939 §7 PASS: only right after a successful USER.
+    pub(super) async fn pass<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        password: String,
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let State::Authorization { user, .. } = &mut self.state else {
+            return write_flow(out, codec::err(None, "PASS not allowed now")).await;
+        };
+        let Some(name) = user.take() else {
+            return write_flow(out, codec::err(None, "USER first")).await;
+        };
+        if !self.plaintext_ok() {
+            return write_flow(out, codec::err(Some(RespCode::Auth), PLAINTEXT_REFUSED)).await;
+        }
+        let result = store.authenticate(&name, &password).await;
+        self.login(result, store, out).await
+    }
+
+    /// RFC 1939 §7 APOP name digest: MD5 over the greeting's timestamp and
+    /// the shared secret, checked by storage.
+    pub(super) async fn apop<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        name: String,
+        digest: String,
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        if !self.cfg.apop_enabled {
+            return write_flow(out, codec::err(None, "APOP not available")).await;
+        }
+        if digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return write_flow(out, codec::err(None, "APOP digest must be 32 hex digits")).await;
+        }
+        let result = store.authenticate_apop(&name, &self.timestamp, &digest).await;
+        self.login(result, store, out).await
+    }
+
+    /// RFC 5034 §4 AUTH. Without a mechanism, list them (the RFC 1734 form
+    /// that some clients still probe with).
+    pub(super) async fn auth<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        mechanism: Option<String>,
+        initial: Option<String>,
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let Some(mechanism) = mechanism else {
+            return write_flow(out, codec::multiline("SASL mechanisms follow", ["PLAIN".into(), "LOGIN".into()])).await;
+        };
+        let step = match mechanism.as_str() {
+            "PLAIN" => Sasl::Plain,
+            "LOGIN" => Sasl::LoginUser,
+            _ => return write_flow(out, codec::err(None, "unsupported SASL mechanism")).await,
+        };
+        if !self.plaintext_ok() {
+            return write_flow(out, codec::err(Some(RespCode::Auth), PLAINTEXT_REFUSED)).await;
+        }
+        match initial {
+            // RFC 5034 §4: an initial response saves a round trip.
+            Some(initial) => {
+                if let State::Authorization { sasl, .. } = &mut self.state {
+                    *sasl = Some(step);
+                }
+                self.sasl_response(initial.as_bytes(), store, out).await
+            }
+            None => {
+                let challenge = match step {
+                    Sasl::LoginUser => "+ VXNlcm5hbWU6\r\n", // "Username:"
+                    _ => "+ \r\n",
+                };
+                if let State::Authorization { sasl, .. } = &mut self.state {
+                    *sasl = Some(step);
+                }
+                write(out, challenge.to_string()).await?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// One client line in a SASL exchange: base64, or "*" to cancel (RFC 5034 §4).
+    pub(super) async fn sasl_response<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        line: &[u8],
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let State::Authorization { sasl, .. } = &mut self.state else { return Ok(Flow::Continue) };
+        let Some(step) = sasl.take() else { return Ok(Flow::Continue) };
+        let line = codec::trim_eol(line);
+        if line == b"*" {
+            return write_flow(out, codec::err(None, "authentication cancelled")).await;
+        }
+        // "=" is an empty initial response (RFC 5034 §4).
+        let decoded = if line == b"=" { Ok(Vec::new()) } else { B64.decode(line) };
+        let Ok(decoded) = decoded else {
+            return write_flow(out, codec::err(None, "invalid base64 in SASL response")).await;
+        };
+        match step {
+            Sasl::Plain => {
+                // RFC 4616 §2: [authzid] NUL authcid NUL passwd.
+                let mut parts = decoded.split(|&b| b == 0);
+                let (Some(authz), Some(authc), Some(pass), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return self.login(Err(StoreError::BadCredentials), store, out).await;
+                };
+                if !authz.is_empty() && authz != authc {
+                    // Acting as another user is not supported.
+                    return self.login(Err(StoreError::BadCredentials), store, out).await;
+                }
+                let (Ok(user), Ok(pass)) = (std::str::from_utf8(authc), std::str::from_utf8(pass)) else {
+                    return self.login(Err(StoreError::BadCredentials), store, out).await;
+                };
+                let result = store.authenticate(user, pass).await;
+                self.login(result, store, out).await
+            }
+            Sasl::LoginUser => {
+                let user = String::from_utf8_lossy(&decoded).into_owned();
+                *sasl = Some(Sasl::LoginPass(user));
+                write(out, "+ UGFzc3dvcmQ6\r\n".to_string()).await?; // "Password:"
+                Ok(Flow::Continue)
+            }
+            Sasl::LoginPass(user) => {
+                let pass = String::from_utf8_lossy(&decoded).into_owned();
+                let result = store.authenticate(&user, &pass).await;
+                self.login(result, store, out).await
+            }
+        }
+    }
+
+    /// After the credentials were checked: lock the maildrop (RFC 1939 §8:
+    /// one session per maildrop), take its snapshot, enter TRANSACTION.
+    async fn login<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        result: Result<Account, StoreError>,
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let account = match result {
+            Ok(account) => account,
+            Err(e @ (StoreError::BadCredentials | StoreError::Disabled)) => {
+                self.bad_auths += 1;
+                tracing::info!(failures = self.bad_auths, "authentication failed");
+                // Slow down guessing; then give up on this connection.
+                tokio::time::sleep(self.cfg.bad_auth_delay).await;
+                if self.bad_auths >= self.cfg.max_bad_auth {
+                    write(out, codec::err(Some(RespCode::Auth), "too many authentication failures, closing")).await?;
+                    return Ok(Flow::Close);
+                }
+                return write_flow(out, store_error(&e)).await;
+            }
+            Err(e) => return write_flow(out, store_error(&e)).await,
+        };
+        match store.lock(account.id, &self.holder, self.cfg.lock_ttl_secs).await {
+            Ok(true) => {}
+            // RFC 2449 §8.1.1 / RFC 3206: the maildrop is in use elsewhere.
+            Ok(false) => return write_flow(out, codec::err(Some(RespCode::InUse), "maildrop already locked")).await,
+            Err(e) => return write_flow(out, store_error(&e)).await,
+        }
+        let snapshot = match store.snapshot(account.id).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Err(e) = store.unlock(account.id, &self.holder).await {
+                    tracing::warn!(error = %e, "releasing the maildrop lock failed; the lease will expire");
+                }
+                return write_flow(out, store_error(&e)).await;
+            }
+        };
+        let count = snapshot.messages.len();
+        let octets: u64 = snapshot.messages.iter().map(|m| m.size).sum();
+        let reply = codec::ok(&format!("{} has {count} messages ({octets} octets)", account.address));
+        self.state = State::Transaction {
+            account,
+            drop: Maildrop {
+                mailbox_id: snapshot.mailbox_id,
+                uid_validity: snapshot.uid_validity,
+                messages: snapshot.messages,
+                marked: BTreeSet::new(),
+            },
+        };
+        write_flow(out, reply).await
+    }
+}

@@ -1,0 +1,219 @@
+//! TRANSACTION state (RFC 1939 §5, §7): STAT, LIST, UIDL, RETR, TOP, DELE,
+//! RSET. Message numbers refer to the login snapshot; a number marked by
+//! DELE stays unusable until RSET and is never given to another message.
+
+use std::io;
+
+use futures::StreamExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{Flow, Maildrop, Session, State, store_error, write_flow};
+use crate::codec::{self, MsgNum, Stuffer};
+use crate::store::{MailStore, MessageInfo};
+
+impl Maildrop {
+    /// The message behind `n`, or the `-ERR` line (RFC 1939 §5: commands on
+    /// deleted messages fail).
+    fn get(&self, n: MsgNum) -> Result<&MessageInfo, String> {
+        let Some(msg) = self.messages.get(n.index()) else {
+            return Err(codec::err(
+                None,
+                &format!("no such message, only {} messages in maildrop", self.messages.len()),
+            ));
+        };
+        if self.marked.contains(&n) {
+            return Err(codec::err(None, &format!("message {n} already deleted")));
+        }
+        Ok(msg)
+    }
+
+    /// Messages not marked as deleted, with their numbers.
+    fn live(&self) -> impl Iterator<Item = (MsgNum, &MessageInfo)> {
+        self.messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| MsgNum::new(i as u32 + 1).map(|n| (n, m)))
+            .filter(|(n, _)| !self.marked.contains(n))
+    }
+
+    /// RFC 1939 §5 STAT/RSET totals, deleted messages excluded.
+    pub fn totals(&self) -> (usize, u64) {
+        self.live().fold((0, 0), |(n, size), (_, m)| (n + 1, size + m.size))
+    }
+
+    /// RFC 1939 §7 UIDL: "<uid_validity>.<uid>", the message's IMAP identity,
+    /// stable across sessions (1–70 characters in 0x21–0x7E).
+    fn unique_id(&self, m: &MessageInfo) -> String {
+        format!("{}.{}", self.uid_validity, m.uid)
+    }
+}
+
+impl Session {
+    fn drop_mut(&mut self) -> Option<&mut Maildrop> {
+        match &mut self.state {
+            State::Transaction { drop, .. } => Some(drop),
+            _ => None,
+        }
+    }
+
+    pub(super) async fn stat<W: AsyncWrite + Unpin + Send>(&mut self, out: &mut W) -> io::Result<Flow> {
+        let Some(drop) = self.drop_mut() else { return Ok(Flow::Continue) };
+        let (n, size) = drop.totals();
+        write_flow(out, codec::ok(&format!("{n} {size}"))).await
+    }
+
+    /// RFC 1939 §5 LIST [msg]: the size of one message or a scan listing.
+    pub(super) async fn list<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        n: Option<MsgNum>,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let Some(drop) = self.drop_mut() else { return Ok(Flow::Continue) };
+        let reply = match n {
+            Some(n) => match drop.get(n) {
+                Ok(m) => codec::ok(&format!("{n} {}", m.size)),
+                Err(e) => e,
+            },
+            None => {
+                let (count, size) = drop.totals();
+                let lines: Vec<String> = drop.live().map(|(n, m)| format!("{n} {}", m.size)).collect();
+                codec::multiline(&format!("{count} messages ({size} octets)"), lines)
+            }
+        };
+        write_flow(out, reply).await
+    }
+
+    /// RFC 1939 §7 UIDL [msg].
+    pub(super) async fn uidl<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        n: Option<MsgNum>,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let Some(drop) = self.drop_mut() else { return Ok(Flow::Continue) };
+        let reply = match n {
+            Some(n) => match drop.get(n) {
+                Ok(m) => codec::ok(&format!("{n} {}", drop.unique_id(m))),
+                Err(e) => e,
+            },
+            None => {
+                let lines: Vec<String> = drop.live().map(|(n, m)| format!("{n} {}", drop.unique_id(m))).collect();
+                codec::multiline("unique-id listing follows", lines)
+            }
+        };
+        write_flow(out, reply).await
+    }
+
+    /// RFC 1939 §5 DELE: only marks; UPDATE removes.
+    pub(super) async fn dele<W: AsyncWrite + Unpin + Send>(&mut self, n: MsgNum, out: &mut W) -> io::Result<Flow> {
+        let Some(drop) = self.drop_mut() else { return Ok(Flow::Continue) };
+        let reply = match drop.get(n) {
+            Ok(_) => {
+                drop.marked.insert(n);
+                codec::ok(&format!("message {n} deleted"))
+            }
+            Err(e) => e,
+        };
+        write_flow(out, reply).await
+    }
+
+    /// RFC 1939 §5 RSET: unmark everything.
+    pub(super) async fn rset<W: AsyncWrite + Unpin + Send>(&mut self, out: &mut W) -> io::Result<Flow> {
+        let Some(drop) = self.drop_mut() else { return Ok(Flow::Continue) };
+        drop.marked.clear();
+        let (n, size) = drop.totals();
+        write_flow(out, codec::ok(&format!("maildrop has {n} messages ({size} octets)"))).await
+    }
+
+    /// RFC 1939 §5 RETR. The message streams from storage to the client,
+    /// stuffed on the fly. Afterwards the message is `\Seen` in the IMAP
+    /// view (Dovecot's default; TOP leaves it unseen).
+    pub(super) async fn retr<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        n: MsgNum,
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let State::Transaction { account, drop } = &mut self.state else { return Ok(Flow::Continue) };
+        let (uid, size, seen) = match drop.get(n) {
+            Ok(m) => (m.uid, m.size, m.seen),
+            Err(e) => return write_flow(out, e).await,
+        };
+        let flow =
+            send_message(store, account.id, drop.mailbox_id, uid, &format!("{size} octets"), Stuffer::retr(), out)
+                .await?;
+        if flow == Flow::Continue && !seen {
+            match store.mark_seen(account.id, drop.mailbox_id, uid).await {
+                Ok(()) => {
+                    if let Some(m) = drop.messages.get_mut(n.index()) {
+                        m.seen = true;
+                    }
+                }
+                // The client has its message; a missing flag is not worth an error.
+                Err(e) => tracing::warn!(error = %e, uid, "setting \\Seen after RETR failed"),
+            }
+        }
+        Ok(flow)
+    }
+
+    /// RFC 1939 §7 TOP msg n: the header, the blank line and n body lines.
+    pub(super) async fn top<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        n: MsgNum,
+        lines: u32,
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let State::Transaction { account, drop } = &mut self.state else { return Ok(Flow::Continue) };
+        let uid = match drop.get(n) {
+            Ok(m) => m.uid,
+            Err(e) => return write_flow(out, e).await,
+        };
+        send_message(store, account.id, drop.mailbox_id, uid, "top of message follows", Stuffer::top(lines), out).await
+    }
+}
+
+/// Stream a message as a multi-line response. Storage errors before the
+/// first byte become `-ERR [SYS/TEMP]`; after `+OK` was sent the response
+/// cannot be completed honestly, so the connection is closed (without UPDATE).
+async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
+    store: &S,
+    account_id: i64,
+    mailbox_id: i64,
+    uid: u32,
+    status: &str,
+    mut stuffer: Stuffer,
+    out: &mut W,
+) -> io::Result<Flow> {
+    let mut stream = match store.fetch(account_id, mailbox_id, uid, None).await {
+        Ok(s) => s,
+        Err(e) => return write_flow(out, store_error(&e)).await,
+    };
+    let first = match stream.next().await {
+        Some(Err(e)) => return write_flow(out, store_error(&e)).await,
+        other => other,
+    };
+    out.write_all(codec::ok(status).as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut next = first;
+    while let Some(chunk) = next {
+        match chunk {
+            Ok(data) => {
+                buf.clear();
+                stuffer.push(&data, &mut buf);
+                out.write_all(&buf).await?;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, uid, "message stream broke off; closing the connection");
+                return Ok(Flow::Close);
+            }
+        }
+        if stuffer.done() {
+            break; // TOP has what it needs; dropping the stream cancels it.
+        }
+        next = stream.next().await;
+    }
+    buf.clear();
+    stuffer.finish(&mut buf);
+    out.write_all(&buf).await?;
+    Ok(Flow::Continue)
+}

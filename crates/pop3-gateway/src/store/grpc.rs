@@ -1,0 +1,187 @@
+//! [`MailStore`] over the storage service's gRPC API
+//! (proto/mailfleet/storage/v1/storage.proto).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use mailfleet_proto::storage::v1 as pb;
+use pb::directory_client::DirectoryClient;
+use pb::locks_client::LocksClient;
+use pb::mailboxes_client::MailboxesClient;
+use pb::messages_client::MessagesClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use super::{Account, ByteStream, MailStore, MessageInfo, Snapshot, StoreError};
+
+/// The lock name in `Locks` for POP3 maildrops.
+const LOCK_NAME: &str = "pop3";
+
+#[derive(Clone)]
+pub struct GrpcStore {
+    channel: Channel,
+}
+
+impl GrpcStore {
+    /// Connects lazily, so the gateway starts (and answers `-ERR [SYS/TEMP]`)
+    /// while storage is still down.
+    pub fn new(url: &str) -> Result<GrpcStore, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(GrpcStore { channel })
+    }
+}
+
+/// One place where gRPC codes become client-visible classes (storage.proto header).
+fn map_status(status: Status) -> StoreError {
+    match status.code() {
+        Code::Unauthenticated => StoreError::BadCredentials,
+        Code::PermissionDenied => StoreError::Disabled,
+        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => {
+            StoreError::Permanent(status.message().to_string())
+        }
+        // Unavailable, DeadlineExceeded, Aborted, ResourceExhausted, Internal,
+        // Unknown, Unimplemented (an older storage): all worth a retry.
+        _ => StoreError::Unavailable(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// A request carrying the current trace context.
+fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    mailfleet_runtime::telemetry::inject_grpc(r.metadata_mut());
+    r
+}
+
+fn lock_request(account_id: i64, holder: &str, ttl_seconds: u32) -> pb::LockRequest {
+    pb::LockRequest { account_id, name: LOCK_NAME.into(), holder: holder.into(), ttl_seconds }
+}
+
+fn account(a: pb::Account) -> Account {
+    Account { id: a.id, address: a.address }
+}
+
+fn uid_range(start: u32, end: u32) -> pb::UidRange {
+    pb::UidRange { start, end }
+}
+
+impl MailStore for GrpcStore {
+    async fn authenticate(&self, user: &str, password: &str) -> Result<Account, StoreError> {
+        let r = DirectoryClient::new(self.channel.clone())
+            .authenticate(req(pb::AuthenticateRequest { username: user.into(), password: password.into() }))
+            .await
+            .map_err(map_status)?;
+        Ok(account(r.into_inner()))
+    }
+
+    async fn authenticate_apop(&self, user: &str, timestamp: &str, digest: &str) -> Result<Account, StoreError> {
+        let r = DirectoryClient::new(self.channel.clone())
+            .authenticate_apop(req(pb::AuthenticateApopRequest {
+                username: user.into(),
+                timestamp: timestamp.into(),
+                digest: digest.to_ascii_lowercase(),
+            }))
+            .await
+            .map_err(map_status)?;
+        Ok(account(r.into_inner()))
+    }
+
+    async fn lock(&self, account_id: i64, holder: &str, ttl: u32) -> Result<bool, StoreError> {
+        let r = LocksClient::new(self.channel.clone())
+            .acquire(req(lock_request(account_id, holder, ttl)))
+            .await
+            .map_err(map_status)?;
+        Ok(r.into_inner().held)
+    }
+
+    async fn renew(&self, account_id: i64, holder: &str, ttl: u32) -> Result<bool, StoreError> {
+        let r = LocksClient::new(self.channel.clone())
+            .renew(req(lock_request(account_id, holder, ttl)))
+            .await
+            .map_err(map_status)?;
+        Ok(r.into_inner().held)
+    }
+
+    async fn unlock(&self, account_id: i64, holder: &str) -> Result<(), StoreError> {
+        LocksClient::new(self.channel.clone())
+            .release(req(lock_request(account_id, holder, 1)))
+            .await
+            .map_err(map_status)?;
+        Ok(())
+    }
+
+    async fn snapshot(&self, account_id: i64) -> Result<Snapshot, StoreError> {
+        let mailbox = MailboxesClient::new(self.channel.clone())
+            .get_mailbox(req(pb::GetMailboxRequest { account_id, name: "INBOX".into(), select: false }))
+            .await
+            .map_err(map_status)?
+            .into_inner();
+        let mut stream = MessagesClient::new(self.channel.clone())
+            .list_messages(req(pb::ListMessagesRequest {
+                account_id,
+                mailbox_id: mailbox.id,
+                uids: vec![uid_range(1, u32::MAX)],
+                ..Default::default()
+            }))
+            .await
+            .map_err(map_status)?
+            .into_inner();
+        let mut messages = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(map_status)?;
+            messages.push(MessageInfo {
+                uid: meta.uid,
+                size: meta.size,
+                seen: meta.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")),
+            });
+        }
+        // The contract says ascending; the numbering depends on it.
+        messages.sort_by_key(|m| m.uid);
+        Ok(Snapshot { mailbox_id: mailbox.id, uid_validity: mailbox.uid_validity, messages })
+    }
+
+    async fn fetch(
+        &self,
+        account_id: i64,
+        mailbox_id: i64,
+        uid: u32,
+        length: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        let stream = MessagesClient::new(self.channel.clone())
+            .fetch(req(pb::FetchRequest { account_id, mailbox_id, uid, offset: 0, length }))
+            .await
+            .map_err(map_status)?
+            .into_inner();
+        Ok(Box::pin(stream.map(|chunk| chunk.map(|c| bytes::Bytes::from(c.data)).map_err(map_status))))
+    }
+
+    async fn mark_seen(&self, account_id: i64, mailbox_id: i64, uid: u32) -> Result<(), StoreError> {
+        MessagesClient::new(self.channel.clone())
+            .store_flags(req(pb::StoreFlagsRequest {
+                account_id,
+                mailbox_id,
+                uids: vec![uid_range(uid, uid)],
+                operation: pb::store_flags_request::Operation::Add as i32,
+                flags: vec!["\\Seen".into()],
+                unchanged_since: None,
+            }))
+            .await
+            .map_err(map_status)?;
+        Ok(())
+    }
+
+    async fn expunge(&self, account_id: i64, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {
+        MessagesClient::new(self.channel.clone())
+            .expunge(req(pb::ExpungeRequest {
+                account_id,
+                mailbox_id,
+                uids: uids.iter().map(|&u| uid_range(u, u)).collect(),
+                ignore_deleted_flag: true,
+            }))
+            .await
+            .map_err(map_status)?;
+        Ok(())
+    }
+}
