@@ -1,1 +1,29 @@
-fn main() {}
+//! `smtp-ingress`: the Mailfleet SMTP receiver.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use smtp_ingress::IngressConfig;
+
+#[derive(Parser)]
+#[command(name = "smtp-ingress", about = "Mailfleet SMTP receiver (MX and submission)")]
+struct Cli {
+    /// TOML configuration file; every key can also be set as MAILFLEET_SMTP_<KEY>
+    /// (nested keys joined with `__`, e.g. MAILFLEET_SMTP_QUEUE__STREAM).
+    #[arg(long, short, env = "MAILFLEET_SMTP_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    mailfleet_runtime::init_crypto();
+    let _telemetry = mailfleet_runtime::telemetry::init("smtp-ingress");
+    let cli = Cli::parse();
+    let config: IngressConfig =
+        mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_SMTP_").context("loading configuration")?;
+    let shutdown = mailfleet_runtime::shutdown::on_signal();
+    let running = smtp_ingress::serve(config, shutdown).await.context("starting smtp-ingress")?;
+    running.task.await.context("smtp-ingress task")?;
+    Ok(())
+}

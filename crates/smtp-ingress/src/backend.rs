@@ -1,0 +1,207 @@
+//! The real [`Backend`]: storage over gRPC, the queue on NATS JetStream.
+//!
+//! One gRPC channel (HTTP/2, multiplexed) and one NATS connection per
+//! process, shared by every SMTP connection: no per-message set-up.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use mailfleet_proto::queue::v1 as qpb;
+use mailfleet_proto::storage::v1 as pb;
+use pb::directory_client::DirectoryClient;
+use pb::messages_client::MessagesClient;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::config::{IngressConfig, QueueNames};
+use crate::inbound::InboundVerifier;
+use crate::session::{AuthUser, Backend, BackendError, Envelope, InboundVerdict, Resolution};
+
+/// Chunk size of the PutBlob stream.
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("storage URL {0}: {1}")]
+    StorageUrl(String, String),
+    #[error("connecting to NATS at {0}: {1}")]
+    Nats(String, String),
+    #[error("creating JetStream stream {0}: {1}")]
+    Stream(String, String),
+}
+
+#[derive(Clone)]
+pub struct GrpcBackend {
+    directory: DirectoryClient<Channel>,
+    messages: MessagesClient<Channel>,
+    jetstream: jetstream::Context,
+    subject: String,
+    inbound: Option<InboundVerifier>,
+}
+
+impl GrpcBackend {
+    pub async fn connect(
+        config: &IngressConfig,
+        inbound: Option<InboundVerifier>,
+    ) -> Result<GrpcBackend, ConnectError> {
+        // Lazy: storage may be down at start; calls fail (→ 451) until it is back.
+        let channel = Channel::from_shared(config.storage_url.clone())
+            .map_err(|e| ConnectError::StorageUrl(config.storage_url.clone(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .connect_lazy();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| ConnectError::Nats(config.nats_url.clone(), e.to_string()))?;
+        let js = jetstream::new(client);
+        ensure_stream(&js, &config.queue).await?;
+        Ok(GrpcBackend {
+            directory: DirectoryClient::new(channel.clone()),
+            // The 10 MB+ messages go through one stream; lift tonic's 4 MB decode limit.
+            messages: MessagesClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            jetstream: js,
+            subject: config.queue.subject.clone(),
+            inbound,
+        })
+    }
+
+    async fn put_blob(&self, header: Vec<u8>, body: Vec<u8>) -> Result<pb::PutBlobResponse, tonic::Status> {
+        // The generated messages own a Vec<u8>: each 256 KiB chunk is copied
+        // lazily as tonic pulls it, so at most one chunk exists besides the message.
+        let body = Bytes::from(body);
+        let header = std::iter::once(pb::PutBlobRequest { chunk: header });
+        let chunks = (0..body.len().div_ceil(CHUNK)).map(move |i| {
+            let end = ((i + 1) * CHUNK).min(body.len());
+            pb::PutBlobRequest { chunk: body[i * CHUNK..end].to_vec() }
+        });
+        let mut request = tonic::Request::new(futures::stream::iter(header.chain(chunks)));
+        mailfleet_runtime::telemetry::inject_grpc(request.metadata_mut());
+        Ok(self.messages.clone().put_blob(request).await?.into_inner())
+    }
+}
+
+/// The work-queue stream both smtp-ingress and delivery-queue rely on; the
+/// first to start creates it (same settings in both).
+pub async fn ensure_stream(js: &jetstream::Context, names: &QueueNames) -> Result<(), ConnectError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: names.stream.clone(),
+        subjects: vec![names.subject.clone()],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        storage: jetstream::stream::StorageType::File,
+        // Publishes retried within this window (same Nats-Msg-Id) are dropped.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ConnectError::Stream(names.stream.clone(), e.to_string()))?;
+    Ok(())
+}
+
+fn unavailable(status: tonic::Status) -> BackendError {
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => BackendError::Rejected(status.message().to_string()),
+        _ => BackendError::Unavailable(format!("{}: {}", status.code(), status.message())),
+    }
+}
+
+impl Backend for GrpcBackend {
+    async fn authenticate(&self, username: &str, password: &str) -> Result<Option<AuthUser>, BackendError> {
+        let mut req =
+            tonic::Request::new(pb::AuthenticateRequest { username: username.into(), password: password.into() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        match self.directory.clone().authenticate(req).await {
+            Ok(a) => {
+                let a = a.into_inner();
+                Ok(Some(AuthUser { account_id: a.id, address: a.address }))
+            }
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::NotFound
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(s) => Err(unavailable(s)),
+        }
+    }
+
+    async fn resolve_recipient(&self, address: &str) -> Result<Resolution, BackendError> {
+        let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: address.into() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        let resp = self.directory.clone().resolve_recipient(req).await.map_err(unavailable)?.into_inner();
+        use pb::resolve_recipient_response::Kind;
+        Ok(match resp.kind() {
+            Kind::Local => Resolution::Local,
+            Kind::NotLocal => Resolution::NotLocal,
+            Kind::UnknownUser | Kind::Unspecified => Resolution::UnknownUser,
+        })
+    }
+
+    async fn can_send_as(&self, user: &AuthUser, address: &str) -> Result<bool, BackendError> {
+        let mut req =
+            tonic::Request::new(pb::CanSendAsRequest { account_id: user.account_id, address: address.into() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        match self.directory.clone().can_send_as(req).await {
+            Ok(r) => Ok(r.into_inner().allowed),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => Ok(false),
+            Err(s) => Err(unavailable(s)),
+        }
+    }
+
+    async fn enqueue(&self, envelope: Envelope, header: Vec<u8>, body: Vec<u8>) -> Result<(), BackendError> {
+        // 1. The blob, durable (fsynced) when PutBlob returns.
+        let blob = self.put_blob(header, body).await.map_err(|s| BackendError::Unavailable(s.to_string()))?;
+        // 2. The job; acknowledged by JetStream once stored.
+        let job = qpb::DeliveryJob {
+            queue_id: envelope.queue_id.clone(),
+            blob_id: blob.blob_id,
+            size: blob.size,
+            mail_from: envelope.mail_from,
+            recipients: envelope
+                .recipients
+                .into_iter()
+                .map(|r| qpb::Recipient { address: r.address, notify: r.notify, orcpt: r.orcpt })
+                .collect(),
+            ret: envelope.ret,
+            envid: envelope.envid,
+            received_at: Some(prost_types::Timestamp::from(envelope.received_at)),
+            auth_user: envelope.auth_user,
+            client_ip: envelope.client_ip.to_string(),
+            helo: envelope.helo,
+            smtputf8: envelope.smtputf8,
+            body_type: envelope.body_type.into(),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        // Deduplicates a retried publish (JetStream duplicate window).
+        headers.insert("Nats-Msg-Id", envelope.queue_id.as_str());
+        mailfleet_runtime::telemetry::inject_nats(&mut headers);
+        let ack = self
+            .jetstream
+            .publish_with_headers(self.subject.clone(), headers, job.encode_to_vec().into())
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("publish: {e}")))?;
+        tokio::time::timeout(Duration::from_secs(10), ack)
+            .await
+            .map_err(|_| BackendError::Unavailable("publish ack timed out".into()))?
+            .map_err(|e| BackendError::Unavailable(format!("publish ack: {e}")))?;
+        // The blob is now referenced by a durable job. If step 2 failed the
+        // blob stays unreferenced and `mailctl blobs sweep` removes it later.
+        Ok(())
+    }
+
+    async fn verify_inbound(&self, client_ip: IpAddr, helo: &str, mail_from: &str, message: &[u8]) -> InboundVerdict {
+        match &self.inbound {
+            Some(v) => v.verify(client_ip, helo, mail_from, message).await,
+            None => InboundVerdict::default(),
+        }
+    }
+}

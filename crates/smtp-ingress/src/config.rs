@@ -1,0 +1,135 @@
+//! smtp-ingress configuration (`smtp-ingress.toml`, env `MAILFLEET_SMTP_*`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailfleet_runtime::tls::TlsSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngressConfig {
+    /// Name in the greeting, EHLO reply and Received: fields.
+    pub hostname: String,
+    /// MX listener (production port 25). `None` disables it.
+    pub mx_listen: Option<SocketAddr>,
+    /// Submission with STARTTLS (RFC 6409, production port 587).
+    pub submission_listen: Option<SocketAddr>,
+    /// Submission over implicit TLS (RFC 8314, production port 465).
+    pub submissions_listen: Option<SocketAddr>,
+    /// Certificate; without files a self-signed one is generated.
+    pub tls: TlsSettings,
+    /// Storage gRPC (Directory and Messages).
+    pub storage_url: String,
+    pub nats_url: String,
+    pub queue: QueueNames,
+    /// SIZE (RFC 1870); 25 MiB like common providers, below storage's 50 MiB.
+    pub max_message_size: usize,
+    /// RFC 5321 §4.5.3.1.8 asks for at least 100.
+    pub max_recipients: usize,
+    /// Connections at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Failed AUTH attempts before the connection is closed.
+    pub max_auth_failures: u32,
+    /// Development: AUTH PLAIN/LOGIN without TLS when the client is on loopback.
+    pub allow_plaintext_auth_on_loopback: bool,
+    /// Submission: MAIL FROM must be one of the user's addresses (Directory.CanSendAs).
+    pub enforce_sender_ownership: bool,
+    pub timeouts: Timeouts,
+    pub inbound_auth: InboundAuthConfig,
+}
+
+/// JetStream names shared with delivery-queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueNames {
+    pub stream: String,
+    /// Jobs are published here; the stream captures it.
+    pub subject: String,
+}
+
+impl Default for QueueNames {
+    fn default() -> Self {
+        QueueNames { stream: "MAIL_QUEUE".into(), subject: "mail.queue.jobs".into() }
+    }
+}
+
+/// RFC 5321 §4.5.3.2 server timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timeouts {
+    /// §4.5.3.2.7: waiting for the next command, at least 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub command: Duration,
+    /// §4.5.3.2.5/§4.5.3.2.6: between data blocks (3 min for the client;
+    /// the server waits at least as long). Applies to each read during DATA/BDAT.
+    #[serde(with = "humantime_serde")]
+    pub data_block: Duration,
+    /// TLS handshake after STARTTLS or on the implicit-TLS port.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: Duration::from_secs(300),
+            data_block: Duration::from_secs(180),
+            tls_handshake: Duration::from_secs(30),
+        }
+    }
+}
+
+/// SPF/DKIM/DMARC on port 25.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InboundAuthConfig {
+    pub enabled: bool,
+    /// Refuse (550 5.7.1) mail that fails DMARC with policy p=reject.
+    pub reject_on_dmarc_reject: bool,
+    /// DNS servers (`ip:port`); empty = the system resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-lookup timeout.
+    #[serde(with = "humantime_serde")]
+    pub dns_timeout: Duration,
+    /// TXT answers fixed here instead of DNS (`"_dmarc.example.org" = "v=DMARC1; p=reject"`):
+    /// for tests and for pinning records; everything else goes to DNS.
+    pub static_txt: BTreeMap<String, String>,
+}
+
+impl Default for InboundAuthConfig {
+    fn default() -> Self {
+        InboundAuthConfig {
+            enabled: true,
+            reject_on_dmarc_reject: false,
+            nameservers: Vec::new(),
+            dns_timeout: Duration::from_secs(5),
+            static_txt: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            hostname: "localhost".into(),
+            // Unprivileged development ports (docker-compose maps 25/587/465).
+            mx_listen: Some("127.0.0.1:2525".parse().expect("static address")),
+            submission_listen: Some("127.0.0.1:5587".parse().expect("static address")),
+            submissions_listen: Some("127.0.0.1:4465".parse().expect("static address")),
+            tls: TlsSettings::default(),
+            storage_url: "http://127.0.0.1:50051".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            queue: QueueNames::default(),
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections_per_ip: 20,
+            max_auth_failures: 3,
+            allow_plaintext_auth_on_loopback: true,
+            enforce_sender_ownership: true,
+            timeouts: Timeouts::default(),
+            inbound_auth: InboundAuthConfig::default(),
+        }
+    }
+}
