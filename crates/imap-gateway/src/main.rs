@@ -1,1 +1,28 @@
-fn main() {}
+//! `imap-gateway`: the Mailfleet IMAP service.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use imap_gateway::ImapConfig;
+
+#[derive(Parser)]
+#[command(name = "imap-gateway", about = "Mailfleet IMAP gateway")]
+struct Cli {
+    /// TOML configuration file; every key can also be set as MAILFLEET_IMAP_<KEY>.
+    #[arg(long, short, env = "MAILFLEET_IMAP_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    mailfleet_runtime::init_crypto();
+    let _telemetry = mailfleet_runtime::telemetry::init("imap-gateway");
+    let cli = Cli::parse();
+    let config: ImapConfig =
+        mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_IMAP_").context("loading configuration")?;
+    let shutdown = mailfleet_runtime::shutdown::on_signal();
+    let running = imap_gateway::serve(config, shutdown).await.context("starting imap-gateway")?;
+    running.task.await.context("imap-gateway task")?;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! One file per command group; `session::Session::handle` dispatches here.
+
+pub mod any;
+pub mod append;
+pub mod auth;
+pub mod copy;
+pub mod expunge;
+pub mod fetch;
+pub mod flags;
+pub mod mailbox;
+pub mod search;
+pub mod select;

@@ -1,0 +1,345 @@
+//! FETCH and UID FETCH (RFC 3501 §6.4.5, §7.4.2). Metadata comes from one
+//! `ListMessages` call; body sections are byte ranges read with `Fetch`.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::envelope::{Address, Envelope};
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Part, Section};
+use imap_codec::imap_types::response::{Data, Response};
+use imap_codec::imap_types::sequence::SequenceSet;
+use mailfleet_proto::storage::v1 as pb;
+
+use super::select::{fetch_flags, resolve};
+use crate::session::{CmdResult, Done, ImapError, Session};
+use crate::store::{MailStore, uid_ranges};
+
+fn nstring(s: Option<&str>) -> NString<'static> {
+    NString(s.and_then(|s| IString::try_from(s.to_string()).ok()))
+}
+
+/// Octets as an IMAP literal. RFC 3501 §4.3: literals cannot carry NUL, so
+/// a NUL (invalid in a message anyway) is sent as a space; the size stays.
+/// todo(RFC 3516): BINARY would carry such content unchanged.
+fn literal(mut data: Vec<u8>) -> NString<'static> {
+    for b in data.iter_mut().filter(|b| **b == 0) {
+        *b = b' ';
+    }
+    NString(Literal::try_from(data).ok().map(IString::from))
+}
+
+fn addresses(list: &[pb::Address]) -> Vec<Address<'static>> {
+    list.iter()
+        .map(|a| Address {
+            name: nstring(a.name.as_deref()),
+            adl: nstring(a.adl.as_deref()),
+            mailbox: nstring(a.mailbox.as_deref()),
+            host: nstring(a.host.as_deref()),
+        })
+        .collect()
+}
+
+/// RFC 3501 §7.4.2 ENVELOPE; Sender and Reply-To default to From.
+pub fn envelope(e: &pb::Envelope) -> Envelope<'static> {
+    let from = addresses(&e.from);
+    let or_from = |l: &[pb::Address]| if l.is_empty() { from.clone() } else { addresses(l) };
+    Envelope {
+        date: nstring(e.date.as_deref()),
+        subject: nstring(e.subject.as_deref()),
+        sender: or_from(&e.sender),
+        reply_to: or_from(&e.reply_to),
+        from: from.clone(),
+        to: addresses(&e.to),
+        cc: addresses(&e.cc),
+        bcc: addresses(&e.bcc),
+        in_reply_to: nstring(e.in_reply_to.as_deref()),
+        message_id: nstring(e.message_id.as_deref()),
+    }
+}
+
+/// Where a section's octets are: a byte range of the message, or a header
+/// range to filter by field names (RFC 3501 §6.4.5 HEADER.FIELDS[.NOT]).
+enum Source {
+    Range { offset: u64, length: Option<u64> },
+    Fields { offset: u64, length: u64, names: Vec<String>, not: bool },
+}
+
+/// The part at `path` (RFC 3501 §6.4.5 part numbers): parts of a multipart
+/// are numbered from 1; a non-multipart body is its own part 1; inside a
+/// message/rfc822 part the numbering continues in the enclosed body.
+fn find_part<'a>(top: &'a pb::BodyPart, path: &[NonZeroU32]) -> Option<&'a pb::BodyPart> {
+    let mut cur = top;
+    for (i, n) in path.iter().enumerate() {
+        let idx = n.get() as usize - 1;
+        if i > 0 && cur.media_type == "message" && cur.media_subtype == "rfc822" {
+            cur = cur.message_body.as_ref()?;
+        }
+        cur = if cur.media_type == "multipart" {
+            cur.parts.get(idx)?
+        } else if idx == 0 {
+            cur
+        } else {
+            return None;
+        };
+    }
+    Some(cur)
+}
+
+/// The header and body ranges of the message a part holds (for
+/// `n.HEADER` / `n.TEXT`, only message/rfc822 parts qualify).
+fn embedded(part: &pb::BodyPart) -> Option<(u64, u64, u64)> {
+    let inner = part.message_body.as_ref()?;
+    let header_start = part.body_offset;
+    let header_len = inner.header_offset.max(header_start) - header_start + inner.header_length;
+    Some((header_start, header_len, part.body_offset + part.body_length))
+}
+
+fn source(meta: &pb::MessageMeta, section: &Option<Section<'_>>) -> Result<Source, ImapError> {
+    let header = meta.header_size;
+    let fields = |offset, length, list: &Vec1<imap_codec::imap_types::core::AString<'_>>, not| Source::Fields {
+        offset,
+        length,
+        names: list.as_ref().iter().map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_lowercase()).collect(),
+        not,
+    };
+    let part = |p: &Part| -> Result<Option<&pb::BodyPart>, ImapError> {
+        match &meta.body_structure {
+            Some(top) => find_part(top, p.0.as_ref()).map(Some).ok_or_else(|| ImapError::no(None, "No such body part")),
+            None => Ok(None),
+        }
+    };
+    let nested = |p: &Part| -> Result<(u64, u64, u64), ImapError> {
+        part(p)?.and_then(embedded).ok_or_else(|| ImapError::no(None, "Part is not a message/rfc822"))
+    };
+    Ok(match section {
+        None => Source::Range { offset: 0, length: None },
+        Some(Section::Header(None)) => Source::Range { offset: 0, length: Some(header) },
+        Some(Section::Text(None)) => Source::Range { offset: header, length: None },
+        Some(Section::HeaderFields(None, list)) => fields(0, header, list, false),
+        Some(Section::HeaderFieldsNot(None, list)) => fields(0, header, list, true),
+        Some(Section::Part(p)) => match part(p)? {
+            Some(bp) => Source::Range { offset: bp.body_offset, length: Some(bp.body_length) },
+            // No MIME structure from storage: only part 1 of a single-part message is known.
+            None if p.0.as_ref().len() == 1 && p.0.as_ref()[0].get() == 1 => {
+                Source::Range { offset: header, length: None }
+            }
+            None => return Err(ImapError::no(None, "Body structure not available")),
+        },
+        Some(Section::Mime(p)) => match part(p)? {
+            Some(bp) => Source::Range { offset: bp.header_offset, length: Some(bp.header_length) },
+            None => return Err(ImapError::no(None, "Body structure not available")),
+        },
+        Some(Section::Header(Some(p))) => {
+            let (start, len, _) = nested(p)?;
+            Source::Range { offset: start, length: Some(len) }
+        }
+        Some(Section::Text(Some(p))) => {
+            let (start, len, end) = nested(p)?;
+            Source::Range { offset: start + len, length: Some(end.saturating_sub(start + len)) }
+        }
+        Some(Section::HeaderFields(Some(p), list)) => {
+            let (start, len, _) = nested(p)?;
+            fields(start, len, list, false)
+        }
+        Some(Section::HeaderFieldsNot(Some(p), list)) => {
+            let (start, len, _) = nested(p)?;
+            fields(start, len, list, true)
+        }
+    })
+}
+
+/// RFC 3501 §6.4.5 HEADER.FIELDS: the matching header lines (with their
+/// continuation lines), then the blank line.
+pub fn filter_header(raw: &[u8], names: &[String], not: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if !(line.starts_with(b" ") || line.starts_with(b"\t")) {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+            keep = names.contains(&name) != not;
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+async fn section_bytes<S: MailStore>(
+    store: &S,
+    account: i64,
+    mailbox: i64,
+    meta: &pb::MessageMeta,
+    section: &Option<Section<'_>>,
+    partial: Option<(u32, NonZeroU32)>,
+) -> Result<Vec<u8>, ImapError> {
+    let fetch = |offset: u64, length: Option<u64>| pb::FetchRequest {
+        account_id: account,
+        mailbox_id: mailbox,
+        uid: meta.uid,
+        offset,
+        length,
+    };
+    match source(meta, section)? {
+        Source::Range { offset, length } => {
+            let end = length.map_or(meta.size, |l| (offset + l).min(meta.size));
+            let (offset, end) = match partial {
+                // RFC 3501 §6.4.5: <origin.octets> of the section.
+                Some((origin, count)) => {
+                    let start = (offset + u64::from(origin)).min(end);
+                    (start, (start + u64::from(count.get())).min(end))
+                }
+                None => (offset, end),
+            };
+            if offset >= end {
+                return Ok(Vec::new());
+            }
+            Ok(store.fetch(fetch(offset, Some(end - offset))).await?)
+        }
+        Source::Fields { offset, length, names, not } => {
+            let raw = store.fetch(fetch(offset, Some(length))).await?;
+            let data = filter_header(&raw, &names, not);
+            Ok(match partial {
+                Some((origin, count)) => {
+                    let start = (origin as usize).min(data.len());
+                    let end = start.saturating_add(count.get() as usize).min(data.len());
+                    data[start..end].to_vec()
+                }
+                None => data,
+            })
+        }
+    }
+}
+
+fn internal_date(meta: &pb::MessageMeta) -> Option<DateTime> {
+    let ts = meta.internal_date.as_ref()?;
+    let utc = chrono::DateTime::from_timestamp(ts.seconds, 0)?;
+    DateTime::try_from(utc.fixed_offset()).ok()
+}
+
+pub async fn fetch<S: MailStore>(
+    s: &mut Session<S>,
+    set: SequenceSet,
+    names: MacroOrMessageDataItemNames<'static>,
+    uid: bool,
+    out: &mut Vec<Response<'static>>,
+) -> CmdResult {
+    let store = s.store.clone();
+    let (account, mailbox) = s.need_selected()?;
+    let mut items: Vec<MessageDataItemName<'static>> = match &names {
+        MacroOrMessageDataItemNames::Macro(m) => {
+            m.expand().into_iter().map(imap_codec::imap_types::IntoStatic::into_static).collect()
+        }
+        MacroOrMessageDataItemNames::MessageDataItemNames(list) => list.clone(),
+    };
+    // RFC 3501 §6.4.8: UID FETCH always returns the UID.
+    if uid && !items.contains(&MessageDataItemName::Uid) {
+        items.insert(0, MessageDataItemName::Uid);
+    }
+    let targets = resolve(mailbox, &set, uid)?;
+    if targets.is_empty() {
+        return Done::ok("FETCH completed");
+    }
+    let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
+    let with_envelope = items.contains(&MessageDataItemName::Envelope);
+    let with_structure =
+        items.iter().any(|i| matches!(i, MessageDataItemName::BodyStructure | MessageDataItemName::Body));
+    // RFC 3501 §6.4.5: BODY[...], RFC822 and RFC822.TEXT set \Seen.
+    let sets_seen = !mailbox.read_only
+        && items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::BodyExt { peek: false, .. }
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+    let list = |uids: &[u32]| pb::ListMessagesRequest {
+        account_id: account.id,
+        mailbox_id: mailbox.id,
+        uids: uid_ranges(uids),
+        with_envelope,
+        with_body_structure: with_structure,
+        changed_since: 0,
+    };
+    let mut metas = store.list_messages(list(&uids)).await?;
+    let mut seen_now: BTreeSet<u32> = BTreeSet::new();
+    if sets_seen {
+        let unseen: Vec<u32> = metas.iter().filter(|m| !m.flags.iter().any(|f| f == "\\Seen")).map(|m| m.uid).collect();
+        if !unseen.is_empty() {
+            let req = pb::StoreFlagsRequest {
+                account_id: account.id,
+                mailbox_id: mailbox.id,
+                uids: uid_ranges(&unseen),
+                operation: pb::store_flags_request::Operation::Add as i32,
+                flags: vec!["\\Seen".into()],
+                unchanged_since: None,
+            };
+            let stored = store.store_flags(req).await?;
+            mailbox.highest_modseq = mailbox.highest_modseq.max(stored.highest_modseq);
+            for m in metas.iter_mut().filter(|m| unseen.contains(&m.uid)) {
+                m.flags.push("\\Seen".into());
+                seen_now.insert(m.uid);
+            }
+        }
+    }
+    for meta in &metas {
+        // UIDs expunged elsewhere are skipped (RFC 2180 §4.1.2).
+        let Some(seq) = mailbox.seq_of(meta.uid) else { continue };
+        let recent = mailbox.recent.contains(&meta.uid);
+        let mut data: Vec<MessageDataItem<'static>> = Vec::new();
+        for item in &items {
+            data.push(match item {
+                MessageDataItemName::Uid => MessageDataItem::Uid(NonZeroU32::new(meta.uid).unwrap_or(NonZeroU32::MIN)),
+                MessageDataItemName::Flags => MessageDataItem::Flags(fetch_flags(&meta.flags, recent)),
+                MessageDataItemName::Rfc822Size => {
+                    MessageDataItem::Rfc822Size(meta.size.min(u64::from(u32::MAX)) as u32)
+                }
+                MessageDataItemName::InternalDate => match internal_date(meta) {
+                    Some(d) => MessageDataItem::InternalDate(d),
+                    None => continue,
+                },
+                MessageDataItemName::Envelope => {
+                    MessageDataItem::Envelope(envelope(meta.envelope.as_ref().unwrap_or(&pb::Envelope::default())))
+                }
+                MessageDataItemName::BodyExt { section, partial, .. } => {
+                    let bytes = section_bytes(&*store, account.id, mailbox.id, meta, section, *partial).await?;
+                    MessageDataItem::BodyExt {
+                        section: section.clone(),
+                        origin: partial.map(|(o, _)| o),
+                        data: literal(bytes),
+                    }
+                }
+                MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(literal(
+                    section_bytes(&*store, account.id, mailbox.id, meta, &None, None).await?,
+                )),
+                MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(literal(
+                    section_bytes(&*store, account.id, mailbox.id, meta, &Some(Section::Header(None)), None).await?,
+                )),
+                MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(literal(
+                    section_bytes(&*store, account.id, mailbox.id, meta, &Some(Section::Text(None)), None).await?,
+                )),
+                MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
+                    // todo(RFC 3501 §7.4.2): BODYSTRUCTURE from storage's MIME tree.
+                    return Err(ImapError::no(Some("CANNOT"), "BODYSTRUCTURE is not available yet"));
+                }
+                other => return Err(ImapError::bad(format!("FETCH item {other:?} is not supported"))),
+            });
+        }
+        // RFC 3501 §6.4.5: a \Seen set by this fetch is reported.
+        if seen_now.contains(&meta.uid) && !items.contains(&MessageDataItemName::Flags) {
+            data.push(MessageDataItem::Flags(fetch_flags(&meta.flags, recent)));
+        }
+        if let Ok(d) = Data::fetch(seq, data) {
+            out.push(Response::Data(d));
+        }
+    }
+    Done::ok("FETCH completed")
+}

@@ -1,0 +1,259 @@
+//! Authenticated-state mailbox commands (RFC 3501 §6.3): LIST, LSUB, STATUS,
+//! CREATE, DELETE, RENAME, (UN)SUBSCRIBE; NAMESPACE (RFC 2342), ENABLE (RFC 5161).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::core::{Atom, IString, QuotedChar, Vec1};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::extensions::namespace::Namespace;
+use imap_codec::imap_types::flag::FlagNameAttribute;
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::response::{Data, Response};
+use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
+
+use crate::codec::{self, mailbox_name, wire_mailbox};
+use crate::session::{CmdResult, Done, ImapError, Session, State};
+use crate::store::{MailStore, StoreError};
+
+/// The single hierarchy delimiter (storage.proto: "/").
+pub const DELIMITER: char = '/';
+
+pub(crate) fn name_arg(mailbox: &Mailbox<'_>) -> Result<String, ImapError> {
+    let name = mailbox_name(mailbox).map_err(|e| ImapError::bad(e.to_string()))?;
+    // RFC 3501 §6.3.3: a trailing delimiter only says "I want children".
+    Ok(name.trim_end_matches(DELIMITER).to_string())
+}
+
+fn attr(atom: &str) -> Option<FlagNameAttribute<'static>> {
+    Atom::try_from(atom.to_string()).ok().map(FlagNameAttribute::from)
+}
+
+/// RFC 5161 §3.1: nothing enable-able is advertised yet, so the ENABLED
+/// response lists nothing.
+pub fn enable<S: MailStore>(
+    s: &Session<S>,
+    _caps: Vec1<CapabilityEnable<'static>>,
+    out: &mut Vec<Response<'static>>,
+) -> CmdResult {
+    s.need_auth()?;
+    out.push(Response::Data(Data::Enabled { capabilities: vec![] }));
+    Done::ok("ENABLE completed")
+}
+
+/// RFC 2342 §5: one personal namespace, no prefix, "/" delimiter.
+pub fn namespace<S: MailStore>(s: &Session<S>, out: &mut Vec<Response<'static>>) -> CmdResult {
+    s.need_auth()?;
+    let personal = Namespace {
+        prefix: IString::try_from("").map_err(|_| ImapError::bad("namespace"))?,
+        delimiter: Some(QuotedChar::unvalidated(DELIMITER)),
+        extensions: vec![],
+    };
+    out.push(Response::Data(Data::Namespace { personal: vec![personal], other: vec![], shared: vec![] }));
+    Done::ok("NAMESPACE completed")
+}
+
+/// RFC 3501 §6.3.8 wildcards: `*` matches anything, `%` anything but the delimiter.
+pub fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some(('*', rest)) => (0..=name.len()).any(|i| pattern_matches(rest, &name[i..])),
+        Some(('%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != DELIMITER)
+            .any(|i| pattern_matches(rest, &name[i..])),
+        Some((p, rest)) => name.first() == Some(p) && pattern_matches(rest, &name[1..]),
+    }
+}
+
+fn matches(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    // RFC 3501 §5.1: INBOX is case-insensitive.
+    let n: Vec<char> = name.chars().collect();
+    if pattern_matches(&p, &n) {
+        return true;
+    }
+    if name == "INBOX" || name.starts_with("INBOX/") {
+        let upper: Vec<char> =
+            pattern.chars().take(5).flat_map(|c| c.to_uppercase()).chain(pattern.chars().skip(5)).collect();
+        return pattern_matches(&upper, &n);
+    }
+    false
+}
+
+/// RFC 3501 §6.3.8 LIST and §6.3.9 LSUB.
+pub async fn list<S: MailStore>(
+    s: &Session<S>,
+    reference: Mailbox<'static>,
+    wildcard: ListMailbox<'static>,
+    lsub: bool,
+    out: &mut Vec<Response<'static>>,
+) -> CmdResult {
+    let account = s.need_auth()?;
+    let reference = match &reference {
+        Mailbox::Inbox => "INBOX".to_string(),
+        Mailbox::Other(o) => codec::decode_mutf7(&String::from_utf8_lossy(o.inner().as_ref()))
+            .map_err(|e| ImapError::bad(e.to_string()))?,
+    };
+    let raw = match &wildcard {
+        ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).to_string(),
+        ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).to_string(),
+    };
+    let pattern = codec::decode_mutf7(&raw).map_err(|e| ImapError::bad(e.to_string()))?;
+    let delimiter = Some(QuotedChar::unvalidated(DELIMITER));
+    let verb = if lsub { "LSUB" } else { "LIST" };
+    if pattern.is_empty() && !lsub {
+        // RFC 3501 §6.3.8: an empty pattern asks for the delimiter and root.
+        out.push(Response::Data(Data::List {
+            items: vec![FlagNameAttribute::Noselect],
+            delimiter,
+            mailbox: Mailbox::try_from("").unwrap_or(Mailbox::Inbox),
+        }));
+        return Done::ok("LIST completed");
+    }
+    let full = format!("{reference}{pattern}");
+    let listing = s.store.list_mailboxes(account.id, false).await?;
+
+    // name → attributes; existing mailboxes first, then implied parents.
+    let mut entries: BTreeMap<String, Vec<FlagNameAttribute<'static>>> = BTreeMap::new();
+    let existing: BTreeSet<&str> = listing.mailboxes.iter().map(|m| m.name.as_str()).collect();
+    let subscribed: BTreeSet<&str> = listing.subscriptions.iter().map(String::as_str).collect();
+    let names: Vec<&str> = if lsub { subscribed.iter().copied().collect() } else { existing.iter().copied().collect() };
+    let has_children = |name: &str| existing.iter().any(|n| n.starts_with(&format!("{name}{DELIMITER}")));
+    for name in &names {
+        if matches(&full, name) {
+            let mut attrs = Vec::new();
+            if let Some(info) = listing.mailboxes.iter().find(|m| m.name == *name) {
+                // RFC 6154 §2: special-use attributes.
+                attrs.extend(info.special_use.iter().filter_map(|u| attr(u.trim_start_matches('\\'))));
+            } else {
+                attrs.push(FlagNameAttribute::Noselect);
+            }
+            // RFC 3348 CHILDREN.
+            attrs.extend(attr(if has_children(name) { "HasChildren" } else { "HasNoChildren" }));
+            entries.insert(name.to_string(), attrs);
+        }
+        // RFC 3501 §6.3.8: with "%", a parent that is not itself a mailbox
+        // is listed as \Noselect so the client can descend.
+        let mut parent = String::new();
+        for segment in
+            name.split(DELIMITER).collect::<Vec<_>>().split_last().map(|(_, p)| p.to_vec()).unwrap_or_default()
+        {
+            if !parent.is_empty() {
+                parent.push(DELIMITER);
+            }
+            parent.push_str(segment);
+            if full.contains('%') && !names.contains(&parent.as_str()) && matches(&full, &parent) {
+                let mut attrs = vec![FlagNameAttribute::Noselect];
+                attrs.extend(attr("HasChildren"));
+                entries.entry(parent.clone()).or_insert(attrs);
+            }
+        }
+    }
+    for (name, items) in entries {
+        let mailbox = wire_mailbox(&name);
+        out.push(Response::Data(if lsub {
+            Data::Lsub { items, delimiter, mailbox }
+        } else {
+            Data::List { items, delimiter, mailbox }
+        }));
+    }
+    Done::ok(format!("{verb} completed"))
+}
+
+/// RFC 3501 §6.3.10.
+pub async fn status<S: MailStore>(
+    s: &Session<S>,
+    mailbox: Mailbox<'static>,
+    names: &[StatusDataItemName],
+    out: &mut Vec<Response<'static>>,
+) -> CmdResult {
+    let account = s.need_auth()?;
+    let name = name_arg(&mailbox)?;
+    let info = s.store.get_mailbox(account.id, &name, false).await?;
+    let mut items = Vec::new();
+    for n in names {
+        items.push(match n {
+            StatusDataItemName::Messages => StatusDataItem::Messages(info.messages),
+            StatusDataItemName::Recent => StatusDataItem::Recent(info.recent),
+            StatusDataItemName::UidNext => {
+                StatusDataItem::UidNext(NonZeroU32::new(info.uid_next).unwrap_or(NonZeroU32::MIN))
+            }
+            StatusDataItemName::UidValidity => {
+                StatusDataItem::UidValidity(NonZeroU32::new(info.uid_validity).unwrap_or(NonZeroU32::MIN))
+            }
+            StatusDataItemName::Unseen => StatusDataItem::Unseen(info.unseen),
+            other => return Err(ImapError::bad(format!("STATUS item {other:?} is not supported"))),
+        });
+    }
+    out.push(Response::Data(Data::Status { mailbox: wire_mailbox(&info.name), items: items.into() }));
+    Done::ok("STATUS completed")
+}
+
+/// RFC 3501 §6.3.3.
+pub async fn create<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>) -> CmdResult {
+    let account = s.need_auth()?;
+    let name = name_arg(&mailbox)?;
+    if name == "INBOX" {
+        return Err(ImapError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
+    }
+    s.store.create_mailbox(account.id, &name).await?;
+    Done::ok("CREATE completed")
+}
+
+/// RFC 3501 §6.3.4.
+pub async fn delete<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>) -> CmdResult {
+    let account = s.need_auth()?;
+    let name = name_arg(&mailbox)?;
+    if name == "INBOX" {
+        return Err(ImapError::no(Some("CANNOT"), "INBOX cannot be deleted"));
+    }
+    if let State::Selected { mailbox, .. } = &s.state
+        && mailbox.name == name
+    {
+        return Err(ImapError::no(Some("INUSE"), "Mailbox is selected; close it first"));
+    }
+    s.store.delete_mailbox(account.id, &name).await?;
+    Done::ok("DELETE completed")
+}
+
+/// RFC 3501 §6.3.5.
+pub async fn rename<S: MailStore>(s: &Session<S>, from: Mailbox<'static>, to: Mailbox<'static>) -> CmdResult {
+    let account = s.need_auth()?;
+    let (from, to) = (name_arg(&from)?, name_arg(&to)?);
+    if to == "INBOX" {
+        return Err(ImapError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
+    }
+    s.store.rename_mailbox(account.id, &from, &to).await?;
+    Done::ok("RENAME completed")
+}
+
+/// RFC 3501 §6.3.6/§6.3.7.
+pub async fn subscribe<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>, on: bool) -> CmdResult {
+    let account = s.need_auth()?;
+    let name = name_arg(&mailbox)?;
+    match s.store.set_subscribed(account.id, &name, on).await {
+        Ok(()) => {}
+        // RFC 3501 §6.3.7: unsubscribing a name that is gone is fine.
+        Err(StoreError::NotFound(_)) if !on => {}
+        Err(e) => return Err(e.into()),
+    }
+    Done::ok(if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("*", "a/b/c"));
+        assert!(matches("%", "a"));
+        assert!(!matches("%", "a/b"));
+        assert!(matches("a/%", "a/b"));
+        assert!(!matches("a/%", "a/b/c"));
+        assert!(matches("a/*", "a/b/c"));
+        assert!(matches("inbox", "INBOX"));
+        assert!(matches("In%", "INBOX"));
+        assert!(!matches("Sent", "Drafts"));
+    }
+}

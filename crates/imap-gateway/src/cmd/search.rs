@@ -1,0 +1,135 @@
+//! SEARCH and UID SEARCH (RFC 3501 §6.4.4): the criteria become storage's
+//! `SearchKey` tree (evaluated in Postgres) once sequence numbers are UIDs.
+
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::core::{AString, Charset, Vec1};
+use imap_codec::imap_types::datetime::NaiveDate;
+use imap_codec::imap_types::response::{Data, Response};
+use imap_codec::imap_types::search::SearchKey;
+use mailfleet_proto::storage::v1 as pb;
+use pb::search_key::Key;
+
+use super::select::resolve;
+use crate::session::{CmdResult, Done, ImapError, Selected, Session};
+use crate::store::{MailStore, uid_ranges};
+
+fn key(k: Key) -> pb::SearchKey {
+    pb::SearchKey { key: Some(k) }
+}
+
+fn text(a: &AString<'_>) -> String {
+    String::from_utf8_lossy(a.as_ref()).to_string()
+}
+
+fn header(field: &str, a: &AString<'_>) -> pb::SearchKey {
+    key(Key::Header(pb::HeaderMatch { field: field.into(), value: text(a) }))
+}
+
+fn date(relation: pb::date_key::Relation, d: &NaiveDate, sent: bool) -> pb::SearchKey {
+    let dk = pb::DateKey { relation: relation as i32, date: d.as_ref().format("%Y-%m-%d").to_string() };
+    key(if sent { Key::SentDate(dk) } else { Key::InternalDate(dk) })
+}
+
+fn uids(list: Vec<u32>) -> pb::SearchKey {
+    key(Key::UidSet(pb::UidSet { ranges: uid_ranges(&list) }))
+}
+
+fn not(k: pb::SearchKey) -> pb::SearchKey {
+    key(Key::Not(Box::new(k)))
+}
+
+/// Translate one IMAP search key (RFC 3501 §6.4.4).
+fn translate(mailbox: &Selected, k: &SearchKey<'_>) -> Result<pb::SearchKey, ImapError> {
+    use pb::date_key::Relation::{Before, On, Since};
+    let has = |f: &str| key(Key::HasFlag(f.into()));
+    let lacks = |f: &str| key(Key::LacksFlag(f.into()));
+    let recent = || uids(mailbox.recent.iter().copied().collect());
+    Ok(match k {
+        SearchKey::All => key(Key::All(true)),
+        SearchKey::And(keys) => {
+            let keys = keys.as_ref().iter().map(|k| translate(mailbox, k)).collect::<Result<_, _>>()?;
+            key(Key::And(pb::SearchKeyList { keys }))
+        }
+        SearchKey::Or(a, b) => {
+            key(Key::Or(pb::SearchKeyList { keys: vec![translate(mailbox, a)?, translate(mailbox, b)?] }))
+        }
+        SearchKey::Not(a) => not(translate(mailbox, a)?),
+        SearchKey::SequenceSet(set) => uids(resolve(mailbox, set, false)?.into_iter().map(|(_, u)| u).collect()),
+        SearchKey::Uid(set) => uids(resolve(mailbox, set, true)?.into_iter().map(|(_, u)| u).collect()),
+        SearchKey::Answered => has("\\Answered"),
+        SearchKey::Deleted => has("\\Deleted"),
+        SearchKey::Draft => has("\\Draft"),
+        SearchKey::Flagged => has("\\Flagged"),
+        SearchKey::Seen => has("\\Seen"),
+        SearchKey::Keyword(a) => has(a.inner()),
+        SearchKey::Unanswered => lacks("\\Answered"),
+        SearchKey::Undeleted => lacks("\\Deleted"),
+        SearchKey::Undraft => lacks("\\Draft"),
+        SearchKey::Unflagged => lacks("\\Flagged"),
+        SearchKey::Unseen => lacks("\\Seen"),
+        SearchKey::Unkeyword(a) => lacks(a.inner()),
+        // \Recent is per session (RFC 3501 §2.3.2): known here, not in storage.
+        SearchKey::Recent => recent(),
+        SearchKey::New => key(Key::And(pb::SearchKeyList { keys: vec![recent(), lacks("\\Seen")] })),
+        SearchKey::Old => not(recent()),
+        SearchKey::Bcc(a) => header("Bcc", a),
+        SearchKey::Cc(a) => header("Cc", a),
+        SearchKey::From(a) => header("From", a),
+        SearchKey::To(a) => header("To", a),
+        SearchKey::Subject(a) => header("Subject", a),
+        SearchKey::Header(f, a) => header(&text(f), a),
+        SearchKey::Body(a) => key(Key::Body(text(a))),
+        SearchKey::Text(a) => key(Key::Text(text(a))),
+        SearchKey::Larger(n) => key(Key::Larger(u64::from(*n))),
+        SearchKey::Smaller(n) => key(Key::Smaller(u64::from(*n))),
+        SearchKey::Before(d) => date(Before, d, false),
+        SearchKey::On(d) => date(On, d, false),
+        SearchKey::Since(d) => date(Since, d, false),
+        SearchKey::SentBefore(d) => date(Before, d, true),
+        SearchKey::SentOn(d) => date(On, d, true),
+        SearchKey::SentSince(d) => date(Since, d, true),
+        other => return Err(ImapError::bad(format!("Search key {other:?} is not supported"))),
+    })
+}
+
+pub async fn search<S: MailStore>(
+    s: &mut Session<S>,
+    charset: Option<Charset<'static>>,
+    criteria: Vec1<SearchKey<'static>>,
+    uid: bool,
+    out: &mut Vec<Response<'static>>,
+) -> CmdResult {
+    let store = s.store.clone();
+    let (account, mailbox) = s.need_selected()?;
+    if let Some(cs) = &charset {
+        let name = match cs {
+            Charset::Atom(a) => a.inner().to_string(),
+            Charset::Quoted(q) => q.inner().to_string(),
+        };
+        // RFC 3501 §6.4.4: US-ASCII must be supported; UTF-8 is what storage compares.
+        if !name.eq_ignore_ascii_case("US-ASCII") && !name.eq_ignore_ascii_case("UTF-8") {
+            return Err(ImapError::No(
+                Some(imap_codec::imap_types::response::Code::badcharset(vec![
+                    Charset::try_from("US-ASCII").map_err(|_| ImapError::bad("charset"))?,
+                    Charset::try_from("UTF-8").map_err(|_| ImapError::bad("charset"))?,
+                ])),
+                "Unsupported charset".into(),
+            ));
+        }
+    }
+    let keys = criteria.as_ref().iter().map(|k| translate(mailbox, k)).collect::<Result<Vec<_>, _>>()?;
+    let criteria =
+        if keys.len() == 1 { keys.into_iter().next() } else { Some(key(Key::And(pb::SearchKeyList { keys }))) };
+    let req = pb::SearchRequest { account_id: account.id, mailbox_id: mailbox.id, criteria };
+    let found = store.search(req).await?;
+    // Only messages this session knows of (the map), reported as UIDs or sequence numbers.
+    let hits: Vec<NonZeroU32> = found
+        .uids
+        .iter()
+        .filter_map(|u| mailbox.seq_of(*u).map(|seq| if uid { *u } else { seq }))
+        .filter_map(NonZeroU32::new)
+        .collect();
+    out.push(Response::Data(Data::Search(hits, None)));
+    Done::ok("SEARCH completed")
+}

@@ -1,0 +1,227 @@
+//! SELECT, EXAMINE (RFC 3501 §6.3.1/§6.3.2), CLOSE (§6.4.2), UNSELECT
+//! (RFC 3691), and the mailbox updates sent after commands (§7.3, §7.4).
+
+use std::collections::BTreeSet;
+
+use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::fetch::MessageDataItem;
+use imap_codec::imap_types::flag::{Flag, FlagFetch, FlagPerm};
+use imap_codec::imap_types::mailbox::Mailbox;
+use imap_codec::imap_types::response::{Code, Data, Response};
+use mailfleet_proto::storage::v1 as pb;
+
+use super::mailbox::name_arg;
+use crate::codec::{self, StatusKindArg};
+use crate::session::{CmdResult, Done, ImapError, Selected, Session, State};
+use crate::store::{Account, MailStore, uid_ranges};
+
+/// The five system flags a client may set (RFC 3501 §2.3.2).
+fn system_flags() -> Vec<Flag<'static>> {
+    vec![Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft]
+}
+
+/// A storage flag name as an IMAP flag; `None` for names IMAP cannot carry.
+pub fn flag_of(name: &str) -> Option<Flag<'static>> {
+    Flag::try_from(name).ok().map(imap_codec::imap_types::IntoStatic::into_static)
+}
+
+/// FETCH FLAGS items for a message: stored flags plus this session's \Recent.
+pub fn fetch_flags(flags: &[String], recent: bool) -> Vec<FlagFetch<'static>> {
+    let mut out: Vec<FlagFetch<'static>> = flags.iter().filter_map(|f| flag_of(f)).map(FlagFetch::Flag).collect();
+    if recent {
+        out.push(FlagFetch::Recent);
+    }
+    out
+}
+
+pub async fn select<S: MailStore>(
+    s: &mut Session<S>,
+    mailbox: Mailbox<'static>,
+    read_only: bool,
+    out: &mut Vec<Response<'static>>,
+) -> CmdResult {
+    let account = s.need_auth()?;
+    let name = name_arg(&mailbox)?;
+    // RFC 3501 §6.3.1: selecting deselects first, even if this SELECT fails.
+    s.state = State::Authenticated { account: account.clone() };
+    let info = s.store.get_mailbox(account.id, &name, !read_only).await?;
+    let uids = s.store.list_uids(account.id, info.id).await?;
+    let mut flags = system_flags();
+    for k in &info.keywords {
+        if let Some(f) = flag_of(k)
+            && !flags.contains(&f)
+        {
+            flags.push(f);
+        }
+    }
+    let selected = Selected {
+        id: info.id,
+        name: info.name.clone(),
+        read_only,
+        uid_validity: uids.uid_validity.max(info.uid_validity),
+        recent: info.recent_uids.iter().copied().collect(),
+        uids: uids.uids,
+        highest_modseq: uids.highest_modseq,
+    };
+    let mut perm: Vec<FlagPerm<'static>> = Vec::new();
+    if !read_only {
+        perm.extend(flags.iter().cloned().map(FlagPerm::Flag));
+        perm.push(FlagPerm::Asterisk);
+    }
+    out.push(Response::Data(Data::Flags(flags)));
+    out.push(Response::Data(Data::Exists(selected.exists())));
+    out.push(Response::Data(Data::Recent(selected.recent.len() as u32)));
+    if let Some(seq) = selected.seq_of(info.first_unseen_uid)
+        && let Ok(code) = Code::unseen(seq)
+    {
+        out.push(codec::status(None, StatusKindArg::Ok, Some(code), &format!("Message {seq} is first unseen")));
+    }
+    out.push(codec::status(None, StatusKindArg::Ok, Some(Code::PermanentFlags(perm)), "Flags permitted"));
+    if let Ok(code) = Code::uidvalidity(selected.uid_validity) {
+        out.push(codec::status(None, StatusKindArg::Ok, Some(code), "UIDs valid"));
+    }
+    if let Ok(code) = Code::uidnext(uids.uid_next.max(1)) {
+        out.push(codec::status(None, StatusKindArg::Ok, Some(code), "Predicted next UID"));
+    }
+    s.state = State::Selected { account, mailbox: selected };
+    if read_only {
+        Done::with_code(Code::ReadOnly, "EXAMINE completed")
+    } else {
+        Done::with_code(Code::ReadWrite, "SELECT completed")
+    }
+}
+
+/// RFC 3501 §6.4.2: silently expunge (unless read-only), then deselect.
+pub async fn close<S: MailStore>(s: &mut Session<S>) -> CmdResult {
+    let (account, mailbox) = s.need_selected()?;
+    if !mailbox.read_only {
+        let req = pb::ExpungeRequest { account_id: account.id, mailbox_id: mailbox.id, ..Default::default() };
+        s.store.expunge(req).await?;
+    }
+    s.state = State::Authenticated { account };
+    Done::ok("CLOSE completed")
+}
+
+/// RFC 3691 §2: deselect without expunging.
+pub fn unselect<S: MailStore>(s: &mut Session<S>) -> CmdResult {
+    let (account, _) = s.need_selected()?;
+    s.state = State::Authenticated { account };
+    Done::ok("UNSELECT completed")
+}
+
+/// Remove `uid` from the map and report `* n EXPUNGE` (RFC 3501 §7.4.1);
+/// each report shifts the following sequence numbers down by one.
+pub fn report_expunge(mailbox: &mut Selected, uid: u32, out: &mut Vec<Response<'static>>) {
+    if let Some(seq) = mailbox.seq_of(uid) {
+        mailbox.uids.remove(seq as usize - 1);
+        mailbox.recent.remove(&uid);
+        if let Ok(data) = Data::expunge(seq) {
+            out.push(Response::Data(data));
+        }
+    }
+}
+
+/// Bring the session's view up to date with storage and tell the client:
+/// EXISTS for new messages, EXPUNGE for removed ones (only when allowed),
+/// FETCH FLAGS for flag changes made elsewhere (RFC 3501 §7.3.1, §7.4).
+/// A failure here is logged, not reported: the command's own result stands.
+pub async fn sync<S: MailStore + ?Sized>(
+    store: &S,
+    account: &Account,
+    mailbox: &mut Selected,
+    expunge_ok: bool,
+    out: &mut Vec<Response<'static>>,
+) {
+    let now = match store.list_uids(account.id, mailbox.id).await {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(error = %e, "mailbox sync failed");
+            return;
+        }
+    };
+    let present: BTreeSet<u32> = now.uids.iter().copied().collect();
+    if expunge_ok {
+        let gone: Vec<u32> = mailbox.uids.iter().copied().filter(|u| !present.contains(u)).collect();
+        for uid in gone {
+            report_expunge(mailbox, uid, out);
+        }
+    }
+    let last = mailbox.uids.last().copied().unwrap_or(0);
+    let new: Vec<u32> = now.uids.iter().copied().filter(|u| *u > last).collect();
+    if !new.is_empty() {
+        mailbox.uids.extend(new);
+        out.push(Response::Data(Data::Exists(mailbox.exists())));
+    }
+    if now.highest_modseq > mailbox.highest_modseq {
+        let req = pb::ListMessagesRequest {
+            account_id: account.id,
+            mailbox_id: mailbox.id,
+            uids: uid_ranges(&mailbox.uids),
+            changed_since: mailbox.highest_modseq,
+            ..Default::default()
+        };
+        match store.list_messages(req).await {
+            Ok(changed) => {
+                for m in changed {
+                    // Messages just announced by EXISTS need no FLAGS push.
+                    if m.uid > last {
+                        continue;
+                    }
+                    if let Some(seq) = mailbox.seq_of(m.uid) {
+                        let flags = MessageDataItem::Flags(fetch_flags(&m.flags, mailbox.recent.contains(&m.uid)));
+                        if let Ok(data) = Data::fetch(seq, Vec1::from(flags)) {
+                            out.push(Response::Data(data));
+                        }
+                    }
+                }
+                mailbox.highest_modseq = now.highest_modseq;
+            }
+            Err(e) => tracing::warn!(error = %e, "flag sync failed"),
+        }
+    }
+}
+
+/// `BAD` unless the mailbox may be changed (EXAMINE makes it read-only).
+pub fn need_writable(mailbox: &Selected) -> Result<(), ImapError> {
+    if mailbox.read_only { Err(ImapError::no(Some("READ-ONLY"), "Mailbox is read-only")) } else { Ok(()) }
+}
+
+/// Messages named by a sequence set, as (sequence number, UID), ascending.
+/// RFC 3501 §6.4.8: UIDs not in the mailbox are ignored; `*` is the last
+/// message. A sequence number beyond EXISTS is a client error (BAD).
+pub fn resolve(
+    mailbox: &Selected,
+    set: &imap_codec::imap_types::sequence::SequenceSet,
+    uid: bool,
+) -> Result<Vec<(u32, u32)>, ImapError> {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+    let largest = if uid { mailbox.uids.last().copied().unwrap_or(0) } else { mailbox.exists() };
+    let value = |v: &SeqOrUid| match v {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    let mut ranges = Vec::new();
+    for seq in set.0.as_ref() {
+        let (a, b) = match seq {
+            Sequence::Single(v) => (value(v), value(v)),
+            Sequence::Range(a, b) => (value(a), value(b)),
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        if hi == 0 {
+            continue; // `*` in an empty mailbox names nothing
+        }
+        if !uid && hi > largest {
+            return Err(ImapError::bad("Invalid sequence number"));
+        }
+        ranges.push((lo.max(1), hi));
+    }
+    let mut out = Vec::new();
+    for (i, &u) in mailbox.uids.iter().enumerate() {
+        let seq = i as u32 + 1;
+        let key = if uid { u } else { seq };
+        if ranges.iter().any(|&(lo, hi)| lo <= key && key <= hi) {
+            out.push((seq, u));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,353 @@
+//! Bytes ↔ IMAP values, no I/O. Framing (lines and literals, RFC 3501 §2.2)
+//! uses imap-codec's `Fragmentizer`, parsing its `CommandCodec` /
+//! `AuthenticateDataCodec` / `IdleDoneCodec`, formatting its `ResponseCodec`.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer};
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::imap_types::auth::AuthenticateData;
+use imap_codec::imap_types::command::Command;
+use imap_codec::imap_types::core::{LiteralMode, Tag};
+use imap_codec::imap_types::mailbox::Mailbox;
+use imap_codec::imap_types::response::{
+    Code, CodeOther, CommandContinuationRequest, Greeting, GreetingKind, Response, Status,
+};
+use imap_codec::{AuthenticateDataCodec, CommandCodec, GreetingCodec, IdleDoneCodec, ResponseCodec, encode::Encoder};
+
+/// What the next complete client message is expected to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Command,
+    /// A SASL response line after `+` (RFC 3501 §6.2.2).
+    AuthData,
+    /// `DONE` ending IDLE (RFC 2177 §3).
+    IdleDone,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    /// More bytes are needed.
+    NeedMore,
+    /// A synchronising literal was announced and is accepted: send a
+    /// continuation request (RFC 3501 §7.5) before the client sends it.
+    ContinueLiteral,
+    /// A literal over the limit was announced. For a synchronising literal
+    /// the command is already discarded (the client waits for `+`); a
+    /// non-synchronising one (RFC 7888 §4) cannot be refused: close.
+    LiteralTooBig {
+        tag: Option<Tag<'static>>,
+        sync: bool,
+    },
+    Command(Command<'static>),
+    AuthData(AuthenticateData<'static>),
+    IdleDone,
+    /// A complete message that does not parse: BAD, and the session goes on.
+    Malformed {
+        tag: Option<Tag<'static>>,
+        too_long: bool,
+    },
+}
+
+/// Splits the client byte stream into IMAP messages.
+pub struct Framer {
+    frag: Fragmentizer,
+}
+
+impl Framer {
+    /// `max_message` bounds one command including its literals; bytes over it
+    /// are dropped while the rest of the command is skipped.
+    pub fn new(max_message: u32) -> Framer {
+        Framer { frag: Fragmentizer::new(max_message) }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.frag.enqueue_bytes(bytes);
+    }
+
+    /// The next event; `literal_limit` is the largest literal accepted now.
+    pub fn next(&mut self, mode: Mode, literal_limit: u32) -> Input {
+        loop {
+            match self.frag.progress() {
+                None => return Input::NeedMore,
+                Some(FragmentInfo::Line { announcement: Some(ann), .. }) if mode == Mode::Command => {
+                    if ann.length > literal_limit {
+                        let tag = self.frag.decode_tag().map(IntoStatic::into_static);
+                        let sync = ann.mode == LiteralMode::Sync;
+                        if sync {
+                            self.frag.skip_message();
+                        }
+                        return Input::LiteralTooBig { tag, sync };
+                    }
+                    if ann.mode == LiteralMode::Sync {
+                        return Input::ContinueLiteral;
+                    }
+                }
+                Some(_) if !self.frag.is_message_complete() => {}
+                Some(_) => return self.decode(mode),
+            }
+        }
+    }
+
+    fn decode(&self, mode: Mode) -> Input {
+        let malformed =
+            |too_long: bool| Input::Malformed { tag: self.frag.decode_tag().map(IntoStatic::into_static), too_long };
+        if self.frag.is_max_message_size_exceeded() {
+            return malformed(true);
+        }
+        match mode {
+            Mode::Command => match self.frag.decode_message(&CommandCodec::new()) {
+                Ok(cmd) => Input::Command(cmd.into_static()),
+                Err(DecodeMessageError::MessageTooLong { .. }) => malformed(true),
+                Err(_) => malformed(false),
+            },
+            Mode::AuthData => match self.frag.decode_message(&AuthenticateDataCodec::new()) {
+                Ok(data) => Input::AuthData(data.into_static()),
+                Err(_) => malformed(false),
+            },
+            Mode::IdleDone => match self.frag.decode_message(&IdleDoneCodec::new()) {
+                Ok(_) => Input::IdleDone,
+                Err(_) => malformed(false),
+            },
+        }
+    }
+}
+
+/// Wire form of one response (literals included, as `{n}\r\n` + data).
+pub fn encode(response: &Response<'_>) -> Vec<u8> {
+    ResponseCodec::new().encode(response).dump()
+}
+
+/// `* OK [CAPABILITY ...] text` (RFC 3501 §7.1.1).
+pub fn encode_greeting(code: Option<Code<'static>>, text: &str) -> Vec<u8> {
+    let greeting = Greeting { kind: GreetingKind::Ok, code, text: text_or_dot(text) };
+    GreetingCodec::new().encode(&greeting).dump()
+}
+
+fn text_or_dot(text: &str) -> imap_codec::imap_types::core::Text<'static> {
+    // `text` must be non-empty and free of CR/LF (RFC 3501 §9 `text`).
+    let clean: String = text.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+    clean.try_into().unwrap_or_else(|_| "done".try_into().expect("static text is valid"))
+}
+
+/// A status response; a text that is not valid IMAP `text` is replaced.
+pub fn status(
+    tag: Option<Tag<'static>>,
+    kind: StatusKindArg,
+    code: Option<Code<'static>>,
+    text: &str,
+) -> Response<'static> {
+    let text = text_or_dot(text);
+    let body = imap_codec::imap_types::response::StatusBody { kind: kind.into(), code, text };
+    Response::Status(match tag {
+        Some(tag) => Status::Tagged(imap_codec::imap_types::response::Tagged { tag, body }),
+        None => Status::Untagged(body),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusKindArg {
+    Ok,
+    No,
+    Bad,
+}
+
+impl From<StatusKindArg> for imap_codec::imap_types::response::StatusKind {
+    fn from(k: StatusKindArg) -> Self {
+        use imap_codec::imap_types::response::StatusKind;
+        match k {
+            StatusKindArg::Ok => StatusKind::Ok,
+            StatusKindArg::No => StatusKind::No,
+            StatusKindArg::Bad => StatusKind::Bad,
+        }
+    }
+}
+
+/// `* BYE text` (RFC 3501 §7.1.5).
+pub fn bye(code: Option<Code<'static>>, text: &str) -> Response<'static> {
+    Response::Status(Status::Bye(imap_codec::imap_types::response::Bye { code, text: text_or_dot(text) }))
+}
+
+/// `+ text` (RFC 3501 §7.5).
+pub fn continuation(text: &str) -> Response<'static> {
+    Response::CommandContinuationRequest(
+        CommandContinuationRequest::basic(None, text_or_dot(text))
+            .unwrap_or(CommandContinuationRequest::Base64(Cow::Borrowed(b""))),
+    )
+}
+
+/// `+ ` with base64 data (SASL challenge, RFC 3501 §6.2.2).
+pub fn continuation_base64(data: &[u8]) -> Response<'static> {
+    Response::CommandContinuationRequest(CommandContinuationRequest::Base64(Cow::Owned(data.to_vec())))
+}
+
+/// A response code not modelled by imap-types (RFC 5530: UNAVAILABLE,
+/// ALREADYEXISTS, NONEXISTENT, ...). `atom` must be a valid atom.
+pub fn code(atom: &'static str) -> Code<'static> {
+    Code::Other(CodeOther::unvalidated(atom.as_bytes()))
+}
+
+// ---------------------------------------------------------------- mailbox names
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mailbox name is not valid modified UTF-7 (RFC 3501 §5.1.3)")]
+pub struct BadMailboxName;
+
+/// The storage name of a mailbox argument: INBOX canonical, modified UTF-7
+/// decoded (RFC 3501 §5.1.3).
+pub fn mailbox_name(mailbox: &Mailbox<'_>) -> Result<String, BadMailboxName> {
+    match mailbox {
+        Mailbox::Inbox => Ok("INBOX".into()),
+        Mailbox::Other(other) => {
+            let raw = std::str::from_utf8(other.inner().as_ref()).map_err(|_| BadMailboxName)?;
+            let name = decode_mutf7(raw)?;
+            if name.eq_ignore_ascii_case("INBOX") { Ok("INBOX".into()) } else { Ok(name) }
+        }
+    }
+}
+
+/// A storage name as an IMAP mailbox (modified UTF-7 encoded).
+pub fn wire_mailbox(name: &str) -> Mailbox<'static> {
+    Mailbox::try_from(encode_mutf7(name)).unwrap_or(Mailbox::Inbox)
+}
+
+fn mutf7_engine() -> base64::engine::GeneralPurpose {
+    base64::engine::GeneralPurpose::new(&base64::alphabet::IMAP_MUTF7, base64::engine::general_purpose::NO_PAD)
+}
+
+/// RFC 3501 §5.1.3: printable US-ASCII stands for itself except "&", which
+/// is "&-"; other characters are UTF-16 in modified BASE64 between "&" and "-".
+pub fn decode_mutf7(s: &str) -> Result<String, BadMailboxName> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let end = after.find('-').ok_or(BadMailboxName)?;
+        let b64 = &after[..end];
+        if b64.is_empty() {
+            out.push('&');
+        } else {
+            let bytes = mutf7_engine().decode(b64).map_err(|_| BadMailboxName)?;
+            if bytes.len() % 2 != 0 {
+                return Err(BadMailboxName);
+            }
+            let units: Vec<u16> = bytes.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            out.push_str(&String::from_utf16(&units).map_err(|_| BadMailboxName)?);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub fn encode_mutf7(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut pending: Vec<u16> = Vec::new();
+    let flush = |pending: &mut Vec<u16>, out: &mut String| {
+        if !pending.is_empty() {
+            let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+            out.push('&');
+            out.push_str(&mutf7_engine().encode(bytes));
+            out.push('-');
+            pending.clear();
+        }
+    };
+    for c in s.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut pending, &mut out);
+            if c == '&' { out.push_str("&-") } else { out.push(c) }
+        } else {
+            let mut buf = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(framer: &mut Framer) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match framer.next(Mode::Command, 100) {
+                Input::NeedMore => return out,
+                Input::Command(c) => out.push(format!("cmd {}", c.tag.inner())),
+                other => out.push(format!("{other:?}")),
+            }
+        }
+    }
+
+    #[test]
+    fn sync_literal_asks_for_continuation_once() {
+        let mut f = Framer::new(10_000);
+        f.push(b"a1 LOGIN {5}\r\n");
+        assert_eq!(events(&mut f), vec!["ContinueLiteral"]);
+        f.push(b"al");
+        assert!(events(&mut f).is_empty());
+        f.push(b"ice pw\r\n");
+        assert_eq!(events(&mut f), vec!["cmd a1"]);
+    }
+
+    #[test]
+    fn non_sync_literal_needs_no_continuation() {
+        let mut f = Framer::new(10_000);
+        f.push(b"a1 LOGIN {5+}\r\nalice pw\r\na2 NOOP\r\n");
+        assert_eq!(events(&mut f), vec!["cmd a1", "cmd a2"]);
+    }
+
+    #[test]
+    fn too_big_sync_literal_is_refused_and_the_session_goes_on() {
+        let mut f = Framer::new(10_000);
+        f.push(b"a1 APPEND INBOX {1000}\r\na2 NOOP\r\n");
+        let ev = events(&mut f);
+        assert!(ev[0].starts_with("LiteralTooBig"), "{ev:?}");
+        assert!(ev[0].contains("sync: true"), "{ev:?}");
+        assert_eq!(ev[1], "cmd a2");
+    }
+
+    #[test]
+    fn garbage_is_malformed_with_tag() {
+        let mut f = Framer::new(10_000);
+        f.push(b"a1 FROB\r\n\r\na3 NOOP\r\n");
+        let ev = events(&mut f);
+        assert!(ev[0].starts_with("Malformed") && ev[0].contains("a1"), "{ev:?}");
+        assert!(ev[1].starts_with("Malformed { tag: None"), "{ev:?}");
+        assert_eq!(ev[2], "cmd a3");
+    }
+
+    #[test]
+    fn overlong_line_is_malformed_not_buffered() {
+        let mut f = Framer::new(64);
+        let mut line = b"a1 NOOP ".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 500));
+        line.extend_from_slice(b"\r\na2 NOOP\r\n");
+        f.push(&line);
+        let ev = events(&mut f);
+        assert!(ev[0].contains("too_long: true"), "{ev:?}");
+        assert_eq!(ev[1], "cmd a2");
+    }
+
+    #[test]
+    fn mutf7_round_trip() {
+        // RFC 3501 §5.1.3 example.
+        let wire = "~peter/mail/&U,BTFw-/&ZeVnLIqe-";
+        let name = decode_mutf7(wire).expect("valid");
+        assert_eq!(name, "~peter/mail/台北/日本語");
+        assert_eq!(encode_mutf7(&name), wire);
+        assert_eq!(decode_mutf7("a&-b").expect("valid"), "a&b");
+        assert_eq!(encode_mutf7("a&b"), "a&-b");
+        assert!(decode_mutf7("&Jjo").is_err());
+    }
+
+    #[test]
+    fn responses_encode() {
+        let tag = Tag::try_from("a1").expect("tag");
+        let r = status(Some(tag), StatusKindArg::No, Some(code("UNAVAILABLE")), "storage down");
+        assert_eq!(encode(&r), b"a1 NO [UNAVAILABLE] storage down\r\n");
+    }
+}

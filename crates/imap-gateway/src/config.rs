@@ -1,0 +1,67 @@
+//! IMAP gateway configuration (`imap-gateway.toml`, env `MAILFLEET_IMAP_*`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailfleet_runtime::tls::TlsSettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImapConfig {
+    /// Cleartext IMAP with STARTTLS; dev port 1143 (production 143).
+    pub listen: SocketAddr,
+    /// Implicit TLS (RFC 8314 §3.3); dev port 9993 (production 993). `None` disables it.
+    pub tls_listen: Option<SocketAddr>,
+    pub storage_url: String,
+    pub nats_url: String,
+    /// Storage publishes change events on `<events_prefix>.<account_id>`.
+    pub events_prefix: String,
+    /// Allow LOGIN/AUTHENTICATE without TLS when the client is on loopback.
+    /// Otherwise LOGINDISABLED is advertised until STARTTLS (RFC 3501 §6.2.3).
+    pub allow_plaintext_auth_on_loopback: bool,
+    /// Allow cleartext authentication from any address (tests behind a TLS proxy only).
+    pub allow_plaintext_auth: bool,
+    pub tls: TlsSettings,
+    /// Autologout timer; RFC 3501 §5.4 requires at least 30 minutes.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Autologout before login; RFC 3501 §5.4 allows a shorter one here.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// Longest command line (without literals). RFC 7162 §4 asks clients to
+    /// keep lines under 8192 octets, so 64 KiB leaves room for big UID sets.
+    pub max_line: u32,
+    /// Largest literal (APPEND message) accepted; over it: `NO [TOOBIG]`.
+    pub max_literal: u32,
+    /// Largest literal before authentication (LOGIN arguments only).
+    pub max_literal_unauthenticated: u32,
+    /// Failed logins before the connection is closed.
+    pub max_bad_logins: u32,
+    /// Pause after a failed login, slowing password guessing.
+    #[serde(with = "humantime_serde")]
+    pub bad_login_delay: Duration,
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            listen: "127.0.0.1:1143".parse().expect("static address"),
+            tls_listen: Some("127.0.0.1:9993".parse().expect("static address")),
+            storage_url: "http://127.0.0.1:50051".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            events_prefix: "mail.events".into(),
+            allow_plaintext_auth_on_loopback: true,
+            allow_plaintext_auth: false,
+            tls: TlsSettings::default(),
+            idle_timeout: Duration::from_secs(31 * 60),
+            login_timeout: Duration::from_secs(60),
+            max_line: 64 * 1024,
+            // Matches storage's default message limit (50 MiB).
+            max_literal: 50 * 1024 * 1024,
+            max_literal_unauthenticated: 8 * 1024,
+            max_bad_logins: 3,
+            bad_login_delay: Duration::from_secs(1),
+        }
+    }
+}

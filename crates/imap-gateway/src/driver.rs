@@ -1,0 +1,213 @@
+//! The only I/O code: listeners, TLS (implicit and STARTTLS), timeouts,
+//! limits, shutdown. Bytes go to the codec, commands to the session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::imap_types::auth::AuthenticateData;
+use imap_codec::imap_types::response::{Code, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, field, info_span};
+
+use crate::codec::{self, Framer, Input, Mode, StatusKindArg};
+use crate::config::ImapConfig;
+use crate::session::{Context, Reply, Session, Then};
+use crate::store::MailStore;
+
+/// Read buffer per connection.
+const READ_CHUNK: usize = 8 * 1024;
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Stream::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+        }
+    }
+}
+
+/// Shared by every connection of one listener.
+pub struct Shared<S: MailStore> {
+    pub config: ImapConfig,
+    pub store: Arc<S>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accept connections until `shutdown`, then wait for them to say BYE.
+pub async fn accept_loop<S: MailStore>(
+    listener: TcpListener,
+    implicit_tls: bool,
+    shared: Arc<Shared<S>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let span = info_span!("conn", proto = "imap", %peer, tls = implicit_tls, user = field::Empty);
+        tracker.spawn(
+            async move {
+                let _ = tcp.set_nodelay(true);
+                let stream = if implicit_tls {
+                    let Some(acceptor) = shared.tls.clone() else { return };
+                    match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                        _ => return,
+                    }
+                } else {
+                    Stream::Plain(tcp)
+                };
+                if let Err(e) = connection(stream, peer, implicit_tls, &shared, shutdown).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn send(stream: &mut Stream, responses: &[Response<'static>]) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    for r in responses {
+        buf.extend(codec::encode(r));
+    }
+    stream.write_all(&buf).await
+}
+
+async fn connection<S: MailStore>(
+    mut stream: Stream,
+    peer: SocketAddr,
+    tls: bool,
+    shared: &Shared<S>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let config = &shared.config;
+    let ctx = Context {
+        tls,
+        starttls_available: shared.tls.is_some(),
+        plaintext_auth_allowed: config.allow_plaintext_auth
+            || (config.allow_plaintext_auth_on_loopback && peer.ip().is_loopback()),
+        max_bad_logins: config.max_bad_logins,
+    };
+    let mut session = Session::new(shared.store.clone(), ctx);
+    let mut framer = Framer::new(config.max_line.saturating_add(config.max_literal));
+    let mut mode = Mode::Command;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut user_recorded = false;
+
+    // RFC 3501 §7.1.1 greeting, with capabilities to save a round trip.
+    let caps = Code::Capability(session.capabilities().try_into().map_err(|_| std::io::Error::other("capabilities"))?);
+    stream.write_all(&codec::encode_greeting(Some(caps), "Mailfleet IMAP ready")).await?;
+
+    loop {
+        let authenticated = session.account().is_some();
+        let limit = if authenticated { config.max_literal } else { config.max_literal_unauthenticated };
+        let reply: Reply = match framer.next(mode, limit) {
+            Input::NeedMore => {
+                // RFC 3501 §5.4: autologout after at least 30 minutes idle.
+                let timeout = if authenticated { config.idle_timeout } else { config.login_timeout };
+                tokio::select! {
+                    read = tokio::time::timeout(timeout, stream.read(&mut buf)) => match read {
+                        Err(_) => {
+                            send(&mut stream, &[codec::bye(None, "Autologout; idle for too long")]).await?;
+                            return Ok(());
+                        }
+                        Ok(Ok(0)) => return Ok(()),
+                        Ok(Ok(n)) => framer.push(&buf[..n]),
+                        Ok(Err(e)) => return Err(e),
+                    },
+                    _ = shutdown.cancelled() => {
+                        send(&mut stream, &[codec::bye(None, "Server shutting down")]).await?;
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            Input::ContinueLiteral => {
+                send(&mut stream, &[codec::continuation("Ready for literal data")]).await?;
+                continue;
+            }
+            Input::LiteralTooBig { tag, sync: true } => {
+                // RFC 7888 §4 / RFC 4469: refuse before the client sends it.
+                let r = codec::status(tag, StatusKindArg::No, Some(codec::code("TOOBIG")), "Literal too large");
+                send(&mut stream, &[r]).await?;
+                continue;
+            }
+            Input::LiteralTooBig { sync: false, .. } => {
+                send(&mut stream, &[codec::bye(Some(codec::code("TOOBIG")), "Literal too large")]).await?;
+                return Ok(());
+            }
+            Input::Malformed { tag, too_long } => {
+                if mode == Mode::AuthData {
+                    session.auth_data(AuthenticateData::Cancel).await
+                } else {
+                    session.malformed(tag, too_long)
+                }
+            }
+            Input::Command(cmd) => {
+                let span = info_span!("cmd", verb = cmd.body.name(), tag = cmd.tag.inner());
+                session.handle(cmd).instrument(span).await
+            }
+            Input::AuthData(data) => session.auth_data(data).await,
+            Input::IdleDone => session.malformed(None, false),
+        };
+        if reply.delay {
+            tokio::time::sleep(config.bad_login_delay).await;
+        }
+        send(&mut stream, &reply.responses).await?;
+        if !user_recorded && let Some(account) = session.account() {
+            tracing::Span::current().record("user", account.address.as_str());
+            user_recorded = true;
+        }
+        mode = match reply.then {
+            Then::Command => Mode::Command,
+            Then::AuthData => Mode::AuthData,
+            Then::Close => return Ok(()),
+            Then::StartTls => {
+                let (Stream::Plain(tcp), Some(acceptor)) = (stream, shared.tls.clone()) else {
+                    return Ok(());
+                };
+                stream = Stream::Tls(Box::new(acceptor.accept(tcp).await?));
+                session.tls_started();
+                // RFC 3501 §6.2.1 / RFC 7817 §3: anything the client sent
+                // before the handshake is discarded (no command injection).
+                framer = Framer::new(config.max_line.saturating_add(config.max_literal));
+                Mode::Command
+            }
+        };
+    }
+}

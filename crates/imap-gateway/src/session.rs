@@ -1,0 +1,381 @@
+//! The IMAP4rev1 state machine (RFC 3501 §3): one command in, responses
+//! out, storage behind the `MailStore` trait. No sockets here.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{Atom, Tag};
+use imap_codec::imap_types::response::{Capability, Code, Data, Response};
+
+use crate::cmd;
+use crate::codec::{self, StatusKindArg};
+use crate::store::{Account, MailStore, StoreError};
+
+/// What the driver does after sending a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Read the next command.
+    Command,
+    /// Read a SASL response line (AUTHENTICATE in progress).
+    AuthData,
+    /// Start TLS on the connection, then read commands (RFC 3501 §6.2.1).
+    StartTls,
+    /// Close the connection (after LOGOUT or too many bad logins).
+    Close,
+}
+
+/// Responses to send, in order, and what comes next.
+#[derive(Debug)]
+pub struct Reply {
+    pub responses: Vec<Response<'static>>,
+    pub then: Then,
+    /// Slow the client down before answering (failed login).
+    pub delay: bool,
+}
+
+/// Why a command failed, with its wire form (STYLE.md §4).
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    /// Tagged BAD: syntax, or a command not valid in this state.
+    #[error("{0}")]
+    Bad(String),
+    /// Tagged NO, optionally with a response code.
+    #[error("{1}")]
+    No(Option<Code<'static>>, String),
+    /// A storage failure mapped to NO with an RFC 5530 code.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl ImapError {
+    pub fn bad(text: impl Into<String>) -> Self {
+        ImapError::Bad(text.into())
+    }
+    pub fn no(code: Option<&'static str>, text: impl Into<String>) -> Self {
+        ImapError::No(code.map(codec::code), text.into())
+    }
+
+    fn into_response(self, tag: Tag<'static>) -> Response<'static> {
+        match self {
+            ImapError::Bad(text) => codec::status(Some(tag), StatusKindArg::Bad, None, &text),
+            ImapError::No(code, text) => codec::status(Some(tag), StatusKindArg::No, code, &text),
+            ImapError::Store(e) => {
+                // RFC 5530 §3 response codes.
+                let (code, text) = match &e {
+                    StoreError::Unavailable(_) => {
+                        (codec::code("UNAVAILABLE"), "Storage is unavailable, try again later".to_string())
+                    }
+                    StoreError::NotFound(_) => (codec::code("NONEXISTENT"), "No such mailbox".to_string()),
+                    StoreError::AlreadyExists(_) => {
+                        (codec::code("ALREADYEXISTS"), "Mailbox already exists".to_string())
+                    }
+                    StoreError::OverQuota(_) => (Code::OverQuota, "Over quota".to_string()),
+                    StoreError::Invalid(m) | StoreError::NotAllowed(m) => (codec::code("CANNOT"), m.clone()),
+                    StoreError::BadCredentials => {
+                        (codec::code("AUTHENTICATIONFAILED"), "Authentication failed".to_string())
+                    }
+                    StoreError::Disabled => (codec::code("AUTHORIZATIONFAILED"), "Account disabled".to_string()),
+                };
+                codec::status(Some(tag), StatusKindArg::No, Some(code), &text)
+            }
+        }
+    }
+}
+
+pub type CmdResult = Result<Done, ImapError>;
+
+/// A command's successful completion: the tagged OK and what comes next.
+#[derive(Debug)]
+pub struct Done {
+    pub code: Option<Code<'static>>,
+    pub text: String,
+    pub then: Then,
+}
+
+impl Done {
+    pub fn ok(text: impl Into<String>) -> CmdResult {
+        Ok(Done { code: None, text: text.into(), then: Then::Command })
+    }
+    pub fn with_code(code: Code<'static>, text: impl Into<String>) -> CmdResult {
+        Ok(Done { code: Some(code), text: text.into(), then: Then::Command })
+    }
+    pub fn then(then: Then, text: impl Into<String>) -> CmdResult {
+        Ok(Done { code: None, text: text.into(), then })
+    }
+}
+
+/// The open mailbox in Selected state (RFC 3501 §3.3).
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub id: i64,
+    pub name: String,
+    /// EXAMINE (RFC 3501 §6.3.2): no flag changes, no expunges.
+    pub read_only: bool,
+    pub uid_validity: u32,
+    /// The sequence-number ↔ UID map (RFC 3501 §2.3.1.2): `uids[seq-1]`.
+    /// UIDs expunged elsewhere stay until an EXPUNGE may be reported.
+    pub uids: Vec<u32>,
+    /// Messages this session sees as \Recent (RFC 3501 §2.3.2).
+    pub recent: BTreeSet<u32>,
+    pub highest_modseq: u64,
+}
+
+impl Selected {
+    pub fn exists(&self) -> u32 {
+        self.uids.len() as u32
+    }
+    /// The sequence number of `uid`, if it is in the map.
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
+    }
+}
+
+/// A SASL exchange waiting for the client's response line.
+#[derive(Debug, Clone)]
+pub enum PendingAuth {
+    /// AUTHENTICATE PLAIN sent `+ `, waiting for the initial response.
+    Plain {
+        tag: Tag<'static>,
+    },
+    /// AUTHENTICATE LOGIN (draft-murchison-sasl-login): waiting for the user name, then the password.
+    LoginUser {
+        tag: Tag<'static>,
+    },
+    LoginPassword {
+        tag: Tag<'static>,
+        user: String,
+    },
+}
+
+#[derive(Debug)]
+pub enum State {
+    NotAuthenticated { pending: Option<PendingAuth> },
+    Authenticated { account: Account },
+    Selected { account: Account, mailbox: Selected },
+    Logout,
+}
+
+/// Per-connection facts the session needs but does not own.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The connection is encrypted (implicit TLS or after STARTTLS).
+    pub tls: bool,
+    /// STARTTLS can be offered (a TLS configuration exists).
+    pub starttls_available: bool,
+    /// LOGIN/AUTHENTICATE allowed on this connection without TLS.
+    pub plaintext_auth_allowed: bool,
+    pub max_bad_logins: u32,
+}
+
+pub struct Session<S: MailStore> {
+    pub(crate) store: Arc<S>,
+    pub(crate) state: State,
+    pub(crate) ctx: Context,
+    pub(crate) bad_logins: u32,
+}
+
+impl<S: MailStore> Session<S> {
+    pub fn new(store: Arc<S>, ctx: Context) -> Session<S> {
+        Session { store, state: State::NotAuthenticated { pending: None }, ctx, bad_logins: 0 }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Called by the driver once the TLS handshake after STARTTLS is done.
+    pub fn tls_started(&mut self) {
+        self.ctx.tls = true;
+    }
+
+    pub fn account(&self) -> Option<&Account> {
+        match &self.state {
+            State::Authenticated { account } | State::Selected { account, .. } => Some(account),
+            _ => None,
+        }
+    }
+
+    /// Authentication is possible without LOGINDISABLED (RFC 3501 §6.2.3).
+    pub(crate) fn auth_allowed(&self) -> bool {
+        self.ctx.tls || self.ctx.plaintext_auth_allowed
+    }
+
+    /// Capabilities for the current state; only complete extensions appear.
+    pub fn capabilities(&self) -> Vec<Capability<'static>> {
+        let mut caps = vec![Capability::Imap4Rev1, Capability::LiteralPlus, Capability::SaslIr];
+        if !self.ctx.tls && self.ctx.starttls_available && matches!(self.state, State::NotAuthenticated { .. }) {
+            caps.push(Capability::StartTls);
+        }
+        if matches!(self.state, State::NotAuthenticated { .. }) {
+            if self.auth_allowed() {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+                caps.push(Capability::Auth(AuthMechanism::Login));
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+        }
+        caps.extend([
+            Capability::Id,
+            Capability::Namespace,
+            Capability::Unselect,
+            Capability::UidPlus,
+            Capability::Move,
+            Capability::Enable,
+            Capability::from(Atom::try_from("CHILDREN").expect("static atom")),
+        ]);
+        caps
+    }
+
+    /// Handle one command (RFC 3501 §6). The dispatch table: one line each.
+    pub async fn handle(&mut self, command: Command<'static>) -> Reply {
+        let Command { tag, body } = command;
+        let name = body.name();
+        let mut out = Vec::new();
+        // RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH (sequence
+        // numbers must not shift under the client's feet).
+        let expunge_ok =
+            !matches!(body, CommandBody::Fetch { .. } | CommandBody::Store { .. } | CommandBody::Search { .. });
+        let just_selected = matches!(body, CommandBody::Select { .. } | CommandBody::Examine { .. });
+        let result = match body {
+            CommandBody::Capability => cmd::any::capability(self, &mut out),
+            CommandBody::Noop | CommandBody::Check => cmd::any::noop(self),
+            CommandBody::Logout => cmd::any::logout(self, &mut out),
+            CommandBody::Id { .. } => cmd::any::id(&mut out),
+            CommandBody::StartTLS => cmd::auth::starttls(self),
+            CommandBody::Login { username, password } => cmd::auth::login(self, username, password).await,
+            CommandBody::Authenticate { mechanism, initial_response } => {
+                cmd::auth::authenticate(self, &tag, mechanism, initial_response, &mut out).await
+            }
+            CommandBody::Enable { capabilities } => cmd::mailbox::enable(self, capabilities, &mut out),
+            CommandBody::Namespace => cmd::mailbox::namespace(self, &mut out),
+            CommandBody::List { reference, mailbox_wildcard } => {
+                cmd::mailbox::list(self, reference, mailbox_wildcard, false, &mut out).await
+            }
+            CommandBody::Lsub { reference, mailbox_wildcard } => {
+                cmd::mailbox::list(self, reference, mailbox_wildcard, true, &mut out).await
+            }
+            CommandBody::Status { mailbox, item_names } => {
+                cmd::mailbox::status(self, mailbox, &item_names, &mut out).await
+            }
+            CommandBody::Create { mailbox } => cmd::mailbox::create(self, mailbox).await,
+            CommandBody::Delete { mailbox } => cmd::mailbox::delete(self, mailbox).await,
+            CommandBody::Rename { from, to } => cmd::mailbox::rename(self, from, to).await,
+            CommandBody::Subscribe { mailbox } => cmd::mailbox::subscribe(self, mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => cmd::mailbox::subscribe(self, mailbox, false).await,
+            CommandBody::Select { mailbox, .. } => cmd::select::select(self, mailbox, false, &mut out).await,
+            CommandBody::Examine { mailbox, .. } => cmd::select::select(self, mailbox, true, &mut out).await,
+            CommandBody::Close => cmd::select::close(self).await,
+            CommandBody::Unselect => cmd::select::unselect(self),
+            CommandBody::Append { mailbox, flags, date, message } => {
+                cmd::append::append(self, mailbox, flags, date, message).await
+            }
+            CommandBody::Expunge => cmd::expunge::expunge(self, None, &mut out).await,
+            CommandBody::ExpungeUid { sequence_set } => cmd::expunge::expunge(self, Some(sequence_set), &mut out).await,
+            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. } => {
+                cmd::fetch::fetch(self, sequence_set, macro_or_item_names, uid, &mut out).await
+            }
+            CommandBody::Store { sequence_set, kind, response, flags, uid, .. } => {
+                cmd::flags::store(self, sequence_set, kind, response, flags, uid, &mut out).await
+            }
+            CommandBody::Copy { sequence_set, mailbox, uid } => {
+                cmd::copy::copy(self, sequence_set, mailbox, uid, false, &mut out).await
+            }
+            CommandBody::Move { sequence_set, mailbox, uid } => {
+                cmd::copy::copy(self, sequence_set, mailbox, uid, true, &mut out).await
+            }
+            CommandBody::Search { charset, criteria, uid } => {
+                cmd::search::search(self, charset, criteria, uid, &mut out).await
+            }
+            _ => Err(ImapError::bad(format!("{name} is not supported"))),
+        };
+        if let State::Selected { account, mailbox } = &mut self.state
+            && !just_selected
+        {
+            cmd::select::sync(&*self.store, account, mailbox, expunge_ok, &mut out).await;
+        }
+        self.finish(tag, result, out)
+    }
+
+    /// A SASL response line after AUTHENTICATE's continuation request.
+    pub async fn auth_data(&mut self, data: AuthenticateData<'static>) -> Reply {
+        let mut out = Vec::new();
+        let pending = match &mut self.state {
+            State::NotAuthenticated { pending } => pending.take(),
+            _ => None,
+        };
+        let Some(pending) = pending else {
+            return Reply {
+                responses: vec![codec::status(None, StatusKindArg::Bad, None, "No authentication in progress")],
+                then: Then::Command,
+                delay: false,
+            };
+        };
+        let tag = match &pending {
+            PendingAuth::Plain { tag } | PendingAuth::LoginUser { tag } | PendingAuth::LoginPassword { tag, .. } => {
+                tag.clone()
+            }
+        };
+        let result = cmd::auth::continue_authenticate(self, pending, data, &mut out).await;
+        self.finish(tag, result, out)
+    }
+
+    /// A complete line the codec could not parse (RFC 3501 §7.1.3 BAD).
+    pub fn malformed(&self, tag: Option<Tag<'static>>, too_long: bool) -> Reply {
+        let text = if too_long { "Command line too long" } else { "Syntax error" };
+        let code = too_long.then(|| codec::code("TOOBIG"));
+        Reply { responses: vec![codec::status(tag, StatusKindArg::Bad, code, text)], then: Then::Command, delay: false }
+    }
+
+    fn finish(&mut self, tag: Tag<'static>, result: CmdResult, mut out: Vec<Response<'static>>) -> Reply {
+        let mut delay = false;
+        let then = match result {
+            Ok(done) => {
+                // An AUTHENTICATE continuation has no tagged response yet.
+                if done.then != Then::AuthData {
+                    out.push(codec::status(Some(tag), StatusKindArg::Ok, done.code, &done.text));
+                }
+                done.then
+            }
+            Err(e) => {
+                let auth_failure = matches!(e, ImapError::Store(StoreError::BadCredentials));
+                out.push(e.into_response(tag));
+                if auth_failure {
+                    delay = true;
+                    self.bad_logins += 1;
+                    if self.bad_logins >= self.ctx.max_bad_logins {
+                        out.push(codec::bye(None, "Too many failed logins"));
+                        self.state = State::Logout;
+                        return Reply { responses: out, then: Then::Close, delay };
+                    }
+                }
+                match &self.state {
+                    State::NotAuthenticated { pending: Some(_) } => Then::AuthData,
+                    _ => Then::Command,
+                }
+            }
+        };
+        Reply { responses: out, then, delay }
+    }
+
+    /// The account, or BAD: the command needs Authenticated or Selected state.
+    pub(crate) fn need_auth(&self) -> Result<Account, ImapError> {
+        self.account().cloned().ok_or_else(|| ImapError::bad("Not authenticated"))
+    }
+
+    /// Account and open mailbox, or BAD: the command needs Selected state.
+    pub(crate) fn need_selected(&mut self) -> Result<(Account, &mut Selected), ImapError> {
+        match &mut self.state {
+            State::Selected { account, mailbox } => Ok((account.clone(), mailbox)),
+            _ => Err(ImapError::bad("No mailbox selected")),
+        }
+    }
+}
+
+/// Untagged capability data (RFC 3501 §7.2.1).
+pub(crate) fn capability_data(caps: Vec<Capability<'static>>) -> Response<'static> {
+    Response::Data(Data::Capability(
+        caps.try_into().unwrap_or_else(|_| vec![Capability::Imap4Rev1].try_into().expect("non-empty")),
+    ))
+}

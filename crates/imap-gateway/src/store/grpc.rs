@@ -1,0 +1,126 @@
+//! `MailStore` over gRPC to the storage service.
+
+use futures::StreamExt;
+use mailfleet_proto::storage::v1 as pb;
+use pb::directory_client::DirectoryClient;
+use pb::mailboxes_client::MailboxesClient;
+use pb::messages_client::MessagesClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Account, MailStore, StoreError, StoreResult};
+
+/// Append streams the message in chunks of this size.
+const APPEND_CHUNK: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct GrpcStore {
+    directory: DirectoryClient<Channel>,
+    mailboxes: MailboxesClient<Channel>,
+    messages: MessagesClient<Channel>,
+}
+
+impl GrpcStore {
+    /// A lazily connected client: storage being down at start-up is a
+    /// temporary failure of each command (`NO [UNAVAILABLE]`), not a crash.
+    pub fn connect_lazy(url: &str) -> Result<GrpcStore, tonic::transport::Error> {
+        let channel =
+            Endpoint::from_shared(url.to_string())?.connect_timeout(std::time::Duration::from_secs(5)).connect_lazy();
+        Ok(GrpcStore {
+            directory: DirectoryClient::new(channel.clone()),
+            mailboxes: MailboxesClient::new(channel.clone()),
+            messages: MessagesClient::new(channel),
+        })
+    }
+}
+
+impl MailStore for GrpcStore {
+    async fn authenticate(&self, username: &str, password: &str) -> StoreResult<Account> {
+        let req = pb::AuthenticateRequest { username: username.into(), password: password.into() };
+        let a = self.directory.clone().authenticate(req).await?.into_inner();
+        if a.disabled {
+            return Err(StoreError::Disabled);
+        }
+        Ok(Account { id: a.id, address: a.address })
+    }
+
+    async fn list_mailboxes(&self, account: i64, with_status: bool) -> StoreResult<pb::ListMailboxesResponse> {
+        let req = pb::ListMailboxesRequest { account_id: account, with_status };
+        Ok(self.mailboxes.clone().list_mailboxes(req).await?.into_inner())
+    }
+
+    async fn get_mailbox(&self, account: i64, name: &str, select: bool) -> StoreResult<pb::MailboxInfo> {
+        let req = pb::GetMailboxRequest { account_id: account, name: name.into(), select };
+        Ok(self.mailboxes.clone().get_mailbox(req).await?.into_inner())
+    }
+
+    async fn create_mailbox(&self, account: i64, name: &str) -> StoreResult<pb::MailboxInfo> {
+        let req = pb::CreateMailboxRequest { account_id: account, name: name.into(), special_use: vec![] };
+        Ok(self.mailboxes.clone().create_mailbox(req).await?.into_inner())
+    }
+
+    async fn rename_mailbox(&self, account: i64, from: &str, to: &str) -> StoreResult<pb::MailboxInfo> {
+        let req = pb::RenameMailboxRequest { account_id: account, from: from.into(), to: to.into() };
+        Ok(self.mailboxes.clone().rename_mailbox(req).await?.into_inner())
+    }
+
+    async fn delete_mailbox(&self, account: i64, name: &str) -> StoreResult<()> {
+        let req = pb::DeleteMailboxRequest { account_id: account, name: name.into() };
+        self.mailboxes.clone().delete_mailbox(req).await?;
+        Ok(())
+    }
+
+    async fn set_subscribed(&self, account: i64, name: &str, subscribed: bool) -> StoreResult<()> {
+        let req = pb::SetSubscribedRequest { account_id: account, name: name.into(), subscribed };
+        self.mailboxes.clone().set_subscribed(req).await?;
+        Ok(())
+    }
+
+    async fn append(&self, header: pb::AppendHeader, message: Vec<u8>) -> StoreResult<pb::AppendResponse> {
+        let mut parts = vec![pb::AppendRequest { part: Some(pb::append_request::Part::Header(header)) }];
+        parts.extend(
+            message
+                .chunks(APPEND_CHUNK)
+                .map(|c| pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(c.to_vec())) }),
+        );
+        Ok(self.messages.clone().append(futures::stream::iter(parts)).await?.into_inner())
+    }
+
+    async fn list_uids(&self, account: i64, mailbox: i64) -> StoreResult<pb::ListUidsResponse> {
+        let req = pb::ListUidsRequest { account_id: account, mailbox_id: mailbox };
+        Ok(self.messages.clone().list_uids(req).await?.into_inner())
+    }
+
+    async fn list_messages(&self, req: pb::ListMessagesRequest) -> StoreResult<Vec<pb::MessageMeta>> {
+        let mut stream = self.messages.clone().list_messages(req).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            out.push(meta?);
+        }
+        Ok(out)
+    }
+
+    async fn fetch(&self, req: pb::FetchRequest) -> StoreResult<Vec<u8>> {
+        let mut stream = self.messages.clone().fetch(req).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?.data);
+        }
+        Ok(out)
+    }
+
+    async fn store_flags(&self, req: pb::StoreFlagsRequest) -> StoreResult<pb::StoreFlagsResponse> {
+        Ok(self.messages.clone().store_flags(req).await?.into_inner())
+    }
+
+    async fn copy(&self, req: pb::CopyRequest) -> StoreResult<pb::CopyResponse> {
+        Ok(self.messages.clone().copy(req).await?.into_inner())
+    }
+
+    async fn expunge(&self, req: pb::ExpungeRequest) -> StoreResult<pb::ExpungeResponse> {
+        Ok(self.messages.clone().expunge(req).await?.into_inner())
+    }
+
+    async fn search(&self, req: pb::SearchRequest) -> StoreResult<pb::SearchResponse> {
+        Ok(self.messages.clone().search(req).await?.into_inner())
+    }
+}

@@ -1,0 +1,317 @@
+//! RFC 3501 conversations against the gateway over loopback TCP, with the
+//! in-memory store behind it (codec + session + driver, no storage service).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Gateway, transcript};
+use imap_gateway::store::fake::FakeStore;
+
+const MSG1: &[u8] = b"From: bob@example.org\r\nTo: alice@example.org\r\nSubject: Hello\r\nMessage-ID: <1@example.org>\r\n\r\nHi Alice!\r\n";
+const MSG2: &[u8] = b"From: carol@example.org\r\nSubject: Lunch\r\n\r\nNoon?\r\n";
+
+async fn gateway() -> (Gateway, Arc<FakeStore>) {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    (Gateway::start_with(store.clone(), |_| {}).await, store)
+}
+
+const CAPS_PRE: &str =
+    "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
+const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
+
+#[tokio::test]
+async fn greeting_capability_noop_logout() {
+    let (gw, _) = gateway().await;
+    transcript(
+        gw.addr,
+        &format!(
+            "
+        S: * OK [CAPABILITY {CAPS_PRE}] Mailfleet IMAP ready
+        C: a1 CAPABILITY
+        S: * CAPABILITY {CAPS_PRE}
+        S: a1 OK CAPABILITY completed
+        C: a2 NOOP
+        S: a2 OK NOOP completed
+        C: a3 LOGOUT
+        S: * BYE Mailfleet IMAP logging out
+        S: a3 OK LOGOUT completed
+        "
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn login_and_errors() {
+    let (gw, _) = gateway().await;
+    transcript(
+        gw.addr,
+        &format!(
+            "
+        S: * OK ...
+        C: a1 SELECT INBOX
+        S: a1 BAD Not authenticated
+        C: a2 LOGIN alice@example.org wrong
+        S: a2 NO [AUTHENTICATIONFAILED] Authentication failed
+        C: a3 FROB
+        S: a3 BAD Syntax error
+        C: a4 LOGIN alice@example.org pw
+        S: a4 OK [CAPABILITY {CAPS_POST}] Logged in
+        C: a5 LOGIN alice@example.org pw
+        S: a5 BAD Already authenticated
+        C: a6 CAPABILITY
+        S: * CAPABILITY {CAPS_POST}
+        S: a6 OK CAPABILITY completed
+        "
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn too_many_bad_logins_closes() {
+    let (gw, _) = gateway().await;
+    transcript(
+        gw.addr,
+        "
+        S: * OK ...
+        C: a1 LOGIN alice@example.org x
+        S: a1 NO [AUTHENTICATIONFAILED] Authentication failed
+        C: a2 LOGIN alice@example.org y
+        S: a2 NO [AUTHENTICATIONFAILED] Authentication failed
+        C: a3 LOGIN alice@example.org z
+        S: a3 NO [AUTHENTICATIONFAILED] Authentication failed
+        S: * BYE Too many failed logins
+        ",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn login_with_literals() {
+    let (gw, _) = gateway().await;
+    transcript(
+        gw.addr,
+        "
+        S: * OK ...
+        C: a1 LOGIN {17}
+        S: + Ready for literal data
+        C: alice@example.org {2}
+        S: + Ready for literal data
+        C: pw
+        S: a1 OK [CAPABILITY ...] Logged in
+        ",
+    )
+    .await;
+    transcript(
+        gw.addr,
+        "
+        S: * OK ...
+        C+: a1 LOGIN {17+}
+        C: alice@example.org pw
+        S: a1 OK [CAPABILITY ...] Logged in
+        ",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn authenticate_plain_and_login() {
+    let (gw, _) = gateway().await;
+    // base64("\0alice@example.org\0pw")
+    let plain = "AGFsaWNlQGV4YW1wbGUub3JnAHB3";
+    transcript(
+        gw.addr,
+        &format!(
+            "
+        S: * OK ...
+        C: a1 AUTHENTICATE PLAIN {plain}
+        S: a1 OK [CAPABILITY ...] Logged in
+        "
+        ),
+    )
+    .await;
+    transcript(
+        gw.addr,
+        &format!(
+            "
+        S: * OK ...
+        C: a1 AUTHENTICATE PLAIN
+        S: + ...
+        C: {plain}
+        S: a1 OK [CAPABILITY ...] Logged in
+        "
+        ),
+    )
+    .await;
+    transcript(
+        gw.addr,
+        "
+        S: * OK ...
+        C: a1 AUTHENTICATE PLAIN
+        S: + ...
+        C: *
+        S: a1 BAD Authentication cancelled
+        C: a2 AUTHENTICATE LOGIN
+        S: + VXNlcm5hbWU6
+        C: YWxpY2VAZXhhbXBsZS5vcmc=
+        S: + UGFzc3dvcmQ6
+        C: cHc=
+        S: a2 OK [CAPABILITY ...] Logged in
+        ",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn login_disabled_without_tls_off_loopback_policy() {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    let gw = Gateway::start_with(store, |c| c.allow_plaintext_auth_on_loopback = false).await;
+    transcript(
+        gw.addr,
+        "
+        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN] Mailfleet IMAP ready
+        C: a1 LOGIN alice@example.org pw
+        S: a1 NO [PRIVACYREQUIRED] Use STARTTLS first
+        C: a2 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3
+        S: a2 NO [PRIVACYREQUIRED] Use STARTTLS first
+        ",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mailbox_management() {
+    let (gw, _) = gateway().await;
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 CREATE Work/Projects
+        S: a1 OK CREATE completed
+        C: a2 CREATE Work/Projects
+        S: a2 NO [ALREADYEXISTS] Mailbox already exists
+        C: a3 CREATE INBOX
+        S: a3 NO [ALREADYEXISTS] INBOX always exists
+        C: a4 LIST "" *
+        S: * LIST (\HasNoChildren) "/" INBOX
+        S: * LIST (\HasNoChildren) "/" Work/Projects
+        S: a4 OK LIST completed
+        C: a5 LIST "" %
+        S: * LIST (\HasNoChildren) "/" INBOX
+        S: * LIST (\Noselect \HasChildren) "/" Work
+        S: a5 OK LIST completed
+        C: a6 LIST "" ""
+        S: * LIST (\Noselect) "/" ""
+        S: a6 OK LIST completed
+        C: a7 RENAME Work/Projects Archive
+        S: a7 OK RENAME completed
+        C: a8 DELETE Nope
+        S: a8 NO [NONEXISTENT] No such mailbox
+        C: a9 SUBSCRIBE Archive
+        S: a9 OK SUBSCRIBE completed
+        C: b1 LSUB "" *
+        S: * LSUB (\HasNoChildren) "/" Archive
+        S: b1 OK LSUB completed
+        C: b2 UNSUBSCRIBE Archive
+        S: b2 OK UNSUBSCRIBE completed
+        C: b3 DELETE Archive
+        S: b3 OK DELETE completed
+        C: b4 DELETE INBOX
+        S: b4 NO [CANNOT] INBOX cannot be deleted
+        C: b5 CREATE &ZeVnLIqe-
+        S: b5 OK CREATE completed
+        C: b6 LIST "" &ZeVnLIqe-
+        S: * LIST (\HasNoChildren) "/" &ZeVnLIqe-
+        S: b6 OK LIST completed
+        C: b7 STATUS INBOX (MESSAGES UNSEEN UIDNEXT UIDVALIDITY RECENT)
+        S: * STATUS INBOX (MESSAGES 0 UNSEEN 0 UIDNEXT 1 UIDVALIDITY 1001 RECENT 0)
+        S: b7 OK STATUS completed
+        C: b8 NAMESPACE
+        S: * NAMESPACE (("" "/")) NIL NIL
+        S: b8 OK NAMESPACE completed
+        C: b9 ID ("name" "test")
+        S: * ID ("name" "Mailfleet" "version" "0.1.0")
+        S: b9 OK ID completed
+        C: c1 ENABLE CONDSTORE
+        S: * ENABLED
+        S: c1 OK ENABLE completed
+        "#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn select_fetch_store_expunge() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", MSG1, &[]);
+    store.add_message(1, "INBOX", MSG2, &["\\Flagged"]);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 FETCH 1 FLAGS
+        S: a1 BAD No mailbox selected
+        C: a2 SELECT INBOX
+        S: * FLAGS (\Answered \Flagged \Deleted \Seen \Draft)
+        S: * 2 EXISTS
+        S: * 2 RECENT
+        S: * OK [UNSEEN 1] Message 1 is first unseen
+        S: * OK [PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft \*)] Flags permitted
+        S: * OK [UIDVALIDITY 1001] UIDs valid
+        S: * OK [UIDNEXT 3] Predicted next UID
+        S: a2 OK [READ-WRITE] SELECT completed
+        C: a3 FETCH 1:* (UID FLAGS RFC822.SIZE)
+        S: * 1 FETCH (UID 1 FLAGS (\Recent) RFC822.SIZE 104)
+        S: * 2 FETCH (UID 2 FLAGS (\Flagged \Recent) RFC822.SIZE 50)
+        S: a3 OK FETCH completed
+        C: a4 FETCH 3 FLAGS
+        S: a4 BAD Invalid sequence number
+        C: a5 FETCH 2 BODY.PEEK[HEADER.FIELDS (SUBJECT)]
+        S: * 2 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {18}
+        S: Subject: Lunch
+        S:
+        S: )
+        S: a5 OK FETCH completed
+        C: a6 FETCH 2 BODY[TEXT]
+        S: * 2 FETCH (BODY[TEXT] {7}
+        S: Noon?
+        S:  FLAGS (\Flagged \Seen \Recent))
+        S: a6 OK FETCH completed
+        C: a7 UID FETCH 1 (BODY.PEEK[]<0.4> ENVELOPE)
+        S: * 1 FETCH (UID 1 BODY[]<0> {4}
+        S: From ENVELOPE (NIL "Hello" NIL NIL NIL NIL NIL NIL NIL "<1@example.org>"))
+        S: a7 OK FETCH completed
+        C: a8 STORE 1 +FLAGS (\Deleted)
+        S: * 1 FETCH (FLAGS (\Deleted \Recent))
+        S: a8 OK STORE completed
+        C: a9 UID STORE 2 -FLAGS.SILENT (\Flagged)
+        S: a9 OK STORE completed
+        C: b1 SEARCH UNSEEN
+        S: * SEARCH 1
+        S: b1 OK SEARCH completed
+        C: b2 UID SEARCH SEEN
+        S: * SEARCH 2
+        S: b2 OK SEARCH completed
+        C: b3 SEARCH OR DELETED SUBJECT lunch
+        S: * SEARCH 1 2
+        S: b3 OK SEARCH completed
+        C: b4 SEARCH CHARSET KOI8-R ALL
+        S: b4 NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset
+        C: b5 EXPUNGE
+        S: * 1 EXPUNGE
+        S: b5 OK EXPUNGE completed
+        C: b6 FETCH * UID
+        S: * 1 FETCH (UID 2)
+        S: b6 OK FETCH completed
+        C: b7 UNSELECT
+        S: b7 OK UNSELECT completed
+        "#,
+    )
+    .await;
+}
