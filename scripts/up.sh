@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Services in start order; storage first, since everything talks to it.
-SERVICES=(storage)
+SERVICES=(storage pop3-gateway)
 
 scripts/ensure-deps.sh
 echo "up: building release binaries (the first build takes several minutes)" >&2
