@@ -1,0 +1,243 @@
+//! APPEND (RFC 3501 §6.3.11) and PutBlob, plus the pieces every operation
+//! that creates a message shares: parse-once blob metadata, pinning a blob
+//! against the sweeper, and inserting a message row.
+
+use mailfleet_proto::storage::v1 as pb;
+use pb::mail_event::Kind;
+use prost::Message;
+use sqlx::{PgConnection, Row};
+use time::OffsetDateTime;
+use tokio::io::AsyncReadExt;
+use tonic::Streaming;
+
+use super::flags::normalize_flags;
+use super::{add_usage, allocate_uids, internal_date, lock_account, mailbox_by_name, u32_of, u64_of};
+use crate::Store;
+use crate::blob::BlobWriter;
+use crate::error::{StorageError, StorageResult};
+
+/// A broken request stream: the client is gone or sent garbage.
+fn stream_error(status: tonic::Status) -> StorageError {
+    StorageError::InvalidArgument(format!("request stream failed: {}", status.message()))
+}
+
+/// Blob ids are lowercase hex SHA-256.
+pub(crate) fn check_blob_id(id: &str) -> StorageResult<()> {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidArgument(format!("malformed blob id {id:?}")))
+    }
+}
+
+/// Postgres TEXT cannot hold NUL.
+fn pg_text(s: String) -> String {
+    if s.contains('\0') { s.replace('\0', "") } else { s }
+}
+
+/// What a new message row needs.
+pub(crate) struct NewMessage<'a> {
+    pub blob_id: &'a str,
+    pub header_prefix: &'a [u8],
+    /// prefix + blob octets
+    pub size: i64,
+    pub internal_date: OffsetDateTime,
+    pub flags: &'a [String],
+}
+
+impl Store {
+    /// Parse a blob the first time a message refers to it and store the
+    /// metadata on its row; later references reuse it (a delivery to many
+    /// recipients parses once). Returns the blob size. NOT_FOUND when the
+    /// blob is not in the blob store.
+    pub(crate) async fn ensure_blob_metadata(&self, blob_id: &str) -> StorageResult<i64> {
+        check_blob_id(blob_id)?;
+        let known: Option<(i64, bool)> =
+            sqlx::query_as("SELECT size, header_size IS NOT NULL FROM blobs WHERE id = $1")
+                .bind(blob_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some((size, true)) = known {
+            return Ok(size);
+        }
+        if !self.blobs.exists(blob_id).await? {
+            return Err(StorageError::NotFound(format!("unknown blob {blob_id}")));
+        }
+        let mut raw = Vec::new();
+        self.blobs.reader(blob_id, 0, None).await?.read_to_end(&mut raw).await?;
+        let size = raw.len() as i64;
+        let parsed = tokio::task::spawn_blocking(move || crate::mime::parse(&raw))
+            .await
+            .map_err(|e| StorageError::Internal(format!("MIME parser failed: {e}")))?;
+        sqlx::query(
+            "INSERT INTO blobs (id, size, envelope, body_structure, header_size, sent_date, header_text, body_text)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size, envelope = EXCLUDED.envelope,
+                body_structure = EXCLUDED.body_structure, header_size = EXCLUDED.header_size,
+                sent_date = EXCLUDED.sent_date, header_text = EXCLUDED.header_text, body_text = EXCLUDED.body_text
+             WHERE blobs.header_size IS NULL",
+        )
+        .bind(blob_id)
+        .bind(size)
+        .bind(parsed.envelope.encode_to_vec())
+        .bind(parsed.body_structure.encode_to_vec())
+        .bind(i64::try_from(parsed.header_size).unwrap_or(size))
+        .bind(parsed.sent_date)
+        .bind(pg_text(parsed.header_text))
+        .bind(pg_text(parsed.body_text))
+        .execute(&self.pool)
+        .await?;
+        Ok(size)
+    }
+
+    /// Inside the transaction that will point a message at `blob_id`: take
+    /// the blob row lock (the upsert waits for a running sweep that holds it)
+    /// and make sure the file is still there, so a committed message never
+    /// refers to a missing blob.
+    pub(crate) async fn pin_blob(&self, conn: &mut PgConnection, blob_id: &str, size: i64) -> StorageResult<()> {
+        sqlx::query("INSERT INTO blobs (id, size) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size")
+            .bind(blob_id)
+            .bind(size)
+            .execute(&mut *conn)
+            .await?;
+        if !self.blobs.exists(blob_id).await? {
+            return Err(StorageError::NotFound(format!("blob {blob_id} is gone")));
+        }
+        Ok(())
+    }
+
+    /// Stream the request's data chunks into a new blob, enforcing the size
+    /// limit and (early) the quota. Returns (blob id, size).
+    async fn receive_blob<T>(
+        &self,
+        stream: &mut Streaming<T>,
+        mut chunk_of: impl FnMut(T) -> Option<Vec<u8>>,
+        room: Option<u64>,
+    ) -> StorageResult<(String, u64)> {
+        let max = self.config.max_message_size;
+        let mut writer: Box<dyn BlobWriter> = self.blobs.writer().await?;
+        while let Some(msg) = stream.message().await.map_err(stream_error)? {
+            let Some(chunk) = chunk_of(msg) else {
+                return Err(StorageError::InvalidArgument("unexpected header after data".into()));
+            };
+            if writer.written() + chunk.len() as u64 > max {
+                return Err(StorageError::OverQuota(format!("message larger than the limit of {max} bytes")));
+            }
+            if room.is_some_and(|r| writer.written() + chunk.len() as u64 > r) {
+                return Err(StorageError::OverQuota("over quota".into()));
+            }
+            writer.write(&chunk).await?;
+        }
+        Ok(writer.finish().await?)
+    }
+
+    pub(crate) async fn put_blob(
+        &self,
+        mut stream: Streaming<pb::PutBlobRequest>,
+    ) -> StorageResult<pb::PutBlobResponse> {
+        let (blob_id, size) = self.receive_blob(&mut stream, |m| Some(m.chunk), None).await?;
+        // The file is durable; record it (metadata stays NULL until a
+        // delivery parses it). Until a message refers to it, only the
+        // sweeper's minimum age keeps it alive.
+        sqlx::query("INSERT INTO blobs (id, size) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size")
+            .bind(&blob_id)
+            .bind(size as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(pb::PutBlobResponse { blob_id, size })
+    }
+
+    pub(crate) async fn append(&self, mut stream: Streaming<pb::AppendRequest>) -> StorageResult<pb::AppendResponse> {
+        let header = match stream.message().await.map_err(stream_error)?.and_then(|m| m.part) {
+            Some(pb::append_request::Part::Header(h)) => h,
+            _ => return Err(StorageError::InvalidArgument("the first Append message must be the header".into())),
+        };
+        let flags = normalize_flags(&header.flags)?;
+        let date = internal_date(header.internal_date.as_ref())?;
+        let name = mail_types::MailboxName::parse(&header.mailbox)?;
+        // Fail fast, before reading the data: unknown mailbox (IMAP turns it
+        // into NO [TRYCREATE]) or an account already at its quota.
+        let mut conn = self.pool.acquire().await?;
+        let room = {
+            let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1")
+                .bind(header.account_id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| StorageError::NotFound(format!("no account {}", header.account_id)))?;
+            let (quota, used): (i64, i64) = (row.get("quota_bytes"), row.get("used_bytes"));
+            (quota > 0).then(|| u64_of(quota - used))
+        };
+        mailbox_by_name(&mut conn, header.account_id, name.as_str(), false)
+            .await?
+            .ok_or_else(|| StorageError::NotFound(format!("no mailbox {name}")))?;
+        drop(conn);
+
+        let (blob_id, _) = self
+            .receive_blob(
+                &mut stream,
+                |m| match m.part {
+                    Some(pb::append_request::Part::Chunk(c)) => Some(c),
+                    _ => None,
+                },
+                room,
+            )
+            .await?;
+        let size = self.ensure_blob_metadata(&blob_id).await?;
+
+        let mut tx = self.pool.begin().await?;
+        self.pin_blob(&mut tx, &blob_id, size).await?;
+        let account = lock_account(&mut tx, header.account_id)
+            .await?
+            .ok_or_else(|| StorageError::NotFound(format!("no account {}", header.account_id)))?;
+        account.check_quota(size)?;
+        let mailbox = mailbox_by_name(&mut tx, header.account_id, name.as_str(), true)
+            .await?
+            .ok_or_else(|| StorageError::NotFound(format!("no mailbox {name}")))?;
+        let new = NewMessage { blob_id: &blob_id, header_prefix: &[], size, internal_date: date, flags: &flags };
+        let (uid, modseq) = insert_message(&mut tx, header.account_id, mailbox.id, &new).await?;
+        tx.commit().await?;
+
+        self.events
+            .publish(
+                header.account_id,
+                u64_of(modseq),
+                Kind::Added(pb::MessagesAdded { mailbox_id: mailbox.id, uids: vec![u32_of(uid)] }),
+            )
+            .await;
+        Ok(pb::AppendResponse {
+            mailbox_id: mailbox.id,
+            uid_validity: u32_of(mailbox.uid_validity),
+            uid: u32_of(uid),
+            modseq: u64_of(modseq),
+        })
+    }
+}
+
+/// Insert one message into a mailbox. The caller holds the account row lock
+/// (quota checked) and the transaction takes the mailbox row lock here.
+/// Returns (uid, modseq).
+pub(crate) async fn insert_message(
+    conn: &mut PgConnection,
+    account_id: i64,
+    mailbox_id: i64,
+    msg: &NewMessage<'_>,
+) -> StorageResult<(i64, i64)> {
+    let (uid, modseq) = allocate_uids(&mut *conn, mailbox_id, 1).await?;
+    sqlx::query(
+        "INSERT INTO messages (account_id, mailbox_id, uid, modseq, blob_id, header_prefix, size, internal_date, flags)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(account_id)
+    .bind(mailbox_id)
+    .bind(uid)
+    .bind(modseq)
+    .bind(msg.blob_id)
+    .bind(msg.header_prefix)
+    .bind(msg.size)
+    .bind(msg.internal_date)
+    .bind(msg.flags)
+    .execute(&mut *conn)
+    .await?;
+    add_usage(conn, account_id, msg.size, 1).await?;
+    Ok((uid, modseq))
+}

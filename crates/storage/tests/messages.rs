@@ -1,0 +1,337 @@
+//! Messages service through gRPC against real Postgres (TestEnv):
+//! append, fetch with ranges, list, UIDs, deliver, expunge and their errors.
+
+mod common;
+
+use common::*;
+use mailfleet_proto::storage::v1 as pb;
+use pb::delivery_result::Status as D;
+use tonic::Code;
+
+#[tokio::test]
+async fn append_then_fetch_list_and_uids() {
+    let mut ctx = setup().await;
+    let inbox = ctx.mailbox("INBOX").await;
+    let raw = message(1);
+    let a = ctx.append("inbox", &raw, &["\\seen", "$Work", "\\SEEN"]).await;
+    assert_eq!(a.uid, 1);
+    assert_eq!(a.mailbox_id, inbox.id);
+    assert_eq!(a.uid_validity, inbox.uid_validity);
+    assert!(a.modseq > inbox.highest_modseq);
+    let b = ctx.append("INBOX", &message(2), &[]).await;
+    assert_eq!(b.uid, 2);
+    assert!(b.modseq > a.modseq);
+
+    let (data, total) = ctx.fetch(inbox.id, 1, 0, None).await;
+    assert_eq!(data, raw);
+    assert_eq!(total, raw.len() as u64);
+    let (part, total) = ctx.fetch(inbox.id, 1, 6, Some(3)).await;
+    assert_eq!(part, &raw[6..9]);
+    assert_eq!(total, raw.len() as u64);
+    let (past_end, _) = ctx.fetch(inbox.id, 1, 10_000, Some(5)).await;
+    assert!(past_end.is_empty());
+
+    let metas = ctx.list(inbox.id, vec![], 0).await;
+    assert_eq!(metas.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(metas[0].flags, vec!["\\Seen", "$Work"]);
+    assert_eq!(metas[0].size, raw.len() as u64);
+    let hdr = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() as u64 + 4;
+    assert_eq!(metas[0].header_size, hdr);
+    assert!(metas[0].body_structure.is_some());
+
+    // CHANGEDSINCE: only the second append is newer than the first's modseq.
+    let newer = ctx.list(inbox.id, vec![range(1, STAR)], a.modseq).await;
+    assert_eq!(newer.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![2]);
+    // "5:*" with 5 above every UID still names the last message (RFC 3501 §6.4.8).
+    let star = ctx.list(inbox.id, vec![range(5, STAR)], 0).await;
+    assert_eq!(star.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![2]);
+
+    let uids = ctx.uids(inbox.id).await;
+    assert_eq!(uids.uids, vec![1, 2]);
+    assert_eq!(uids.uid_next, 3);
+    assert_eq!(uids.highest_modseq, b.modseq);
+    assert_eq!(uids.uid_validity, inbox.uid_validity);
+
+    let q = ctx.quota(ctx.account.id).await;
+    assert_eq!(q.message_count, 2);
+    assert_eq!(q.used_bytes, (raw.len() + message(2).len()) as u64);
+}
+
+#[tokio::test]
+async fn append_keeps_the_internal_date() {
+    let mut ctx = setup().await;
+    let when = prost_types::Timestamp { seconds: 760_000_000, nanos: 0 };
+    let id = ctx.account.id;
+    append_with(&mut ctx.messages, id, "INBOX", &message(1), &[], Some(when)).await.unwrap();
+    let inbox = ctx.mailbox("INBOX").await;
+    let metas = ctx.list(inbox.id, vec![range(1, 1)], 0).await;
+    assert_eq!(metas[0].internal_date, Some(when));
+}
+
+#[tokio::test]
+async fn append_errors() {
+    let mut ctx = setup().await;
+    let id = ctx.account.id;
+    let e = ctx.try_append(id, "Nope", &message(1), &[]).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = ctx.try_append(id, "INBOX", &message(1), &["\\Recent"]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = ctx.try_append(id, "INBOX", &message(1), &["bad flag"]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = ctx.try_append(id, "INBOX", &message(1), &["\\Bogus"]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = ctx.try_append(9_999_999, "INBOX", &message(1), &[]).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    // Over quota: clear RESOURCE_EXHAUSTED, nothing stored.
+    let account = ctx.account.clone();
+    ctx.set_quota(&account, 100).await;
+    let e = ctx.try_append(id, "INBOX", &[b'x'; 200], &[]).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("quota"), "{e}");
+    assert_eq!(ctx.quota(id).await.message_count, 0);
+    ctx.set_quota(&account, 0).await;
+
+    // Larger than max_message_size (50 MiB default) is refused while streaming.
+    let big = vec![b'a'; 50 * 1024 * 1024 + 1];
+    let e = ctx.try_append(id, "INBOX", &big, &[]).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    let inbox = ctx.mailbox("INBOX").await;
+    assert_eq!(ctx.uids(inbox.id).await.uids, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn twenty_megabytes_round_trip_with_ranges() {
+    let mut ctx = setup().await;
+    let mut raw = b"Subject: big\r\n\r\n".to_vec();
+    raw.extend((0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8));
+    let a = ctx.append("INBOX", &raw, &[]).await;
+    let (data, total) = ctx.fetch(a.mailbox_id, a.uid, 0, None).await;
+    assert_eq!(total, raw.len() as u64);
+    assert!(data == raw, "20 MB message differs after the round trip");
+    let (mid, _) = ctx.fetch(a.mailbox_id, a.uid, 10_000_000, Some(1_000_000)).await;
+    assert!(mid == raw[10_000_000..11_000_000]);
+    let (tail, _) = ctx.fetch(a.mailbox_id, a.uid, raw.len() as u64 - 10, None).await;
+    assert_eq!(tail, &raw[raw.len() - 10..]);
+}
+
+#[tokio::test]
+async fn bad_uid_sets_and_cross_account_access() {
+    let mut ctx = setup().await;
+    let a = ctx.append("INBOX", &message(1), &[]).await;
+    let e = ctx.try_list(ctx.account.id, a.mailbox_id, vec![range(0, 3)], 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = ctx.try_fetch(ctx.account.id, a.mailbox_id, 42, 0, None).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    // Another account can neither read nor list nor change alice's mailbox.
+    let mallory = ctx.add_account("mallory").await;
+    let e = ctx.try_fetch(mallory.id, a.mailbox_id, a.uid, 0, None).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = ctx.try_list(mallory.id, a.mailbox_id, vec![], 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = ctx
+        .messages
+        .list_uids(pb::ListUidsRequest { account_id: mallory.id, mailbox_id: a.mailbox_id })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = ctx
+        .messages
+        .expunge(pb::ExpungeRequest {
+            account_id: mallory.id,
+            mailbox_id: a.mailbox_id,
+            uids: vec![range(1, 1)],
+            ignore_deleted_flag: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(ctx.uids(a.mailbox_id).await.uids, vec![1]);
+}
+
+fn target(account_id: i64, key: &str, mailbox: &str, prefix: &[u8]) -> pb::DeliveryTarget {
+    pb::DeliveryTarget {
+        account_id,
+        mailbox: mailbox.into(),
+        delivery_key: key.into(),
+        header_prefix: prefix.to_vec(),
+        flags: vec![],
+    }
+}
+
+#[tokio::test]
+async fn put_blob_then_deliver_is_idempotent_and_reports_each_target() {
+    let mut ctx = setup().await;
+    let bob = ctx.add_account("bob").await;
+    let carol = ctx.add_account("carol").await;
+    let dave = ctx.add_account("dave").await;
+    ctx.env
+        .admin()
+        .await
+        .set_disabled(pb::SetDisabledRequest { address: carol.address.clone(), disabled: true })
+        .await
+        .unwrap();
+    ctx.set_quota(&dave, 10).await;
+
+    let raw = message(7);
+    let blob = ctx.put_blob(&raw).await;
+    assert_eq!(blob.size, raw.len() as u64);
+    assert_eq!(blob.blob_id.len(), 64);
+
+    let prefix = b"Return-Path: <bob@example.org>\r\nDelivered-To: alice@example.com\r\n".to_vec();
+    let req = pb::DeliverRequest {
+        blob_id: blob.blob_id.clone(),
+        targets: vec![
+            target(ctx.account.id, "job1:alice", "", &prefix),
+            target(bob.id, "job1:bob", "Archive", b""),
+            target(carol.id, "job1:carol", "", b""),
+            target(dave.id, "job1:dave", "", b""),
+            target(9_999_999, "job1:ghost", "", b""),
+            target(bob.id, "job1:bob-missing", "Nope", b""),
+        ],
+        internal_date: None,
+    };
+    let res = ctx.messages.deliver(req.clone()).await.unwrap().into_inner().results;
+    let statuses: Vec<D> = res.iter().map(|r| r.status()).collect();
+    assert_eq!(
+        statuses,
+        vec![D::Delivered, D::Delivered, D::AccountDisabled, D::OverQuota, D::NoSuchAccount, D::NoSuchMailbox]
+    );
+    assert_eq!(res[0].uid, 1);
+    let inbox = ctx.mailbox("INBOX").await;
+    assert_eq!(res[0].mailbox_id, inbox.id);
+
+    // The per-recipient prefix comes first and counts in the size.
+    let (data, total) = ctx.fetch(inbox.id, 1, 0, None).await;
+    assert_eq!(data, [prefix.clone(), raw.clone()].concat());
+    assert_eq!(total, (prefix.len() + raw.len()) as u64);
+    let (straddle, _) = ctx.fetch(inbox.id, 1, prefix.len() as u64 - 4, Some(8)).await;
+    assert_eq!(straddle, [&prefix[prefix.len() - 4..], &raw[..4]].concat());
+    let meta = &ctx.list(inbox.id, vec![range(1, 1)], 0).await[0];
+    let hdr = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(meta.header_size, (prefix.len() + hdr) as u64);
+    let body = meta.body_structure.as_ref().unwrap();
+    assert_eq!(body.header_offset, 0);
+    assert_eq!(body.body_offset, (prefix.len() + hdr) as u64);
+
+    // Retried delivery: DUPLICATE with the original location, nothing stored.
+    let again = ctx.messages.deliver(req).await.unwrap().into_inner().results;
+    assert_eq!(again[0].status(), D::Duplicate);
+    assert_eq!((again[0].mailbox_id, again[0].uid), (inbox.id, 1));
+    assert_eq!(again[1].status(), D::Duplicate);
+    assert_eq!(ctx.uids(inbox.id).await.uids, vec![1]);
+    assert_eq!(ctx.quota(ctx.account.id).await.message_count, 1);
+    assert_eq!(ctx.quota(bob.id).await.message_count, 1);
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_deliveries_store_one_message() {
+    let ctx = setup().await;
+    let mut c = ctx;
+    let blob = c.put_blob(&message(3)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut client = c.messages.clone();
+        let req = pb::DeliverRequest {
+            blob_id: blob.blob_id.clone(),
+            targets: vec![target(c.account.id, "job-same:alice", "INBOX", b"")],
+            internal_date: None,
+        };
+        tasks.push(tokio::spawn(async move { client.deliver(req).await.unwrap().into_inner().results[0].status() }));
+    }
+    let mut delivered = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            D::Delivered => delivered += 1,
+            D::Duplicate => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(delivered, 1);
+    let inbox = c.mailbox("INBOX").await;
+    assert_eq!(c.uids(inbox.id).await.uids, vec![1]);
+}
+
+#[tokio::test]
+async fn deliver_unknown_or_malformed_blob_stores_nothing() {
+    let mut ctx = setup().await;
+    let req = |blob_id: &str, id| pb::DeliverRequest {
+        blob_id: blob_id.into(),
+        targets: vec![target(id, "k1", "", b"")],
+        internal_date: None,
+    };
+    let e = ctx.messages.deliver(req(&"ab".repeat(32), ctx.account.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = ctx.messages.deliver(req("../../etc/passwd", ctx.account.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let inbox = ctx.mailbox("INBOX").await;
+    assert!(ctx.uids(inbox.id).await.uids.is_empty());
+    // The key was not consumed: a later delivery with a real blob works.
+    let blob = ctx.put_blob(&message(1)).await;
+    let res = ctx.messages.deliver(req(&blob.blob_id, ctx.account.id)).await.unwrap().into_inner();
+    assert_eq!(res.results[0].status(), D::Delivered);
+}
+
+#[tokio::test]
+async fn fetch_blob_streams_the_raw_bytes() {
+    use futures::StreamExt;
+    let mut ctx = setup().await;
+    let raw: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8 + b'a').collect();
+    let blob = ctx.put_blob(&raw).await;
+    let mut s = ctx.messages.fetch_blob(pb::FetchBlobRequest { blob_id: blob.blob_id }).await.unwrap().into_inner();
+    let mut data = Vec::new();
+    let mut first = true;
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        if first {
+            assert_eq!(c.total_size, raw.len() as u64);
+            first = false;
+        }
+        data.extend(c.data);
+    }
+    assert!(data == raw);
+    let e = ctx.messages.fetch_blob(pb::FetchBlobRequest { blob_id: "0".repeat(64) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn expunge_deleted_uid_expunge_and_pop3_removal() {
+    use pb::store_flags_request::Operation::Add;
+    let mut ctx = setup().await;
+    for n in 1..=6 {
+        ctx.append("INBOX", &message(n), &[]).await;
+    }
+    let inbox = ctx.mailbox("INBOX").await;
+    let before = ctx.quota(ctx.account.id).await;
+    ctx.store(inbox.id, vec![range(1, 2), range(5, 5)], Add, &["\\Deleted"], None).await.unwrap();
+
+    // UID EXPUNGE 2:6 → only the \Deleted ones inside the set.
+    let ex = |uids, ignore| pb::ExpungeRequest {
+        account_id: ctx.account.id,
+        mailbox_id: inbox.id,
+        uids,
+        ignore_deleted_flag: ignore,
+    };
+    let r = ctx.messages.expunge(ex(vec![range(2, 6)], false)).await.unwrap().into_inner();
+    assert_eq!(r.expunged_uids, vec![2, 5]);
+    // Plain EXPUNGE → the remaining \Deleted one.
+    let r2 = ctx.messages.expunge(ex(vec![], false)).await.unwrap().into_inner();
+    assert_eq!(r2.expunged_uids, vec![1]);
+    assert!(r2.highest_modseq > r.highest_modseq);
+    // POP3 UPDATE: exactly the listed UIDs, \Deleted or not.
+    let r3 = ctx.messages.expunge(ex(vec![range(3, 3), range(6, 6)], true)).await.unwrap().into_inner();
+    assert_eq!(r3.expunged_uids, vec![3, 6]);
+    // Nothing left to do: no error, nothing removed.
+    let r4 = ctx.messages.expunge(ex(vec![], false)).await.unwrap().into_inner();
+    assert!(r4.expunged_uids.is_empty());
+    assert_eq!(r4.highest_modseq, r3.highest_modseq);
+
+    assert_eq!(ctx.uids(inbox.id).await.uids, vec![4]);
+    let after = ctx.quota(ctx.account.id).await;
+    assert_eq!(after.message_count, 1);
+    assert_eq!(after.used_bytes, message(4).len() as u64);
+    assert!(before.used_bytes > after.used_bytes);
+    // UIDs are never reused (RFC 3501 §2.3.1.1).
+    assert_eq!(ctx.append("INBOX", &message(9), &[]).await.uid, 7);
+}
