@@ -494,3 +494,55 @@ print("quit", p.quit().decode())
     assert!(retr.status.success(), "curl RETR: {:?}", retr);
     assert_eq!(retr.stdout, message(2));
 }
+
+#[tokio::test]
+async fn lease_is_renewed_while_the_session_lives_and_expires_after_a_crash() {
+    use pb::locks_client::LocksClient;
+    let env = TestEnv::start().await;
+    let acct = env.add_account(USER, PASS).await;
+    let mut cfg = config(&env);
+    cfg.lock_ttl = Duration::from_secs(3); // renewed every second
+    let gw1 = Gateway::start(cfg.clone()).await;
+    let gw2 = Gateway::start(cfg).await;
+
+    // A gateway that crashed while holding the maildrop: its lease is never
+    // renewed nor released, yet it lapses by itself.
+    let crashed = pb::LockRequest { account_id: acct.id, name: "pop3".into(), holder: "crashed".into(), ttl_seconds: 1 };
+    assert!(LocksClient::new(env.channel().await).acquire(crashed).await.unwrap().into_inner().held);
+    let (mut c, _) = connect(gw1.port()).await;
+    assert_eq!(c.cmd(&format!("USER {USER}")).await, "+OK send PASS\r\n");
+    assert_eq!(c.cmd(&format!("PASS {PASS}")).await, "-ERR [IN-USE] maildrop already locked\r\n");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert_eq!(c.cmd(&format!("USER {USER}")).await, "+OK send PASS\r\n");
+        let reply = c.cmd(&format!("PASS {PASS}")).await;
+        if reply.starts_with("+OK") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the crashed holder's lease never lapsed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Alive past its TTL, the session still holds the maildrop: it renews.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (mut other, _) = connect(gw2.port()).await;
+    assert_eq!(other.cmd(&format!("USER {USER}")).await, "+OK send PASS\r\n");
+    assert_eq!(other.cmd(&format!("PASS {PASS}")).await, "-ERR [IN-USE] maildrop already locked\r\n");
+    assert_eq!(c.cmd("NOOP").await, "+OK\r\n");
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_without_update() {
+    let env = TestEnv::start().await;
+    let acct = env.add_account(USER, PASS).await;
+    let a1 = append(&env, acct.id, &message(1)).await;
+    let mut gw = Gateway::start(config(&env)).await;
+
+    let mut c = login(gw.port()).await;
+    assert_eq!(c.cmd("DELE 1").await, "+OK message 1 deleted\r\n");
+    gw.shutdown.cancel();
+    assert_eq!(c.line().await, "-ERR [SYS/TEMP] server shutting down\r\n");
+    assert!(c.eof().await);
+    tokio::time::timeout(WAIT, &mut gw.running.task).await.expect("gateway stops").unwrap();
+    assert_eq!(inbox_uids(&env, acct.id, a1.mailbox_id).await, vec![a1.uid], "no UPDATE on shutdown");
+}
