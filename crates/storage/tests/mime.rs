@@ -534,7 +534,8 @@ fn deep_nesting_is_capped() {
         p = inner;
         depth += 1;
     }
-    assert!(depth <= MAX_DEPTH, "{depth}");
+    assert_eq!(depth, MAX_DEPTH);
+    assert_eq!((p.media_type.as_str(), p.media_subtype.as_str()), ("application", "octet-stream"));
 }
 
 #[test]
