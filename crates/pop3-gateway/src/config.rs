@@ -89,3 +89,35 @@ impl Default for Pop3Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn defaults_follow_the_rfcs() {
+        let c = Pop3Config::default();
+        assert!(c.autologout >= Duration::from_secs(600), "RFC 1939 §3");
+        assert_eq!(c.max_command_line, 255, "RFC 2449 §4");
+        assert_eq!(c.listen.port(), 1110);
+    }
+
+    #[test]
+    fn example_file_and_environment_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pop3-gateway.example.toml");
+        let from_file: Pop3Config = mailfleet_runtime::config::load(Some(&path), "MF_POP3_TEST_NONE_").unwrap();
+        assert_eq!(from_file.autologout, Duration::from_secs(600));
+        assert_eq!(from_file.tls_listen, Some("127.0.0.1:9995".parse().unwrap()));
+        assert_eq!(from_file.capa_expire, None);
+
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("MF_POP3_TEST_A_AUTOLOGOUT", "15m");
+            std::env::set_var("MF_POP3_TEST_A_CAPA_EXPIRE", "NEVER");
+        }
+        let from_env: Pop3Config = mailfleet_runtime::config::load(None, "MF_POP3_TEST_A_").unwrap();
+        assert_eq!(from_env.autologout, Duration::from_secs(900));
+        assert_eq!(from_env.capa_expire.as_deref(), Some("NEVER"));
+    }
+}

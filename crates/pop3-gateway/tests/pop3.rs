@@ -507,7 +507,8 @@ async fn lease_is_renewed_while_the_session_lives_and_expires_after_a_crash() {
 
     // A gateway that crashed while holding the maildrop: its lease is never
     // renewed nor released, yet it lapses by itself.
-    let crashed = pb::LockRequest { account_id: acct.id, name: "pop3".into(), holder: "crashed".into(), ttl_seconds: 1 };
+    let crashed =
+        pb::LockRequest { account_id: acct.id, name: "pop3".into(), holder: "crashed".into(), ttl_seconds: 1 };
     assert!(LocksClient::new(env.channel().await).acquire(crashed).await.unwrap().into_inner().held);
     let (mut c, _) = connect(gw1.port()).await;
     assert_eq!(c.cmd(&format!("USER {USER}")).await, "+OK send PASS\r\n");

@@ -592,3 +592,22 @@ async fn renew_keeps_the_lease_and_reports_loss() {
     store.locks.lock().unwrap().insert(1, "other".into());
     assert!(!s.renew_lock(&store).await);
 }
+
+#[tokio::test]
+async fn retr_writes_while_the_message_is_still_arriving() {
+    use tokio::io::AsyncReadExt;
+    let store = Arc::new(FakeStore::alice(1));
+    store.stall_fetch.store(true, Ordering::SeqCst);
+    let mut s = logged_in(&store).await;
+    let (mut client, mut server) = tokio::io::duplex(1024);
+    let task = {
+        let store = store.clone();
+        tokio::spawn(async move { s.handle_line(b"RETR 1\r\n", store.as_ref(), &mut server).await })
+    };
+    // The reply and the first chunk arrive although storage has not finished.
+    let want = b"+OK 56 octets\r\nSub";
+    let mut got = vec![0; want.len()];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, want);
+    task.abort();
+}

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use md5::{Digest, Md5};
 
 use super::{Account, ByteStream, MailStore, MessageInfo, Snapshot, StoreError};
@@ -26,6 +27,8 @@ pub struct FakeStore {
     pub down: AtomicBool,
     /// Fail only expunge (storage dies between DELE and QUIT).
     pub expunge_down: AtomicBool,
+    /// Fetch streams one chunk, then never ends (proves RETR streams).
+    pub stall_fetch: AtomicBool,
 }
 
 pub const UID_VALIDITY: u32 = 1700;
@@ -127,6 +130,10 @@ impl MailStore for FakeStore {
         // Three-byte chunks exercise the streaming state machines.
         let chunks: Vec<Result<Bytes, StoreError>> =
             msg.data[..end].chunks(3).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        if self.stall_fetch.load(Ordering::SeqCst) {
+            let first = chunks.into_iter().take(1);
+            return Ok(Box::pin(futures::stream::iter(first).chain(futures::stream::pending())));
+        }
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
