@@ -51,8 +51,9 @@ impl<'a> HeaderBlock<'a> {
 pub(crate) fn split_header(data: &[u8]) -> HeaderBlock<'_> {
     let mut fields: Vec<Field<'_>> = Vec::new();
     let mut pos = 0;
-    // Whether a continuation line may extend the last field.
-    let mut open = false;
+    // Where the last field's value starts, while continuation lines may
+    // still extend it.
+    let mut open: Option<usize> = None;
     while pos < data.len() {
         let line_end = data[pos..].iter().position(|&b| b == b'\n').map_or(data.len(), |i| pos + i + 1);
         let line = &data[pos..line_end];
@@ -62,20 +63,20 @@ pub(crate) fn split_header(data: &[u8]) -> HeaderBlock<'_> {
             return HeaderBlock { fields, len: line_end };
         }
         if matches!(content.first(), Some(b' ' | b'\t')) {
-            if open && let Some(last) = fields.last_mut() {
-                let start = last.value.as_ptr() as usize - data.as_ptr() as usize;
+            if let (Some(start), Some(last)) = (open, fields.last_mut()) {
                 last.value = &data[start..pos + content.len()];
             }
         } else if let Some(colon) = content.iter().position(|&b| b == b':') {
             let name = trim_end_wsp(&content[..colon]);
             if !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b)) {
-                fields.push(Field { name, value: &data[pos + colon + 1..pos + content.len()] });
-                open = true;
+                let start = pos + colon + 1;
+                fields.push(Field { name, value: &data[start..pos + content.len()] });
+                open = Some(start);
             } else {
-                open = false;
+                open = None;
             }
         } else {
-            open = false;
+            open = None;
         }
         pos = line_end;
     }
