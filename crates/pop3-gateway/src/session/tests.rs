@@ -611,3 +611,59 @@ async fn retr_writes_while_the_message_is_still_arriving() {
     assert_eq!(&got, want);
     task.abort();
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        let verbs = prop::sample::select(vec![
+            "USER", "PASS", "APOP", "AUTH", "CAPA", "STLS", "QUIT", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET",
+            "TOP", "UIDL", "user", "XYZ", "",
+        ]);
+        let arg = prop_oneof!["[0-9]{1,3}", "alice", "pw", "PLAIN", "LOGIN", "[ -~]{0,12}", "=", "\\*"];
+        prop_oneof![
+            4 => (verbs, prop::collection::vec(arg, 0..3)).prop_map(|(v, args)| {
+                let mut l = v.to_string();
+                for a in args {
+                    l.push(' ');
+                    l.push_str(&a);
+                }
+                l.into_bytes()
+            }),
+            1 => prop::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Any sequence of lines, in any state: no panic, every reply is a
+        /// well-formed status line (or a SASL continuation), the maildrop is
+        /// only changed by a QUIT that said +OK.
+        #[test]
+        fn session_never_panics(lines in prop::collection::vec(line(), 1..25), login_first in any::<bool>()) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let store = FakeStore::alice(3);
+                let mut s = loopback(SessionConfig { max_bad_commands: 1000, max_bad_auth: 1000, ..cfg() });
+                if login_first {
+                    let mut out = Vec::new();
+                    s.handle_line(b"USER alice\r\n", &store, &mut out).await.unwrap();
+                    s.handle_line(b"PASS pw\r\n", &store, &mut out).await.unwrap();
+                }
+                for line in lines {
+                    let mut out = Vec::new();
+                    let flow = s.handle_line(&line, &store, &mut out).await.unwrap();
+                    assert!(out.starts_with(b"+OK") || out.starts_with(b"-ERR") || out.starts_with(b"+ "), "{}", escape(&out));
+                    assert!(out.ends_with(b"\r\n"));
+                    if flow == Flow::Close {
+                        break;
+                    }
+                }
+                if store.uids().len() < 3 {
+                    assert!(matches!(s.state(), State::Done), "messages removed outside UPDATE");
+                }
+            });
+        }
+    }
+}
