@@ -7,6 +7,7 @@ pub mod copy;
 pub mod expunge;
 pub mod fetch;
 pub mod flags;
+pub mod idle;
 pub mod mailbox;
 pub mod search;
 pub mod select;

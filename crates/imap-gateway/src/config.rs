@@ -26,6 +26,10 @@ pub struct ImapConfig {
     /// Autologout timer; RFC 3501 §5.4 requires at least 30 minutes.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// While idling, check the mailbox this often even without a NATS
+    /// event (a safety net if NATS is down or an event was lost).
+    #[serde(with = "humantime_serde")]
+    pub idle_poll_interval: Duration,
     /// Autologout before login; RFC 3501 §5.4 allows a shorter one here.
     #[serde(with = "humantime_serde")]
     pub login_timeout: Duration,
@@ -56,6 +60,7 @@ impl Default for ImapConfig {
             tls: TlsSettings::default(),
             idle_timeout: Duration::from_secs(31 * 60),
             login_timeout: Duration::from_secs(60),
+            idle_poll_interval: Duration::from_secs(60),
             max_line: 64 * 1024,
             // Matches storage's default message limit (50 MiB).
             max_literal: 50 * 1024 * 1024,

@@ -9,6 +9,7 @@ use imap_codec::imap_types::auth::AuthenticateData;
 use imap_codec::imap_types::response::{Code, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ use tracing::{Instrument, field, info_span};
 
 use crate::codec::{self, Framer, Input, Mode, StatusKindArg};
 use crate::config::ImapConfig;
+use crate::events::{AccountFeed, EventHub};
 use crate::session::{Context, Reply, Session, Then};
 use crate::store::MailStore;
 
@@ -54,6 +56,19 @@ pub struct Shared<S: MailStore> {
     pub config: ImapConfig,
     pub store: Arc<S>,
     pub tls: Option<TlsAcceptor>,
+    pub events: Arc<EventHub>,
+}
+
+/// Resolves when the account's feed has news; never without a feed.
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Accept connections until `shutdown`, then wait for them to say BYE.
@@ -128,6 +143,9 @@ async fn connection<S: MailStore>(
     let mut mode = Mode::Command;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut user_recorded = false;
+    // Held while logged in: keeps the account's NATS subscription alive.
+    let mut _feed: Option<Arc<AccountFeed>> = None;
+    let mut events: Option<watch::Receiver<u64>> = None;
 
     // RFC 3501 §7.1.1 greeting, with capabilities to save a round trip.
     let caps = Code::Capability(session.capabilities().try_into().map_err(|_| std::io::Error::other("capabilities"))?);
@@ -140,7 +158,16 @@ async fn connection<S: MailStore>(
             Input::NeedMore => {
                 // RFC 3501 §5.4: autologout after at least 30 minutes idle.
                 let timeout = if authenticated { config.idle_timeout } else { config.login_timeout };
+                let idling = mode == Mode::IdleDone;
                 tokio::select! {
+                    _ = changed(&mut events), if idling => {
+                        let updates = session.idle_update().await;
+                        send(&mut stream, &updates).await?;
+                    }
+                    _ = tokio::time::sleep(config.idle_poll_interval), if idling => {
+                        let updates = session.idle_update().await;
+                        send(&mut stream, &updates).await?;
+                    }
                     read = tokio::time::timeout(timeout, stream.read(&mut buf)) => match read {
                         Err(_) => {
                             send(&mut stream, &[codec::bye(None, "Autologout; idle for too long")]).await?;
@@ -171,19 +198,17 @@ async fn connection<S: MailStore>(
                 send(&mut stream, &[codec::bye(Some(codec::code("TOOBIG")), "Literal too large")]).await?;
                 return Ok(());
             }
-            Input::Malformed { tag, too_long } => {
-                if mode == Mode::AuthData {
-                    session.auth_data(AuthenticateData::Cancel).await
-                } else {
-                    session.malformed(tag, too_long)
-                }
-            }
+            Input::Malformed { tag, too_long } => match mode {
+                Mode::AuthData => session.auth_data(AuthenticateData::Cancel).await,
+                Mode::IdleDone => session.idle_abort(),
+                Mode::Command => session.malformed(tag, too_long),
+            },
             Input::Command(cmd) => {
                 let span = info_span!("cmd", verb = cmd.body.name(), tag = cmd.tag.inner());
                 session.handle(cmd).instrument(span).await
             }
             Input::AuthData(data) => session.auth_data(data).await,
-            Input::IdleDone => session.malformed(None, false),
+            Input::IdleDone => session.idle_done().await,
         };
         if reply.delay {
             tokio::time::sleep(config.bad_login_delay).await;
@@ -192,10 +217,19 @@ async fn connection<S: MailStore>(
         if !user_recorded && let Some(account) = session.account() {
             tracing::Span::current().record("user", account.address.as_str());
             user_recorded = true;
+            _feed = shared.events.subscribe(account.id);
+            events = _feed.as_ref().map(|f| f.receiver());
         }
         mode = match reply.then {
             Then::Command => Mode::Command,
             Then::AuthData => Mode::AuthData,
+            Then::Idle => {
+                // Only events after this point matter; the sync just ran.
+                if let Some(rx) = events.as_mut() {
+                    rx.borrow_and_update();
+                }
+                Mode::IdleDone
+            }
             Then::Close => return Ok(()),
             Then::StartTls => {
                 let (Stream::Plain(tcp), Some(acceptor)) = (stream, shared.tls.clone()) else {

@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod codec;
 pub mod config;
 pub mod driver;
+pub mod events;
 pub mod session;
 pub mod store;
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::driver::Shared;
+use crate::events::EventHub;
 use crate::store::grpc::GrpcStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +47,15 @@ pub struct RunningImap {
 /// Start the gateway against the storage service at `config.storage_url`.
 pub async fn serve(config: ImapConfig, shutdown: CancellationToken) -> Result<RunningImap, ServeError> {
     let store = Arc::new(GrpcStore::connect_lazy(&config.storage_url)?);
-    serve_with_store(config, store, shutdown).await
+    let events = Arc::new(EventHub::connect(&config.nats_url, &config.events_prefix).await);
+    serve_with_store(config, store, events, shutdown).await
 }
 
 /// Start the gateway over any store (tests use the in-memory fake).
 pub async fn serve_with_store<S: store::MailStore>(
     config: ImapConfig,
     store: Arc<S>,
+    events: Arc<EventHub>,
     shutdown: CancellationToken,
 ) -> Result<RunningImap, ServeError> {
     let tls = TlsAcceptor::from(mailfleet_runtime::tls::server_config(&config.tls)?);
@@ -65,7 +69,7 @@ pub async fn serve_with_store<S: store::MailStore>(
         None => None,
     };
     let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let shared = Arc::new(Shared { config, store, tls: Some(tls) });
+    let shared = Arc::new(Shared { config, store, tls: Some(tls), events });
     let tracker = TaskTracker::new();
     let mut loops =
         vec![tokio::spawn(driver::accept_loop(listener, false, shared.clone(), shutdown.clone(), tracker.clone()))];

@@ -24,6 +24,8 @@ pub enum Then {
     StartTls,
     /// Close the connection (after LOGOUT or too many bad logins).
     Close,
+    /// IDLE (RFC 2177): push updates until DONE.
+    Idle,
 }
 
 /// Responses to send, in order, and what comes next.
@@ -62,6 +64,9 @@ impl ImapError {
             ImapError::Bad(text) => codec::status(Some(tag), StatusKindArg::Bad, None, &text),
             ImapError::No(code, text) => codec::status(Some(tag), StatusKindArg::No, code, &text),
             ImapError::Store(e) => {
+                if let StoreError::Unavailable(detail) = &e {
+                    tracing::warn!(error = %detail, "storage failure");
+                }
                 // RFC 5530 §3 response codes.
                 let (code, text) = match &e {
                     StoreError::Unavailable(_) => {
@@ -174,11 +179,13 @@ pub struct Session<S: MailStore> {
     pub(crate) state: State,
     pub(crate) ctx: Context,
     pub(crate) bad_logins: u32,
+    /// The tag of a running IDLE, answered at DONE.
+    pub(crate) idle_tag: Option<Tag<'static>>,
 }
 
 impl<S: MailStore> Session<S> {
     pub fn new(store: Arc<S>, ctx: Context) -> Session<S> {
-        Session { store, state: State::NotAuthenticated { pending: None }, ctx, bad_logins: 0 }
+        Session { store, state: State::NotAuthenticated { pending: None }, ctx, bad_logins: 0, idle_tag: None }
     }
 
     pub fn state(&self) -> &State {
@@ -217,6 +224,7 @@ impl<S: MailStore> Session<S> {
             }
         }
         caps.extend([
+            Capability::Idle,
             Capability::Id,
             Capability::Namespace,
             Capability::Unselect,
@@ -241,6 +249,7 @@ impl<S: MailStore> Session<S> {
         let result = match body {
             CommandBody::Capability => cmd::any::capability(self, &mut out),
             CommandBody::Noop | CommandBody::Check => cmd::any::noop(self),
+            CommandBody::Idle => cmd::idle::idle(self, &tag, &mut out),
             CommandBody::Logout => cmd::any::logout(self, &mut out),
             CommandBody::Id { .. } => cmd::any::id(&mut out),
             CommandBody::StartTLS => cmd::auth::starttls(self),
@@ -321,6 +330,36 @@ impl<S: MailStore> Session<S> {
         self.finish(tag, result, out)
     }
 
+    /// While idling: report what changed (RFC 2177 §3 allows any untagged
+    /// response, EXPUNGE included).
+    pub async fn idle_update(&mut self) -> Vec<Response<'static>> {
+        let mut out = Vec::new();
+        if let State::Selected { account, mailbox } = &mut self.state {
+            cmd::select::sync(&*self.store, account, mailbox, true, &mut out).await;
+        }
+        out
+    }
+
+    /// DONE ends IDLE with the tagged OK (RFC 2177 §3).
+    pub async fn idle_done(&mut self) -> Reply {
+        let mut out = self.idle_update().await;
+        match self.idle_tag.take() {
+            Some(tag) => out.push(codec::status(Some(tag), StatusKindArg::Ok, None, "IDLE terminated")),
+            None => out.push(codec::status(None, StatusKindArg::Bad, None, "Not idling")),
+        }
+        Reply { responses: out, then: Then::Command, delay: false }
+    }
+
+    /// Anything but DONE while idling ends IDLE with BAD.
+    pub fn idle_abort(&mut self) -> Reply {
+        let tag = self.idle_tag.take();
+        Reply {
+            responses: vec![codec::status(tag, StatusKindArg::Bad, None, "Expected DONE")],
+            then: Then::Command,
+            delay: false,
+        }
+    }
+
     /// A complete line the codec could not parse (RFC 3501 §7.1.3 BAD).
     pub fn malformed(&self, tag: Option<Tag<'static>>, too_long: bool) -> Reply {
         let text = if too_long { "Command line too long" } else { "Syntax error" };
@@ -332,8 +371,8 @@ impl<S: MailStore> Session<S> {
         let mut delay = false;
         let then = match result {
             Ok(done) => {
-                // An AUTHENTICATE continuation has no tagged response yet.
-                if done.then != Then::AuthData {
+                // AUTHENTICATE continuations and IDLE answer later.
+                if !matches!(done.then, Then::AuthData | Then::Idle) {
                     out.push(codec::status(Some(tag), StatusKindArg::Ok, done.code, &done.text));
                 }
                 done.then

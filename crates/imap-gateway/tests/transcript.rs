@@ -17,8 +17,8 @@ async fn gateway() -> (Gateway, Arc<FakeStore>) {
 }
 
 const CAPS_PRE: &str =
-    "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
-const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
+    "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
+const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
 
 #[tokio::test]
 async fn greeting_capability_noop_logout() {
@@ -171,7 +171,7 @@ async fn login_disabled_without_tls_off_loopback_policy() {
     transcript(
         gw.addr,
         "
-        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN] Mailfleet IMAP ready
+        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN] Mailfleet IMAP ready
         C: a1 LOGIN alice@example.org pw
         S: a1 NO [PRIVACYREQUIRED] Use STARTTLS first
         C: a2 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3
@@ -312,6 +312,148 @@ async fn select_fetch_store_expunge() {
         C: b7 UNSELECT
         S: b7 OK UNSELECT completed
         "#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn idle_reports_new_mail_and_ends_with_done() {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    store.add_message(1, "INBOX", MSG1, &["\\Seen"]);
+    // No NATS here: the periodic check finds the change.
+    let gw = Gateway::start_with(store.clone(), |c| c.idle_poll_interval = std::time::Duration::from_millis(50)).await;
+    let mut c = common::Client::connect(gw.addr).await;
+    c.line().await;
+    c.cmd("a1", "LOGIN alice@example.org pw").await;
+    c.cmd("a2", "SELECT INBOX").await;
+    assert_eq!(c.cmd("a3", "IDLE").await, vec!["+ idling"]);
+    store.add_message(1, "INBOX", MSG2, &[]);
+    assert_eq!(c.line().await, "* 2 EXISTS");
+    c.send(b"DONE\r\n").await;
+    assert_eq!(c.until("a3").await, vec!["a3 OK IDLE terminated"]);
+    // Anything but DONE ends IDLE with BAD; the session goes on.
+    assert_eq!(c.cmd("a4", "IDLE").await, vec!["+ idling"]);
+    c.send(b"a5 NOOP\r\n").await;
+    assert_eq!(c.until("a4").await, vec!["a4 BAD Expected DONE"]);
+    assert_eq!(c.cmd("a6", "NOOP").await, vec!["a6 OK NOOP completed"]);
+}
+
+#[tokio::test]
+async fn read_only_examine_close_copy_move() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", MSG1, &[]);
+    store.add_message(1, "INBOX", MSG2, &["\\Deleted"]);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 EXAMINE INBOX
+        S: * FLAGS (\Answered \Flagged \Deleted \Seen \Draft)
+        S: * 2 EXISTS
+        S: * 0 RECENT
+        S: * OK [UNSEEN 1] Message 1 is first unseen
+        S: * OK [PERMANENTFLAGS ()] Flags permitted
+        S: * OK [UIDVALIDITY 1001] UIDs valid
+        S: * OK [UIDNEXT 3] Predicted next UID
+        S: a1 OK [READ-ONLY] EXAMINE completed
+        C: a2 STORE 1 +FLAGS (\Seen)
+        S: a2 NO [READ-ONLY] Mailbox is read-only
+        C: a3 FETCH 1 BODY[TEXT]
+        S: * 1 FETCH (BODY[TEXT] {11}
+        S: Hi Alice!
+        S: )
+        S: a3 OK FETCH completed
+        C: a4 COPY 1:2 Nowhere
+        S: a4 NO [TRYCREATE] No such mailbox
+        C: a5 CREATE Saved
+        S: a5 OK CREATE completed
+        C: a6 COPY 1:2 Saved
+        S: a6 OK [COPYUID 1002 1:2 1:2] COPY completed
+        C: a7 CLOSE
+        S: a7 OK CLOSE completed
+        C: a8 SELECT INBOX
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: a8 OK [READ-WRITE] SELECT completed
+        C: a9 UID MOVE 2 Saved
+        S: * OK [COPYUID 1002 2 3] Moved UIDs
+        S: * 2 EXPUNGE
+        S: a9 OK MOVE completed
+        C: b1 UID EXPUNGE 1
+        S: b1 OK EXPUNGE completed
+        C: b2 STORE 1 FLAGS (\Deleted)
+        S: * 1 FETCH (FLAGS (\Deleted \Recent))
+        S: b2 OK STORE completed
+        C: b3 CLOSE
+        S: b3 OK CLOSE completed
+        C: b4 STATUS INBOX (MESSAGES)
+        S: * STATUS INBOX (MESSAGES 0)
+        S: b4 OK STATUS completed
+        C: b5 EXPUNGE
+        S: b5 BAD No mailbox selected
+        "#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn append_with_literals_and_limits() {
+    let (gw, store) = gateway().await;
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 APPEND INBOX (\Seen) "14-Nov-2023 22:13:20 +0000" {11}
+        S: + Ready for literal data
+        C: hello world
+        S: a1 OK [APPENDUID 1001 1] APPEND completed
+        C+: a2 APPEND INBOX {5+}
+        C: howdy
+        S: a2 OK [APPENDUID 1001 2] APPEND completed
+        C: a3 APPEND Nope {2}
+        S: + Ready for literal data
+        C: hi
+        S: a3 NO [TRYCREATE] No such mailbox
+        C: a4 APPEND INBOX {999999999}
+        S: a4 NO [TOOBIG] Literal too large
+        C: a5 NOOP
+        S: a5 OK NOOP completed
+        "#,
+    )
+    .await;
+    store.set_down(true);
+    transcript(
+        gw.addr,
+        "
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 NO [UNAVAILABLE] Storage is unavailable, try again later
+        ",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn literal_before_login_is_bounded() {
+    let (gw, _) = gateway().await;
+    transcript(
+        gw.addr,
+        "
+        S: * OK ...
+        C: a1 LOGIN {100000}
+        S: a1 NO [TOOBIG] Literal too large
+        C: a2 NOOP
+        S: a2 OK NOOP completed
+        ",
     )
     .await;
 }

@@ -41,7 +41,9 @@ impl Gateway {
         let mut config = test_config("http://127.0.0.1:1", &tmp);
         edit(&mut config);
         let shutdown = CancellationToken::new();
-        let running = imap_gateway::serve_with_store(config, store, shutdown.clone()).await.expect("gateway starts");
+        let events = Arc::new(imap_gateway::events::EventHub::disconnected());
+        let running =
+            imap_gateway::serve_with_store(config, store, events, shutdown.clone()).await.expect("gateway starts");
         Gateway {
             addr: running.addr,
             tls_addr: running.tls_addr.expect("tls listener"),
@@ -51,10 +53,13 @@ impl Gateway {
         }
     }
 
-    pub async fn start_grpc(storage_url: &str) -> Gateway {
+    /// Against a real storage service; events from `nats_url` under `events_prefix`.
+    pub async fn start_grpc(storage_url: &str, nats_url: &str, events_prefix: &str) -> Gateway {
         mailfleet_runtime::init_crypto();
         let tmp = tempfile::tempdir().expect("tempdir");
-        let config = test_config(storage_url, &tmp);
+        let mut config = test_config(storage_url, &tmp);
+        config.nats_url = nats_url.into();
+        config.events_prefix = events_prefix.into();
         let shutdown = CancellationToken::new();
         let running = imap_gateway::serve(config, shutdown.clone()).await.expect("gateway starts");
         Gateway {

@@ -1,0 +1,88 @@
+//! Push across replicas: storage publishes a `MailEvent` on
+//! `<prefix>.<account_id>` after each change. One NATS connection per
+//! gateway; one subscription per logged-in account, shared by all of its
+//! sessions and dropped with the last one, so an idle client costs a
+//! `watch::Receiver` and nothing else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use futures::StreamExt;
+use mailfleet_proto::storage::v1::MailEvent;
+use prost::Message;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Events of one account; the value counts events seen.
+pub struct AccountFeed {
+    rx: watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+impl AccountFeed {
+    pub fn receiver(&self) -> watch::Receiver<u64> {
+        self.rx.clone()
+    }
+}
+
+impl Drop for AccountFeed {
+    fn drop(&mut self) {
+        // Dropping the subscriber unsubscribes on the NATS connection.
+        self.task.abort();
+    }
+}
+
+pub struct EventHub {
+    client: Option<async_nats::Client>,
+    prefix: String,
+    feeds: Mutex<HashMap<i64, Weak<AccountFeed>>>,
+}
+
+impl EventHub {
+    /// Connects in the background (retrying); until NATS answers, sessions
+    /// rely on the periodic check while idling.
+    pub async fn connect(url: &str, prefix: &str) -> EventHub {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "NATS connection failed; IDLE falls back to polling"))
+            .ok();
+        EventHub { client, prefix: prefix.to_string(), feeds: Mutex::new(HashMap::new()) }
+    }
+
+    /// A hub without NATS (tests with the in-memory store).
+    pub fn disconnected() -> EventHub {
+        EventHub { client: None, prefix: String::new(), feeds: Mutex::new(HashMap::new()) }
+    }
+
+    /// The shared feed of `account`, subscribing on first use.
+    pub fn subscribe(&self, account: i64) -> Option<Arc<AccountFeed>> {
+        let client = self.client.clone()?;
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(feed) = feeds.get(&account).and_then(Weak::upgrade) {
+            return Some(feed);
+        }
+        feeds.retain(|_, w| w.strong_count() > 0);
+        let (tx, rx) = watch::channel(0u64);
+        let subject = format!("{}.{account}", self.prefix);
+        let task = tokio::spawn(async move {
+            let mut sub = match client.subscribe(subject.clone()).await {
+                Ok(sub) => sub,
+                Err(e) => {
+                    tracing::warn!(error = %e, %subject, "NATS subscribe failed");
+                    return;
+                }
+            };
+            while let Some(msg) = sub.next().await {
+                match MailEvent::decode(msg.payload.as_ref()) {
+                    Ok(_) => tx.send_modify(|n| *n += 1),
+                    Err(e) => tracing::debug!(error = %e, "undecodable mail event"),
+                }
+            }
+        });
+        let feed = Arc::new(AccountFeed { rx, task });
+        feeds.insert(account, Arc::downgrade(&feed));
+        Some(feed)
+    }
+}

@@ -1,0 +1,273 @@
+//! The gateway against the real storage service (Postgres + NATS via
+//! `mailfleet_testkit::TestEnv`), with raw IMAP, Python's imaplib and curl.
+
+mod common;
+
+use common::{Client, Gateway, glob};
+use mailfleet_testkit::TestEnv;
+
+const MSG: &str = "From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: Hello there\r\nMessage-ID: <m1@example.org>\r\nDate: Sun, 22 Nov 2026 05:00:00 +0000\r\n\r\nHi Alice,\r\nlunch?\r\n";
+
+fn assert_lines(got: &[String], expected: &[&str]) {
+    let ok = got.len() == expected.len() && expected.iter().zip(got).all(|(e, g)| glob(e, g));
+    assert!(ok, "expected:\n  {}\ngot:\n  {}", expected.join("\n  "), got.join("\n  "));
+}
+
+async fn login(addr: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(addr).await;
+    assert!(c.line().await.starts_with("* OK"));
+    assert_lines(&c.cmd("l", "LOGIN alice@example.org secret-pw").await, &["l OK [CAPABILITY ...] Logged in"]);
+    c
+}
+
+async fn append(c: &mut Client, tag: &str, mailbox: &str, flags: &str, msg: &str) -> Vec<String> {
+    c.send(format!("{tag} APPEND {mailbox} {flags} {{{}}}\r\n", msg.len()).as_bytes()).await;
+    assert_lines(&c.until(tag).await, &["+ Ready for literal data"]);
+    c.send(format!("{msg}\r\n").as_bytes()).await;
+    c.until(tag).await
+}
+
+#[tokio::test]
+async fn mailbox_and_message_lifecycle() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut c = login(gw.addr).await;
+
+    assert_lines(&c.cmd("a1", "CREATE Projects").await, &["a1 OK CREATE completed"]);
+    assert_lines(&c.cmd("a2", "CREATE Projects").await, &["a2 NO [ALREADYEXISTS] Mailbox already exists"]);
+    assert_lines(
+        &append(&mut c, "a3", "INBOX", "(\\Flagged)", MSG).await,
+        &["a3 OK [APPENDUID ... 1] APPEND completed"],
+    );
+    assert_lines(&append(&mut c, "a4", "Nowhere", "()", MSG).await, &["a4 NO [TRYCREATE] No such mailbox"]);
+    let list = c.cmd("a5", "LIST \"\" *").await;
+    assert!(list.iter().any(|l| l.starts_with("* LIST (") && l.ends_with("\"/\" Projects")), "{list:?}");
+    assert!(list.iter().any(|l| l.ends_with("\"/\" INBOX")), "{list:?}");
+    assert_lines(
+        &c.cmd("a6", "STATUS INBOX (MESSAGES UNSEEN)").await,
+        &["* STATUS INBOX (MESSAGES 1 UNSEEN 1)", "a6 OK STATUS completed"],
+    );
+
+    let sel = c.cmd("b1", "SELECT INBOX").await;
+    assert!(sel.contains(&"* 1 EXISTS".to_string()), "{sel:?}");
+    assert!(sel.contains(&"* 1 RECENT".to_string()), "{sel:?}");
+    assert!(sel.last().is_some_and(|l| l == "b1 OK [READ-WRITE] SELECT completed"), "{sel:?}");
+
+    let f = c.cmd("b2", "FETCH 1 (FLAGS RFC822.SIZE ENVELOPE)").await;
+    assert_lines(
+        &f,
+        &[
+            &format!(
+                "* 1 FETCH (FLAGS (\\Flagged \\Recent) RFC822.SIZE {} ENVELOPE (\"Sun, 22 Nov 2026 05:00:00 +0000\" \"Hello there\" ((\"Bob\" NIL \"bob\" \"example.org\")) ((\"Bob\" NIL \"bob\" \"example.org\")) ((\"Bob\" NIL \"bob\" \"example.org\")) ((NIL NIL \"alice\" \"example.org\")) NIL NIL NIL \"<m1@example.org>\"))",
+                MSG.len()
+            ),
+            "b2 OK FETCH completed",
+        ],
+    );
+    let body = c.cmd("b3", "FETCH 1 BODY[TEXT]").await;
+    assert_lines(
+        &body,
+        &[
+            "* 1 FETCH (BODY[TEXT] {19}",
+            "Hi Alice,",
+            "lunch?",
+            " FLAGS (\\Flagged \\Seen \\Recent))",
+            "b3 OK FETCH completed",
+        ],
+    );
+    assert_lines(&c.cmd("b4", "SEARCH SUBJECT hello").await, &["* SEARCH 1", "b4 OK SEARCH completed"]);
+    assert_lines(&c.cmd("b5", "SEARCH UNSEEN").await, &["* SEARCH", "b5 OK SEARCH completed"]);
+    assert_lines(&c.cmd("b6", "UID COPY 1 Projects").await, &["b6 OK [COPYUID ... 1 1] COPY completed"]);
+    assert_lines(
+        &c.cmd("b7", "STORE 1 +FLAGS (\\Deleted)").await,
+        &["* 1 FETCH (FLAGS (\\Seen \\Flagged \\Deleted \\Recent))", "b7 OK STORE completed"],
+    );
+    assert_lines(&c.cmd("b8", "EXPUNGE").await, &["* 1 EXPUNGE", "b8 OK EXPUNGE completed"]);
+    assert_lines(
+        &c.cmd("b9", "STATUS Projects (MESSAGES)").await,
+        &["* STATUS Projects (MESSAGES 1)", "b9 OK STATUS completed"],
+    );
+
+    // MOVE back from Projects (RFC 6851): COPYUID first, then EXPUNGE.
+    let ex = c.cmd("c1", "SELECT Projects").await;
+    assert!(ex.contains(&"* 1 EXISTS".to_string()), "{ex:?}");
+    assert_lines(
+        &c.cmd("c2", "MOVE 1 INBOX").await,
+        &["* OK [COPYUID ... 1 2] Moved UIDs", "* 1 EXPUNGE", "c2 OK MOVE completed"],
+    );
+    assert_lines(&c.cmd("c3", "CLOSE").await, &["c3 OK CLOSE completed"]);
+    assert_lines(&c.cmd("c4", "RENAME Projects Old").await, &["c4 OK RENAME completed"]);
+    assert_lines(&c.cmd("c5", "DELETE Old").await, &["c5 OK DELETE completed"]);
+    assert_lines(&c.cmd("c6", "DELETE Old").await, &["c6 NO [NONEXISTENT] No such mailbox"]);
+    assert_lines(&c.cmd("c7", "LOGOUT").await, &["* BYE ...", "c7 OK LOGOUT completed"]);
+}
+
+#[tokio::test]
+async fn two_gateways_see_each_others_changes() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw1 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let gw2 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut a = login(gw1.addr).await;
+    let mut b = login(gw2.addr).await;
+    append(&mut a, "a0", "INBOX", "()", MSG).await;
+    assert!(a.cmd("a1", "SELECT INBOX").await.contains(&"* 1 EXISTS".to_string()));
+    assert!(b.cmd("b1", "SELECT INBOX").await.contains(&"* 1 EXISTS".to_string()));
+
+    // B appends and flags through its gateway; A's NOOP reports both.
+    assert_lines(
+        &append(&mut b, "b2", "INBOX", "()", MSG).await,
+        &["* 2 EXISTS", "b2 OK [APPENDUID ... 2] APPEND completed"],
+    );
+    assert_lines(&b.cmd("b3", "STORE 1 +FLAGS.SILENT (\\Answered)").await, &["b3 OK STORE completed"]);
+    let noop = a.cmd("a2", "NOOP").await;
+    assert_lines(&noop, &["* 2 EXISTS", "* 1 FETCH (FLAGS (\\Answered \\Recent))", "a2 OK NOOP completed"]);
+
+    // B expunges: A hears of it on NOOP, but not during FETCH (RFC 3501 §7.4.1).
+    b.cmd("b4", "STORE 2 +FLAGS.SILENT (\\Deleted)").await;
+    assert_lines(&b.cmd("b5", "EXPUNGE").await, &["* 2 EXPUNGE", "b5 OK EXPUNGE completed"]);
+    let f = a.cmd("a3", "FETCH 1:2 UID").await;
+    // RFC 2180 §4.1.2: the message expunged elsewhere is simply not returned.
+    assert_lines(&f, &["* 1 FETCH (UID 1)", "a3 OK FETCH completed"]);
+    assert_lines(&a.cmd("a4", "NOOP").await, &["* 2 EXPUNGE", "a4 OK NOOP completed"]);
+}
+
+#[tokio::test]
+async fn storage_outage_is_a_temporary_no() {
+    let mut env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut c = login(gw.addr).await;
+    env.stop_storage().await;
+    assert_lines(&c.cmd("a1", "LIST \"\" *").await, &["a1 NO [UNAVAILABLE] Storage is unavailable, try again later"]);
+    // The session goes on.
+    assert_lines(&c.cmd("a2", "NOOP").await, &["a2 OK NOOP completed"]);
+    let mut fresh = Client::connect(gw.addr).await;
+    fresh.line().await;
+    assert_lines(
+        &fresh.cmd("b1", "LOGIN alice@example.org secret-pw").await,
+        &["b1 NO [UNAVAILABLE] Storage is unavailable, try again later"],
+    );
+}
+
+fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run client");
+    assert!(
+        out.status.success(),
+        "client failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn python_imaplib_end_to_end() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let script = r#"
+import imaplib, ssl, sys
+port, tls_port = int(sys.argv[1]), int(sys.argv[2])
+m = imaplib.IMAP4("127.0.0.1", port)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+m.starttls(ssl_context=ctx)
+m.login("alice@example.org", "secret-pw")
+m.create("Work")
+msg = b"From: bob@example.org\r\nSubject: imaplib test\r\n\r\nbody line\r\n"
+typ, data = m.append("INBOX", r"(\Flagged)", imaplib.Time2Internaldate(1700000000), msg)
+assert typ == "OK", data
+typ, data = m.select("INBOX")
+assert data == [b"1"], data
+typ, data = m.search(None, "FLAGGED")
+assert data == [b"1"], data
+typ, data = m.fetch("1", "(RFC822)")
+assert data[0][1] == msg, data
+typ, data = m.uid("FETCH", "1", "(FLAGS INTERNALDATE)")
+assert b"\\Seen" in data[0] and b"14-Nov-2023" in data[0], data
+typ, data = m.copy("1", "Work")
+assert typ == "OK", data
+m.store("1", "+FLAGS", r"(\Deleted)")
+typ, data = m.expunge()
+assert data == [b"1"], data
+typ, data = m.status("Work", "(MESSAGES)")
+assert data == [b'Work (MESSAGES 1)'], data
+m.logout()
+s = imaplib.IMAP4_SSL("127.0.0.1", tls_port, ssl_context=ctx)
+s.login("alice@example.org", "secret-pw")
+typ, data = s.list()
+assert any(b'"/" Work' in d for d in data), data
+s.logout()
+print("imaplib ok")
+"#;
+    let (port, tls_port) = (gw.addr.port().to_string(), gw.tls_addr.port().to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        run(std::process::Command::new("python3").args(["-c", script, &port, &tls_port]))
+    })
+    .await
+    .expect("join");
+    assert!(out.contains("imaplib ok"), "{out}");
+}
+
+#[tokio::test]
+async fn curl_end_to_end() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut c = login(gw.addr).await;
+    append(&mut c, "a1", "INBOX", "()", MSG).await;
+    let url = format!("imap://127.0.0.1:{}/INBOX/;UID=1", gw.addr.port());
+    let out = tokio::task::spawn_blocking(move || {
+        run(std::process::Command::new("curl").args([
+            "-s",
+            "--max-time",
+            "20",
+            "-u",
+            "alice@example.org:secret-pw",
+            &url,
+        ]))
+    })
+    .await
+    .expect("join");
+    assert_eq!(out, MSG);
+    // Listing mailboxes over implicit TLS.
+    let url = format!("imaps://127.0.0.1:{}/", gw.tls_addr.port());
+    let out = tokio::task::spawn_blocking(move || {
+        run(std::process::Command::new("curl").args([
+            "-s",
+            "-k",
+            "--max-time",
+            "20",
+            "-u",
+            "alice@example.org:secret-pw",
+            &url,
+        ]))
+    })
+    .await
+    .expect("join");
+    assert!(out.contains("\"/\" INBOX"), "{out}");
+}
+
+#[tokio::test]
+async fn idle_hears_mail_appended_through_another_gateway() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw1 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let gw2 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut a = login(gw1.addr).await;
+    let mut b = login(gw2.addr).await;
+    assert!(a.cmd("a1", "SELECT INBOX").await.contains(&"* 0 EXISTS".to_string()));
+    assert_eq!(a.cmd("a2", "IDLE").await, vec!["+ idling"]);
+    let started = std::time::Instant::now();
+    append(&mut b, "b1", "INBOX", "()", MSG).await;
+    // Pushed by the NATS event (the fallback check runs only every minute).
+    assert_eq!(a.line().await, "* 1 EXISTS");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    b.cmd("b2", "SELECT INBOX").await;
+    b.cmd("b3", "STORE 1 +FLAGS.SILENT (\\Flagged)").await;
+    assert_eq!(a.line().await, "* 1 FETCH (FLAGS (\\Flagged))");
+    a.send(b"DONE\r\n").await;
+    assert_eq!(a.until("a2").await, vec!["a2 OK IDLE terminated"]);
+}
