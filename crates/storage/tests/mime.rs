@@ -613,3 +613,35 @@ proptest! {
         prop_assert!(m.header_text.lines().count() <= raw.len());
     }
 }
+
+#[test]
+fn body_text_undoes_base64_and_charsets() {
+    // "Grüße, Ελλάδα" in UTF-8, base64 (RFC 2045 §6.8), folded over two lines.
+    let raw = b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\
+                Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+                R3LDvMOfZSwg\r\nzpXOu867zqzOtM6x\r\n--x\r\n\
+                Content-Type: text/plain; charset=windows-1252\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+                \x80 5 na\xefve\r\n--x--\r\n";
+    let m = parse_checked(raw);
+    assert!(m.body_text.contains("Grüße, Ελλάδα"), "{}", m.body_text);
+    assert!(m.body_text.contains("€ 5 naïve"), "{}", m.body_text);
+    assert_eq!(m.body_structure.parts[0].lines, 2, "lines of the encoded body");
+}
+
+#[test]
+fn message_global_and_encoded_rfc822_keep_the_message_shape() {
+    // RFC 6532 §3.7 message/global is an encapsulated message as well.
+    let raw = b"Content-Type: message/global\r\n\r\nSubject: \xc3\xa9t\xc3\xa9\r\n\r\ninner\r\n";
+    let p = parse_checked(raw).body_structure;
+    let env = p.message_envelope.as_ref().expect("envelope");
+    assert_eq!(env.subject.as_deref(), Some("été"));
+    assert_bytes(body_of(raw, p.message_body.as_deref().expect("body")), b"inner\r\n");
+
+    // RFC 2046 §5.2.1 forbids base64 for message/rfc822; when it happens the
+    // part still has an (empty) envelope and a body, so clients can render it.
+    let raw = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\nU3ViamVjdDogeA0KDQp5\r\n";
+    let p = parse_checked(raw).body_structure;
+    assert_eq!(p.encoding, "BASE64");
+    assert_eq!(p.message_envelope, Some(pb::Envelope::default()));
+    assert_eq!(p.message_body.as_deref().map(|b| b.media_type.as_str()), Some("text"));
+}
