@@ -186,7 +186,6 @@ fn phrase(tokens: &[Token]) -> Option<String> {
             Token::Atom(a) => Some(a.as_slice()),
             Token::Quoted { unquoted, .. } => Some(unquoted.as_slice()),
             Token::Literal(l) => Some(l.as_slice()),
-            Token::Special(b'.') => Some(b"."),
             _ => None,
         })
         .collect();
