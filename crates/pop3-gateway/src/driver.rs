@@ -24,7 +24,7 @@ use tracing::{Instrument, field, info_span};
 
 use crate::codec::{self, Line, RespCode};
 use crate::config::Pop3Config;
-use crate::session::{Flow, Session, SessionConfig, State};
+use crate::session::{Flow, Lease, Renewal, Session, SessionConfig};
 use crate::store::{GrpcStore, MailStore};
 
 /// A TLS handshake that takes longer than this is abandoned.
@@ -197,7 +197,7 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
     // Skipping the rest of an over-long line (RFC 2449 §4).
     let mut discarding = false;
     let mut deadline = Instant::now() + ctx.autologout;
-    let mut renew = tokio::time::interval_at(Instant::now() + ctx.renew_every, ctx.renew_every);
+    let mut renewer: Option<Renewer> = None;
 
     io.write_all(session.greeting().as_bytes()).await?;
     io.flush().await?;
@@ -256,7 +256,17 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
         }
         io.flush().await?;
 
-        let in_transaction = matches!(session.state(), State::Transaction { .. });
+        if renewer.is_none()
+            && let Some(lease) = session.lease()
+        {
+            renewer = Some(Renewer::spawn(ctx.store.clone(), lease, ctx.renew_every));
+        }
+        let lost = async {
+            match &renewer {
+                Some(r) => r.lost.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         input.reserve(4096);
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
@@ -272,13 +282,11 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
                 let _ = io.flush().await;
                 return Ok(());
             }
-            _ = renew.tick(), if in_transaction => {
-                if !session.renew_lock(store).await {
-                    tracing::warn!("maildrop lease lost to another session; closing");
-                    let _ = io.write_all(codec::err(Some(RespCode::InUse), "maildrop lock lost, closing").as_bytes()).await;
-                    let _ = io.flush().await;
-                    return Ok(());
-                }
+            _ = lost => {
+                tracing::warn!("maildrop lease lost to another session; closing");
+                let _ = io.write_all(codec::err(Some(RespCode::InUse), "maildrop lock lost, closing").as_bytes()).await;
+                let _ = io.flush().await;
+                return Ok(());
             }
             read = io.read_buf(&mut input) => {
                 if read? == 0 {
@@ -287,6 +295,44 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
                 deadline = Instant::now() + ctx.autologout;
             }
         }
+    }
+}
+
+/// Renews the maildrop lease every `every` while the session lives, in its
+/// own task so a long RETR cannot let it lapse. Stops when dropped.
+struct Renewer {
+    task: JoinHandle<()>,
+    /// Cancelled when another session took the maildrop.
+    lost: CancellationToken,
+}
+
+impl Renewer {
+    fn spawn<S: MailStore>(store: Arc<S>, lease: Lease, every: Duration) -> Renewer {
+        let lost = CancellationToken::new();
+        let signal = lost.clone();
+        let task = tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match lease.renew(store.as_ref()).await {
+                        Renewal::Held => {}
+                        Renewal::Released => return,
+                        Renewal::Lost => {
+                            signal.cancel();
+                            return;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Renewer { task, lost }
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

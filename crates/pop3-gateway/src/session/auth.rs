@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use tokio::io::AsyncWrite;
 
-use super::{Flow, Maildrop, Sasl, Session, State, store_error, write, write_flow};
+use super::{Flow, Lease, Maildrop, Sasl, Session, State, store_error, write, write_flow};
 use crate::codec::{self, RespCode};
 use crate::store::{Account, MailStore, StoreError};
 
@@ -193,12 +193,11 @@ impl Session {
             Ok(false) => return write_flow(out, codec::err(Some(RespCode::InUse), "maildrop already locked")).await,
             Err(e) => return write_flow(out, store_error(&e)).await,
         }
+        let lease = Lease::new(account.id, &self.holder, self.cfg.lock_ttl_secs);
         let snapshot = match store.snapshot(account.id).await {
             Ok(s) => s,
             Err(e) => {
-                if let Err(e) = store.unlock(account.id, &self.holder).await {
-                    tracing::warn!(error = %e, "releasing the maildrop lock failed; the lease will expire");
-                }
+                lease.release(store).await;
                 return write_flow(out, store_error(&e)).await;
             }
         };
@@ -213,6 +212,7 @@ impl Session {
                 messages: snapshot.messages,
                 marked: BTreeSet::new(),
             },
+            lease,
         };
         write_flow(out, reply).await
     }

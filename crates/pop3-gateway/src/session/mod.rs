@@ -8,6 +8,7 @@
 //! `update.rs` (QUIT in TRANSACTION, RFC 1939 §6).
 
 mod auth;
+mod lease;
 mod transaction;
 mod update;
 
@@ -24,6 +25,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::codec::{self, Command, MsgNum, RespCode};
 use crate::config::Pop3Config;
 use crate::store::{Account, MailStore, MessageInfo, StoreError};
+
+pub use lease::{Lease, Renewal};
 
 /// What the driver does after a line was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,7 @@ pub enum State {
     Transaction {
         account: Account,
         drop: Maildrop,
+        lease: Lease,
     },
     /// After QUIT: nothing more is read.
     Done,
@@ -285,24 +289,17 @@ impl Session {
     /// Release the maildrop lock without entering UPDATE: a dropped or timed
     /// out connection deletes nothing (RFC 1939 §6, last paragraph of §3).
     pub async fn abort<S: MailStore>(&mut self, store: &S) {
-        if let State::Transaction { account, .. } = &self.state
-            && let Err(e) = store.unlock(account.id, &self.holder).await
-        {
-            tracing::warn!(error = %e, "releasing the maildrop lock failed; the lease will expire");
+        if let State::Transaction { lease, .. } = &self.state {
+            lease.release(store).await;
         }
         self.state = State::Done;
     }
 
-    /// Keep the maildrop lease alive. False when it was lost to another session.
-    pub async fn renew_lock<S: MailStore>(&mut self, store: &S) -> bool {
-        let State::Transaction { account, .. } = &self.state else { return true };
-        match store.renew(account.id, &self.holder, self.cfg.lock_ttl_secs).await {
-            Ok(held) => held,
-            Err(e) => {
-                // Still ours until the lease runs out; try again next tick.
-                tracing::warn!(error = %e, "renewing the maildrop lock failed");
-                true
-            }
+    /// The maildrop lease while in TRANSACTION, for the driver to renew.
+    pub fn lease(&self) -> Option<Lease> {
+        match &self.state {
+            State::Transaction { lease, .. } => Some(lease.clone()),
+            _ => None,
         }
     }
 }

@@ -584,13 +584,17 @@ async fn storage_outage_gives_sys_temp_and_loses_nothing() {
 }
 
 #[tokio::test]
-async fn renew_keeps_the_lease_and_reports_loss() {
-    let store = FakeStore::alice(1);
+async fn quit_after_the_lease_was_lost_removes_nothing() {
+    let store = FakeStore::alice(2);
     let mut s = logged_in(&store).await;
-    assert!(s.renew_lock(&store).await);
-    // Somebody else took the lease (ours lapsed).
+    transcript(&mut s, &store, "C: DELE 1\nS: +OK message 1 deleted").await;
+    // Our lease lapsed and another session took the maildrop.
     store.locks.lock().unwrap().insert(1, "other".into());
-    assert!(!s.renew_lock(&store).await);
+    assert_eq!(s.lease().unwrap().renew(&store).await, Renewal::Lost);
+    let flow = transcript(&mut s, &store, "C: QUIT\nS: -ERR [IN-USE] maildrop lock lost, no messages removed").await;
+    assert_eq!(flow, Flow::Close);
+    assert_eq!(store.uids(), vec![10, 20]);
+    assert_eq!(store.locks.lock().unwrap().get(&1).map(String::as_str), Some("other"), "the other holder keeps it");
 }
 
 #[tokio::test]

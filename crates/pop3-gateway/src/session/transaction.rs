@@ -133,7 +133,7 @@ impl Session {
         store: &S,
         out: &mut W,
     ) -> io::Result<Flow> {
-        let State::Transaction { account, drop } = &mut self.state else { return Ok(Flow::Continue) };
+        let State::Transaction { account, drop, .. } = &mut self.state else { return Ok(Flow::Continue) };
         let (uid, size, seen) = match drop.get(n) {
             Ok(m) => (m.uid, m.size, m.seen),
             Err(e) => return write_flow(out, e).await,
@@ -163,7 +163,7 @@ impl Session {
         store: &S,
         out: &mut W,
     ) -> io::Result<Flow> {
-        let State::Transaction { account, drop } = &mut self.state else { return Ok(Flow::Continue) };
+        let State::Transaction { account, drop, .. } = &mut self.state else { return Ok(Flow::Continue) };
         let uid = match drop.get(n) {
             Ok(m) => m.uid,
             Err(e) => return write_flow(out, e).await,

@@ -17,12 +17,15 @@ impl Session {
         store: &S,
         out: &mut W,
     ) -> io::Result<Flow> {
-        let State::Transaction { account, drop } = std::mem::replace(&mut self.state, State::Done) else {
+        let State::Transaction { account, drop, lease } = std::mem::replace(&mut self.state, State::Done) else {
             return Ok(Flow::Close);
         };
         let uids: Vec<u32> = drop.marked.iter().filter_map(|n| drop.messages.get(n.index())).map(|m| m.uid).collect();
         let reply = if uids.is_empty() {
             None
+        } else if lease.is_lost() {
+            // Our lease lapsed and another session has the maildrop now.
+            Some(codec::err(Some(RespCode::InUse), "maildrop lock lost, no messages removed"))
         } else {
             match store.expunge(account.id, drop.mailbox_id, &uids).await {
                 Ok(()) => None,
@@ -33,9 +36,7 @@ impl Session {
                 }
             }
         };
-        if let Err(e) = store.unlock(account.id, &self.holder).await {
-            tracing::warn!(error = %e, "releasing the maildrop lock failed; the lease will expire");
-        }
+        lease.release(store).await;
         let reply = reply.unwrap_or_else(|| {
             let left = drop.messages.len() - uids.len();
             codec::ok(&format!("Mailfleet POP3 server signing off ({left} messages left)"))
