@@ -3,6 +3,7 @@
 pub mod any;
 pub mod append;
 pub mod auth;
+pub mod bodystructure;
 pub mod copy;
 pub mod expunge;
 pub mod fetch;

@@ -271,3 +271,77 @@ async fn idle_hears_mail_appended_through_another_gateway() {
     a.send(b"DONE\r\n").await;
     assert_eq!(a.until("a2").await, vec!["a2 OK IDLE terminated"]);
 }
+
+const MULTIPART: &str = "From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: Report\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee attached.\r\n--b1\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\nFrom: carol@example.org\r\nSubject: Inner\r\n\r\nInner body\r\n--b1--\r\n";
+
+#[tokio::test]
+async fn bodystructure_and_mime_sections() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut c = login(gw.addr).await;
+    append(&mut c, "a0", "INBOX", "()", MULTIPART).await;
+    c.cmd("a1", "EXAMINE INBOX").await;
+    // RFC 3501 §7.4.2: nested multipart, attachment with disposition, message/rfc822.
+    let inner_env = r#"(NIL "Inner" ((NIL NIL "carol" "example.org")) ((NIL NIL "carol" "example.org")) ((NIL NIL "carol" "example.org")) NIL NIL NIL NIL NIL)"#;
+    assert_lines(
+        &c.cmd("a2", "FETCH 1 BODYSTRUCTURE").await,
+        &[
+            &format!(
+                r#"* 1 FETCH (BODYSTRUCTURE (("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 13 1 NIL NIL NIL NIL)("APPLICATION" "PDF" ("NAME" "r.pdf") NIL NIL "BASE64" 12 NIL ("ATTACHMENT" ("FILENAME" "r.pdf")) NIL NIL)("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 53 {inner_env} ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 10 1 NIL NIL NIL NIL) 4 NIL NIL NIL NIL) "MIXED" ("BOUNDARY" "b1") NIL NIL NIL))"#
+            ),
+            "a2 OK FETCH completed",
+        ],
+    );
+    assert_lines(
+        &c.cmd("a3", "FETCH 1 BODY").await,
+        &[
+            &format!(
+                r#"* 1 FETCH (BODY (("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 13 1)("APPLICATION" "PDF" ("NAME" "r.pdf") NIL NIL "BASE64" 12)("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 53 {inner_env} ("TEXT" "PLAIN" ("CHARSET" "us-ascii") NIL NIL "7BIT" 10 1) 4) "MIXED"))"#
+            ),
+            "a3 OK FETCH completed",
+        ],
+    );
+    assert_lines(
+        &c.cmd("a4", "FETCH 1 BODY[1]").await,
+        &["* 1 FETCH (BODY[1] {13}", "See attached.)", "a4 OK FETCH completed"],
+    );
+    assert_lines(
+        &c.cmd("a5", "FETCH 1 BODY[2]").await,
+        &["* 1 FETCH (BODY[2] {12}", "JVBERi0xLjQK)", "a5 OK FETCH completed"],
+    );
+    assert_lines(
+        &c.cmd("a6", "FETCH 1 BODY[2.MIME]").await,
+        &[
+            "* 1 FETCH (BODY[2.MIME] {133}",
+            "Content-Type: application/pdf; name=\"r.pdf\"",
+            "Content-Disposition: attachment; filename=\"r.pdf\"",
+            "Content-Transfer-Encoding: base64",
+            "",
+            ")",
+            "a6 OK FETCH completed",
+        ],
+    );
+    assert_lines(
+        &c.cmd("a7", "FETCH 1 (BODY[3.HEADER] BODY[3.TEXT] BODY[3.1] BODY[3.HEADER.FIELDS (SUBJECT)])").await,
+        &[
+            "* 1 FETCH (BODY[3.HEADER] {43}",
+            "From: carol@example.org",
+            "Subject: Inner",
+            "",
+            " BODY[3.TEXT] {10}",
+            "Inner body BODY[3.1] {10}",
+            "Inner body BODY[3.HEADER.FIELDS (SUBJECT)] {18}",
+            "Subject: Inner",
+            "",
+            ")",
+            "a7 OK FETCH completed",
+        ],
+    );
+    let partial = c.cmd("a8", "FETCH 1 BODY[1]<4.4>").await;
+    assert_lines(&partial, &["* 1 FETCH (BODY[1]<4> {4}", "atta)", "a8 OK FETCH completed"]);
+    assert_lines(&c.cmd("a9", "FETCH 1 BODY[4]").await, &["a9 NO No such body part"]);
+    assert_lines(&c.cmd("b1", "FETCH 1 BODY[1.HEADER]").await, &["b1 NO Part is not a message/rfc822"]);
+    // EXAMINE: no \Seen was set by these fetches (RFC 3501 §6.3.2).
+    assert_lines(&c.cmd("b2", "FETCH 1 FLAGS").await, &["* 1 FETCH (FLAGS ())", "b2 OK FETCH completed"]);
+}

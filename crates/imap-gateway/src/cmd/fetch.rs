@@ -12,6 +12,7 @@ use imap_codec::imap_types::response::{Data, Response};
 use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 
+use super::bodystructure::body_structure;
 use super::select::{fetch_flags, resolve};
 use crate::session::{CmdResult, Done, ImapError, Session};
 use crate::store::{MailStore, uid_ranges};
@@ -87,13 +88,10 @@ fn find_part<'a>(top: &'a pb::BodyPart, path: &[NonZeroU32]) -> Option<&'a pb::B
     Some(cur)
 }
 
-/// The header and body ranges of the message a part holds (for
-/// `n.HEADER` / `n.TEXT`, only message/rfc822 parts qualify).
-fn embedded(part: &pb::BodyPart) -> Option<(u64, u64, u64)> {
-    let inner = part.message_body.as_ref()?;
-    let header_start = part.body_offset;
-    let header_len = inner.header_offset.max(header_start) - header_start + inner.header_length;
-    Some((header_start, header_len, part.body_offset + part.body_length))
+/// The encapsulated message of a message/rfc822 part, whose header and
+/// body are `n.HEADER` and `n.TEXT` (RFC 3501 §6.4.5).
+fn embedded(part: &pb::BodyPart) -> Option<&pb::BodyPart> {
+    part.message_body.as_deref()
 }
 
 fn source(meta: &pb::MessageMeta, section: &Option<Section<'_>>) -> Result<Source, ImapError> {
@@ -110,7 +108,7 @@ fn source(meta: &pb::MessageMeta, section: &Option<Section<'_>>) -> Result<Sourc
             None => Ok(None),
         }
     };
-    let nested = |p: &Part| -> Result<(u64, u64, u64), ImapError> {
+    let nested = |p: &Part| -> Result<&pb::BodyPart, ImapError> {
         part(p)?.and_then(embedded).ok_or_else(|| ImapError::no(None, "Part is not a message/rfc822"))
     };
     Ok(match section {
@@ -121,31 +119,30 @@ fn source(meta: &pb::MessageMeta, section: &Option<Section<'_>>) -> Result<Sourc
         Some(Section::HeaderFieldsNot(None, list)) => fields(0, header, list, true),
         Some(Section::Part(p)) => match part(p)? {
             Some(bp) => Source::Range { offset: bp.body_offset, length: Some(bp.body_length) },
-            // No MIME structure from storage: only part 1 of a single-part message is known.
             None if p.0.as_ref().len() == 1 && p.0.as_ref()[0].get() == 1 => {
                 Source::Range { offset: header, length: None }
             }
-            None => return Err(ImapError::no(None, "Body structure not available")),
+            None => return Err(ImapError::no(Some("UNAVAILABLE"), "Body structure not available")),
         },
         Some(Section::Mime(p)) => match part(p)? {
             Some(bp) => Source::Range { offset: bp.header_offset, length: Some(bp.header_length) },
-            None => return Err(ImapError::no(None, "Body structure not available")),
+            None => return Err(ImapError::no(Some("UNAVAILABLE"), "Body structure not available")),
         },
         Some(Section::Header(Some(p))) => {
-            let (start, len, _) = nested(p)?;
-            Source::Range { offset: start, length: Some(len) }
+            let m = nested(p)?;
+            Source::Range { offset: m.header_offset, length: Some(m.header_length) }
         }
         Some(Section::Text(Some(p))) => {
-            let (start, len, end) = nested(p)?;
-            Source::Range { offset: start + len, length: Some(end.saturating_sub(start + len)) }
+            let m = nested(p)?;
+            Source::Range { offset: m.body_offset, length: Some(m.body_length) }
         }
         Some(Section::HeaderFields(Some(p), list)) => {
-            let (start, len, _) = nested(p)?;
-            fields(start, len, list, false)
+            let m = nested(p)?;
+            fields(m.header_offset, m.header_length, list, false)
         }
         Some(Section::HeaderFieldsNot(Some(p), list)) => {
-            let (start, len, _) = nested(p)?;
-            fields(start, len, list, true)
+            let m = nested(p)?;
+            fields(m.header_offset, m.header_length, list, true)
         }
     })
 }
@@ -249,8 +246,18 @@ pub async fn fetch<S: MailStore>(
     }
     let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
     let with_envelope = items.contains(&MessageDataItemName::Envelope);
-    let with_structure =
-        items.iter().any(|i| matches!(i, MessageDataItemName::BodyStructure | MessageDataItemName::Body));
+    // Part numbers are resolved with the MIME tree's offsets.
+    let with_structure = items.iter().any(|i| match i {
+        MessageDataItemName::BodyStructure | MessageDataItemName::Body => true,
+        MessageDataItemName::BodyExt { section: Some(section), .. } => !matches!(
+            section,
+            Section::Header(None)
+                | Section::Text(None)
+                | Section::HeaderFields(None, _)
+                | Section::HeaderFieldsNot(None, _)
+        ),
+        _ => false,
+    });
     // RFC 3501 §6.4.5: BODY[...], RFC822 and RFC822.TEXT set \Seen.
     let sets_seen = !mailbox.read_only
         && items.iter().any(|i| {
@@ -327,8 +334,14 @@ pub async fn fetch<S: MailStore>(
                     section_bytes(&*store, account.id, mailbox.id, meta, &Some(Section::Text(None)), None).await?,
                 )),
                 MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
-                    // todo(RFC 3501 §7.4.2): BODYSTRUCTURE from storage's MIME tree.
-                    return Err(ImapError::no(Some("CANNOT"), "BODYSTRUCTURE is not available yet"));
+                    let Some(part) = meta.body_structure.as_ref() else {
+                        return Err(ImapError::no(Some("UNAVAILABLE"), "Body structure not available"));
+                    };
+                    if *item == MessageDataItemName::Body {
+                        MessageDataItem::Body(body_structure(part, false))
+                    } else {
+                        MessageDataItem::BodyStructure(body_structure(part, true))
+                    }
                 }
                 other => return Err(ImapError::bad(format!("FETCH item {other:?} is not supported"))),
             });
