@@ -335,3 +335,39 @@ async fn expunge_deleted_uid_expunge_and_pop3_removal() {
     // UIDs are never reused (RFC 3501 §2.3.1.1).
     assert_eq!(ctx.append("INBOX", &message(9), &[]).await.uid, 7);
 }
+
+#[tokio::test]
+async fn ten_thousand_messages_stream_in_uid_order() {
+    let mut ctx = setup().await;
+    let first = ctx.append("INBOX", &message(0), &[]).await;
+    // Fill the mailbox directly in Postgres (10,000 APPENDs would only test
+    // patience): rows 2..=10000 share the first message's blob.
+    let store = ctx.env.store();
+    sqlx::query(
+        "INSERT INTO messages (account_id, mailbox_id, uid, modseq, blob_id, header_prefix, size, internal_date, flags)
+         SELECT account_id, mailbox_id, g, modseq + g, blob_id, header_prefix, size, internal_date, flags
+         FROM messages, generate_series(2, 10000) AS g WHERE mailbox_id = $1 AND uid = 1",
+    )
+    .bind(first.mailbox_id)
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE mailboxes SET uid_next = 10001, highest_modseq = highest_modseq + 10000 WHERE id = $1")
+        .bind(first.mailbox_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+
+    let metas = ctx.list(first.mailbox_id, vec![range(1, STAR)], 0).await;
+    assert_eq!(metas.len(), 10_000);
+    assert!(metas.windows(2).all(|w| w[0].uid + 1 == w[1].uid));
+    assert!(metas.iter().all(|m| m.envelope.is_some() && m.size == message(0).len() as u64));
+    let some = ctx.list(first.mailbox_id, vec![range(9_990, STAR), range(3, 5)], 0).await;
+    assert_eq!(
+        some.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        vec![3, 4, 5, 9990, 9991, 9992, 9993, 9994, 9995, 9996, 9997, 9998, 9999, 10000]
+    );
+    let uids = ctx.uids(first.mailbox_id).await;
+    assert_eq!(uids.uids.len(), 10_000);
+    assert_eq!(uids.uid_next, 10_001);
+}
