@@ -62,6 +62,9 @@ pub async fn serve_with_store<S: MailStore>(
     store: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<RunningPop3, ServeError> {
+    if config.autologout < Duration::from_secs(600) {
+        tracing::warn!(autologout = ?config.autologout, "autologout below the 10 minutes RFC 1939 §3 requires");
+    }
     let tls = if config.tls_enabled {
         Some(TlsAcceptor::from(mailfleet_runtime::tls::server_config(&config.tls)?))
     } else {

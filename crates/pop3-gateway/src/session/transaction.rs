@@ -3,13 +3,16 @@
 //! DELE stays unusable until RSET and is never given to another message.
 
 use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Flow, Maildrop, Session, State, store_error, write_flow};
 use crate::codec::{self, MsgNum, Stuffer};
-use crate::store::{MailStore, MessageInfo};
+use crate::store::{ByteStream, MailStore, MessageInfo, StoreError};
 
 impl Maildrop {
     /// The message behind `n`, or the `-ERR` line (RFC 1939 §5: commands on
@@ -172,6 +175,16 @@ impl Session {
     }
 }
 
+/// Storage going quiet this long in the middle of a message counts as failed.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn next_chunk(stream: &mut ByteStream) -> Option<Result<Bytes, StoreError>> {
+    match tokio::time::timeout(CHUNK_TIMEOUT, stream.next()).await {
+        Ok(chunk) => chunk,
+        Err(_) => Some(Err(StoreError::Unavailable("message stream stalled".into()))),
+    }
+}
+
 /// Stream a message as a multi-line response. Storage errors before the
 /// first byte become `-ERR [SYS/TEMP]`; after `+OK` was sent the response
 /// cannot be completed honestly, so the connection is closed (without UPDATE).
@@ -188,7 +201,7 @@ async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
         Ok(s) => s,
         Err(e) => return write_flow(out, store_error(&e)).await,
     };
-    let first = match stream.next().await {
+    let first = match next_chunk(&mut stream).await {
         Some(Err(e)) => return write_flow(out, store_error(&e)).await,
         other => other,
     };
@@ -210,7 +223,7 @@ async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
         if stuffer.done() {
             break; // TOP has what it needs; dropping the stream cancels it.
         }
-        next = stream.next().await;
+        next = next_chunk(&mut stream).await;
     }
     buf.clear();
     stuffer.finish(&mut buf);

@@ -48,8 +48,20 @@ fn map_status(status: Status) -> StoreError {
     }
 }
 
-/// A request carrying the current trace context.
+/// Unary calls that take longer than this fail as temporary errors instead
+/// of hanging the session (sent as `grpc-timeout`).
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request carrying the current trace context and the call deadline.
 fn req<T>(msg: T) -> Request<T> {
+    let mut r = stream_req(msg);
+    r.set_timeout(RPC_TIMEOUT);
+    r
+}
+
+/// A request for a streaming call: no overall deadline, since a large
+/// message to a slow client may legitimately take long.
+fn stream_req<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     mailfleet_runtime::telemetry::inject_grpc(r.metadata_mut());
     r
@@ -119,7 +131,7 @@ impl MailStore for GrpcStore {
             .map_err(map_status)?
             .into_inner();
         let mut stream = MessagesClient::new(self.channel.clone())
-            .list_messages(req(pb::ListMessagesRequest {
+            .list_messages(stream_req(pb::ListMessagesRequest {
                 account_id,
                 mailbox_id: mailbox.id,
                 uids: vec![uid_range(1, u32::MAX)],
@@ -150,7 +162,7 @@ impl MailStore for GrpcStore {
         length: Option<u64>,
     ) -> Result<ByteStream, StoreError> {
         let stream = MessagesClient::new(self.channel.clone())
-            .fetch(req(pb::FetchRequest { account_id, mailbox_id, uid, offset: 0, length }))
+            .fetch(stream_req(pb::FetchRequest { account_id, mailbox_id, uid, offset: 0, length }))
             .await
             .map_err(map_status)?
             .into_inner();
