@@ -371,3 +371,25 @@ async fn ten_thousand_messages_stream_in_uid_order() {
     assert_eq!(uids.uids.len(), 10_000);
     assert_eq!(uids.uid_next, 10_001);
 }
+
+#[tokio::test]
+async fn append_stream_must_start_with_its_header() {
+    let mut ctx = setup().await;
+    let only_data = vec![pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(message(1))) }];
+    let e = ctx.messages.append(tokio_stream::iter(only_data)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let header = pb::AppendRequest {
+        part: Some(pb::append_request::Part::Header(pb::AppendHeader {
+            account_id: ctx.account.id,
+            mailbox: "INBOX".into(),
+            flags: vec![],
+            internal_date: None,
+        })),
+    };
+    let two_headers =
+        vec![header.clone(), pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(message(1))) }, header];
+    let e = ctx.messages.append(tokio_stream::iter(two_headers)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let inbox = ctx.mailbox("INBOX").await;
+    assert_eq!(inbox.messages, 0);
+}

@@ -186,3 +186,32 @@ async fn search_errors_and_isolation() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn header_search_sees_the_delivery_prefix() {
+    let mut ctx = setup().await;
+    let blob = ctx.put_blob(&message(1)).await;
+    let res = ctx
+        .messages
+        .deliver(pb::DeliverRequest {
+            blob_id: blob.blob_id,
+            targets: vec![pb::DeliveryTarget {
+                account_id: ctx.account.id,
+                mailbox: String::new(),
+                delivery_key: "search:prefix".into(),
+                header_prefix: b"Return-Path: <bounce@lists.example.org>\r\nDelivered-To: alice+news@example.com\r\n"
+                    .to_vec(),
+                flags: vec![],
+            }],
+            internal_date: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ctx.append("INBOX", &message(2), &[]).await;
+    let mut f = Fixture { mailbox_id: res.results[0].mailbox_id, ctx };
+    assert_eq!(f.search(header("Delivered-To", "alice+news")).await, vec![1]);
+    assert_eq!(f.search(header("return-path", "LISTS.example")).await, vec![1]);
+    assert_eq!(f.search(header("subject", "test 2")).await, vec![2]);
+    assert_eq!(f.search(k(Key::Text("bounce@lists".into()))).await, vec![1]);
+}
