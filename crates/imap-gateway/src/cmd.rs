@@ -10,5 +10,6 @@ pub mod fetch;
 pub mod flags;
 pub mod idle;
 pub mod mailbox;
+pub mod quota;
 pub mod search;
 pub mod select;

@@ -231,6 +231,8 @@ impl<S: MailStore> Session<S> {
             Capability::UidPlus,
             Capability::Move,
             Capability::Enable,
+            Capability::Quota,
+            Capability::QuotaRes(imap_codec::imap_types::extensions::quota::Resource::Storage),
             Capability::from(Atom::try_from("CHILDREN").expect("static atom")),
         ]);
         caps
@@ -294,6 +296,9 @@ impl<S: MailStore> Session<S> {
             CommandBody::Move { sequence_set, mailbox, uid } => {
                 cmd::copy::copy(self, sequence_set, mailbox, uid, true, &mut out).await
             }
+            CommandBody::GetQuota { root } => cmd::quota::get_quota(self, root, &mut out).await,
+            CommandBody::GetQuotaRoot { mailbox } => cmd::quota::get_quota_root(self, mailbox, &mut out).await,
+            CommandBody::SetQuota { .. } => cmd::quota::set_quota(self),
             CommandBody::Search { charset, criteria, uid } => {
                 cmd::search::search(self, charset, criteria, uid, &mut out).await
             }

@@ -104,6 +104,7 @@ pub trait MailStore: Send + Sync + 'static {
     fn copy(&self, req: pb::CopyRequest) -> impl Future<Output = StoreResult<pb::CopyResponse>> + Send;
     fn expunge(&self, req: pb::ExpungeRequest) -> impl Future<Output = StoreResult<pb::ExpungeResponse>> + Send;
     fn search(&self, req: pb::SearchRequest) -> impl Future<Output = StoreResult<pb::SearchResponse>> + Send;
+    fn get_quota(&self, account: i64) -> impl Future<Output = StoreResult<pb::QuotaInfo>> + Send;
 }
 
 /// Compress ascending UIDs into ranges for the wire.

@@ -100,6 +100,7 @@ async fn mailbox_and_message_lifecycle() {
     assert_lines(&c.cmd("c4", "RENAME Projects Old").await, &["c4 OK RENAME completed"]);
     assert_lines(&c.cmd("c5", "DELETE Old").await, &["c5 OK DELETE completed"]);
     assert_lines(&c.cmd("c6", "DELETE Old").await, &["c6 NO [NONEXISTENT] No such mailbox"]);
+    assert_lines(&c.cmd("c8", "GETQUOTAROOT INBOX").await, &["* QUOTAROOT INBOX", "c8 OK GETQUOTAROOT completed"]);
     assert_lines(&c.cmd("c7", "LOGOUT").await, &["* BYE ...", "c7 OK LOGOUT completed"]);
 }
 

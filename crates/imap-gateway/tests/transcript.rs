@@ -16,9 +16,9 @@ async fn gateway() -> (Gateway, Arc<FakeStore>) {
     (Gateway::start_with(store.clone(), |_| {}).await, store)
 }
 
-const CAPS_PRE: &str =
-    "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
-const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN";
+const CAPS_PRE: &str = "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE QUOTA QUOTA=RES-STORAGE CHILDREN";
+const CAPS_POST: &str =
+    "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE QUOTA QUOTA=RES-STORAGE CHILDREN";
 
 #[tokio::test]
 async fn greeting_capability_noop_logout() {
@@ -171,7 +171,7 @@ async fn login_disabled_without_tls_off_loopback_policy() {
     transcript(
         gw.addr,
         "
-        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CHILDREN] Mailfleet IMAP ready
+        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE QUOTA QUOTA=RES-STORAGE CHILDREN] Mailfleet IMAP ready
         C: a1 LOGIN alice@example.org pw
         S: a1 NO [PRIVACYREQUIRED] Use STARTTLS first
         C: a2 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3
@@ -453,6 +453,67 @@ async fn literal_before_login_is_bounded() {
         S: a1 NO [TOOBIG] Literal too large
         C: a2 NOOP
         S: a2 OK NOOP completed
+        ",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn quota_and_deleted_status() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", MSG1, &["\\Deleted"]);
+    store.add_message(1, "INBOX", MSG2, &[]);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 GETQUOTAROOT INBOX
+        S: * QUOTAROOT INBOX
+        S: a1 OK GETQUOTAROOT completed
+        C: a2 GETQUOTA ""
+        S: a2 NO [NONEXISTENT] No quota is set
+        C: a3 STATUS INBOX (DELETED DELETED-STORAGE MESSAGES)
+        S: * STATUS INBOX (DELETED 1 DELETED-STORAGE 104 MESSAGES 2)
+        S: a3 OK STATUS completed
+        C: a4 SETQUOTA "" (STORAGE 10)
+        S: a4 NO [NOPERM] Quotas are set by the administrator
+        "#,
+    )
+    .await;
+    store.set_quota(10 * 1024);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 GETQUOTAROOT INBOX
+        S: * QUOTAROOT INBOX ""
+        S: * QUOTA "" (STORAGE 1 10)
+        S: a1 OK GETQUOTAROOT completed
+        C: a2 GETQUOTA ""
+        S: * QUOTA "" (STORAGE 1 10)
+        S: a2 OK GETQUOTA completed
+        C: a3 GETQUOTA "other"
+        S: a3 NO [NONEXISTENT] No such quota root
+        C: a4 GETQUOTAROOT Nope
+        S: a4 NO [NONEXISTENT] No such mailbox
+        "#,
+    )
+    .await;
+    store.set_quota(150);
+    transcript(
+        gw.addr,
+        "
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 APPEND INBOX {5}
+        S: + Ready for literal data
+        C: howdy
+        S: a1 NO [OVERQUOTA] Over quota
         ",
     )
     .await;

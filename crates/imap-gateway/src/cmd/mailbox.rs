@@ -160,6 +160,31 @@ pub async fn list<S: MailStore>(
     Done::ok(format!("{verb} completed"))
 }
 
+/// RFC 9208 §4.2 STATUS DELETED / DELETED-STORAGE: how many messages,
+/// and how many octets, carry \Deleted (what EXPUNGE would free).
+async fn deleted<S: MailStore>(
+    s: &Session<S>,
+    account: &crate::store::Account,
+    info: &mailfleet_proto::storage::v1::MailboxInfo,
+    with_size: bool,
+) -> Result<(u32, u64), ImapError> {
+    use mailfleet_proto::storage::v1 as pb;
+    let criteria = pb::SearchKey { key: Some(pb::search_key::Key::HasFlag("\\Deleted".into())) };
+    let req = pb::SearchRequest { account_id: account.id, mailbox_id: info.id, criteria: Some(criteria) };
+    let uids = s.store.search(req).await?.uids;
+    let mut size = 0;
+    if with_size && !uids.is_empty() {
+        let req = pb::ListMessagesRequest {
+            account_id: account.id,
+            mailbox_id: info.id,
+            uids: crate::store::uid_ranges(&uids),
+            ..Default::default()
+        };
+        size = s.store.list_messages(req).await?.iter().map(|m| m.size).sum();
+    }
+    Ok((uids.len() as u32, size))
+}
+
 /// RFC 3501 §6.3.10.
 pub async fn status<S: MailStore>(
     s: &Session<S>,
@@ -182,6 +207,10 @@ pub async fn status<S: MailStore>(
                 StatusDataItem::UidValidity(NonZeroU32::new(info.uid_validity).unwrap_or(NonZeroU32::MIN))
             }
             StatusDataItemName::Unseen => StatusDataItem::Unseen(info.unseen),
+            StatusDataItemName::Deleted => StatusDataItem::Deleted(deleted(s, &account, &info, false).await?.0),
+            StatusDataItemName::DeletedStorage => {
+                StatusDataItem::DeletedStorage(deleted(s, &account, &info, true).await?.1)
+            }
             other => return Err(ImapError::bad(format!("STATUS item {other:?} is not supported"))),
         });
     }

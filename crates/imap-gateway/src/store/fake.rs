@@ -31,6 +31,7 @@ struct Mbox {
 #[derive(Default)]
 struct Data {
     accounts: Vec<(String, String, i64)>,
+    quota_limit: u64,
     mailboxes: BTreeMap<(i64, String), Mbox>,
     next_mailbox_id: i64,
 }
@@ -56,6 +57,11 @@ impl FakeStore {
         }
         store.create(1, "INBOX").expect("fresh store");
         store
+    }
+
+    /// Storage quota in octets for every account (0 = unlimited).
+    pub fn set_quota(&self, limit: u64) {
+        self.lock().quota_limit = limit;
     }
 
     pub fn set_down(&self, down: bool) {
@@ -322,6 +328,10 @@ impl MailStore for FakeStore {
     async fn append(&self, header: pb::AppendHeader, message: Vec<u8>) -> StoreResult<pb::AppendResponse> {
         self.check()?;
         let mut d = self.lock();
+        let used: u64 = d.mailboxes.values().flat_map(|m| m.messages.values()).map(|m| m.raw.len() as u64).sum();
+        if d.quota_limit > 0 && used + message.len() as u64 > d.quota_limit {
+            return Err(StoreError::OverQuota("storage quota".into()));
+        }
         let name = canonical(&header.mailbox);
         let mb = d.mailboxes.get_mut(&(header.account_id, name.clone())).ok_or(StoreError::NotFound(name))?;
         let date = header.internal_date.map(|t| t.seconds).unwrap_or(1_700_000_000);
@@ -446,6 +456,18 @@ impl MailStore for FakeStore {
             }
             Ok(pb::ExpungeResponse { expunged_uids: gone, highest_modseq: mb.modseq })
         })
+    }
+
+    async fn get_quota(&self, account: i64) -> StoreResult<pb::QuotaInfo> {
+        self.check()?;
+        let d = self.lock();
+        let boxes = d.mailboxes.iter().filter(|((a, _), _)| *a == account).map(|(_, m)| m);
+        let (mut used, mut count) = (0u64, 0u64);
+        for mb in boxes {
+            used += mb.messages.values().map(|m| m.raw.len() as u64).sum::<u64>();
+            count += mb.messages.len() as u64;
+        }
+        Ok(pb::QuotaInfo { used_bytes: used, limit_bytes: d.quota_limit, message_count: count })
     }
 
     async fn search(&self, req: pb::SearchRequest) -> StoreResult<pb::SearchResponse> {

@@ -123,4 +123,8 @@ impl MailStore for GrpcStore {
     async fn search(&self, req: pb::SearchRequest) -> StoreResult<pb::SearchResponse> {
         Ok(self.messages.clone().search(req).await?.into_inner())
     }
+
+    async fn get_quota(&self, account: i64) -> StoreResult<pb::QuotaInfo> {
+        Ok(self.mailboxes.clone().get_quota(pb::GetQuotaRequest { account_id: account }).await?.into_inner())
+    }
 }
