@@ -147,7 +147,44 @@ async fn bad_uid_sets_and_cross_account_access() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    let e = ctx
+        .messages
+        .store_flags(pb::StoreFlagsRequest {
+            account_id: mallory.id,
+            mailbox_id: a.mailbox_id,
+            uids: vec![range(1, 1)],
+            operation: pb::store_flags_request::Operation::Add as i32,
+            flags: vec!["\\Deleted".into()],
+            unchanged_since: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = ctx
+        .messages
+        .copy(pb::CopyRequest {
+            account_id: mallory.id,
+            mailbox_id: a.mailbox_id,
+            uids: vec![range(1, 1)],
+            destination: "INBOX".into(),
+            r#move: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = ctx
+        .messages
+        .changes(pb::ChangesRequest {
+            account_id: mallory.id,
+            mailbox_id: a.mailbox_id,
+            since_modseq: 0,
+            include_vanished: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
     assert_eq!(ctx.uids(a.mailbox_id).await.uids, vec![1]);
+    assert_eq!(ctx.list(a.mailbox_id, vec![], 0).await[0].flags, Vec::<String>::new());
 }
 
 fn target(account_id: i64, key: &str, mailbox: &str, prefix: &[u8]) -> pb::DeliveryTarget {
