@@ -184,6 +184,9 @@ async fn read_leave_delete_and_quit() {
     assert_eq!(c.cmd("TOP 1 1").await, "+OK top of message follows\r\n");
     let top = String::from_utf8(c.body().await).unwrap();
     assert!(top.ends_with("Subject: test 1\r\n\r\nHello 1\r\n"), "{top:?}");
+    assert_eq!(c.cmd("TOP 1 0").await, "+OK top of message follows\r\n");
+    let header = format!("From: bob@example.com\r\nTo: {USER}\r\nSubject: test 1\r\n\r\n");
+    assert_eq!(String::from_utf8(c.body().await).unwrap(), header);
     assert!(!flags(&env, acct.id, a1.mailbox_id, a1.uid).await.contains(&"\\Seen".to_string()));
     assert_eq!(c.cmd("RETR 1").await, format!("+OK {} octets\r\n", m1.len()));
     assert_eq!(c.body().await, m1);

@@ -141,9 +141,8 @@ impl Session {
             Ok(m) => (m.uid, m.size, m.seen),
             Err(e) => return write_flow(out, e).await,
         };
-        let flow =
-            send_message(store, account.id, drop.mailbox_id, uid, &format!("{size} octets"), Stuffer::retr(), out)
-                .await?;
+        let which = Which { account_id: account.id, mailbox_id: drop.mailbox_id, uid, length: None };
+        let flow = send_message(store, which, &format!("{size} octets"), Stuffer::retr(), out).await?;
         if flow == Flow::Continue && !seen {
             match store.mark_seen(account.id, drop.mailbox_id, uid).await {
                 Ok(()) => {
@@ -167,12 +166,25 @@ impl Session {
         out: &mut W,
     ) -> io::Result<Flow> {
         let State::Transaction { account, drop, .. } = &mut self.state else { return Ok(Flow::Continue) };
-        let uid = match drop.get(n) {
-            Ok(m) => m.uid,
+        let (uid, header_size) = match drop.get(n) {
+            Ok(m) => (m.uid, m.header_size),
             Err(e) => return write_flow(out, e).await,
         };
-        send_message(store, account.id, drop.mailbox_id, uid, "top of message follows", Stuffer::top(lines), out).await
+        // TOP n 0 needs the header only: ask for just that (the stuffer
+        // still finds the blank line itself, so a wrong size cannot matter).
+        let length = (lines == 0 && header_size > 0).then_some(header_size);
+        let stuffer = Stuffer::top(lines);
+        let which = Which { account_id: account.id, mailbox_id: drop.mailbox_id, uid, length };
+        send_message(store, which, "top of message follows", stuffer, out).await
     }
+}
+
+/// The message (or its first `length` octets) to send.
+struct Which {
+    account_id: i64,
+    mailbox_id: i64,
+    uid: u32,
+    length: Option<u64>,
 }
 
 /// Storage going quiet this long in the middle of a message counts as failed.
@@ -190,14 +202,12 @@ async fn next_chunk(stream: &mut ByteStream) -> Option<Result<Bytes, StoreError>
 /// cannot be completed honestly, so the connection is closed (without UPDATE).
 async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
     store: &S,
-    account_id: i64,
-    mailbox_id: i64,
-    uid: u32,
+    which: Which,
     status: &str,
     mut stuffer: Stuffer,
     out: &mut W,
 ) -> io::Result<Flow> {
-    let mut stream = match store.fetch(account_id, mailbox_id, uid, None).await {
+    let mut stream = match store.fetch(which.account_id, which.mailbox_id, which.uid, which.length).await {
         Ok(s) => s,
         Err(e) => return write_flow(out, store_error(&e)).await,
     };
@@ -216,7 +226,7 @@ async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
                 out.write_all(&buf).await?;
             }
             Err(e) => {
-                tracing::warn!(error = %e, uid, "message stream broke off; closing the connection");
+                tracing::warn!(error = %e, uid = which.uid, "message stream broke off; closing the connection");
                 return Ok(Flow::Close);
             }
         }

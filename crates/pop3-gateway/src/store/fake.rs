@@ -29,6 +29,8 @@ pub struct FakeStore {
     pub expunge_down: AtomicBool,
     /// Fetch streams one chunk, then never ends (proves RETR streams).
     pub stall_fetch: AtomicBool,
+    /// The `length` of every fetch, in order.
+    pub fetch_lengths: Mutex<Vec<Option<u64>>>,
 }
 
 pub const UID_VALIDITY: u32 = 1700;
@@ -64,6 +66,11 @@ impl FakeStore {
 /// Message `i`: two header lines, a blank line, three body lines, one dot-led.
 pub fn message(i: u32) -> Vec<u8> {
     format!("Subject: msg {i}\r\nFrom: a@b\r\n\r\nline 1\r\n.dot line\r\nline 3\r\n").into_bytes()
+}
+
+/// Octets up to and including the first empty line.
+fn header_size(data: &[u8]) -> u64 {
+    data.windows(4).position(|w| w == b"\r\n\r\n").map_or(data.len(), |i| i + 4) as u64
 }
 
 impl MailStore for FakeStore {
@@ -117,13 +124,19 @@ impl MailStore for FakeStore {
             .lock()
             .unwrap()
             .iter()
-            .map(|m| MessageInfo { uid: m.uid, size: m.data.len() as u64, seen: m.seen })
+            .map(|m| MessageInfo {
+                uid: m.uid,
+                size: m.data.len() as u64,
+                header_size: header_size(&m.data),
+                seen: m.seen,
+            })
             .collect();
         Ok(Snapshot { mailbox_id: 5, uid_validity: UID_VALIDITY, messages })
     }
 
     async fn fetch(&self, _a: i64, _m: i64, uid: u32, length: Option<u64>) -> Result<ByteStream, StoreError> {
         self.check()?;
+        self.fetch_lengths.lock().unwrap().push(length);
         let msgs = self.messages.lock().unwrap();
         let msg = msgs.iter().find(|m| m.uid == uid).ok_or(StoreError::Permanent("no such message".into()))?;
         let end = length.map_or(msg.data.len(), |l| (l as usize).min(msg.data.len()));

@@ -146,6 +146,7 @@ impl MailStore for GrpcStore {
             messages.push(MessageInfo {
                 uid: meta.uid,
                 size: meta.size,
+                header_size: meta.header_size,
                 seen: meta.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")),
             });
         }

@@ -44,6 +44,8 @@ pub struct MessageInfo {
     pub uid: u32,
     /// Octets RETR sends (RFC 1939 §5 "exact size" as stored).
     pub size: u64,
+    /// Octets of the header including the blank line (0 if unknown).
+    pub header_size: u64,
     pub seen: bool,
 }
 
