@@ -3,9 +3,11 @@
 //! this module holds the helpers they share (mailbox locking, UID sets,
 //! UID/MODSEQ allocation, row conversions).
 //!
-//! Locking order in every write transaction (avoids deadlocks): the account
-//! row first (only when sizes change: quota, used_bytes, message_count), then
-//! mailbox rows in ascending id order. Holding the mailbox row lock while
+//! Locking order in every write transaction (avoids deadlocks): the blob row
+//! of a new message (Append/Deliver pin it against the sweeper), then the
+//! account row (only when sizes change: quota, used_bytes, message_count),
+//! then mailbox rows in ascending id order. Transactions that lock two
+//! mailboxes (copy/move, rename) always hold the account row first. Holding the mailbox row lock while
 //! assigning `uid_next`/`highest_modseq` makes UIDs and MODSEQs strictly
 //! ascending under concurrency (RFC 3501 §2.3.1.1, RFC 7162 §3).
 
