@@ -181,11 +181,20 @@ pub struct Session<S: MailStore> {
     pub(crate) bad_logins: u32,
     /// The tag of a running IDLE, answered at DONE.
     pub(crate) idle_tag: Option<Tag<'static>>,
+    /// CONDSTORE enabled (RFC 7162 §3.1): MODSEQ in every FETCH update.
+    pub(crate) condstore: bool,
 }
 
 impl<S: MailStore> Session<S> {
     pub fn new(store: Arc<S>, ctx: Context) -> Session<S> {
-        Session { store, state: State::NotAuthenticated { pending: None }, ctx, bad_logins: 0, idle_tag: None }
+        Session {
+            store,
+            state: State::NotAuthenticated { pending: None },
+            ctx,
+            bad_logins: 0,
+            idle_tag: None,
+            condstore: false,
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -231,6 +240,7 @@ impl<S: MailStore> Session<S> {
             Capability::UidPlus,
             Capability::Move,
             Capability::Enable,
+            Capability::CondStore,
             Capability::Quota,
             Capability::QuotaRes(imap_codec::imap_types::extensions::quota::Resource::Storage),
             Capability::from(Atom::try_from("CHILDREN").expect("static atom")),
@@ -275,8 +285,12 @@ impl<S: MailStore> Session<S> {
             CommandBody::Rename { from, to } => cmd::mailbox::rename(self, from, to).await,
             CommandBody::Subscribe { mailbox } => cmd::mailbox::subscribe(self, mailbox, true).await,
             CommandBody::Unsubscribe { mailbox } => cmd::mailbox::subscribe(self, mailbox, false).await,
-            CommandBody::Select { mailbox, .. } => cmd::select::select(self, mailbox, false, &mut out).await,
-            CommandBody::Examine { mailbox, .. } => cmd::select::select(self, mailbox, true, &mut out).await,
+            CommandBody::Select { mailbox, parameters } => {
+                cmd::select::select(self, mailbox, parameters, false, &mut out).await
+            }
+            CommandBody::Examine { mailbox, parameters } => {
+                cmd::select::select(self, mailbox, parameters, true, &mut out).await
+            }
             CommandBody::Close => cmd::select::close(self).await,
             CommandBody::Unselect => cmd::select::unselect(self),
             CommandBody::Append { mailbox, flags, date, message } => {
@@ -284,11 +298,11 @@ impl<S: MailStore> Session<S> {
             }
             CommandBody::Expunge => cmd::expunge::expunge(self, None, &mut out).await,
             CommandBody::ExpungeUid { sequence_set } => cmd::expunge::expunge(self, Some(sequence_set), &mut out).await,
-            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, .. } => {
-                cmd::fetch::fetch(self, sequence_set, macro_or_item_names, uid, &mut out).await
+            CommandBody::Fetch { sequence_set, macro_or_item_names, uid, modifiers } => {
+                cmd::fetch::fetch(self, sequence_set, macro_or_item_names, uid, modifiers, &mut out).await
             }
-            CommandBody::Store { sequence_set, kind, response, flags, uid, .. } => {
-                cmd::flags::store(self, sequence_set, kind, response, flags, uid, &mut out).await
+            CommandBody::Store { sequence_set, kind, response, flags, uid, modifiers } => {
+                cmd::flags::store(self, sequence_set, kind, response, flags, uid, modifiers, &mut out).await
             }
             CommandBody::Copy { sequence_set, mailbox, uid } => {
                 cmd::copy::copy(self, sequence_set, mailbox, uid, false, &mut out).await
@@ -307,7 +321,7 @@ impl<S: MailStore> Session<S> {
         if let State::Selected { account, mailbox } = &mut self.state
             && !just_selected
         {
-            cmd::select::sync(&*self.store, account, mailbox, expunge_ok, &mut out).await;
+            cmd::select::sync(&*self.store, account, mailbox, expunge_ok, self.condstore, &mut out).await;
         }
         self.finish(tag, result, out)
     }
@@ -340,7 +354,7 @@ impl<S: MailStore> Session<S> {
     pub async fn idle_update(&mut self) -> Vec<Response<'static>> {
         let mut out = Vec::new();
         if let State::Selected { account, mailbox } = &mut self.state {
-            cmd::select::sync(&*self.store, account, mailbox, true, &mut out).await;
+            cmd::select::sync(&*self.store, account, mailbox, true, self.condstore, &mut out).await;
         }
         out
     }

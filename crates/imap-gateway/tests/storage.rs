@@ -346,3 +346,34 @@ async fn bodystructure_and_mime_sections() {
     // EXAMINE: no \Seen was set by these fetches (RFC 3501 §6.3.2).
     assert_lines(&c.cmd("b2", "FETCH 1 FLAGS").await, &["* 1 FETCH (FLAGS ())", "b2 OK FETCH completed"]);
 }
+
+#[tokio::test]
+async fn condstore_against_storage() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw1 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let gw2 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut a = login(gw1.addr).await;
+    let mut b = login(gw2.addr).await;
+    append(&mut a, "a0", "INBOX", "()", MSG).await;
+    append(&mut a, "a1", "INBOX", "()", MSG).await;
+    let sel = a.cmd("a2", "SELECT INBOX (CONDSTORE)").await;
+    let highest: u64 = sel
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [HIGHESTMODSEQ ")?.split(']').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("HIGHESTMODSEQ in {sel:?}"));
+    b.cmd("b1", "SELECT INBOX").await;
+    b.cmd("b2", "STORE 2 +FLAGS.SILENT (\\Flagged)").await;
+    // A hears of B's change with its MODSEQ (RFC 7162 §3.1.4).
+    let noop = a.cmd("a3", "NOOP").await;
+    assert_lines(&noop, &["* 2 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (...))", "a3 OK NOOP completed"]);
+    let changed = a.cmd("a4", &format!("FETCH 1:* (UID) (CHANGEDSINCE {highest})")).await;
+    assert_lines(&changed, &["* 2 FETCH (UID 2 MODSEQ (...))", "a4 OK FETCH completed"]);
+    // UNCHANGEDSINCE older than message 2's change fails for it only.
+    assert_lines(
+        &a.cmd("a5", &format!("STORE 1:2 (UNCHANGEDSINCE {highest}) +FLAGS.SILENT (\\Answered)")).await,
+        &["* 1 FETCH (MODSEQ (...))", "a5 OK [MODIFIED 2] Conditional STORE failed for some messages"],
+    );
+    let search = a.cmd("a6", &format!("SEARCH MODSEQ {}", highest + 1)).await;
+    assert_lines(&search, &["* SEARCH 1 2 (MODSEQ ...)", "a6 OK SEARCH completed"]);
+}

@@ -16,9 +16,8 @@ async fn gateway() -> (Gateway, Arc<FakeStore>) {
     (Gateway::start_with(store.clone(), |_| {}).await, store)
 }
 
-const CAPS_PRE: &str = "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE QUOTA QUOTA=RES-STORAGE CHILDREN";
-const CAPS_POST: &str =
-    "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE QUOTA QUOTA=RES-STORAGE CHILDREN";
+const CAPS_PRE: &str = "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QUOTA QUOTA=RES-STORAGE CHILDREN";
+const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QUOTA QUOTA=RES-STORAGE CHILDREN";
 
 #[tokio::test]
 async fn greeting_capability_noop_logout() {
@@ -171,7 +170,7 @@ async fn login_disabled_without_tls_off_loopback_policy() {
     transcript(
         gw.addr,
         "
-        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE QUOTA QUOTA=RES-STORAGE CHILDREN] Mailfleet IMAP ready
+        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QUOTA QUOTA=RES-STORAGE CHILDREN] Mailfleet IMAP ready
         C: a1 LOGIN alice@example.org pw
         S: a1 NO [PRIVACYREQUIRED] Use STARTTLS first
         C: a2 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3
@@ -236,9 +235,12 @@ async fn mailbox_management() {
         C: b9 ID ("name" "test")
         S: * ID ("name" "Mailfleet" "version" "0.1.0")
         S: b9 OK ID completed
-        C: c1 ENABLE CONDSTORE
-        S: * ENABLED
+        C: c1 ENABLE CONDSTORE X-UNKNOWN
+        S: * ENABLED CONDSTORE
         S: c1 OK ENABLE completed
+        C: c2 ENABLE CONDSTORE
+        S: * ENABLED
+        S: c2 OK ENABLE completed
         "#,
     )
     .await;
@@ -265,6 +267,7 @@ async fn select_fetch_store_expunge() {
         S: * OK [PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft \*)] Flags permitted
         S: * OK [UIDVALIDITY 1001] UIDs valid
         S: * OK [UIDNEXT 3] Predicted next UID
+        S: * OK [HIGHESTMODSEQ ...] Highest
         S: a2 OK [READ-WRITE] SELECT completed
         C: a3 FETCH 1:* (UID FLAGS RFC822.SIZE)
         S: * 1 FETCH (UID 1 FLAGS (\Recent) RFC822.SIZE 104)
@@ -357,6 +360,7 @@ async fn read_only_examine_close_copy_move() {
         S: * OK [PERMANENTFLAGS ()] Flags permitted
         S: * OK [UIDVALIDITY 1001] UIDs valid
         S: * OK [UIDNEXT 3] Predicted next UID
+        S: * OK [HIGHESTMODSEQ ...] Highest
         S: a1 OK [READ-ONLY] EXAMINE completed
         C: a2 STORE 1 +FLAGS (\Seen)
         S: a2 NO [READ-ONLY] Mailbox is read-only
@@ -374,6 +378,7 @@ async fn read_only_examine_close_copy_move() {
         C: a7 CLOSE
         S: a7 OK CLOSE completed
         C: a8 SELECT INBOX
+        S: ...
         S: ...
         S: ...
         S: ...
@@ -515,6 +520,55 @@ async fn quota_and_deleted_status() {
         C: howdy
         S: a1 NO [OVERQUOTA] Over quota
         ",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn condstore() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", MSG1, &[]); // modseq 2
+    store.add_message(1, "INBOX", MSG2, &[]); // modseq 3
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 STATUS INBOX (HIGHESTMODSEQ)
+        S: * STATUS INBOX (HIGHESTMODSEQ 3)
+        S: a1 OK STATUS completed
+        C: a2 SELECT INBOX (CONDSTORE)
+        S: * FLAGS ...
+        S: * 2 EXISTS
+        S: * 2 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ...
+        S: * OK [UIDVALIDITY 1001] UIDs valid
+        S: * OK [UIDNEXT 3] Predicted next UID
+        S: * OK [HIGHESTMODSEQ 3] Highest
+        S: a2 OK [READ-WRITE] SELECT completed
+        C: a3 FETCH 1:* (FLAGS) (CHANGEDSINCE 2)
+        S: * 2 FETCH (FLAGS (\Recent) MODSEQ (3))
+        S: a3 OK FETCH completed
+        C: a4 STORE 1 +FLAGS.SILENT (\Seen)
+        S: * 1 FETCH (MODSEQ (4))
+        S: a4 OK STORE completed
+        C: a5 UID STORE 1:2 (UNCHANGEDSINCE 3) +FLAGS (\Flagged)
+        S: * 2 FETCH (UID 2 FLAGS (\Flagged \Recent) MODSEQ (5))
+        S: a5 OK [MODIFIED 1] Conditional STORE failed for some messages
+        C: a6 SEARCH MODSEQ 5
+        S: * SEARCH 2 (MODSEQ 5)
+        S: a6 OK SEARCH completed
+        C: a7 SEARCH MODSEQ 99
+        S: * SEARCH
+        S: a7 OK SEARCH completed
+        C: a8 FETCH 1 (MODSEQ)
+        S: * 1 FETCH (MODSEQ (4))
+        S: a8 OK FETCH completed
+        C: a9 SELECT INBOX (QRESYNC (1001 1))
+        S: a9 BAD QRESYNC is not enabled
+        "#,
     )
     .await;
 }

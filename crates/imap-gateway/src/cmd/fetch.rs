@@ -2,8 +2,9 @@
 //! `ListMessages` call; body sections are byte ranges read with `Fetch`.
 
 use std::collections::BTreeSet;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
+use imap_codec::imap_types::command::FetchModifier;
 use imap_codec::imap_types::core::{IString, Literal, NString, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::envelope::{Address, Envelope};
@@ -226,10 +227,18 @@ pub async fn fetch<S: MailStore>(
     set: SequenceSet,
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
+    modifiers: Vec<FetchModifier>,
     out: &mut Vec<Response<'static>>,
 ) -> CmdResult {
     let store = s.store.clone();
-    let (account, mailbox) = s.need_selected()?;
+    let mut changed_since = 0;
+    for m in &modifiers {
+        match m {
+            // RFC 7162 §3.1.4.1: only messages changed after this MODSEQ.
+            FetchModifier::ChangedSince(n) => changed_since = n.get(),
+            FetchModifier::Vanished => return Err(ImapError::bad("QRESYNC is not enabled")),
+        }
+    }
     let mut items: Vec<MessageDataItemName<'static>> = match &names {
         MacroOrMessageDataItemNames::Macro(m) => {
             m.expand().into_iter().map(imap_codec::imap_types::IntoStatic::into_static).collect()
@@ -240,6 +249,15 @@ pub async fn fetch<S: MailStore>(
     if uid && !items.contains(&MessageDataItemName::Uid) {
         items.insert(0, MessageDataItemName::Uid);
     }
+    // RFC 7162 §3.1.4: CHANGEDSINCE implies MODSEQ; both enable CONDSTORE.
+    if changed_since > 0 && !items.contains(&MessageDataItemName::ModSeq) {
+        items.push(MessageDataItemName::ModSeq);
+    }
+    if items.contains(&MessageDataItemName::ModSeq) {
+        s.condstore = true;
+    }
+    let condstore = s.condstore;
+    let (account, mailbox) = s.need_selected()?;
     let targets = resolve(mailbox, &set, uid)?;
     if targets.is_empty() {
         return Done::ok("FETCH completed");
@@ -274,7 +292,7 @@ pub async fn fetch<S: MailStore>(
         uids: uid_ranges(uids),
         with_envelope,
         with_body_structure: with_structure,
-        changed_since: 0,
+        changed_since,
     };
     let mut metas = store.list_messages(list(&uids)).await?;
     let mut seen_now: BTreeSet<u32> = BTreeSet::new();
@@ -293,6 +311,9 @@ pub async fn fetch<S: MailStore>(
             mailbox.highest_modseq = mailbox.highest_modseq.max(stored.highest_modseq);
             for m in metas.iter_mut().filter(|m| unseen.contains(&m.uid)) {
                 m.flags.push("\\Seen".into());
+                if let Some(u) = stored.updated.iter().find(|u| u.uid == m.uid) {
+                    m.modseq = u.modseq;
+                }
                 seen_now.insert(m.uid);
             }
         }
@@ -306,6 +327,9 @@ pub async fn fetch<S: MailStore>(
             data.push(match item {
                 MessageDataItemName::Uid => MessageDataItem::Uid(NonZeroU32::new(meta.uid).unwrap_or(NonZeroU32::MIN)),
                 MessageDataItemName::Flags => MessageDataItem::Flags(fetch_flags(&meta.flags, recent)),
+                MessageDataItemName::ModSeq => {
+                    MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
+                }
                 MessageDataItemName::Rfc822Size => {
                     MessageDataItem::Rfc822Size(meta.size.min(u64::from(u32::MAX)) as u32)
                 }
@@ -349,6 +373,9 @@ pub async fn fetch<S: MailStore>(
         // RFC 3501 §6.4.5: a \Seen set by this fetch is reported.
         if seen_now.contains(&meta.uid) && !items.contains(&MessageDataItemName::Flags) {
             data.push(MessageDataItem::Flags(fetch_flags(&meta.flags, recent)));
+            if condstore && !items.contains(&MessageDataItemName::ModSeq) {
+                data.push(MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN)));
+            }
         }
         if let Ok(d) = Data::fetch(seq, data) {
             out.push(Response::Data(d));

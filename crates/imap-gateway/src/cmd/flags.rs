@@ -1,16 +1,19 @@
-//! STORE and UID STORE (RFC 3501 §6.4.6).
+//! STORE and UID STORE (RFC 3501 §6.4.6), with CONDSTORE's UNCHANGEDSINCE
+//! (RFC 7162 §3.1.3).
 
+use imap_codec::imap_types::command::StoreModifier;
 use imap_codec::imap_types::fetch::MessageDataItem;
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
-use imap_codec::imap_types::response::{Data, Response};
+use imap_codec::imap_types::response::{Code, Data, Response};
 use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 use pb::store_flags_request::Operation;
 
-use super::select::{fetch_flags, need_writable, resolve};
+use super::select::{flag_items, need_writable, resolve, sequence_set};
 use crate::session::{CmdResult, Done, Session};
 use crate::store::{MailStore, uid_ranges};
 
+#[allow(clippy::too_many_arguments)] // one per STORE argument (RFC 3501 §6.4.6, RFC 7162 §3.1.3)
 pub async fn store<S: MailStore>(
     s: &mut Session<S>,
     set: SequenceSet,
@@ -18,9 +21,18 @@ pub async fn store<S: MailStore>(
     response: StoreResponse,
     flags: Vec<Flag<'static>>,
     uid: bool,
+    modifiers: Vec<StoreModifier>,
     out: &mut Vec<Response<'static>>,
 ) -> CmdResult {
     let store = s.store.clone();
+    let mut unchanged_since = None;
+    for m in &modifiers {
+        let StoreModifier::UnchangedSince(n) = m;
+        unchanged_since = Some(*n);
+        // RFC 7162 §3.1: UNCHANGEDSINCE enables CONDSTORE.
+        s.condstore = true;
+    }
+    let condstore = s.condstore;
     let (account, mailbox) = s.need_selected()?;
     need_writable(mailbox)?;
     let targets = resolve(mailbox, &set, uid)?;
@@ -39,7 +51,7 @@ pub async fn store<S: MailStore>(
         uids: uid_ranges(&uids),
         operation: operation as i32,
         flags: flags.iter().map(|f| f.to_string()).collect(),
-        unchanged_since: None,
+        unchanged_since,
     };
     let stored = store.store_flags(req).await?;
     // Our own change needs no second report from the after-command sync.
@@ -56,14 +68,40 @@ pub async fn store<S: MailStore>(
         };
         for m in store.list_messages(req).await? {
             let Some(seq) = mailbox.seq_of(m.uid) else { continue };
-            let mut items = vec![MessageDataItem::Flags(fetch_flags(&m.flags, mailbox.recent.contains(&m.uid)))];
-            if uid {
-                // RFC 3501 §6.4.8: UID commands always report the UID.
-                items.push(MessageDataItem::Uid(std::num::NonZeroU32::new(m.uid).unwrap_or(std::num::NonZeroU32::MIN)));
+            if stored.modified.contains(&m.uid) {
+                continue;
             }
+            let items = flag_items(&m, mailbox.recent.contains(&m.uid), uid, condstore);
             if let Ok(data) = Data::fetch(seq, items) {
                 out.push(Response::Data(data));
             }
+        }
+    } else if condstore {
+        // RFC 7162 §3.1.3: even .SILENT reports the new MODSEQ.
+        for m in &stored.updated {
+            let (Some(seq), Some(modseq)) = (mailbox.seq_of(m.uid), std::num::NonZeroU64::new(m.modseq)) else {
+                continue;
+            };
+            let mut items = Vec::new();
+            if uid && let Some(u) = std::num::NonZeroU32::new(m.uid) {
+                items.push(MessageDataItem::Uid(u));
+            }
+            items.push(MessageDataItem::ModSeq(modseq));
+            if let Ok(data) = Data::fetch(seq, items) {
+                out.push(Response::Data(data));
+            }
+        }
+    }
+    if !stored.modified.is_empty() {
+        // RFC 7162 §3.1.3: [MODIFIED set] names what failed UNCHANGEDSINCE,
+        // as UIDs for UID STORE, sequence numbers otherwise.
+        let numbers: Vec<u32> = if uid {
+            stored.modified.clone()
+        } else {
+            stored.modified.iter().filter_map(|u| mailbox.seq_of(*u)).collect()
+        };
+        if let Some(set) = sequence_set(&numbers) {
+            return Done::with_code(Code::Modified(set), "Conditional STORE failed for some messages");
         }
     }
     Done::ok("STORE completed")

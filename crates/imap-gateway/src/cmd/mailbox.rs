@@ -29,15 +29,22 @@ fn attr(atom: &str) -> Option<FlagNameAttribute<'static>> {
     Atom::try_from(atom.to_string()).ok().map(FlagNameAttribute::from)
 }
 
-/// RFC 5161 §3.1: nothing enable-able is advertised yet, so the ENABLED
-/// response lists nothing.
+/// RFC 5161 §3.1: ENABLED lists what this command newly enabled;
+/// CONDSTORE (RFC 7162 §3.1) is the one extension that can be enabled.
 pub fn enable<S: MailStore>(
-    s: &Session<S>,
-    _caps: Vec1<CapabilityEnable<'static>>,
+    s: &mut Session<S>,
+    caps: Vec1<CapabilityEnable<'static>>,
     out: &mut Vec<Response<'static>>,
 ) -> CmdResult {
     s.need_auth()?;
-    out.push(Response::Data(Data::Enabled { capabilities: vec![] }));
+    let mut enabled = Vec::new();
+    for cap in caps.into_iter() {
+        if cap == CapabilityEnable::CondStore && !s.condstore {
+            s.condstore = true;
+            enabled.push(cap);
+        }
+    }
+    out.push(Response::Data(Data::Enabled { capabilities: enabled }));
     Done::ok("ENABLE completed")
 }
 
@@ -187,7 +194,7 @@ async fn deleted<S: MailStore>(
 
 /// RFC 3501 §6.3.10.
 pub async fn status<S: MailStore>(
-    s: &Session<S>,
+    s: &mut Session<S>,
     mailbox: Mailbox<'static>,
     names: &[StatusDataItemName],
     out: &mut Vec<Response<'static>>,
@@ -211,7 +218,11 @@ pub async fn status<S: MailStore>(
             StatusDataItemName::DeletedStorage => {
                 StatusDataItem::DeletedStorage(deleted(s, &account, &info, true).await?.1)
             }
-            other => return Err(ImapError::bad(format!("STATUS item {other:?} is not supported"))),
+            StatusDataItemName::HighestModSeq => {
+                // RFC 7162 §3.1.8: asking for it enables CONDSTORE.
+                s.condstore = true;
+                StatusDataItem::HighestModSeq(info.highest_modseq)
+            }
         });
     }
     out.push(Response::Data(Data::Status { mailbox: wire_mailbox(&info.name), items: items.into() }));

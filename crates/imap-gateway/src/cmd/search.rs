@@ -1,7 +1,7 @@
 //! SEARCH and UID SEARCH (RFC 3501 §6.4.4): the criteria become storage's
 //! `SearchKey` tree (evaluated in Postgres) once sequence numbers are UIDs.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
 use imap_codec::imap_types::core::{AString, Charset, Vec1};
 use imap_codec::imap_types::datetime::NaiveDate;
@@ -89,8 +89,20 @@ fn translate(mailbox: &Selected, k: &SearchKey<'_>) -> Result<pb::SearchKey, Ima
         SearchKey::SentBefore(d) => date(Before, d, true),
         SearchKey::SentOn(d) => date(On, d, true),
         SearchKey::SentSince(d) => date(Since, d, true),
-        other => return Err(ImapError::bad(format!("Search key {other:?} is not supported"))),
+        // RFC 7162 §3.1.5; the per-flag entry is not distinguished (storage
+        // keeps one MODSEQ per message, which RFC 7162 allows).
+        SearchKey::ModSequence { modseq, .. } => key(Key::ModseqAtLeast(*modseq)),
     })
+}
+
+fn has_modseq(k: &SearchKey<'_>) -> bool {
+    match k {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::Not(a) => has_modseq(a),
+        SearchKey::Or(a, b) => has_modseq(a) || has_modseq(b),
+        SearchKey::And(keys) => keys.as_ref().iter().any(has_modseq),
+        _ => false,
+    }
 }
 
 pub async fn search<S: MailStore>(
@@ -101,6 +113,10 @@ pub async fn search<S: MailStore>(
     out: &mut Vec<Response<'static>>,
 ) -> CmdResult {
     let store = s.store.clone();
+    let uses_modseq = criteria.as_ref().iter().any(has_modseq);
+    if uses_modseq {
+        s.condstore = true;
+    }
     let (account, mailbox) = s.need_selected()?;
     if let Some(cs) = &charset {
         let name = match cs {
@@ -130,6 +146,9 @@ pub async fn search<S: MailStore>(
         .filter_map(|u| mailbox.seq_of(*u).map(|seq| if uid { *u } else { seq }))
         .filter_map(NonZeroU32::new)
         .collect();
-    out.push(Response::Data(Data::Search(hits, None)));
+    // RFC 7162 §3.1.5: with MODSEQ in the criteria, the highest MODSEQ of
+    // the matches follows the numbers.
+    let modseq = if uses_modseq && !hits.is_empty() { NonZeroU64::new(found.highest_modseq) } else { None };
+    out.push(Response::Data(Data::Search(hits, modseq)));
     Done::ok("SEARCH completed")
 }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use imap_codec::imap_types::core::Vec1;
+use std::num::{NonZeroU32, NonZeroU64};
+
+use imap_codec::imap_types::command::SelectParameter;
 use imap_codec::imap_types::fetch::MessageDataItem;
 use imap_codec::imap_types::flag::{Flag, FlagFetch, FlagPerm};
 use imap_codec::imap_types::mailbox::Mailbox;
@@ -37,11 +39,19 @@ pub fn fetch_flags(flags: &[String], recent: bool) -> Vec<FlagFetch<'static>> {
 pub async fn select<S: MailStore>(
     s: &mut Session<S>,
     mailbox: Mailbox<'static>,
+    parameters: Vec<SelectParameter>,
     read_only: bool,
     out: &mut Vec<Response<'static>>,
 ) -> CmdResult {
     let account = s.need_auth()?;
     let name = name_arg(&mailbox)?;
+    for p in &parameters {
+        match p {
+            // RFC 7162 §3.1.8: SELECT (CONDSTORE) enables CONDSTORE.
+            SelectParameter::CondStore => s.condstore = true,
+            SelectParameter::QResync { .. } => return Err(ImapError::bad("QRESYNC is not enabled")),
+        }
+    }
     // RFC 3501 §6.3.1: selecting deselects first, even if this SELECT fails.
     s.state = State::Authenticated { account: account.clone() };
     let info = s.store.get_mailbox(account.id, &name, !read_only).await?;
@@ -83,6 +93,9 @@ pub async fn select<S: MailStore>(
     if let Ok(code) = Code::uidnext(uids.uid_next.max(1)) {
         out.push(codec::status(None, StatusKindArg::Ok, Some(code), "Predicted next UID"));
     }
+    // RFC 7162 §3.1.2.1: every SELECT/EXAMINE reports HIGHESTMODSEQ.
+    let highest = NonZeroU64::new(uids.highest_modseq).unwrap_or(NonZeroU64::MIN);
+    out.push(codec::status(None, StatusKindArg::Ok, Some(Code::HighestModSeq(highest)), "Highest"));
     s.state = State::Selected { account, mailbox: selected };
     if read_only {
         Done::with_code(Code::ReadOnly, "EXAMINE completed")
@@ -130,6 +143,7 @@ pub async fn sync<S: MailStore + ?Sized>(
     account: &Account,
     mailbox: &mut Selected,
     expunge_ok: bool,
+    condstore: bool,
     out: &mut Vec<Response<'static>>,
 ) {
     let now = match store.list_uids(account.id, mailbox.id).await {
@@ -168,8 +182,8 @@ pub async fn sync<S: MailStore + ?Sized>(
                         continue;
                     }
                     if let Some(seq) = mailbox.seq_of(m.uid) {
-                        let flags = MessageDataItem::Flags(fetch_flags(&m.flags, mailbox.recent.contains(&m.uid)));
-                        if let Ok(data) = Data::fetch(seq, Vec1::from(flags)) {
+                        let items = flag_items(&m, mailbox.recent.contains(&m.uid), false, condstore);
+                        if let Ok(data) = Data::fetch(seq, items) {
                             out.push(Response::Data(data));
                         }
                     }
@@ -179,6 +193,28 @@ pub async fn sync<S: MailStore + ?Sized>(
             Err(e) => tracing::warn!(error = %e, "flag sync failed"),
         }
     }
+}
+
+/// The items of a flag update: FLAGS, the UID for UID commands (RFC 3501
+/// §6.4.8), and MODSEQ once CONDSTORE is on (RFC 7162 §3.1.4).
+pub fn flag_items(m: &pb::MessageMeta, recent: bool, uid: bool, condstore: bool) -> Vec<MessageDataItem<'static>> {
+    let mut items = Vec::with_capacity(3);
+    if uid && let Some(u) = NonZeroU32::new(m.uid) {
+        items.push(MessageDataItem::Uid(u));
+    }
+    items.push(MessageDataItem::Flags(fetch_flags(&m.flags, recent)));
+    if condstore && let Some(modseq) = NonZeroU64::new(m.modseq) {
+        items.push(MessageDataItem::ModSeq(modseq));
+    }
+    items
+}
+
+/// A list of numbers as a sequence set (RFC 7162 §3.1.3 [MODIFIED ...]).
+pub fn sequence_set(numbers: &[u32]) -> Option<imap_codec::imap_types::sequence::SequenceSet> {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+    let list: Vec<Sequence> =
+        numbers.iter().filter_map(|n| NonZeroU32::new(*n)).map(|n| Sequence::Single(SeqOrUid::Value(n))).collect();
+    imap_codec::imap_types::core::Vec1::try_from(list).ok().map(SequenceSet)
 }
 
 /// `BAD` unless the mailbox may be changed (EXAMINE makes it read-only).

@@ -194,6 +194,7 @@ fn matches(key: &pb::SearchKey, uid: u32, m: &Msg) -> StoreResult<bool> {
             all
         }
         Key::UidSet(s) => in_ranges(uid, &s.ranges),
+        Key::ModseqAtLeast(n) => m.modseq >= *n,
         other => return Err(StoreError::Invalid(format!("fake store cannot search {other:?}"))),
     })
 }
@@ -474,12 +475,14 @@ impl MailStore for FakeStore {
         self.with_mailbox_id(req.account_id, req.mailbox_id, |mb| {
             let key = req.criteria.clone().unwrap_or(pb::SearchKey { key: Some(pb::search_key::Key::All(true)) });
             let mut uids = Vec::new();
+            let mut highest_modseq = 0;
             for (uid, m) in &mb.messages {
                 if matches(&key, *uid, m)? {
                     uids.push(*uid);
+                    highest_modseq = highest_modseq.max(m.modseq);
                 }
             }
-            Ok(pb::SearchResponse { uids, highest_modseq: 0 })
+            Ok(pb::SearchResponse { uids, highest_modseq })
         })
     }
 }

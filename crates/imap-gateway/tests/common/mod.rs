@@ -97,13 +97,14 @@ impl Client {
         self.writer.write_all(bytes).await.expect("write");
     }
 
-    /// One line without CRLF; "<EOF>" when the server closed.
+    /// One line without CRLF; "<EOF>" when the server closed, "<TIMEOUT>"
+    /// when it said nothing for 10 s.
     pub async fn line(&mut self) -> String {
         let mut buf = Vec::new();
-        let n = tokio::time::timeout(TIMEOUT, self.reader.read_until(b'\n', &mut buf))
-            .await
-            .expect("server answered in time")
-            .expect("read");
+        let Ok(read) = tokio::time::timeout(TIMEOUT, self.reader.read_until(b'\n', &mut buf)).await else {
+            return "<TIMEOUT>".into();
+        };
+        let n = read.expect("read");
         if n == 0 {
             return "<EOF>".into();
         }
@@ -115,7 +116,7 @@ impl Client {
         let mut out = Vec::new();
         loop {
             let l = self.line().await;
-            let end = l.starts_with(&format!("{tag} ")) || l.starts_with('+') || l == "<EOF>";
+            let end = l.starts_with(&format!("{tag} ")) || l.starts_with('+') || l == "<EOF>" || l == "<TIMEOUT>";
             out.push(l);
             if end {
                 return out;
@@ -211,7 +212,7 @@ pub async fn transcript(addr: SocketAddr, script: &str) {
 
 /// Untagged lines after a tagged one (e.g. BYE): read as many as expected.
 async fn more(client: &mut Client, expected: &[String], got: &mut Vec<String>) {
-    while got.len() < expected.len() && got.last().is_none_or(|l| l != "<EOF>") {
+    while got.len() < expected.len() && got.last().is_none_or(|l| l != "<EOF>" && l != "<TIMEOUT>") {
         got.push(client.line().await);
     }
 }
