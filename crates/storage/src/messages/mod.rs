@@ -373,3 +373,50 @@ impl Messages for MessagesService {
         Ok(Response::new(self.0.search(req.get_ref()).instrument(span).await?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_shifts_every_offset_and_grows_the_top_header() {
+        let leaf = |h: u64, b: u64| pb::BodyPart {
+            header_offset: h,
+            header_length: 10,
+            body_offset: b,
+            body_length: 5,
+            ..Default::default()
+        };
+        let mut top = pb::BodyPart {
+            header_offset: 0,
+            header_length: 40,
+            body_offset: 40,
+            body_length: 100,
+            parts: vec![leaf(50, 60), pb::BodyPart { message_body: Some(Box::new(leaf(90, 100))), ..leaf(70, 80) }],
+            ..Default::default()
+        };
+        shift_body_structure(&mut top, 30);
+        assert_eq!((top.header_offset, top.header_length, top.body_offset, top.body_length), (0, 70, 70, 100));
+        assert_eq!((top.parts[0].header_offset, top.parts[0].body_offset), (80, 90));
+        assert_eq!(top.parts[0].header_length, 10);
+        let inner = top.parts[1].message_body.as_ref().unwrap();
+        assert_eq!((inner.header_offset, inner.body_offset), (120, 130));
+    }
+
+    #[test]
+    fn uid_sets_are_validated_and_normalised() {
+        let set =
+            UidSet::parse(&[pb::UidRange { start: 9, end: 3 }, pb::UidRange { start: 20, end: UID_STAR }]).unwrap();
+        assert_eq!((set.starts.clone(), set.ends.clone()), (vec![3, 20], vec![9, i64::from(UID_STAR)]));
+        assert_eq!(set.bounds(), (3, i64::from(UID_STAR)));
+        assert!(UidSet::parse(&[pb::UidRange { start: 0, end: 3 }]).is_err());
+        assert!(UidSet::parse(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn internal_dates_round_to_what_postgres_keeps() {
+        let t = internal_date(Some(&prost_types::Timestamp { seconds: 1_000, nanos: 123_456_789 })).unwrap();
+        assert_eq!(to_timestamp(t), prost_types::Timestamp { seconds: 1_000, nanos: 123_456_000 });
+        assert!(internal_date(Some(&prost_types::Timestamp { seconds: i64::MAX, nanos: 0 })).is_err());
+    }
+}
