@@ -70,3 +70,37 @@ impl Default for ImapConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_rfcs() {
+        let c = ImapConfig::default();
+        assert!(c.idle_timeout >= Duration::from_secs(30 * 60), "RFC 3501 §5.4");
+        assert_eq!(c.listen.port(), 1143);
+        assert_eq!(c.tls_listen.map(|a| a.port()), Some(9993));
+        assert!(c.allow_plaintext_auth_on_loopback);
+    }
+
+    #[test]
+    fn example_file_and_environment_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("imap-gateway.example.toml");
+        let from_file: ImapConfig = mailfleet_runtime::config::load(Some(&path), "MF_IMAP_TEST_NONE_").unwrap();
+        assert_eq!(from_file.idle_timeout, Duration::from_secs(31 * 60));
+        assert_eq!(from_file.max_literal, 50 * 1024 * 1024);
+        assert_eq!(from_file.tls.hostname, "localhost");
+
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("MF_IMAP_TEST_A_IDLE_TIMEOUT", "45m");
+            std::env::set_var("MF_IMAP_TEST_A_STORAGE_URL", "http://10.0.0.1:50051");
+        }
+        let from_env: ImapConfig = mailfleet_runtime::config::load(Some(&path), "MF_IMAP_TEST_A_").unwrap();
+        assert_eq!(from_env.idle_timeout, Duration::from_secs(45 * 60));
+        assert_eq!(from_env.storage_url, "http://10.0.0.1:50051");
+    }
+}

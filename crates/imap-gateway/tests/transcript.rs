@@ -572,3 +572,22 @@ async fn condstore() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn autologout_and_shutdown_say_bye() {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    let gw = Gateway::start_with(store.clone(), |c| c.login_timeout = std::time::Duration::from_millis(100)).await;
+    let mut idle = common::Client::connect(gw.addr).await;
+    idle.line().await;
+    // RFC 3501 §5.4: autologout with BYE, then the connection closes.
+    assert_eq!(idle.line().await, "* BYE Autologout; idle for too long");
+    assert_eq!(idle.line().await, "<EOF>");
+
+    let (gw, _) = gateway().await;
+    let mut c = common::Client::connect(gw.addr).await;
+    c.line().await;
+    c.cmd("a1", "LOGIN alice@example.org pw").await;
+    gw.shutdown.cancel();
+    assert_eq!(c.line().await, "* BYE Server shutting down");
+    assert_eq!(c.line().await, "<EOF>");
+}
