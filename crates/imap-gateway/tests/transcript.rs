@@ -195,6 +195,8 @@ async fn mailbox_management() {
         S: a2 NO [ALREADYEXISTS] Mailbox already exists
         C: a3 CREATE INBOX
         S: a3 NO [ALREADYEXISTS] INBOX always exists
+        C: a31 CREATE "a*b"
+        S: a31 NO [CANNOT] Invalid mailbox name
         C: a4 LIST "" *
         S: * LIST (\HasNoChildren) "/" INBOX
         S: * LIST (\HasNoChildren) "/" Work/Projects
@@ -590,4 +592,28 @@ async fn autologout_and_shutdown_say_bye() {
     gw.shutdown.cancel();
     assert_eq!(c.line().await, "* BYE Server shutting down");
     assert_eq!(c.line().await, "<EOF>");
+}
+
+#[tokio::test]
+async fn ten_thousand_messages() {
+    let (gw, store) = gateway().await;
+    for i in 0..10_000 {
+        store.add_message(1, "INBOX", format!("Subject: m{i}\r\n\r\nbody {i}\r\n").as_bytes(), &[]);
+    }
+    let mut c = common::Client::connect(gw.addr).await;
+    c.line().await;
+    c.cmd("a1", "LOGIN alice@example.org pw").await;
+    let started = std::time::Instant::now();
+    let sel = c.cmd("a2", "SELECT INBOX").await;
+    assert!(sel.contains(&"* 10000 EXISTS".to_string()), "{sel:?}");
+    let all = c.cmd("a3", "FETCH 1:* (UID FLAGS ENVELOPE)").await;
+    assert_eq!(all.len(), 10_001);
+    assert!(
+        all[9_999].starts_with("* 10000 FETCH (UID 10000 FLAGS (\\Recent) ENVELOPE (NIL \"m9999\""),
+        "{}",
+        all[9_999]
+    );
+    let search = c.cmd("a4", "UID SEARCH 9990:*").await;
+    assert_eq!(search[0], "* SEARCH 9990 9991 9992 9993 9994 9995 9996 9997 9998 9999 10000");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }

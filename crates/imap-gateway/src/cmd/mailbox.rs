@@ -236,6 +236,10 @@ pub async fn create<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>) -> 
     if name == "INBOX" {
         return Err(ImapError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
     }
+    // RFC 3501 §5.1: "%" and "*" are LIST wildcards, not name characters.
+    if name.is_empty() || name.contains(['%', '*']) {
+        return Err(ImapError::no(Some("CANNOT"), "Invalid mailbox name"));
+    }
     s.store.create_mailbox(account.id, &name).await?;
     Done::ok("CREATE completed")
 }
