@@ -58,8 +58,12 @@ async fn administrator_sets_up_a_domain() {
     assert_eq!(domains.trim(), "example.org\taccounts=2\tcatch-all=alice@example.org");
 
     // Errors are clear and change nothing.
-    assert!(fails(&env, &["account", "add", "carol@nowhere.net", "--password", "long enough"]).contains("unknown domain"));
-    assert!(fails(&env, &["account", "add", "alice@example.org", "--password", "long enough"]).contains("already exists"));
+    assert!(
+        fails(&env, &["account", "add", "carol@nowhere.net", "--password", "long enough"]).contains("unknown domain")
+    );
+    assert!(
+        fails(&env, &["account", "add", "alice@example.org", "--password", "long enough"]).contains("already exists")
+    );
     assert!(fails(&env, &["account", "add", "not-an-address", "--password", "long enough"]).contains("no `@`"));
     assert!(fails(&env, &["account", "add", "dave@example.org", "--password", "weak"]).contains("too weak"));
     assert!(fails(&env, &["account", "add", "dave@example.org", "--password", ""]).contains("empty"));

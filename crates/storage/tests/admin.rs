@@ -59,7 +59,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
     // Nothing half-created: exactly one account and its six mailboxes.
     let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts").fetch_one(&env.store().pool).await.unwrap();
-    let mailboxes: i64 = sqlx::query_scalar("SELECT count(*) FROM mailboxes").fetch_one(&env.store().pool).await.unwrap();
+    let mailboxes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM mailboxes").fetch_one(&env.store().pool).await.unwrap();
     assert_eq!((accounts, mailboxes), (1, 6));
 
     let alias_to_nobody = admin

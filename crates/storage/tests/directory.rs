@@ -33,7 +33,10 @@ async fn accounts_authenticate_with_their_password_only() {
     let mut dir = directory(&env).await;
 
     let ok = dir
-        .authenticate(pb::AuthenticateRequest { username: "ALICE@example.org".into(), password: "correct horse battery".into() })
+        .authenticate(pb::AuthenticateRequest {
+            username: "ALICE@example.org".into(),
+            password: "correct horse battery".into(),
+        })
         .await
         .expect("login with the right password")
         .into_inner();
@@ -57,7 +60,10 @@ async fn accounts_authenticate_with_their_password_only() {
         .await
         .unwrap();
     let disabled = dir
-        .authenticate(pb::AuthenticateRequest { username: "alice@example.org".into(), password: "correct horse battery".into() })
+        .authenticate(pb::AuthenticateRequest {
+            username: "alice@example.org".into(),
+            password: "correct horse battery".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(disabled.code(), Code::PermissionDenied);
@@ -133,7 +139,10 @@ async fn can_send_as_own_address_and_aliases_only() {
     env.add_account("bob@example.org", "password-b1").await;
     env.admin()
         .await
-        .add_alias(pb::AddAliasRequest { address: "sales@example.org".into(), targets: vec!["alice@example.org".into()] })
+        .add_alias(pb::AddAliasRequest {
+            address: "sales@example.org".into(),
+            targets: vec!["alice@example.org".into()],
+        })
         .await
         .unwrap();
     let mut dir = directory(&env).await;
@@ -180,7 +189,10 @@ async fn apop_digest_is_checked_against_the_shared_secret() {
     let account = env
         .admin()
         .await
-        .set_apop_secret(pb::SetApopSecretRequest { address: "alice@example.org".into(), secret: "tanstaaf-secret".into() })
+        .set_apop_secret(pb::SetApopSecretRequest {
+            address: "alice@example.org".into(),
+            secret: "tanstaaf-secret".into(),
+        })
         .await
         .unwrap()
         .into_inner();

@@ -104,7 +104,14 @@ async fn append_errors() {
 async fn twenty_megabytes_round_trip_with_ranges() {
     let mut ctx = setup().await;
     let mut raw = b"Subject: big\r\n\r\n".to_vec();
-    raw.extend((0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8));
+    // 20 MiB of 78-octet CRLF lines (8-bit content included), so the bytes
+    // are stored exactly as sent.
+    let mut i = 0u32;
+    while raw.len() < 20 * 1024 * 1024 {
+        raw.extend((0..76).map(|k| 32 + ((i + k) % 220) as u8));
+        raw.extend_from_slice(b"\r\n");
+        i += 1;
+    }
     let a = ctx.append("INBOX", &raw, &[]).await;
     let (data, total) = ctx.fetch(a.mailbox_id, a.uid, 0, None).await;
     assert_eq!(total, raw.len() as u64);
@@ -113,6 +120,15 @@ async fn twenty_megabytes_round_trip_with_ranges() {
     assert!(mid == raw[10_000_000..11_000_000]);
     let (tail, _) = ctx.fetch(a.mailbox_id, a.uid, raw.len() as u64 - 10, None).await;
     assert_eq!(tail, &raw[raw.len() - 10..]);
+}
+
+#[tokio::test]
+async fn bare_line_feeds_are_stored_as_crlf_so_sizes_match_what_is_served() {
+    let mut ctx = setup().await;
+    let a = ctx.append("INBOX", b"Subject: unix\n\nline one\nline two\n", &[]).await;
+    let (data, total) = ctx.fetch(a.mailbox_id, a.uid, 0, None).await;
+    assert_eq!(data, b"Subject: unix\r\n\r\nline one\r\nline two\r\n");
+    assert_eq!(total, data.len() as u64);
 }
 
 #[tokio::test]

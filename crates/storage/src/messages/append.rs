@@ -116,10 +116,12 @@ impl Store {
     ) -> StorageResult<(String, u64)> {
         let max = self.config.max_message_size;
         let mut writer: Box<dyn BlobWriter> = self.blobs.writer().await?;
+        let mut crlf = CrlfNormalizer::default();
         while let Some(msg) = stream.message().await.map_err(stream_error)? {
-            let Some(chunk) = chunk_of(msg) else {
+            let Some(raw) = chunk_of(msg) else {
                 return Err(StorageError::InvalidArgument("unexpected header after data".into()));
             };
+            let chunk = crlf.normalize(&raw);
             if writer.written() + chunk.len() as u64 > max {
                 return Err(StorageError::OverQuota(format!("message larger than the limit of {max} bytes")));
             }
@@ -240,4 +242,56 @@ pub(crate) async fn insert_message(
     .await?;
     add_usage(conn, account_id, msg.size, 1).await?;
     Ok((uid, modseq))
+}
+
+/// RFC 5322 §2.3 / RFC 3501 §2.3.5: messages use CRLF line ends. Clients that
+/// send bare LF (IMAP APPEND from a Unix mbox, say) get them turned into CRLF
+/// before storing, so RFC822.SIZE, POP3 LIST sizes and the octets served are
+/// always the same number. Works across chunk boundaries.
+#[derive(Default)]
+pub(crate) struct CrlfNormalizer {
+    previous_was_cr: bool,
+}
+
+impl CrlfNormalizer {
+    pub(crate) fn normalize<'a>(&mut self, chunk: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let mut prev = self.previous_was_cr;
+        let needs_change = chunk.iter().any(|&b| {
+            let bare = b == b'\n' && !prev;
+            prev = b == b'\r';
+            bare
+        });
+        if !needs_change {
+            self.previous_was_cr = chunk.last().map_or(self.previous_was_cr, |&b| b == b'\r');
+            return std::borrow::Cow::Borrowed(chunk);
+        }
+        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 32 + 2);
+        for &b in chunk {
+            if b == b'\n' && !self.previous_was_cr {
+                out.push(b'\r');
+            }
+            out.push(b);
+            self.previous_was_cr = b == b'\r';
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CrlfNormalizer;
+
+    fn run(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut n = CrlfNormalizer::default();
+        chunks.iter().flat_map(|c| n.normalize(c).into_owned()).collect()
+    }
+
+    #[test]
+    fn bare_lf_becomes_crlf_even_across_chunks() {
+        assert_eq!(run(&[b"a\r\nb\nc\n"]), b"a\r\nb\r\nc\r\n");
+        assert_eq!(run(&[b"a\r", b"\nb\n"]), b"a\r\nb\r\n");
+        assert_eq!(run(&[b"a", b"\n", b"\n"]), b"a\r\n\r\n");
+        assert_eq!(run(&[b"already\r\nfine\r\n"]), b"already\r\nfine\r\n");
+        assert_eq!(run(&[b"\n"]), b"\r\n");
+    }
 }
