@@ -9,7 +9,7 @@ use imap_codec::imap_types::auth::AuthenticateData;
 use imap_codec::imap_types::response::{Code, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -205,7 +205,22 @@ async fn connection<S: MailStore>(
             },
             Input::Command(cmd) => {
                 let span = info_span!("cmd", verb = cmd.body.name(), tag = cmd.tag.inner());
-                session.handle(cmd).instrument(span).await
+                // Large outputs are written while the command still runs;
+                // the bounded channel holds the session back to the
+                // client's pace.
+                let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+                let drain = async {
+                    let mut written = Ok(());
+                    while let Some(chunk) = rx.recv().await {
+                        if written.is_ok() {
+                            written = stream.write_all(&chunk).await;
+                        }
+                    }
+                    written
+                };
+                let (reply, written) = tokio::join!(session.handle_streaming(cmd, Some(tx)).instrument(span), drain);
+                written?;
+                reply
             }
             Input::AuthData(data) => session.auth_data(data).await,
             Input::IdleDone => session.idle_done().await,

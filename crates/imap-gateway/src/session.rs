@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{Atom, Tag};
@@ -108,6 +110,49 @@ impl Done {
     }
     pub fn then(then: Then, text: impl Into<String>) -> CmdResult {
         Ok(Done { code: None, text: text.into(), then })
+    }
+}
+
+/// The untagged responses of the command in progress. With a sink, large
+/// outputs (FETCH over many messages or big bodies) go to the driver in
+/// chunks while the command runs, so they are never all in memory.
+pub struct Out {
+    responses: Vec<Response<'static>>,
+    sink: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+/// Responses buffered before a chunk is handed to the driver.
+const CHUNK_RESPONSES: usize = 64;
+
+impl Out {
+    pub fn new(sink: Option<mpsc::Sender<Vec<u8>>>) -> Out {
+        Out { responses: Vec::new(), sink }
+    }
+
+    pub fn push(&mut self, response: Response<'static>) {
+        self.responses.push(response);
+    }
+
+    pub fn extend(&mut self, responses: impl IntoIterator<Item = Response<'static>>) {
+        self.responses.extend(responses);
+    }
+
+    /// Send what has accumulated when it is large, or now with `force`
+    /// (after a body). `false` when the client is gone.
+    pub async fn flush(&mut self, force: bool) -> bool {
+        let Some(sink) = &self.sink else { return true };
+        if self.responses.is_empty() || (!force && self.responses.len() < CHUNK_RESPONSES) {
+            return true;
+        }
+        let mut chunk = Vec::new();
+        for r in self.responses.drain(..) {
+            chunk.extend(codec::encode(&r));
+        }
+        sink.send(chunk).await.is_ok()
+    }
+
+    pub fn into_responses(self) -> Vec<Response<'static>> {
+        self.responses
     }
 }
 
@@ -248,11 +293,17 @@ impl<S: MailStore> Session<S> {
         caps
     }
 
-    /// Handle one command (RFC 3501 §6). The dispatch table: one line each.
+    /// Handle one command, all responses in the reply.
     pub async fn handle(&mut self, command: Command<'static>) -> Reply {
+        self.handle_streaming(command, None).await
+    }
+
+    /// Handle one command (RFC 3501 §6). The dispatch table: one line each.
+    /// With a `sink`, large outputs are streamed through it before the reply.
+    pub async fn handle_streaming(&mut self, command: Command<'static>, sink: Option<mpsc::Sender<Vec<u8>>>) -> Reply {
         let Command { tag, body } = command;
         let name = body.name();
-        let mut out = Vec::new();
+        let mut out = Out::new(sink);
         // RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH (sequence
         // numbers must not shift under the client's feet).
         let expunge_ok =
@@ -328,7 +379,7 @@ impl<S: MailStore> Session<S> {
 
     /// A SASL response line after AUTHENTICATE's continuation request.
     pub async fn auth_data(&mut self, data: AuthenticateData<'static>) -> Reply {
-        let mut out = Vec::new();
+        let mut out = Out::new(None);
         let pending = match &mut self.state {
             State::NotAuthenticated { pending } => pending.take(),
             _ => None,
@@ -352,11 +403,11 @@ impl<S: MailStore> Session<S> {
     /// While idling: report what changed (RFC 2177 §3 allows any untagged
     /// response, EXPUNGE included).
     pub async fn idle_update(&mut self) -> Vec<Response<'static>> {
-        let mut out = Vec::new();
+        let mut out = Out::new(None);
         if let State::Selected { account, mailbox } = &mut self.state {
             cmd::select::sync(&*self.store, account, mailbox, true, self.condstore, &mut out).await;
         }
-        out
+        out.into_responses()
     }
 
     /// DONE ends IDLE with the tagged OK (RFC 2177 §3).
@@ -386,7 +437,8 @@ impl<S: MailStore> Session<S> {
         Reply { responses: vec![codec::status(tag, StatusKindArg::Bad, code, text)], then: Then::Command, delay: false }
     }
 
-    fn finish(&mut self, tag: Tag<'static>, result: CmdResult, mut out: Vec<Response<'static>>) -> Reply {
+    fn finish(&mut self, tag: Tag<'static>, result: CmdResult, out: Out) -> Reply {
+        let mut out = out.into_responses();
         let mut delay = false;
         let then = match result {
             Ok(done) => {

@@ -617,3 +617,45 @@ async fn ten_thousand_messages() {
     assert_eq!(search[0], "* SEARCH 9990 9991 9992 9993 9994 9995 9996 9997 9998 9999 10000");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }
+
+/// The session hands FETCH output to the driver in chunks while it runs.
+#[tokio::test]
+async fn fetch_output_is_streamed_in_order() {
+    use imap_gateway::codec::{Framer, Input, Mode, encode};
+    use imap_gateway::session::{Context, Session};
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    for i in 0..200 {
+        store.add_message(1, "INBOX", format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(), &[]);
+    }
+    let ctx = Context { tls: false, starttls_available: false, plaintext_auth_allowed: true, max_bad_logins: 3 };
+    let mut session = Session::new(store, ctx);
+    let mut framer = Framer::new(4096);
+    framer.push(b"a LOGIN alice@example.org pw\r\nb SELECT INBOX\r\nc FETCH 1:* (UID RFC822.SIZE)\r\n");
+    let mut next = || match framer.next(Mode::Command, 100) {
+        Input::Command(c) => c,
+        other => panic!("{other:?}"),
+    };
+    session.handle(next()).await;
+    session.handle(next()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let collect = async {
+        let mut chunks = Vec::new();
+        while let Some(c) = rx.recv().await {
+            chunks.push(c);
+        }
+        chunks
+    };
+    let (reply, chunks) = tokio::join!(session.handle_streaming(next(), Some(tx)), collect);
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let mut wire: Vec<u8> = chunks.concat();
+    for r in &reply.responses {
+        wire.extend(encode(r));
+    }
+    let text = String::from_utf8(wire).expect("ascii");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 201);
+    for (i, line) in lines[..200].iter().enumerate() {
+        assert!(line.starts_with(&format!("* {} FETCH (UID {} ", i + 1, i + 1)), "{line}");
+    }
+    assert_eq!(lines[200], "c OK FETCH completed");
+}

@@ -4,11 +4,11 @@ use imap_codec::imap_types::core::{IString, NString};
 use imap_codec::imap_types::response::{Data, Response};
 
 use crate::codec;
-use crate::session::{CmdResult, Done, Session, State, Then, capability_data};
+use crate::session::{CmdResult, Done, Out, Session, State, Then, capability_data};
 use crate::store::MailStore;
 
 /// RFC 3501 §6.1.1.
-pub fn capability<S: MailStore>(s: &Session<S>, out: &mut Vec<Response<'static>>) -> CmdResult {
+pub fn capability<S: MailStore>(s: &Session<S>, out: &mut Out) -> CmdResult {
     out.push(capability_data(s.capabilities()));
     Done::ok("CAPABILITY completed")
 }
@@ -20,14 +20,14 @@ pub fn noop<S: MailStore>(_s: &Session<S>) -> CmdResult {
 }
 
 /// RFC 3501 §6.1.3: BYE, then the tagged OK, then close.
-pub fn logout<S: MailStore>(s: &mut Session<S>, out: &mut Vec<Response<'static>>) -> CmdResult {
+pub fn logout<S: MailStore>(s: &mut Session<S>, out: &mut Out) -> CmdResult {
     out.push(codec::bye(None, "Mailfleet IMAP logging out"));
     s.state = State::Logout;
     Done::then(Then::Close, "LOGOUT completed")
 }
 
 /// RFC 2971 §3.1: the server's identification.
-pub fn id(out: &mut Vec<Response<'static>>) -> CmdResult {
+pub fn id(out: &mut Out) -> CmdResult {
     let pair = |k: &'static str, v: &'static str| -> Option<(IString<'static>, NString<'static>)> {
         Some((IString::try_from(k).ok()?, NString(Some(IString::try_from(v).ok()?))))
     };

@@ -5,11 +5,10 @@ use std::borrow::Cow;
 
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::core::{AString, Tag};
-use imap_codec::imap_types::response::Response;
 use imap_codec::imap_types::secret::Secret;
 
 use crate::codec;
-use crate::session::{CmdResult, Done, ImapError, PendingAuth, Session, State, Then};
+use crate::session::{CmdResult, Done, ImapError, Out, PendingAuth, Session, State, Then};
 use crate::store::MailStore;
 
 fn need_not_authenticated<S: MailStore>(s: &Session<S>) -> Result<(), ImapError> {
@@ -68,7 +67,7 @@ pub async fn authenticate<S: MailStore>(
     tag: &Tag<'static>,
     mechanism: AuthMechanism<'static>,
     initial: Option<Secret<Cow<'static, [u8]>>>,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     need_not_authenticated(s)?;
     need_privacy(s)?;
@@ -105,7 +104,7 @@ pub async fn continue_authenticate<S: MailStore>(
     s: &mut Session<S>,
     pending: PendingAuth,
     data: AuthenticateData<'static>,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     // RFC 3501 §6.2.2: "*" cancels, answered with BAD.
     let AuthenticateData::Continue(data) = data else {

@@ -5,14 +5,14 @@ use std::num::NonZeroU32;
 use imap_codec::imap_types::core::Vec1;
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_codec::imap_types::mailbox::Mailbox;
-use imap_codec::imap_types::response::{Code, Response};
+use imap_codec::imap_types::response::Code;
 use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 
 use super::mailbox::name_arg;
 use super::select::{need_writable, report_expunge, resolve};
 use crate::codec::{self, StatusKindArg};
-use crate::session::{CmdResult, Done, ImapError, Session};
+use crate::session::{CmdResult, Done, ImapError, Out, Session};
 use crate::store::{MailStore, StoreError, uid_ranges};
 
 /// UIDs in the given order, runs of consecutive ones as ranges (the
@@ -48,7 +48,7 @@ pub async fn copy<S: MailStore>(
     destination: Mailbox<'static>,
     uid: bool,
     is_move: bool,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     let store = s.store.clone();
     let (account, mailbox) = s.need_selected()?;

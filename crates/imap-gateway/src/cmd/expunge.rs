@@ -1,18 +1,13 @@
 //! EXPUNGE (RFC 3501 §6.4.3) and UID EXPUNGE (RFC 4315 §2.1).
 
-use imap_codec::imap_types::response::Response;
 use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 
 use super::select::{need_writable, report_expunge, resolve};
-use crate::session::{CmdResult, Done, Session};
+use crate::session::{CmdResult, Done, Out, Session};
 use crate::store::{MailStore, uid_ranges};
 
-pub async fn expunge<S: MailStore>(
-    s: &mut Session<S>,
-    uid_set: Option<SequenceSet>,
-    out: &mut Vec<Response<'static>>,
-) -> CmdResult {
+pub async fn expunge<S: MailStore>(s: &mut Session<S>, uid_set: Option<SequenceSet>, out: &mut Out) -> CmdResult {
     let store = s.store.clone();
     let (account, mailbox) = s.need_selected()?;
     need_writable(mailbox)?;

@@ -15,7 +15,7 @@ use mailfleet_proto::storage::v1 as pb;
 
 use super::bodystructure::body_structure;
 use super::select::{fetch_flags, resolve};
-use crate::session::{CmdResult, Done, ImapError, Session};
+use crate::session::{CmdResult, Done, ImapError, Out, Session};
 use crate::store::{MailStore, uid_ranges};
 
 fn nstring(s: Option<&str>) -> NString<'static> {
@@ -228,7 +228,7 @@ pub async fn fetch<S: MailStore>(
     names: MacroOrMessageDataItemNames<'static>,
     uid: bool,
     modifiers: Vec<FetchModifier>,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     let store = s.store.clone();
     let mut changed_since = 0;
@@ -294,6 +294,15 @@ pub async fn fetch<S: MailStore>(
         with_body_structure: with_structure,
         changed_since,
     };
+    let has_body = items.iter().any(|i| {
+        matches!(
+            i,
+            MessageDataItemName::BodyExt { .. }
+                | MessageDataItemName::Rfc822
+                | MessageDataItemName::Rfc822Header
+                | MessageDataItemName::Rfc822Text
+        )
+    });
     let mut metas = store.list_messages(list(&uids)).await?;
     let mut seen_now: BTreeSet<u32> = BTreeSet::new();
     if sets_seen {
@@ -379,6 +388,10 @@ pub async fn fetch<S: MailStore>(
         }
         if let Ok(d) = Data::fetch(seq, data) {
             out.push(Response::Data(d));
+        }
+        // Bodies go out at once, metadata in chunks.
+        if !out.flush(has_body).await {
+            return Err(ImapError::bad("Client went away"));
         }
     }
     Done::ok("FETCH completed")

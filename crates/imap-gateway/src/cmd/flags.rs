@@ -10,7 +10,7 @@ use mailfleet_proto::storage::v1 as pb;
 use pb::store_flags_request::Operation;
 
 use super::select::{flag_items, need_writable, resolve, sequence_set};
-use crate::session::{CmdResult, Done, Session};
+use crate::session::{CmdResult, Done, Out, Session};
 use crate::store::{MailStore, uid_ranges};
 
 #[allow(clippy::too_many_arguments)] // one per STORE argument (RFC 3501 §6.4.6, RFC 7162 §3.1.3)
@@ -22,7 +22,7 @@ pub async fn store<S: MailStore>(
     flags: Vec<Flag<'static>>,
     uid: bool,
     modifiers: Vec<StoreModifier>,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     let store = s.store.clone();
     let mut unchanged_since = None;

@@ -2,13 +2,12 @@
 //! until the client sends DONE.
 
 use imap_codec::imap_types::core::Tag;
-use imap_codec::imap_types::response::Response;
 
 use crate::codec;
-use crate::session::{CmdResult, Done, ImapError, Session, Then};
+use crate::session::{CmdResult, Done, ImapError, Out, Session, Then};
 use crate::store::MailStore;
 
-pub fn idle<S: MailStore>(s: &mut Session<S>, tag: &Tag<'static>, out: &mut Vec<Response<'static>>) -> CmdResult {
+pub fn idle<S: MailStore>(s: &mut Session<S>, tag: &Tag<'static>, out: &mut Out) -> CmdResult {
     s.need_auth()?;
     if s.idle_tag.is_some() {
         return Err(ImapError::bad("Already idling"));

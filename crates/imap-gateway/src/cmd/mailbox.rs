@@ -13,7 +13,7 @@ use imap_codec::imap_types::response::{Data, Response};
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
 use crate::codec::{self, mailbox_name, wire_mailbox};
-use crate::session::{CmdResult, Done, ImapError, Session, State};
+use crate::session::{CmdResult, Done, ImapError, Out, Session, State};
 use crate::store::{MailStore, StoreError};
 
 /// The single hierarchy delimiter (storage.proto: "/").
@@ -31,11 +31,7 @@ fn attr(atom: &str) -> Option<FlagNameAttribute<'static>> {
 
 /// RFC 5161 §3.1: ENABLED lists what this command newly enabled;
 /// CONDSTORE (RFC 7162 §3.1) is the one extension that can be enabled.
-pub fn enable<S: MailStore>(
-    s: &mut Session<S>,
-    caps: Vec1<CapabilityEnable<'static>>,
-    out: &mut Vec<Response<'static>>,
-) -> CmdResult {
+pub fn enable<S: MailStore>(s: &mut Session<S>, caps: Vec1<CapabilityEnable<'static>>, out: &mut Out) -> CmdResult {
     s.need_auth()?;
     let mut enabled = Vec::new();
     for cap in caps.into_iter() {
@@ -49,7 +45,7 @@ pub fn enable<S: MailStore>(
 }
 
 /// RFC 2342 §5: one personal namespace, no prefix, "/" delimiter.
-pub fn namespace<S: MailStore>(s: &Session<S>, out: &mut Vec<Response<'static>>) -> CmdResult {
+pub fn namespace<S: MailStore>(s: &Session<S>, out: &mut Out) -> CmdResult {
     s.need_auth()?;
     let personal = Namespace {
         prefix: IString::try_from("").map_err(|_| ImapError::bad("namespace"))?,
@@ -93,7 +89,7 @@ pub async fn list<S: MailStore>(
     reference: Mailbox<'static>,
     wildcard: ListMailbox<'static>,
     lsub: bool,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     let account = s.need_auth()?;
     let reference = match &reference {
@@ -197,7 +193,7 @@ pub async fn status<S: MailStore>(
     s: &mut Session<S>,
     mailbox: Mailbox<'static>,
     names: &[StatusDataItemName],
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     let account = s.need_auth()?;
     let name = name_arg(&mailbox)?;

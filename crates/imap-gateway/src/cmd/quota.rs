@@ -9,7 +9,7 @@ use mailfleet_proto::storage::v1 as pb;
 
 use super::mailbox::name_arg;
 use crate::codec::wire_mailbox;
-use crate::session::{CmdResult, Done, ImapError, Session};
+use crate::session::{CmdResult, Done, ImapError, Out, Session};
 use crate::store::MailStore;
 
 fn root() -> AString<'static> {
@@ -24,11 +24,7 @@ fn quota_data(q: &pb::QuotaInfo) -> Option<Response<'static>> {
 }
 
 /// RFC 9208 §4.1.1.
-pub async fn get_quota<S: MailStore>(
-    s: &Session<S>,
-    name: AString<'static>,
-    out: &mut Vec<Response<'static>>,
-) -> CmdResult {
+pub async fn get_quota<S: MailStore>(s: &Session<S>, name: AString<'static>, out: &mut Out) -> CmdResult {
     let account = s.need_auth()?;
     if !name.as_ref().is_empty() {
         return Err(ImapError::no(Some("NONEXISTENT"), "No such quota root"));
@@ -42,11 +38,7 @@ pub async fn get_quota<S: MailStore>(
 }
 
 /// RFC 9208 §4.1.2: the roots of a mailbox and their quotas.
-pub async fn get_quota_root<S: MailStore>(
-    s: &Session<S>,
-    mailbox: Mailbox<'static>,
-    out: &mut Vec<Response<'static>>,
-) -> CmdResult {
+pub async fn get_quota_root<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>, out: &mut Out) -> CmdResult {
     let account = s.need_auth()?;
     let name = name_arg(&mailbox)?;
     let info = s.store.get_mailbox(account.id, &name, false).await?;

@@ -11,7 +11,7 @@ use mailfleet_proto::storage::v1 as pb;
 use pb::search_key::Key;
 
 use super::select::resolve;
-use crate::session::{CmdResult, Done, ImapError, Selected, Session};
+use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session};
 use crate::store::{MailStore, uid_ranges};
 
 fn key(k: Key) -> pb::SearchKey {
@@ -110,7 +110,7 @@ pub async fn search<S: MailStore>(
     charset: Option<Charset<'static>>,
     criteria: Vec1<SearchKey<'static>>,
     uid: bool,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     let store = s.store.clone();
     let uses_modseq = criteria.as_ref().iter().any(has_modseq);

@@ -14,7 +14,7 @@ use mailfleet_proto::storage::v1 as pb;
 
 use super::mailbox::name_arg;
 use crate::codec::{self, StatusKindArg};
-use crate::session::{CmdResult, Done, ImapError, Selected, Session, State};
+use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session, State};
 use crate::store::{Account, MailStore, uid_ranges};
 
 /// The five system flags a client may set (RFC 3501 §2.3.2).
@@ -41,7 +41,7 @@ pub async fn select<S: MailStore>(
     mailbox: Mailbox<'static>,
     parameters: Vec<SelectParameter>,
     read_only: bool,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) -> CmdResult {
     let account = s.need_auth()?;
     let name = name_arg(&mailbox)?;
@@ -124,7 +124,7 @@ pub fn unselect<S: MailStore>(s: &mut Session<S>) -> CmdResult {
 
 /// Remove `uid` from the map and report `* n EXPUNGE` (RFC 3501 §7.4.1);
 /// each report shifts the following sequence numbers down by one.
-pub fn report_expunge(mailbox: &mut Selected, uid: u32, out: &mut Vec<Response<'static>>) {
+pub fn report_expunge(mailbox: &mut Selected, uid: u32, out: &mut Out) {
     if let Some(seq) = mailbox.seq_of(uid) {
         mailbox.uids.remove(seq as usize - 1);
         mailbox.recent.remove(&uid);
@@ -144,7 +144,7 @@ pub async fn sync<S: MailStore + ?Sized>(
     mailbox: &mut Selected,
     expunge_ok: bool,
     condstore: bool,
-    out: &mut Vec<Response<'static>>,
+    out: &mut Out,
 ) {
     let now = match store.list_uids(account.id, mailbox.id).await {
         Ok(now) => now,
