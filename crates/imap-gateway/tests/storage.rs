@@ -377,3 +377,45 @@ async fn condstore_against_storage() {
     let search = a.cmd("a6", &format!("SEARCH MODSEQ {}", highest + 1)).await;
     assert_lines(&search, &["* SEARCH 1 2 (MODSEQ ...)", "a6 OK SEARCH completed"]);
 }
+
+/// The delivery path (what delivery-queue does for mail received by SMTP:
+/// PutBlob, then Deliver) wakes a client idling on the gateway.
+#[tokio::test]
+async fn idle_hears_delivered_mail() {
+    use mailfleet_proto::storage::v1 as pb;
+    let env = TestEnv::start().await;
+    let account = env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut a = login(gw.addr).await;
+    a.cmd("a1", "SELECT INBOX").await;
+    assert_eq!(a.cmd("a2", "IDLE").await, vec!["+ idling"]);
+
+    let mut messages = pb::messages_client::MessagesClient::new(env.channel().await);
+    let chunk = pb::PutBlobRequest { chunk: MSG.as_bytes().to_vec() };
+    let blob = messages.put_blob(futures::stream::iter(vec![chunk])).await.expect("put blob").into_inner();
+    let target = pb::DeliveryTarget {
+        account_id: account.id,
+        mailbox: String::new(),
+        delivery_key: "job-1:alice".into(),
+        header_prefix: b"Delivered-To: alice@example.org\r\n".to_vec(),
+        flags: vec![],
+    };
+    let req = pb::DeliverRequest { blob_id: blob.blob_id, targets: vec![target], internal_date: None };
+    messages.deliver(req).await.expect("deliver");
+
+    assert_eq!(a.line().await, "* 1 EXISTS");
+    a.send(b"DONE\r\n").await;
+    assert_eq!(a.until("a2").await, vec!["a2 OK IDLE terminated"]);
+    let f = a.cmd("a3", "FETCH 1 BODY.PEEK[HEADER.FIELDS (DELIVERED-TO SUBJECT)]").await;
+    assert_lines(
+        &f,
+        &[
+            "* 1 FETCH (BODY[HEADER.FIELDS (DELIVERED-TO SUBJECT)] {57}",
+            "Delivered-To: alice@example.org",
+            "Subject: Hello there",
+            "",
+            ")",
+            "a3 OK FETCH completed",
+        ],
+    );
+}
