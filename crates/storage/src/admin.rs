@@ -460,4 +460,17 @@ impl Admin for AdminService {
         let (removed, kept) = self.0.sweep_blobs(req.get_ref().min_age_seconds).await?;
         Ok(Response::new(pb::SweepBlobsResponse { removed, kept }))
     }
+    async fn generate_dkim_key(
+        &self,
+        req: Request<pb::GenerateDkimKeyRequest>,
+    ) -> Result<Response<pb::DkimKey>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.0.generate_dkim_key(&r.domain, &r.selector, &r.algorithm).await?))
+    }
+    async fn list_dkim_keys(
+        &self,
+        req: Request<pb::ListDkimKeysRequest>,
+    ) -> Result<Response<pb::ListDkimKeysResponse>, Status> {
+        Ok(Response::new(pb::ListDkimKeysResponse { keys: self.0.list_dkim_keys(&req.get_ref().domain).await? }))
+    }
 }

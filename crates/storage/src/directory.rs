@@ -248,4 +248,8 @@ impl Directory for DirectoryService {
         let r = req.into_inner();
         Ok(Response::new(pb::CanSendAsResponse { allowed: self.0.can_send_as(r.account_id, &r.address).await? }))
     }
+
+    async fn get_dkim_key(&self, req: Request<pb::GetDkimKeyRequest>) -> Result<Response<pb::DkimKey>, Status> {
+        Ok(Response::new(self.0.get_dkim_key(&req.get_ref().domain).await?))
+    }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod blob;
 pub mod config;
 pub mod directory;
+pub mod dkim;
 pub mod error;
 pub mod events;
 pub mod locks;
