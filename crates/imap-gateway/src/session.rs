@@ -228,6 +228,8 @@ pub struct Session<S: MailStore> {
     pub(crate) idle_tag: Option<Tag<'static>>,
     /// CONDSTORE enabled (RFC 7162 §3.1): MODSEQ in every FETCH update.
     pub(crate) condstore: bool,
+    /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE.
+    pub(crate) qresync: bool,
 }
 
 impl<S: MailStore> Session<S> {
@@ -239,6 +241,7 @@ impl<S: MailStore> Session<S> {
             bad_logins: 0,
             idle_tag: None,
             condstore: false,
+            qresync: false,
         }
     }
 
@@ -286,6 +289,7 @@ impl<S: MailStore> Session<S> {
             Capability::Move,
             Capability::Enable,
             Capability::CondStore,
+            Capability::QResync,
             Capability::Quota,
             Capability::QuotaRes(imap_codec::imap_types::extensions::quota::Resource::Storage),
             Capability::from(Atom::try_from("CHILDREN").expect("static atom")),
@@ -372,7 +376,8 @@ impl<S: MailStore> Session<S> {
         if let State::Selected { account, mailbox } = &mut self.state
             && !just_selected
         {
-            cmd::select::sync(&*self.store, account, mailbox, expunge_ok, self.condstore, &mut out).await;
+            let ext = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
+            cmd::select::sync(&*self.store, account, mailbox, expunge_ok, ext, &mut out).await;
         }
         self.finish(tag, result, out)
     }
@@ -405,7 +410,8 @@ impl<S: MailStore> Session<S> {
     pub async fn idle_update(&mut self) -> Vec<Response<'static>> {
         let mut out = Out::new(None);
         if let State::Selected { account, mailbox } = &mut self.state {
-            cmd::select::sync(&*self.store, account, mailbox, true, self.condstore, &mut out).await;
+            let ext = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
+            cmd::select::sync(&*self.store, account, mailbox, true, ext, &mut out).await;
         }
         out.into_responses()
     }

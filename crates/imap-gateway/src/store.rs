@@ -105,6 +105,7 @@ pub trait MailStore: Send + Sync + 'static {
     fn expunge(&self, req: pb::ExpungeRequest) -> impl Future<Output = StoreResult<pb::ExpungeResponse>> + Send;
     fn search(&self, req: pb::SearchRequest) -> impl Future<Output = StoreResult<pb::SearchResponse>> + Send;
     fn get_quota(&self, account: i64) -> impl Future<Output = StoreResult<pb::QuotaInfo>> + Send;
+    fn changes(&self, req: pb::ChangesRequest) -> impl Future<Output = StoreResult<pb::ChangesResponse>> + Send;
 }
 
 /// Compress ascending UIDs into ranges for the wire.

@@ -419,3 +419,58 @@ async fn idle_hears_delivered_mail() {
         ],
     );
 }
+
+/// QRESYNC (RFC 7162 §3.2): a client coming back learns what vanished and
+/// what changed while it was away; an idling one sees VANISHED.
+#[tokio::test]
+async fn qresync_against_storage() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw1 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let gw2 = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut b = login(gw2.addr).await;
+    for t in ["b1", "b2", "b3"] {
+        append(&mut b, t, "INBOX", "()", MSG).await;
+    }
+    let mut a = login(gw1.addr).await;
+    assert_lines(&a.cmd("a1", "ENABLE QRESYNC").await, &["* ENABLED QRESYNC", "a1 OK ENABLE completed"]);
+    let sel = a.cmd("a2", "SELECT INBOX").await;
+    let find = |prefix: &str| -> u64 {
+        sel.iter()
+            .find_map(|l| l.strip_prefix(prefix)?.split(']').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} in {sel:?}"))
+    };
+    let (validity, highest) = (find("* OK [UIDVALIDITY "), find("* OK [HIGHESTMODSEQ "));
+    a.cmd("a3", "LOGOUT").await;
+
+    b.cmd("b4", "SELECT INBOX").await;
+    b.cmd("b5", "STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    b.cmd("b6", "STORE 3 +FLAGS.SILENT (\\Flagged)").await;
+    b.cmd("b7", "EXPUNGE").await;
+
+    let mut a = login(gw1.addr).await;
+    a.cmd("a4", "ENABLE QRESYNC").await;
+    let back = a.cmd("a5", &format!("SELECT INBOX (QRESYNC ({validity} {highest} 1:3))")).await;
+    assert!(back.contains(&"* 2 EXISTS".to_string()), "{back:?}");
+    let tail = &back[back.len() - 3..];
+    assert_lines(
+        tail,
+        &[
+            "* VANISHED (EARLIER) 1",
+            "* 2 FETCH (UID 3 FLAGS (\\Flagged) MODSEQ (...))",
+            "a5 OK [READ-WRITE] SELECT completed",
+        ],
+    );
+
+    assert_eq!(a.cmd("a6", "IDLE").await, vec!["+ idling"]);
+    b.cmd("b8", "STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    b.cmd("b9", "EXPUNGE").await;
+    // The flag change may arrive first (UID 2 is message 1 here).
+    let mut line = a.line().await;
+    if line.starts_with("* 1 FETCH") {
+        line = a.line().await;
+    }
+    assert_eq!(line, "* VANISHED 2");
+    a.send(b"DONE\r\n").await;
+    assert_eq!(a.until("a6").await.last().map(String::as_str), Some("a6 OK IDLE terminated"));
+}

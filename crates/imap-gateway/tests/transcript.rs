@@ -16,8 +16,8 @@ async fn gateway() -> (Gateway, Arc<FakeStore>) {
     (Gateway::start_with(store.clone(), |_| {}).await, store)
 }
 
-const CAPS_PRE: &str = "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QUOTA QUOTA=RES-STORAGE CHILDREN";
-const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QUOTA QUOTA=RES-STORAGE CHILDREN";
+const CAPS_PRE: &str = "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE CHILDREN";
+const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE CHILDREN";
 
 #[tokio::test]
 async fn greeting_capability_noop_logout() {
@@ -170,7 +170,7 @@ async fn login_disabled_without_tls_off_loopback_policy() {
     transcript(
         gw.addr,
         "
-        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QUOTA QUOTA=RES-STORAGE CHILDREN] Mailfleet IMAP ready
+        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE CHILDREN] Mailfleet IMAP ready
         C: a1 LOGIN alice@example.org pw
         S: a1 NO [PRIVACYREQUIRED] Use STARTTLS first
         C: a2 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3
@@ -569,7 +569,9 @@ async fn condstore() {
         S: * 1 FETCH (MODSEQ (4))
         S: a8 OK FETCH completed
         C: a9 SELECT INBOX (QRESYNC (1001 1))
-        S: a9 BAD QRESYNC is not enabled
+        S: a9 BAD ENABLE QRESYNC first
+        C: b1 UID FETCH 1:* FLAGS (CHANGEDSINCE 1 VANISHED)
+        S: b1 BAD VANISHED needs UID FETCH with CHANGEDSINCE after ENABLE QRESYNC
         "#,
     )
     .await;
@@ -658,4 +660,70 @@ async fn fetch_output_is_streamed_in_order() {
         assert!(line.starts_with(&format!("* {} FETCH (UID {} ", i + 1, i + 1)), "{line}");
     }
     assert_eq!(lines[200], "c OK FETCH completed");
+}
+
+#[tokio::test]
+async fn qresync() {
+    let (gw, store) = gateway().await;
+    for m in [MSG1, MSG2, MSG1] {
+        store.add_message(1, "INBOX", m, &[]); // modseqs 2, 3, 4
+    }
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 ENABLE QRESYNC
+        S: * ENABLED QRESYNC
+        S: a1 OK ENABLE completed
+        C: a2 SELECT INBOX
+        S: * FLAGS ...
+        S: * 3 EXISTS
+        S: * 3 RECENT
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: * OK [HIGHESTMODSEQ 4] Highest
+        S: a2 OK [READ-WRITE] SELECT completed
+        C: a3 STORE 1 +FLAGS.SILENT (\Deleted)
+        S: * 1 FETCH (MODSEQ (5))
+        S: a3 OK STORE completed
+        C: a4 EXPUNGE
+        S: * VANISHED 1
+        S: a4 OK EXPUNGE completed
+        C: a5 SELECT INBOX (QRESYNC (1001 4 1:3))
+        S: * OK [CLOSED] Previous mailbox closed
+        S: * FLAGS ...
+        S: * 2 EXISTS
+        S: * 0 RECENT
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: * OK [HIGHESTMODSEQ 6] Highest
+        S: * VANISHED (EARLIER) 1
+        S: a5 OK [READ-WRITE] SELECT completed
+        C: a6 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)
+        S: * VANISHED (EARLIER) 1
+        S: * 1 FETCH (UID 2 FLAGS () MODSEQ (3))
+        S: * 2 FETCH (UID 3 FLAGS () MODSEQ (4))
+        S: a6 OK FETCH completed
+        C: a7 FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)
+        S: a7 BAD VANISHED needs UID FETCH with CHANGEDSINCE after ENABLE QRESYNC
+        C: a8 SELECT INBOX (QRESYNC (999 1))
+        S: * OK [CLOSED] Previous mailbox closed
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: ...
+        S: * OK [HIGHESTMODSEQ 6] Highest
+        S: a8 OK [READ-WRITE] SELECT completed
+        "#,
+    )
+    .await;
 }

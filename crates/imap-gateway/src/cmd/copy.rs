@@ -10,7 +10,7 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 
 use super::mailbox::name_arg;
-use super::select::{need_writable, report_expunge, resolve};
+use super::select::{need_writable, report_expunges, resolve};
 use crate::codec::{self, StatusKindArg};
 use crate::session::{CmdResult, Done, ImapError, Out, Session};
 use crate::store::{MailStore, StoreError, uid_ranges};
@@ -51,6 +51,7 @@ pub async fn copy<S: MailStore>(
     out: &mut Out,
 ) -> CmdResult {
     let store = s.store.clone();
+    let qresync = s.qresync;
     let (account, mailbox) = s.need_selected()?;
     if is_move {
         need_writable(mailbox)?;
@@ -79,9 +80,7 @@ pub async fn copy<S: MailStore>(
         if let Some(code) = code {
             out.push(codec::status(None, StatusKindArg::Ok, Some(code), "Moved UIDs"));
         }
-        for uid in &done.source_uids {
-            report_expunge(mailbox, *uid, out);
-        }
+        report_expunges(mailbox, &done.source_uids, qresync, out);
         return Done::ok("MOVE completed");
     }
     match code {

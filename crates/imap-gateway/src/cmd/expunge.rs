@@ -3,12 +3,13 @@
 use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 
-use super::select::{need_writable, report_expunge, resolve};
+use super::select::{need_writable, report_expunges, resolve};
 use crate::session::{CmdResult, Done, Out, Session};
 use crate::store::{MailStore, uid_ranges};
 
 pub async fn expunge<S: MailStore>(s: &mut Session<S>, uid_set: Option<SequenceSet>, out: &mut Out) -> CmdResult {
     let store = s.store.clone();
+    let qresync = s.qresync;
     let (account, mailbox) = s.need_selected()?;
     need_writable(mailbox)?;
     let uids = match &uid_set {
@@ -23,8 +24,6 @@ pub async fn expunge<S: MailStore>(s: &mut Session<S>, uid_set: Option<SequenceS
     };
     let req = pb::ExpungeRequest { account_id: account.id, mailbox_id: mailbox.id, uids, ignore_deleted_flag: false };
     let done = store.expunge(req).await?;
-    for uid in done.expunged_uids {
-        report_expunge(mailbox, uid, out);
-    }
+    report_expunges(mailbox, &done.expunged_uids, qresync, out);
     Done::ok("EXPUNGE completed")
 }

@@ -14,7 +14,8 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 
 use super::bodystructure::body_structure;
-use super::select::{fetch_flags, resolve};
+use super::select::{fetch_flags, resolve, sequence_set};
+use crate::session::Selected;
 use crate::session::{CmdResult, Done, ImapError, Out, Session};
 use crate::store::{MailStore, uid_ranges};
 
@@ -216,6 +217,23 @@ async fn section_bytes<S: MailStore>(
     }
 }
 
+/// Is `uid` in a UID set (`*` = the highest UID of the mailbox)?
+fn in_set(set: &SequenceSet, uid: u32, mailbox: &Selected) -> bool {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+    let largest = mailbox.uids.last().copied().unwrap_or(0);
+    let value = |v: &SeqOrUid| match v {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    set.0.as_ref().iter().any(|s| match s {
+        Sequence::Single(v) => value(v) == uid,
+        Sequence::Range(a, b) => {
+            let (a, b) = (value(a), value(b));
+            a.min(b) <= uid && uid <= a.max(b)
+        }
+    })
+}
+
 fn internal_date(meta: &pb::MessageMeta) -> Option<DateTime> {
     let ts = meta.internal_date.as_ref()?;
     let utc = chrono::DateTime::from_timestamp(ts.seconds, 0)?;
@@ -232,12 +250,17 @@ pub async fn fetch<S: MailStore>(
 ) -> CmdResult {
     let store = s.store.clone();
     let mut changed_since = 0;
+    let mut vanished = false;
     for m in &modifiers {
         match m {
             // RFC 7162 §3.1.4.1: only messages changed after this MODSEQ.
             FetchModifier::ChangedSince(n) => changed_since = n.get(),
-            FetchModifier::Vanished => return Err(ImapError::bad("QRESYNC is not enabled")),
+            FetchModifier::Vanished => vanished = true,
         }
+    }
+    // RFC 7162 §3.2.6: VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC.
+    if vanished && !(uid && changed_since > 0 && s.qresync) {
+        return Err(ImapError::bad("VANISHED needs UID FETCH with CHANGEDSINCE after ENABLE QRESYNC"));
     }
     let mut items: Vec<MessageDataItemName<'static>> = match &names {
         MacroOrMessageDataItemNames::Macro(m) => {
@@ -258,6 +281,19 @@ pub async fn fetch<S: MailStore>(
     }
     let condstore = s.condstore;
     let (account, mailbox) = s.need_selected()?;
+    if vanished {
+        let req = pb::ChangesRequest {
+            account_id: account.id,
+            mailbox_id: mailbox.id,
+            since_modseq: changed_since,
+            include_vanished: true,
+        };
+        let gone: Vec<u32> =
+            store.changes(req).await?.vanished.into_iter().filter(|u| in_set(&set, *u, mailbox)).collect();
+        if let Some(known_uids) = sequence_set(&gone) {
+            out.push(Response::Data(Data::Vanished { earlier: true, known_uids }));
+        }
+    }
     let targets = resolve(mailbox, &set, uid)?;
     if targets.is_empty() {
         return Done::ok("FETCH completed");

@@ -38,6 +38,11 @@ pub fn enable<S: MailStore>(s: &mut Session<S>, caps: Vec1<CapabilityEnable<'sta
         if cap == CapabilityEnable::CondStore && !s.condstore {
             s.condstore = true;
             enabled.push(cap);
+        } else if cap.to_string().eq_ignore_ascii_case("QRESYNC") && !s.qresync {
+            // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
+            s.qresync = true;
+            s.condstore = true;
+            enabled.push(cap);
         }
     }
     out.push(Response::Data(Data::Enabled { capabilities: enabled }));

@@ -45,14 +45,23 @@ pub async fn select<S: MailStore>(
 ) -> CmdResult {
     let account = s.need_auth()?;
     let name = name_arg(&mailbox)?;
-    for p in &parameters {
+    let mut resync = None;
+    for p in parameters {
         match p {
             // RFC 7162 §3.1.8: SELECT (CONDSTORE) enables CONDSTORE.
             SelectParameter::CondStore => s.condstore = true,
-            SelectParameter::QResync { .. } => return Err(ImapError::bad("QRESYNC is not enabled")),
+            // RFC 7162 §3.2.5: only after ENABLE QRESYNC.
+            SelectParameter::QResync { .. } if !s.qresync => return Err(ImapError::bad("ENABLE QRESYNC first")),
+            SelectParameter::QResync { uid_validity, mod_sequence_value, known_uids, .. } => {
+                resync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids));
+            }
         }
     }
-    // RFC 3501 §6.3.1: selecting deselects first, even if this SELECT fails.
+    // RFC 3501 §6.3.1: selecting deselects first, even if this SELECT fails;
+    // RFC 7162 §3.2.11: [CLOSED] marks where the old mailbox's updates end.
+    if matches!(s.state, State::Selected { .. }) {
+        out.push(codec::status(None, StatusKindArg::Ok, Some(codec::code("CLOSED")), "Previous mailbox closed"));
+    }
     s.state = State::Authenticated { account: account.clone() };
     let info = s.store.get_mailbox(account.id, &name, !read_only).await?;
     let uids = s.store.list_uids(account.id, info.id).await?;
@@ -96,12 +105,55 @@ pub async fn select<S: MailStore>(
     // RFC 7162 §3.1.2.1: every SELECT/EXAMINE reports HIGHESTMODSEQ.
     let highest = NonZeroU64::new(uids.highest_modseq).unwrap_or(NonZeroU64::MIN);
     out.push(codec::status(None, StatusKindArg::Ok, Some(Code::HighestModSeq(highest)), "Highest"));
+    if let Some((uid_validity, since, known)) = resync
+        && uid_validity == selected.uid_validity
+    {
+        resync_report(&*s.store, &account, &selected, since, known, out).await?;
+    }
     s.state = State::Selected { account, mailbox: selected };
     if read_only {
         Done::with_code(Code::ReadOnly, "EXAMINE completed")
     } else {
         Done::with_code(Code::ReadWrite, "SELECT completed")
     }
+}
+
+/// RFC 7162 §3.2.5.2: what the client missed since `since`: VANISHED
+/// (EARLIER) for expunged UIDs it knew of, then FETCH (UID FLAGS MODSEQ)
+/// for messages changed since.
+pub async fn resync_report<S: MailStore + ?Sized>(
+    store: &S,
+    account: &Account,
+    mailbox: &Selected,
+    since: u64,
+    known: Option<imap_codec::imap_types::sequence::SequenceSet>,
+    out: &mut Out,
+) -> Result<(), ImapError> {
+    let req = pb::ChangesRequest {
+        account_id: account.id,
+        mailbox_id: mailbox.id,
+        since_modseq: since,
+        include_vanished: true,
+    };
+    let changes = store.changes(req).await?;
+    let known = known.map(|set| {
+        let max = changes.vanished.iter().copied().max().unwrap_or(1).max(1);
+        let max = NonZeroU32::new(max).unwrap_or(NonZeroU32::MIN);
+        set.iter(max).map(|n| n.get()).collect::<BTreeSet<u32>>()
+    });
+    let vanished: Vec<u32> =
+        changes.vanished.iter().copied().filter(|u| known.as_ref().is_none_or(|k| k.contains(u))).collect();
+    if let Some(known_uids) = sequence_set(&vanished) {
+        out.push(Response::Data(Data::Vanished { earlier: true, known_uids }));
+    }
+    for m in &changes.changed {
+        let Some(seq) = mailbox.seq_of(m.uid) else { continue };
+        let meta = pb::MessageMeta { uid: m.uid, flags: m.flags.clone(), modseq: m.modseq, ..Default::default() };
+        if let Ok(data) = Data::fetch(seq, flag_items(&meta, mailbox.recent.contains(&m.uid), true, true)) {
+            out.push(Response::Data(data));
+        }
+    }
+    Ok(())
 }
 
 /// RFC 3501 §6.4.2: silently expunge (unless read-only), then deselect.
@@ -122,15 +174,30 @@ pub fn unselect<S: MailStore>(s: &mut Session<S>) -> CmdResult {
     Done::ok("UNSELECT completed")
 }
 
-/// Remove `uid` from the map and report `* n EXPUNGE` (RFC 3501 §7.4.1);
-/// each report shifts the following sequence numbers down by one.
-pub fn report_expunge(mailbox: &mut Selected, uid: u32, out: &mut Out) {
-    if let Some(seq) = mailbox.seq_of(uid) {
-        mailbox.uids.remove(seq as usize - 1);
-        mailbox.recent.remove(&uid);
-        if let Ok(data) = Data::expunge(seq) {
-            out.push(Response::Data(data));
+/// Extensions the client enabled, which change how updates look.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ext {
+    pub condstore: bool,
+    pub qresync: bool,
+}
+
+/// Remove `uids` from the map and tell the client: `* n EXPUNGE` per
+/// message (RFC 3501 §7.4.1; each shifts the later sequence numbers), or
+/// one `* VANISHED uid-set` once QRESYNC is enabled (RFC 7162 §3.2.10).
+pub fn report_expunges(mailbox: &mut Selected, uids: &[u32], qresync: bool, out: &mut Out) {
+    let mut gone = Vec::new();
+    for &uid in uids {
+        if let Some(seq) = mailbox.seq_of(uid) {
+            mailbox.uids.remove(seq as usize - 1);
+            mailbox.recent.remove(&uid);
+            gone.push(uid);
+            if !qresync && let Ok(data) = Data::expunge(seq) {
+                out.push(Response::Data(data));
+            }
         }
+    }
+    if qresync && let Some(known_uids) = sequence_set(&gone) {
+        out.push(Response::Data(Data::Vanished { earlier: false, known_uids }));
     }
 }
 
@@ -143,7 +210,7 @@ pub async fn sync<S: MailStore + ?Sized>(
     account: &Account,
     mailbox: &mut Selected,
     expunge_ok: bool,
-    condstore: bool,
+    ext: Ext,
     out: &mut Out,
 ) {
     let now = match store.list_uids(account.id, mailbox.id).await {
@@ -156,9 +223,7 @@ pub async fn sync<S: MailStore + ?Sized>(
     let present: BTreeSet<u32> = now.uids.iter().copied().collect();
     if expunge_ok {
         let gone: Vec<u32> = mailbox.uids.iter().copied().filter(|u| !present.contains(u)).collect();
-        for uid in gone {
-            report_expunge(mailbox, uid, out);
-        }
+        report_expunges(mailbox, &gone, ext.qresync, out);
     }
     let last = mailbox.uids.last().copied().unwrap_or(0);
     let new: Vec<u32> = now.uids.iter().copied().filter(|u| *u > last).collect();
@@ -182,7 +247,8 @@ pub async fn sync<S: MailStore + ?Sized>(
                         continue;
                     }
                     if let Some(seq) = mailbox.seq_of(m.uid) {
-                        let items = flag_items(&m, mailbox.recent.contains(&m.uid), false, condstore);
+                        // RFC 7162 §3.2.4: with QRESYNC, updates carry the UID.
+                        let items = flag_items(&m, mailbox.recent.contains(&m.uid), ext.qresync, ext.condstore);
                         if let Ok(data) = Data::fetch(seq, items) {
                             out.push(Response::Data(data));
                         }
@@ -212,8 +278,26 @@ pub fn flag_items(m: &pb::MessageMeta, recent: bool, uid: bool, condstore: bool)
 /// A list of numbers as a sequence set (RFC 7162 §3.1.3 [MODIFIED ...]).
 pub fn sequence_set(numbers: &[u32]) -> Option<imap_codec::imap_types::sequence::SequenceSet> {
     use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-    let list: Vec<Sequence> =
-        numbers.iter().filter_map(|n| NonZeroU32::new(*n)).map(|n| Sequence::Single(SeqOrUid::Value(n))).collect();
+    let mut sorted: Vec<NonZeroU32> = numbers.iter().filter_map(|n| NonZeroU32::new(*n)).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut runs: Vec<(NonZeroU32, NonZeroU32)> = Vec::new();
+    for n in sorted {
+        match runs.last_mut() {
+            Some((_, hi)) if hi.get().checked_add(1) == Some(n.get()) => *hi = n,
+            _ => runs.push((n, n)),
+        }
+    }
+    let list: Vec<Sequence> = runs
+        .into_iter()
+        .map(|(lo, hi)| {
+            if lo == hi {
+                Sequence::Single(SeqOrUid::Value(lo))
+            } else {
+                Sequence::Range(SeqOrUid::Value(lo), SeqOrUid::Value(hi))
+            }
+        })
+        .collect();
     imap_codec::imap_types::core::Vec1::try_from(list).ok().map(SequenceSet)
 }
 

@@ -26,6 +26,8 @@ struct Mbox {
     modseq: u64,
     subscribed: bool,
     messages: BTreeMap<u32, Msg>,
+    /// Expunged UIDs with the MODSEQ of their removal (QRESYNC).
+    vanished: Vec<(u32, u64)>,
 }
 
 #[derive(Default)]
@@ -101,6 +103,7 @@ impl FakeStore {
             modseq: 1,
             subscribed: false,
             messages: BTreeMap::new(),
+            vanished: Vec::new(),
         };
         let info = info(&key.1, &mb, false);
         d.mailboxes.insert(key, mb);
@@ -430,10 +433,11 @@ impl MailStore for FakeStore {
         if req.r#move
             && let Some(src) = d.mailboxes.values_mut().find(|m| m.id == req.mailbox_id)
         {
+            src.modseq += 1;
             for (uid, _) in &source {
                 src.messages.remove(uid);
+                src.vanished.push((*uid, src.modseq));
             }
-            src.modseq += 1;
         }
         Ok(out)
     }
@@ -449,13 +453,36 @@ impl MailStore for FakeStore {
                 })
                 .map(|(u, _)| *u)
                 .collect();
-            for u in &gone {
-                mb.messages.remove(u);
-            }
             if !gone.is_empty() {
                 mb.modseq += 1;
             }
+            for u in &gone {
+                mb.messages.remove(u);
+                mb.vanished.push((*u, mb.modseq));
+            }
             Ok(pb::ExpungeResponse { expunged_uids: gone, highest_modseq: mb.modseq })
+        })
+    }
+
+    async fn changes(&self, req: pb::ChangesRequest) -> StoreResult<pb::ChangesResponse> {
+        self.with_mailbox_id(req.account_id, req.mailbox_id, |mb| {
+            let changed = mb
+                .messages
+                .iter()
+                .filter(|(_, m)| m.modseq > req.since_modseq)
+                .map(|(uid, m)| pb::MessageFlags {
+                    uid: *uid,
+                    flags: m.flags.iter().cloned().collect(),
+                    modseq: m.modseq,
+                })
+                .collect();
+            let mut vanished: Vec<u32> = if req.include_vanished {
+                mb.vanished.iter().filter(|(_, m)| *m > req.since_modseq).map(|(u, _)| *u).collect()
+            } else {
+                vec![]
+            };
+            vanished.sort_unstable();
+            Ok(pb::ChangesResponse { changed, vanished, highest_modseq: mb.modseq })
         })
     }
 

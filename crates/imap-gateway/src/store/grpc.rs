@@ -124,6 +124,10 @@ impl MailStore for GrpcStore {
         Ok(self.messages.clone().search(req).await?.into_inner())
     }
 
+    async fn changes(&self, req: pb::ChangesRequest) -> StoreResult<pb::ChangesResponse> {
+        Ok(self.messages.clone().changes(req).await?.into_inner())
+    }
+
     async fn get_quota(&self, account: i64) -> StoreResult<pb::QuotaInfo> {
         Ok(self.mailboxes.clone().get_quota(pb::GetQuotaRequest { account_id: account }).await?.into_inner())
     }
