@@ -1,0 +1,644 @@
+//! SMTP client session for relaying (RFC 5321), on tokio.
+//!
+//! Greeting, EHLO with a HELO fallback (RFC 5321 §3.2), STARTTLS (RFC 3207)
+//! when offered or required, PIPELINING (RFC 2920), SIZE (RFC 1870), DSN
+//! parameters passed on (RFC 3461), and one transaction for several
+//! recipients with a result per recipient. A connection can carry several
+//! transactions (connection reuse); the caller decides.
+//!
+//! TLS: like common MTAs talking to MX hosts, certificates are not verified
+//! (RFC 7435 opportunistic security: any encryption beats plain text, and
+//! MX certificates are often self-signed). `Required` means "encrypt or do
+//! not send" (Postfix `encrypt` level); certificate checks (DANE, MTA-STS)
+//! are not implemented.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Longest reply line we accept (RFC 5321 §4.5.3.1.5 says 512; be lenient).
+const MAX_REPLY_LINE: u64 = 8192;
+/// Most lines in one multi-line reply.
+const MAX_REPLY_LINES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Use STARTTLS when offered, plain text otherwise.
+    Opportunistic,
+    /// Fail (temporarily) unless STARTTLS succeeds.
+    Required,
+    /// Never use TLS.
+    Disabled,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Our name in EHLO/HELO (RFC 5321 §4.1.1.1: the FQDN of the client).
+    pub helo_name: String,
+    pub tls: TlsMode,
+    pub connect_timeout: Duration,
+    /// RFC 5321 §4.5.3.2: 5 min for the greeting, MAIL, RCPT; we use one value.
+    pub command_timeout: Duration,
+    /// RFC 5321 §4.5.3.2.6: 10 min for the reply to the final dot.
+    pub data_timeout: Duration,
+}
+
+/// An SMTP reply: code and text lines (without the code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn new(code: u16, text: impl Into<String>) -> Reply {
+        Reply { code, lines: vec![text.into()] }
+    }
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500 || self.code < 200
+    }
+    /// RFC 3463 enhanced status from the text (RFC 2034), if any.
+    pub fn enhanced(&self) -> Option<String> {
+        let first = self.lines.first()?.split_whitespace().next()?;
+        let parts: Vec<&str> = first.split('.').collect();
+        let ok = parts.len() == 3
+            && matches!(parts[0], "2" | "4" | "5")
+            && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+        ok.then(|| first.to_string())
+    }
+    /// The RFC 3463 status for a DSN: the enhanced code, or one derived
+    /// from the basic code's class.
+    pub fn status(&self) -> String {
+        self.enhanced().unwrap_or_else(|| match self.code {
+            200..=399 => "2.0.0".into(),
+            400..=499 => "4.0.0".into(),
+            _ => "5.0.0".into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Reply {
+    /// One line: `550 5.1.1 no such user` (continuation lines joined).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.lines.join(" "))
+    }
+}
+
+/// Parse one reply line: `code[-| ]text`. Returns (code, is_last, text).
+pub fn parse_reply_line(line: &str) -> Option<(u16, bool, &str)> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let code_str = line.get(..3)?;
+    if !code_str.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let code: u16 = code_str.parse().ok()?;
+    match line.as_bytes().get(3) {
+        None => Some((code, true, "")),
+        Some(b' ') => Some((code, true, &line[4..])),
+        Some(b'-') => Some((code, false, &line[4..])),
+        Some(_) => None,
+    }
+}
+
+/// What the server offered in its EHLO reply (RFC 5321 §4.1.1.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub esmtp: bool,
+    pub pipelining: bool,
+    /// RFC 1870: the fixed maximum, 0 = no limit announced.
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub starttls: bool,
+    pub dsn: bool,
+    pub enhanced_status_codes: bool,
+}
+
+impl Capabilities {
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities { esmtp: true, ..Default::default() };
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_whitespace();
+            let Some(kw) = words.next() else { continue };
+            match kw.to_ascii_uppercase().as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "STARTTLS" => caps.starttls = true,
+                "DSN" => caps.dsn = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, String),
+    #[error("timeout waiting for {0}")]
+    Timeout(&'static str),
+    #[error("connection: {0}")]
+    Io(String),
+    #[error("{stage} rejected: {reply}")]
+    Rejected { stage: &'static str, reply: Reply },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("TLS required but the server does not offer STARTTLS")]
+    TlsRequired,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// A 5xx greeting/EHLO/MAIL rejection is permanent for the whole
+    /// transaction; everything else (network, TLS, 4xx) is temporary.
+    pub fn permanent_reply(&self) -> Option<&Reply> {
+        match self {
+            ClientError::Rejected { reply, .. } if reply.is_permanent() => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> ClientError {
+    ClientError::Io(e.to_string())
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One recipient of a transaction, with its RFC 3461 parameters.
+#[derive(Debug, Clone)]
+pub struct RcptTo {
+    pub address: String,
+    /// Bit set NEVER=1, SUCCESS=2, FAILURE=4, DELAY=8 (0 = not given).
+    pub notify: u32,
+    pub orcpt: String,
+}
+
+/// The envelope of one transaction.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub mail_from: String,
+    pub rcpts: Vec<RcptTo>,
+    /// Body has octets ≥ 0x80 (RFC 6152 8BITMIME).
+    pub eight_bit: bool,
+    /// The message needs SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    pub ret: String,
+    pub envid: String,
+}
+
+/// The outcome for one recipient: the reply that decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptResult {
+    pub address: String,
+    pub reply: Reply,
+}
+
+pub struct SmtpConnection {
+    stream: BufReader<Box<dyn Io>>,
+    pub caps: Capabilities,
+    pub tls: bool,
+    /// The host name we connected to (Remote-MTA in DSNs).
+    pub host: String,
+    pub addr: SocketAddr,
+    pub greeting: Reply,
+    options: ClientOptions,
+    /// Transactions sent on this connection.
+    pub transactions: u32,
+}
+
+/// RFC 3461 §4: xtext encoding of parameter values.
+pub fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// RFC 3461 §4.2 NOTIFY value from the bit set; None when not given.
+pub fn notify_param(bits: u32) -> Option<String> {
+    if bits == 0 {
+        return None;
+    }
+    if bits & 1 != 0 {
+        return Some("NEVER".into());
+    }
+    let names: Vec<&str> =
+        [(2, "SUCCESS"), (4, "FAILURE"), (8, "DELAY")].iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect();
+    Some(names.join(","))
+}
+
+/// RFC 5321 §4.5.2: dot-stuffing; lines end in CRLF; ends with `.CRLF`.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
+    let mut at_line_start = true;
+    let mut prev = 0u8;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        prev = b;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+impl SmtpConnection {
+    /// Connect, read the greeting, EHLO (HELO fallback), STARTTLS per mode.
+    pub async fn connect(addr: SocketAddr, host: &str, options: &ClientOptions) -> Result<SmtpConnection, ClientError> {
+        let tcp = timeout(options.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout("connect"))?
+            .map_err(|e| ClientError::Connect(addr, e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let boxed: Box<dyn Io> = Box::new(tcp);
+        let mut conn = SmtpConnection {
+            stream: BufReader::new(boxed),
+            caps: Capabilities::default(),
+            tls: false,
+            host: host.to_string(),
+            addr,
+            greeting: Reply::new(0, ""),
+            options: options.clone(),
+            transactions: 0,
+        };
+        // RFC 5321 §3.1: the 220 greeting; 554 means "no service here".
+        let greeting = conn.read_reply("greeting").await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Rejected { stage: "greeting", reply: greeting });
+        }
+        conn.greeting = greeting;
+        conn.hello().await?;
+        if options.tls != TlsMode::Disabled && conn.caps.starttls {
+            conn.starttls().await?;
+        } else if options.tls == TlsMode::Required {
+            let _ = conn.quit().await;
+            return Err(ClientError::TlsRequired);
+        }
+        Ok(conn)
+    }
+
+    /// EHLO, or HELO when EHLO is not recognised (RFC 5321 §3.2).
+    async fn hello(&mut self) -> Result<(), ClientError> {
+        let ehlo = self.command(&format!("EHLO {}\r\n", self.options.helo_name), "EHLO").await?;
+        if ehlo.code == 250 {
+            self.caps = Capabilities::from_ehlo(&ehlo);
+            return Ok(());
+        }
+        if ehlo.code == 421 {
+            return Err(ClientError::Rejected { stage: "EHLO", reply: ehlo });
+        }
+        let helo = self.command(&format!("HELO {}\r\n", self.options.helo_name), "HELO").await?;
+        if helo.code != 250 {
+            return Err(ClientError::Rejected { stage: "HELO", reply: helo });
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    /// RFC 3207: STARTTLS, handshake, then forget everything and EHLO again.
+    async fn starttls(&mut self) -> Result<(), ClientError> {
+        let reply = self.command("STARTTLS\r\n", "STARTTLS").await?;
+        if reply.code != 220 {
+            if self.options.tls == TlsMode::Required {
+                return Err(ClientError::Rejected { stage: "STARTTLS", reply });
+            }
+            // Opportunistic: go on in plain text (RFC 3207 §4.1 allows it).
+            tracing::info!(host = %self.host, %reply, "STARTTLS refused; continuing without TLS");
+            return Ok(());
+        }
+        if !self.stream.buffer().is_empty() {
+            // RFC 3207 §5: data after the 220 would be injected plaintext.
+            return Err(ClientError::Protocol("data pipelined after STARTTLS reply".into()));
+        }
+        let name = ServerName::try_from(self.host.clone())
+            .or_else(|_| ServerName::try_from(self.addr.ip().to_string()))
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let placeholder: Box<dyn Io> = Box::new(placeholder_stream());
+        let inner = std::mem::replace(&mut self.stream, BufReader::new(placeholder)).into_inner();
+        let connector = tokio_rustls::TlsConnector::from(tls_client_config());
+        let tls = timeout(self.options.command_timeout, connector.connect(name, inner))
+            .await
+            .map_err(|_| ClientError::Timeout("TLS handshake"))?
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let boxed: Box<dyn Io> = Box::new(tls);
+        self.stream = BufReader::new(boxed);
+        self.tls = true;
+        self.caps = Capabilities::default();
+        self.hello().await
+    }
+
+    async fn read_reply(&mut self, stage: &'static str) -> Result<Reply, ClientError> {
+        let wait = if stage == "end of data" { self.options.data_timeout } else { self.options.command_timeout };
+        timeout(wait, self.read_reply_inner()).await.map_err(|_| ClientError::Timeout(stage))?
+    }
+
+    async fn read_reply_inner(&mut self) -> Result<Reply, ClientError> {
+        let mut lines = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let n = (&mut self.stream).take(MAX_REPLY_LINE).read_until(b'\n', &mut buf).await.map_err(io_err)?;
+            if n == 0 {
+                return Err(ClientError::Io("connection closed by the server".into()));
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let (code, last, text) =
+                parse_reply_line(&line).ok_or_else(|| ClientError::Protocol(format!("bad reply line {line:?}")))?;
+            lines.push(text.to_string());
+            if last || lines.len() >= MAX_REPLY_LINES {
+                return Ok(Reply { code, lines });
+            }
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        let w = self.stream.get_mut();
+        timeout(self.options.command_timeout, async {
+            w.write_all(data).await?;
+            w.flush().await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("write"))?
+        .map_err(io_err)
+    }
+
+    async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, ClientError> {
+        self.write(line.as_bytes()).await?;
+        self.read_reply(stage).await
+    }
+
+    /// Is the connection still usable for another transaction? (RSET probe.)
+    pub async fn reset(&mut self) -> Result<(), ClientError> {
+        let reply = self.command("RSET\r\n", "RSET").await?;
+        if reply.code == 250 { Ok(()) } else { Err(ClientError::Rejected { stage: "RSET", reply }) }
+    }
+
+    pub async fn quit(&mut self) -> Result<(), ClientError> {
+        let _ = self.command("QUIT\r\n", "QUIT").await?;
+        Ok(())
+    }
+
+    fn mail_command(&self, env: &Envelope, size: usize) -> String {
+        let mut cmd = format!("MAIL FROM:<{}>", env.mail_from);
+        if self.caps.size.is_some() {
+            cmd.push_str(&format!(" SIZE={size}"));
+        }
+        if env.eight_bit && self.caps.eight_bit_mime {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        if env.smtputf8 && self.caps.smtputf8 {
+            cmd.push_str(" SMTPUTF8");
+        }
+        if self.caps.dsn {
+            if !env.ret.is_empty() {
+                cmd.push_str(&format!(" RET={}", env.ret));
+            }
+            if !env.envid.is_empty() {
+                cmd.push_str(&format!(" ENVID={}", xtext(&env.envid)));
+            }
+        }
+        cmd.push_str("\r\n");
+        cmd
+    }
+
+    fn rcpt_command(&self, r: &RcptTo) -> String {
+        let mut cmd = format!("RCPT TO:<{}>", r.address);
+        if self.caps.dsn {
+            if let Some(n) = notify_param(r.notify) {
+                cmd.push_str(&format!(" NOTIFY={n}"));
+            }
+            if let Some((kind, addr)) = r.orcpt.split_once(';') {
+                cmd.push_str(&format!(" ORCPT={};{}", kind.trim(), xtext(addr.trim())));
+            }
+        }
+        cmd.push_str("\r\n");
+        cmd
+    }
+
+    /// One mail transaction. Recipients refused at RCPT get that reply; the
+    /// others get the reply to the final dot. Errors before any per-recipient
+    /// decision (MAIL refused, connection lost) are returned as `Err`; a lost
+    /// connection after the data was sent but before the reply is `Err` too,
+    /// so the whole message is retried (RFC 5321 §4.1.1.4: no reply, no
+    /// responsibility taken; a duplicate is possible, a loss is not).
+    pub async fn send(&mut self, env: &Envelope, message: &[u8]) -> Result<Vec<RcptResult>, ClientError> {
+        self.transactions += 1;
+        let data = dot_stuff(message);
+        let mail = self.mail_command(env, message.len());
+        let mut rcpt_replies = Vec::with_capacity(env.rcpts.len());
+        let mail_reply;
+        let data_reply;
+        if self.caps.pipelining {
+            // RFC 2920 §3.1: MAIL, RCPTs and DATA in one group, DATA last.
+            let mut batch = mail;
+            for r in &env.rcpts {
+                batch.push_str(&self.rcpt_command(r));
+            }
+            batch.push_str("DATA\r\n");
+            self.write(batch.as_bytes()).await?;
+            mail_reply = self.read_reply("MAIL").await?;
+            for _ in &env.rcpts {
+                rcpt_replies.push(self.read_reply("RCPT").await?);
+            }
+            data_reply = self.read_reply("DATA").await?;
+        } else {
+            mail_reply = self.command(&mail, "MAIL").await?;
+            if mail_reply.code != 250 {
+                let _ = self.reset().await;
+                return Err(ClientError::Rejected { stage: "MAIL FROM", reply: mail_reply });
+            }
+            for r in &env.rcpts {
+                let line = self.rcpt_command(r);
+                rcpt_replies.push(self.command(&line, "RCPT").await?);
+            }
+            if !rcpt_replies.iter().any(|r| r.code == 250 || r.code == 251) {
+                let _ = self.reset().await;
+                return Ok(rcpt_results(env, &rcpt_replies, None));
+            }
+            data_reply = self.command("DATA\r\n", "DATA").await?;
+        }
+        let any_rcpt = rcpt_replies.iter().any(|r| r.code == 250 || r.code == 251);
+        if data_reply.code == 354 && (mail_reply.code != 250 || !any_rcpt) {
+            // RFC 2920 §3.1: the server took DATA although nothing is valid;
+            // end the (empty) data so the session stays in sync.
+            self.write(b".\r\n").await?;
+            let _ = self.read_reply("end of data").await?;
+        }
+        if mail_reply.code != 250 {
+            let _ = self.reset().await;
+            return Err(ClientError::Rejected { stage: "MAIL FROM", reply: mail_reply });
+        }
+        if !any_rcpt {
+            if data_reply.code == 354 {
+                return Ok(rcpt_results(env, &rcpt_replies, None));
+            }
+            let _ = self.reset().await;
+            return Ok(rcpt_results(env, &rcpt_replies, None));
+        }
+        if data_reply.code != 354 {
+            let _ = self.reset().await;
+            return Ok(rcpt_results(env, &rcpt_replies, Some(&data_reply)));
+        }
+        self.write(&data).await?;
+        let final_reply = self.read_reply("end of data").await?;
+        Ok(rcpt_results(env, &rcpt_replies, Some(&final_reply)))
+    }
+}
+
+fn rcpt_results(env: &Envelope, rcpt_replies: &[Reply], data: Option<&Reply>) -> Vec<RcptResult> {
+    env.rcpts
+        .iter()
+        .zip(rcpt_replies)
+        .map(|(r, reply)| {
+            let accepted = reply.code == 250 || reply.code == 251;
+            let reply = match (accepted, data) {
+                (true, Some(d)) => d.clone(),
+                // Accepted at RCPT but no data reply: cannot happen with a
+                // result; treat as temporary.
+                (true, None) => Reply::new(451, "4.3.0 transaction not completed"),
+                (false, _) => reply.clone(),
+            };
+            RcptResult { address: r.address.clone(), reply }
+        })
+        .collect()
+}
+
+/// A closed in-memory stream: a placeholder while the TCP stream is moved
+/// into the TLS handshake.
+fn placeholder_stream() -> tokio::io::DuplexStream {
+    tokio::io::duplex(1).0
+}
+
+/// rustls client config that accepts any certificate (see the module docs).
+fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth());
+    match config {
+        Ok(c) => Arc::new(c),
+        // Only fails if the provider lacks every protocol version.
+        Err(_) => Arc::new(
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))))
+                .with_no_client_auth(),
+        ),
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(parse_reply_line("250-PIPELINING\r\n"), Some((250, false, "PIPELINING")));
+        assert_eq!(parse_reply_line("250 OK\r\n"), Some((250, true, "OK")));
+        assert_eq!(parse_reply_line("354\r\n"), Some((354, true, "")));
+        assert_eq!(parse_reply_line("25 x"), None);
+        assert_eq!(parse_reply_line("abc x"), None);
+        let r = Reply::new(550, "5.1.1 <x@y> no such user");
+        assert_eq!(r.enhanced().as_deref(), Some("5.1.1"));
+        assert_eq!(Reply::new(451, "try later").status(), "4.0.0");
+        assert_eq!(r.to_string(), "550 5.1.1 <x@y> no such user");
+    }
+
+    #[test]
+    fn ehlo_capabilities() {
+        let r = Reply {
+            code: 250,
+            lines: vec![
+                "mx.example".into(),
+                "PIPELINING".into(),
+                "SIZE 1000".into(),
+                "8BITMIME".into(),
+                "starttls".into(),
+                "DSN".into(),
+            ],
+        };
+        let c = Capabilities::from_ehlo(&r);
+        assert!(c.pipelining && c.eight_bit_mime && c.starttls && c.dsn && !c.smtputf8);
+        assert_eq!(c.size, Some(1000));
+    }
+
+    #[test]
+    fn stuffing_and_params() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
+        assert_eq!(dot_stuff(b".x\nlast"), b"..x\r\nlast\r\n.\r\n");
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+        assert_eq!(notify_param(0), None);
+        assert_eq!(notify_param(1).as_deref(), Some("NEVER"));
+        assert_eq!(notify_param(2 | 4).as_deref(), Some("SUCCESS,FAILURE"));
+    }
+}

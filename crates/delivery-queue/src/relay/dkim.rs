@@ -1,0 +1,217 @@
+//! DKIM signing of outgoing mail (RFC 6376) with mail-auth's signer.
+//!
+//! The signing domain is the domain of the author (`From:`), so the
+//! signature aligns for DMARC (RFC 7489 §3.1.1); the envelope sender's domain
+//! is the fallback. Keys live in storage (`Directory.GetDkimKey`, generated
+//! with `mailctl dkim generate`) and are cached here for a few minutes; a
+//! domain without a key is sent unsigned.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimSigner;
+use mailfleet_proto::storage::v1 as pb;
+use pb::directory_client::DirectoryClient;
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use tonic::transport::Channel;
+
+/// RFC 6376 §5.4.1: the header fields worth signing (only those present
+/// are signed by mail-auth).
+pub const SIGNED_HEADERS: &[&str] = &[
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Id",
+    "List-Unsubscribe",
+];
+
+/// How long a key (or the absence of one) is cached.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    #[error("unknown DKIM algorithm {0}")]
+    Algorithm(String),
+    #[error("bad private key: {0}")]
+    Key(String),
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// A parsed signing key.
+pub struct SigningKey {
+    pub domain: String,
+    pub selector: String,
+    key: DkimKey,
+}
+
+impl SigningKey {
+    pub fn from_pem(domain: &str, selector: &str, algorithm: &str, pem: &str) -> Result<SigningKey, DkimError> {
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| DkimError::Key(e.to_string()))?;
+        let key = match algorithm {
+            "rsa-sha256" => {
+                DkimKey::from(RsaKey::<Sha256>::from_key_der(der).map_err(|e| DkimError::Key(e.to_string()))?)
+            }
+            "ed25519-sha256" => DkimKey::from(
+                Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_der())
+                    .map_err(|e| DkimError::Key(e.to_string()))?,
+            ),
+            other => return Err(DkimError::Algorithm(other.to_string())),
+        };
+        Ok(SigningKey { domain: domain.to_string(), selector: selector.to_string(), key })
+    }
+
+    /// The `DKIM-Signature:` header field (CRLF terminated) for `message`.
+    pub fn signature_header(&self, message: &[u8]) -> Result<String, DkimError> {
+        let signer = DkimSigner::from_key(KeyRef(&self.key))
+            .domain(self.domain.clone())
+            .selector(self.selector.clone())
+            .headers(SIGNED_HEADERS.iter().copied());
+        let sig = signer.sign(message).map_err(|e| DkimError::Sign(e.to_string()))?;
+        Ok(sig.to_header())
+    }
+
+    /// The message with a signature prepended.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, DkimError> {
+        let header = self.signature_header(message)?;
+        let mut out = Vec::with_capacity(header.len() + message.len());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(message);
+        Ok(out)
+    }
+}
+
+/// mail-auth's signer takes its key by value; this lends a cached one.
+struct KeyRef<'a>(&'a DkimKey);
+
+impl mail_auth::common::crypto::SigningKey for KeyRef<'_> {
+    type Hasher = Sha256;
+    fn sign(&self, input: impl mail_auth::common::headers::Writable) -> mail_auth::Result<Vec<u8>> {
+        mail_auth::common::crypto::SigningKey::sign(self.0, input)
+    }
+    fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
+        mail_auth::common::crypto::SigningKey::algorithm(self.0)
+    }
+}
+
+/// The domain of the first address in the `From:` header field (RFC 5322
+/// §3.6.2), lowercased.
+pub fn author_domain(message: &[u8]) -> Option<String> {
+    let header = super::dsn::header_part(message);
+    let text = String::from_utf8_lossy(header);
+    let mut value: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if let Some(v) = value.as_mut() {
+            if line.starts_with([' ', '\t']) {
+                v.push_str(line);
+                continue;
+            }
+            break;
+        }
+        if line.len() > 5 && line[..5].eq_ignore_ascii_case("from:") {
+            value = Some(line[5..].to_string());
+        }
+    }
+    let value = value?;
+    let addr = match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => value[a + 1..b].to_string(),
+        _ => value.split(',').next()?.trim().to_string(),
+    };
+    let domain = addr.rsplit_once('@')?.1.trim().trim_end_matches(['>', ')']).to_ascii_lowercase();
+    (!domain.is_empty()).then_some(domain)
+}
+
+/// A cached lookup: when it was made and the key, if the domain has one.
+type CachedKey = (Instant, Option<Arc<SigningKey>>);
+
+/// Keys fetched from storage, cached per domain.
+pub struct DkimKeys {
+    directory: DirectoryClient<Channel>,
+    enabled: bool,
+    cache: Mutex<HashMap<String, CachedKey>>,
+}
+
+impl DkimKeys {
+    pub fn new(channel: Channel, enabled: bool) -> DkimKeys {
+        DkimKeys { directory: DirectoryClient::new(channel), enabled, cache: Mutex::new(HashMap::new()) }
+    }
+
+    async fn key(&self, domain: &str) -> Option<Arc<SigningKey>> {
+        if let Ok(cache) = self.cache.lock()
+            && let Some((at, key)) = cache.get(domain)
+            && at.elapsed() < CACHE_TTL
+        {
+            return key.clone();
+        }
+        let mut req = tonic::Request::new(pb::GetDkimKeyRequest { domain: domain.to_string() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        let key = match self.directory.clone().get_dkim_key(req).await {
+            Ok(k) => {
+                let k = k.into_inner();
+                match SigningKey::from_pem(&k.domain, &k.selector, &k.algorithm, &k.private_key_pem) {
+                    Ok(key) => Some(Arc::new(key)),
+                    Err(e) => {
+                        tracing::warn!(domain, error = %e, "unusable DKIM key; sending unsigned");
+                        None
+                    }
+                }
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => {
+                // Not cached: try again with the next message.
+                tracing::warn!(domain, error = %s, "cannot fetch the DKIM key; sending unsigned");
+                return None;
+            }
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(domain.to_string(), (Instant::now(), key.clone()));
+        }
+        key
+    }
+
+    /// Sign `message` for its author's domain (or the envelope sender's)
+    /// when a key exists; otherwise return it unchanged.
+    pub async fn sign(&self, mail_from: &str, message: Vec<u8>) -> Vec<u8> {
+        if !self.enabled {
+            return message;
+        }
+        let domain =
+            author_domain(&message).or_else(|| mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+        let Some(domain) = domain else { return message };
+        let Some(key) = self.key(&domain).await else { return message };
+        match key.sign(&message) {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::warn!(domain, error = %e, "DKIM signing failed; sending unsigned");
+                message
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn author_domains() {
+        assert_eq!(author_domain(b"From: Alice <alice@Example.ORG>\r\n\r\nx").as_deref(), Some("example.org"));
+        assert_eq!(author_domain(b"Subject: x\r\nfrom: bob@b.test\r\n\r\n").as_deref(), Some("b.test"));
+        assert_eq!(author_domain(b"From: \"A\"\r\n <a@folded.test>\r\n\r\n").as_deref(), Some("folded.test"));
+        assert_eq!(author_domain(b"Subject: none\r\n\r\nFrom: a@body.test\r\n"), None);
+    }
+}

@@ -1,0 +1,231 @@
+//! Outbound relay against a scripted remote MX on loopback, with real
+//! storage (Postgres) and NATS JetStream. The resolver is a table that points
+//! the test domains at the scripted MX; nothing leaves the machine.
+
+mod relay_common;
+
+use std::time::Duration;
+
+use delivery_queue::relay::route::TableResolver;
+use relay_common::*;
+
+const MSG: &[u8] = b"From: Alice <alice@local.test>\r\nTo: bob@remote.test\r\nSubject: relay test\r\nMessage-ID: <t1@local.test>\r\n\r\nHello remote.\r\n.leading dot survives\r\n";
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn delivers_once_per_domain_with_starttls_pipelining_and_relayed_dsn() {
+    let tls_mx =
+        ScriptedMx::start(Script { starttls: true, pipelining: true, eight_bit: true, ..Script::default() }).await;
+    let plain_mx = ScriptedMx::start(Script { helo_only: true, ..Script::default() }).await;
+    let resolver = resolver_for("remote.test", tls_mx.addr)
+        .with_mx("other.test", 5, "mx.other.test")
+        .with_host("mx.other.test", plain_mx.addr);
+    let ctx = Ctx::start(resolver, |_| {}).await;
+
+    let mut carol = rcpt("carol@remote.test");
+    carol.notify = 2 | 4; // SUCCESS,FAILURE
+    ctx.queue("Q1", SENDER, vec![rcpt("bob@remote.test"), carol, rcpt("dave@other.test")], MSG, |_| {}).await;
+    ctx.relay_idle(WAIT).await;
+
+    // One transaction per domain, both recipients of remote.test together.
+    let got = tls_mx.received();
+    assert_eq!(got.len(), 1, "exactly one delivery to remote.test");
+    assert_eq!(got[0].rcpts, vec!["bob@remote.test", "carol@remote.test"]);
+    assert_eq!(got[0].mail_from, SENDER);
+    assert!(got[0].tls, "STARTTLS was offered, so the message went encrypted");
+    let body = text(&got[0].data);
+    assert!(body.contains("Subject: relay test"));
+    assert!(body.ends_with("Hello remote.\r\n.leading dot survives\r\n"), "dot-stuffing undone intact: {body:?}");
+    let other = plain_mx.received();
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].rcpts, vec!["dave@other.test"]);
+    assert!(!other[0].tls);
+
+    // carol asked for NOTIFY=SUCCESS and remote.test lacks DSN: a "relayed" DSN.
+    wait_for(WAIT, "relayed DSN in alice's INBOX", || async { !ctx.inbox().await.is_empty() }).await;
+    let inbox = ctx.inbox().await;
+    assert_eq!(inbox.len(), 1, "only carol asked for a success notice");
+    let dsn = text(&inbox[0]);
+    assert!(dsn.contains("Return-Path: <>"), "DSN comes from the null sender:\n{dsn}");
+    assert!(dsn.contains("Final-Recipient: rfc822; carol@remote.test"));
+    assert!(dsn.contains("Action: relayed"));
+    assert!(dsn.contains("Remote-MTA: dns; mx.remote.test"));
+    assert!(dsn.contains("Content-Type: text/rfc822-headers"), "success notices carry headers only by default");
+    assert!(!dsn.contains("bob@remote.test>: relayed"));
+
+    // Nothing is sent twice, even after a while.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tls_mx.count_for("bob@remote.test"), 1);
+    assert_eq!(plain_mx.count_for("dave@other.test"), 1);
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn temporary_failure_is_retried_on_schedule_and_shown_in_queue_state() {
+    let mx = ScriptedMx::start(Script { pipelining: true, tempfail_rcpt: 2, ..Script::default() }).await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| {
+        c.relay.schedule.intervals = vec![Duration::from_millis(700)];
+    })
+    .await;
+    ctx.queue("Q2", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
+
+    // While it waits, `mailctl queue` sees it: recipient, attempts, next
+    // attempt and the far side's answer.
+    wait_for(WAIT, "relay state entry", || async { ctx.relay_state("Q2").await.is_some() }).await;
+    let state = ctx.relay_state("Q2").await.expect("state");
+    assert!(state.remote);
+    assert_eq!(state.recipients, vec!["bob@remote.test"]);
+    assert!(state.attempts >= 1);
+    assert!(state.next_retry > 0);
+    assert!(state.last_error.contains("451 4.7.1 greylisted"), "{}", state.last_error);
+
+    ctx.relay_idle(WAIT).await;
+    assert_eq!(mx.count_for("bob@remote.test"), 1, "delivered exactly once");
+    assert_eq!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst), 3, "two refusals, then success");
+    let at = mx.attempts_at.lock().expect("lock").clone();
+    for pair in at.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(600), "retries follow the schedule: {at:?}");
+    }
+    assert!(ctx.relay_state("Q2").await.is_none(), "state removed once delivered");
+    assert!(ctx.inbox().await.is_empty(), "no DSN for a delivered message without NOTIFY=SUCCESS");
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_failure_bounces_to_the_sender_with_dsn_fields() {
+    let mx = ScriptedMx::start(Script {
+        pipelining: true,
+        reject_rcpt: vec!["bob@remote.test".into(), "erin@remote.test".into()],
+        ..Script::default()
+    })
+    .await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |_| {}).await;
+
+    // RET=HDRS, ENVID and ORCPT given.
+    let mut bob = rcpt("bob@remote.test");
+    bob.orcpt = "rfc822;Bob@Remote.test".into();
+    ctx.queue("Q3", SENDER, vec![bob, rcpt("carol@remote.test")], MSG, |j| {
+        j.ret = "HDRS".into();
+        j.envid = "ENV-42".into();
+    })
+    .await;
+    // No RET: the whole message comes back.
+    ctx.queue("Q4", SENDER, vec![rcpt("erin@remote.test")], MSG, |_| {}).await;
+
+    wait_for(WAIT, "two bounces in alice's INBOX", || async { ctx.inbox().await.len() >= 2 }).await;
+    ctx.relay_idle(WAIT).await;
+    assert_eq!(mx.count_for("carol@remote.test"), 1, "the good recipient got it once");
+    let inbox: Vec<String> = ctx.inbox().await.iter().map(|m| text(m)).collect();
+    assert_eq!(inbox.len(), 2);
+    let hdrs = inbox.iter().find(|m| m.contains("bob@remote.test")).expect("bounce for bob");
+    for needle in [
+        "Return-Path: <>",
+        "From: Mail Delivery System <MAILER-DAEMON@mx.local.test>",
+        "Auto-Submitted: auto-replied",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        "Content-Type: message/delivery-status",
+        "Reporting-MTA: dns; mx.local.test",
+        "Original-Envelope-Id: ENV-42",
+        "Arrival-Date: ",
+        "Original-Recipient: rfc822; Bob@Remote.test",
+        "Final-Recipient: rfc822; bob@remote.test",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Remote-MTA: dns; mx.remote.test",
+        "Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: no such user here",
+        "Content-Type: text/rfc822-headers",
+        "Subject: relay test",
+    ] {
+        assert!(hdrs.contains(needle), "missing {needle:?} in\n{hdrs}");
+    }
+    assert!(!hdrs.contains("Hello remote."), "RET=HDRS: no body");
+    assert!(!hdrs.contains("carol@remote.test"), "only failed recipients are reported");
+    let full = inbox.iter().find(|m| m.contains("erin@remote.test")).expect("bounce for erin");
+    assert!(full.contains("Content-Type: message/rfc822"), "{full}");
+    assert!(full.contains("Hello remote."), "no RET: full message attached");
+    assert!(!full.contains("Original-Envelope-Id"), "no ENVID given");
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn no_bounce_for_a_bounce_and_notify_never() {
+    let mx = ScriptedMx::start(Script { reject_rcpt: vec!["bob@remote.test".into()], ..Script::default() }).await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |_| {}).await;
+    // A DSN (null sender) that fails, and a message with NOTIFY=NEVER.
+    ctx.queue("Q5", "", vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
+    let mut never = rcpt("bob@remote.test");
+    never.notify = 1;
+    ctx.queue("Q6", SENDER, vec![never], MSG, |_| {}).await;
+    ctx.relay_idle(WAIT).await;
+    wait_for(WAIT, "both attempts", || async { mx.transactions.load(std::sync::atomic::Ordering::SeqCst) >= 2 }).await;
+    let first = mx.received();
+    assert!(first.is_empty(), "bob was refused");
+    // Nothing was queued for local delivery: no DSN at all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "no DSN queued");
+    assert!(ctx.inbox().await.is_empty());
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn connection_lost_mid_data_is_retried_and_delivered_once() {
+    let mx = ScriptedMx::start(Script { drop_mid_data: 1, pipelining: true, ..Script::default() }).await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |_| {}).await;
+    ctx.queue("Q7", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
+    ctx.relay_idle(WAIT).await;
+    assert_eq!(mx.count_for("bob@remote.test"), 1);
+    assert_eq!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(ctx.inbox().await.is_empty(), "no bounce: the retry succeeded");
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn null_mx_fails_at_once_and_bounces() {
+    let resolver = TableResolver::new().with_null_mx("nomail.test");
+    let ctx = Ctx::start(resolver, |c| {
+        // Long retry interval: a bounce within the test proves there was no retry.
+        c.relay.schedule.intervals = vec![Duration::from_secs(600)];
+    })
+    .await;
+    ctx.queue("Q8", SENDER, vec![rcpt("bob@nomail.test")], MSG, |_| {}).await;
+    wait_for(WAIT, "bounce", || async { !ctx.inbox().await.is_empty() }).await;
+    let dsn = text(&ctx.inbox().await[0]);
+    assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
+    assert!(dsn.contains("null MX"));
+    assert!(!dsn.contains("Remote-MTA"), "no server was contacted");
+    ctx.relay_idle(WAIT).await;
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn required_tls_is_not_downgraded() {
+    let mx = ScriptedMx::start(Script::default()).await; // no STARTTLS
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| {
+        c.relay.require_tls = vec!["remote.test".into()];
+        c.relay.schedule.intervals = vec![Duration::from_secs(600)];
+    })
+    .await;
+    ctx.queue("Q9", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
+    wait_for(WAIT, "deferred state", || async { ctx.relay_state("Q9").await.is_some() }).await;
+    let state = ctx.relay_state("Q9").await.expect("state");
+    assert!(state.last_error.contains("TLS required"), "{}", state.last_error);
+    assert!(mx.received().is_empty(), "nothing sent in plain text");
+    assert!(ctx.inbox().await.is_empty(), "deferred, not bounced");
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn too_large_for_the_far_side_and_smtputf8_rules() {
+    let mx = ScriptedMx::start(Script { size: Some(64), ..Script::default() }).await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |_| {}).await;
+    ctx.queue("Q10", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
+    // Needs SMTPUTF8 (non-ASCII recipient); the server lacks it: RFC 6531.
+    ctx.queue("Q11", SENDER, vec![rcpt("jörg@remote.test")], b"Subject: x\r\n\r\nhi\r\n", |j| j.smtputf8 = true).await;
+    wait_for(WAIT, "two bounces", || async { ctx.inbox().await.len() >= 2 }).await;
+    let inbox: Vec<String> = ctx.inbox().await.iter().map(|m| text(m)).collect();
+    assert!(inbox.iter().any(|m| m.contains("Status: 5.3.4")), "SIZE exceeded");
+    assert!(inbox.iter().any(|m| m.contains("Status: 5.6.7")), "SMTPUTF8 missing");
+    assert!(mx.received().is_empty());
+    ctx.stop().await;
+}
