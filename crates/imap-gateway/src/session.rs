@@ -290,6 +290,7 @@ impl<S: MailStore> Session<S> {
             Capability::Enable,
             Capability::CondStore,
             Capability::QResync,
+            Capability::StatusSize,
             Capability::Quota,
             Capability::QuotaRes(imap_codec::imap_types::extensions::quota::Resource::Storage),
             Capability::from(Atom::try_from("CHILDREN").expect("static atom")),

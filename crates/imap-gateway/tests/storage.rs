@@ -85,8 +85,8 @@ async fn mailbox_and_message_lifecycle() {
     );
     assert_lines(&c.cmd("b8", "EXPUNGE").await, &["* 1 EXPUNGE", "b8 OK EXPUNGE completed"]);
     assert_lines(
-        &c.cmd("b9", "STATUS Projects (MESSAGES)").await,
-        &["* STATUS Projects (MESSAGES 1)", "b9 OK STATUS completed"],
+        &c.cmd("b9", "STATUS Projects (MESSAGES SIZE)").await,
+        &[&format!("* STATUS Projects (MESSAGES 1 SIZE {})", MSG.len()), "b9 OK STATUS completed"],
     );
 
     // MOVE back from Projects (RFC 6851): COPYUID first, then EXPUNGE.

@@ -219,6 +219,8 @@ pub async fn status<S: MailStore>(
             StatusDataItemName::DeletedStorage => {
                 StatusDataItem::DeletedStorage(deleted(s, &account, &info, true).await?.1)
             }
+            // RFC 8438: the mailbox's total size in octets.
+            StatusDataItemName::Size => StatusDataItem::Size(info.size),
             StatusDataItemName::HighestModSeq => {
                 // RFC 7162 §3.1.8: asking for it enables CONDSTORE.
                 s.condstore = true;
