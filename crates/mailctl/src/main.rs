@@ -1,6 +1,8 @@
 //! mailctl: administration of a Mailfleet installation through storage's
 //! Admin API.
 
+mod dkim;
+
 use std::io::BufRead;
 use std::process::ExitCode;
 
@@ -36,6 +38,9 @@ enum Command {
     /// Blob store maintenance.
     #[command(subcommand)]
     Blobs(BlobsCmd),
+    /// DKIM signing keys for outgoing mail.
+    #[command(subcommand)]
+    Dkim(dkim::DkimCmd),
 }
 
 #[derive(Subcommand)]
@@ -341,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             println!("removed {} blob(s), kept {}", r.removed, r.kept);
         }
+        Command::Dkim(cmd) => dkim::run(&mut admin, cmd).await?,
     }
     Ok(())
 }
