@@ -1,7 +1,10 @@
 //! Mechanisms every Mailfleet service needs and nothing else: configuration
-//! loading, telemetry, TLS, graceful shutdown. No service's config lives here.
+//! loading, telemetry, TLS, graceful shutdown, PROXY protocol, a health
+//! endpoint. No service's config lives here.
 
 pub mod config;
+pub mod health;
+pub mod proxy;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

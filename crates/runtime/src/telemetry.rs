@@ -1,9 +1,12 @@
 //! Tracing set-up. Logs go to stderr; when `OTEL_EXPORTER_OTLP_ENDPOINT` is
-//! set, spans are also exported by OTLP/gRPC. W3C trace context is carried in
+//! set, spans and metrics are also exported by OTLP/gRPC (metrics every
+//! `OTEL_METRIC_EXPORT_INTERVAL` ms, 60 s by default; instruments come from
+//! `opentelemetry::global::meter(..)` and are no-ops without an endpoint). W3C trace context is carried in
 //! gRPC metadata and NATS headers through the helpers at the bottom.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -11,17 +14,27 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Keeps the exporter alive; flushes spans when dropped.
+/// Keeps the exporters alive; flushes spans and metrics when dropped.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            // shutdown() blocks until the batch is flushed; do it off the
-            // async worker threads.
-            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        let (provider, meters) = (self.provider.take(), self.meters.take());
+        if provider.is_some() || meters.is_some() {
+            // shutdown() blocks until the last batch is exported; do it off
+            // the async worker threads.
+            let _ = std::thread::spawn(move || {
+                if let Some(p) = provider {
+                    let _ = p.shutdown();
+                }
+                if let Some(m) = meters {
+                    let _ = m.shutdown();
+                }
+            })
+            .join();
         }
     }
 }
@@ -33,19 +46,27 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
 
+    let endpoint = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty());
+    let resource = || opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     let provider =
-        std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
-            Ok(exporter) => Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
-                    .build(),
-            ),
+        endpoint.as_ref().and_then(|_| match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+            Ok(exporter) => {
+                Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource()).build())
+            }
             Err(err) => {
                 eprintln!("OTLP exporter disabled: {err}");
+                None
+            }
+        });
+    // The periodic reader runs on its own thread and honours
+    // OTEL_METRIC_EXPORT_INTERVAL; shutdown() exports what is left.
+    let meters =
+        endpoint.as_ref().and_then(|_| match opentelemetry_otlp::MetricExporter::builder().with_tonic().build() {
+            Ok(exporter) => {
+                Some(SdkMeterProvider::builder().with_periodic_exporter(exporter).with_resource(resource()).build())
+            }
+            Err(err) => {
+                eprintln!("OTLP metrics exporter disabled: {err}");
                 None
             }
         });
@@ -55,7 +76,10 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
     }
-    TelemetryGuard { provider }
+    if let Some(m) = &meters {
+        opentelemetry::global::set_meter_provider(m.clone());
+    }
+    TelemetryGuard { provider, meters }
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
