@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field, info_span};
 
 use crate::codec::{self, Framer, Input, Mode, StatusKindArg};
+use crate::compress::Deflate;
 use crate::config::ImapConfig;
 use crate::events::{AccountFeed, EventHub};
 use crate::session::{Context, Reply, Session, Then};
@@ -25,25 +26,58 @@ use crate::store::MailStore;
 /// Read buffer per connection.
 const READ_CHUNK: usize = 8 * 1024;
 
-enum Stream {
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// The connection's byte stream, deflated after COMPRESS (RFC 4978).
+struct Stream {
+    io: Io,
+    deflate: Option<Box<Deflate>>,
+}
+
 impl Stream {
+    fn new(io: Io) -> Stream {
+        Stream { io, deflate: None }
+    }
+
+    /// Read once and hand the (inflated) bytes to the framer; 0 at EOF.
+    async fn read_into(&mut self, buf: &mut [u8], framer: &mut Framer) -> std::io::Result<usize> {
+        let n = self.io.read(buf).await?;
+        let raw = buf.get(..n).unwrap_or_default();
+        match &mut self.deflate {
+            Some(d) => framer.push(&d.inflate(raw).map_err(std::io::Error::other)?),
+            None => framer.push(raw),
+        }
+        Ok(n)
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.deflate {
+            Some(d) => {
+                let compressed = d.deflate(data).map_err(std::io::Error::other)?;
+                self.io.write_all(&compressed).await
+            }
+            None => self.io.write_all(data).await,
+        }
+    }
+}
+
+impl Io {
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Io::Plain(s) => s.read(buf).await,
+            Io::Tls(s) => s.read(buf).await,
         }
     }
     async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
-            Stream::Plain(s) => {
+            Io::Plain(s) => {
                 s.write_all(data).await?;
                 s.flush().await
             }
-            Stream::Tls(s) => {
+            Io::Tls(s) => {
                 s.write_all(data).await?;
                 s.flush().await
             }
@@ -100,11 +134,11 @@ pub async fn accept_loop<S: MailStore>(
                 let stream = if implicit_tls {
                     let Some(acceptor) = shared.tls.clone() else { return };
                     match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                        Ok(Ok(tls)) => Stream::new(Io::Tls(Box::new(tls))),
                         _ => return,
                     }
                 } else {
-                    Stream::Plain(tcp)
+                    Stream::new(Io::Plain(tcp))
                 };
                 if let Err(e) = connection(stream, peer, implicit_tls, &shared, shutdown).await {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -168,13 +202,13 @@ async fn connection<S: MailStore>(
                         let updates = session.idle_update().await;
                         send(&mut stream, &updates).await?;
                     }
-                    read = tokio::time::timeout(timeout, stream.read(&mut buf)) => match read {
+                    read = tokio::time::timeout(timeout, stream.read_into(&mut buf, &mut framer)) => match read {
                         Err(_) => {
                             send(&mut stream, &[codec::bye(None, "Autologout; idle for too long")]).await?;
                             return Ok(());
                         }
                         Ok(Ok(0)) => return Ok(()),
-                        Ok(Ok(n)) => framer.push(&buf[..n]),
+                        Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Err(e),
                     },
                     _ = shutdown.cancelled() => {
@@ -238,6 +272,11 @@ async fn connection<S: MailStore>(
         mode = match reply.then {
             Then::Command => Mode::Command,
             Then::AuthData => Mode::AuthData,
+            Then::Compress => {
+                // RFC 4978 §3: compression starts right after the tagged OK.
+                stream.deflate = Some(Box::default());
+                Mode::Command
+            }
             Then::Idle => {
                 // Only events after this point matter; the sync just ran.
                 if let Some(rx) = events.as_mut() {
@@ -247,10 +286,10 @@ async fn connection<S: MailStore>(
             }
             Then::Close => return Ok(()),
             Then::StartTls => {
-                let (Stream::Plain(tcp), Some(acceptor)) = (stream, shared.tls.clone()) else {
+                let (Io::Plain(tcp), Some(acceptor)) = (stream.io, shared.tls.clone()) else {
                     return Ok(());
                 };
-                stream = Stream::Tls(Box::new(acceptor.accept(tcp).await?));
+                stream = Stream::new(Io::Tls(Box::new(acceptor.accept(tcp).await?)));
                 session.tls_started();
                 // RFC 3501 §6.2.1 / RFC 7817 §3: anything the client sent
                 // before the handshake is discarded (no command injection).

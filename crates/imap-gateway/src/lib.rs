@@ -7,6 +7,7 @@
 
 pub mod cmd;
 pub mod codec;
+pub mod compress;
 pub mod config;
 pub mod driver;
 pub mod events;

@@ -28,6 +28,8 @@ pub enum Then {
     Close,
     /// IDLE (RFC 2177): push updates until DONE.
     Idle,
+    /// COMPRESS=DEFLATE (RFC 4978): deflate both directions from now on.
+    Compress,
 }
 
 /// Responses to send, in order, and what comes next.
@@ -230,6 +232,8 @@ pub struct Session<S: MailStore> {
     pub(crate) condstore: bool,
     /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE.
     pub(crate) qresync: bool,
+    /// COMPRESS=DEFLATE is active (RFC 4978 §3: only once).
+    pub(crate) compressed: bool,
 }
 
 impl<S: MailStore> Session<S> {
@@ -242,6 +246,7 @@ impl<S: MailStore> Session<S> {
             idle_tag: None,
             condstore: false,
             qresync: false,
+            compressed: false,
         }
     }
 
@@ -291,6 +296,9 @@ impl<S: MailStore> Session<S> {
             Capability::CondStore,
             Capability::QResync,
             Capability::StatusSize,
+            Capability::Compress {
+                algorithm: imap_codec::imap_types::extensions::compress::CompressionAlgorithm::Deflate,
+            },
             Capability::Quota,
             Capability::QuotaRes(imap_codec::imap_types::extensions::quota::Resource::Storage),
             Capability::from(Atom::try_from("CHILDREN").expect("static atom")),
@@ -318,6 +326,7 @@ impl<S: MailStore> Session<S> {
             CommandBody::Capability => cmd::any::capability(self, &mut out),
             CommandBody::Noop | CommandBody::Check => cmd::any::noop(self),
             CommandBody::Idle => cmd::idle::idle(self, &tag, &mut out),
+            CommandBody::Compress { .. } => cmd::any::compress(self),
             CommandBody::Logout => cmd::any::logout(self, &mut out),
             CommandBody::Id { .. } => cmd::any::id(&mut out),
             CommandBody::StartTLS => cmd::auth::starttls(self),

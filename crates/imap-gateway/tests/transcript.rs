@@ -16,8 +16,8 @@ async fn gateway() -> (Gateway, Arc<FakeStore>) {
     (Gateway::start_with(store.clone(), |_| {}).await, store)
 }
 
-const CAPS_PRE: &str = "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC STATUS=SIZE QUOTA QUOTA=RES-STORAGE CHILDREN";
-const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC STATUS=SIZE QUOTA QUOTA=RES-STORAGE CHILDREN";
+const CAPS_PRE: &str = "IMAP4REV1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC STATUS=SIZE COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE CHILDREN";
+const CAPS_POST: &str = "IMAP4REV1 LITERAL+ SASL-IR IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC STATUS=SIZE COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE CHILDREN";
 
 #[tokio::test]
 async fn greeting_capability_noop_logout() {
@@ -170,7 +170,7 @@ async fn login_disabled_without_tls_off_loopback_policy() {
     transcript(
         gw.addr,
         "
-        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC STATUS=SIZE QUOTA QUOTA=RES-STORAGE CHILDREN] Mailfleet IMAP ready
+        S: * OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED IDLE ID NAMESPACE UNSELECT UIDPLUS MOVE ENABLE CONDSTORE QRESYNC STATUS=SIZE COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE CHILDREN] Mailfleet IMAP ready
         C: a1 LOGIN alice@example.org pw
         S: a1 NO [PRIVACYREQUIRED] Use STARTTLS first
         C: a2 AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3
@@ -726,4 +726,45 @@ async fn qresync() {
         "#,
     )
     .await;
+}
+
+/// COMPRESS=DEFLATE (RFC 4978): after the OK, both directions are raw
+/// DEFLATE with sync flushes; a second COMPRESS is refused.
+#[tokio::test]
+async fn compress_deflate() {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", MSG1, &[]);
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let mut buf = vec![0u8; 65536];
+    let n = tcp.read(&mut buf).await.expect("greeting");
+    assert!(buf[..n].starts_with(b"* OK"));
+    tcp.write_all(b"a1 LOGIN alice@example.org pw\r\na2 COMPRESS DEFLATE\r\n").await.expect("write");
+    let mut plain = Vec::new();
+    while !plain.ends_with(b"a2 OK DEFLATE active\r\n") {
+        let n = tcp.read(&mut buf).await.expect("read");
+        assert!(n > 0, "{}", String::from_utf8_lossy(&plain));
+        plain.extend_from_slice(&buf[..n]);
+    }
+    let (mut tx, mut rx) = (Compress::new(Compression::fast(), false), Decompress::new(false));
+    let mut exchange = async |tcp: &mut tokio::net::TcpStream, cmd: &str, tag: &str| -> String {
+        let mut out = Vec::with_capacity(cmd.len() + 64);
+        tx.compress_vec(cmd.as_bytes(), &mut out, FlushCompress::Sync).expect("deflate");
+        tcp.write_all(&out).await.expect("write");
+        let mut text = Vec::with_capacity(1 << 20);
+        while !String::from_utf8_lossy(&text).contains(&format!("{tag} ")) {
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(n > 0);
+            rx.decompress_vec(&buf[..n], &mut text, FlushDecompress::Sync).expect("inflate");
+        }
+        String::from_utf8_lossy(&text).to_string()
+    };
+    assert_eq!(exchange(&mut tcp, "b1 NOOP\r\n", "b1").await, "b1 OK NOOP completed\r\n");
+    let sel = exchange(&mut tcp, "b2 EXAMINE INBOX\r\n", "b2").await;
+    assert!(sel.contains("* 1 EXISTS\r\n") && sel.ends_with("b2 OK [READ-ONLY] EXAMINE completed\r\n"), "{sel}");
+    let body = exchange(&mut tcp, "b3 FETCH 1 BODY[TEXT]\r\n", "b3").await;
+    assert_eq!(body, "* 1 FETCH (BODY[TEXT] {11}\r\nHi Alice!\r\n)\r\nb3 OK FETCH completed\r\n");
+    let again = exchange(&mut tcp, "b4 COMPRESS DEFLATE\r\n", "b4").await;
+    assert_eq!(again, "b4 NO [COMPRESSIONACTIVE] Compression is already active\r\n");
 }

@@ -4,7 +4,7 @@ use imap_codec::imap_types::core::{IString, NString};
 use imap_codec::imap_types::response::{Data, Response};
 
 use crate::codec;
-use crate::session::{CmdResult, Done, Out, Session, State, Then, capability_data};
+use crate::session::{CmdResult, Done, ImapError, Out, Session, State, Then, capability_data};
 use crate::store::MailStore;
 
 /// RFC 3501 §6.1.1.
@@ -24,6 +24,17 @@ pub fn logout<S: MailStore>(s: &mut Session<S>, out: &mut Out) -> CmdResult {
     out.push(codec::bye(None, "Mailfleet IMAP logging out"));
     s.state = State::Logout;
     Done::then(Then::Close, "LOGOUT completed")
+}
+
+/// RFC 4978 §3: after the OK, both directions are raw DEFLATE (the driver
+/// switches); DEFLATE is the only algorithm, so the argument needs no check.
+pub fn compress<S: MailStore>(s: &mut Session<S>) -> CmdResult {
+    s.need_auth()?;
+    if s.compressed {
+        return Err(ImapError::no(Some("COMPRESSIONACTIVE"), "Compression is already active"));
+    }
+    s.compressed = true;
+    Done::then(Then::Compress, "DEFLATE active")
 }
 
 /// RFC 2971 §3.1: the server's identification.
