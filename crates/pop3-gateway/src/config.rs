@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mailfleet_runtime::proxy::ProxyProtocol;
 use mailfleet_runtime::tls::TlsSettings;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,16 @@ pub struct Pop3Config {
     pub max_bad_commands: u32,
     /// Concurrent connections per listener set; more wait in the accept queue.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (the real one, after
+    /// PROXY protocol); more get `-ERR [SYS/TEMP]` and are closed. 0: no limit.
+    pub max_connections_per_client: usize,
+    /// PROXY protocol v1/v2 from a load balancer: which peers may send it.
+    pub proxy_protocol: ProxyProtocol,
+    /// How long a trusted load balancer gets to send its PROXY header.
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
+    /// Plain-HTTP `GET /healthz` endpoint (200 while serving); unset: none.
+    pub health_listen: Option<SocketAddr>,
     /// Advertise `EXPIRE <value>` in CAPA (RFC 2449 §6.7), e.g. "NEVER". Advisory only.
     pub capa_expire: Option<String>,
     /// Advertise `LOGIN-DELAY <seconds>` in CAPA (RFC 2449 §6.8). Advisory only.
@@ -83,6 +94,13 @@ impl Default for Pop3Config {
             max_sasl_line: 2048,
             max_bad_commands: 10,
             max_connections: 1024,
+            // Generous for NAT'd offices, small enough that one host cannot
+            // take every slot.
+            max_connections_per_client: 50,
+            // Off: a dev machine has no load balancer in front.
+            proxy_protocol: ProxyProtocol::default(),
+            proxy_header_timeout: mailfleet_runtime::proxy::DEFAULT_HEADER_TIMEOUT,
+            health_listen: None,
             capa_expire: None,
             capa_login_delay: None,
             shutdown_grace: Duration::from_secs(10),
@@ -119,5 +137,22 @@ mod tests {
         let from_env: Pop3Config = mailfleet_runtime::config::load(None, "MF_POP3_TEST_A_").unwrap();
         assert_eq!(from_env.autologout, Duration::from_secs(900));
         assert_eq!(from_env.capa_expire.as_deref(), Some("NEVER"));
+        assert!(!from_env.proxy_protocol.enabled);
+        assert!(from_file.proxy_protocol.trusted_networks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn proxy_protocol_from_the_environment_as_compose_sets_it() {
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("MF_POP3_TEST_B_PROXY_PROTOCOL__ENABLED", "true");
+            std::env::set_var("MF_POP3_TEST_B_PROXY_PROTOCOL__TRUSTED", "172.29.0.0/24,10.0.0.0/8");
+            std::env::set_var("MF_POP3_TEST_B_HEALTH_LISTEN", "0.0.0.0:8110");
+        }
+        let c: Pop3Config = mailfleet_runtime::config::load(None, "MF_POP3_TEST_B_").unwrap();
+        assert!(c.proxy_protocol.enabled);
+        assert_eq!(c.proxy_protocol.trusted, ["172.29.0.0/24", "10.0.0.0/8"]);
+        assert_eq!(c.proxy_protocol.trusted_networks().unwrap().len(), 2);
+        assert_eq!(c.health_listen, Some("0.0.0.0:8110".parse().unwrap()));
     }
 }

@@ -1,12 +1,15 @@
-//! The only I/O code: listeners, implicit TLS and STLS, the autologout
-//! timer, line limits, the maildrop lease renewal tick and shutdown. Bytes
+//! The only I/O code: listeners, the PROXY protocol header from a trusted
+//! load balancer, implicit TLS and STLS, the autologout timer, connection and
+//! line limits, the maildrop lease renewal tick, the health endpoint and
+//! shutdown. Bytes
 //! go to [`Session::handle_line`]; replies come back through a `BufWriter`
 //! that is flushed once the pipelined input is used up (RFC 2449 §6.6).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,8 +27,11 @@ use tracing::{Instrument, field, info_span};
 
 use crate::codec::{self, Line, RespCode};
 use crate::config::Pop3Config;
+use crate::metrics::Metrics;
 use crate::session::{Flow, Lease, Renewal, Session, SessionConfig};
 use crate::store::{GrpcStore, MailStore};
+use mailfleet_runtime::health::{self, Health};
+use mailfleet_runtime::proxy::{self, Cidr, ProxyError};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +44,8 @@ pub enum ServeError {
     Tls(#[from] mailfleet_runtime::tls::TlsError),
     #[error("storage URL: {0}")]
     StorageUrl(#[from] tonic::transport::Error),
+    #[error("proxy_protocol: {0}")]
+    Proxy(#[from] ProxyError),
 }
 
 /// A gateway serving on real sockets.
@@ -46,6 +54,8 @@ pub struct RunningPop3 {
     pub addr: SocketAddr,
     /// POP3S listener, when configured.
     pub tls_addr: Option<SocketAddr>,
+    /// `GET /healthz` endpoint, when configured.
+    pub health_addr: Option<SocketAddr>,
     /// Ends after shutdown, once sessions finished (or the grace period ran out).
     pub task: JoinHandle<()>,
 }
@@ -65,6 +75,7 @@ pub async fn serve_with_store<S: MailStore>(
     if config.autologout < Duration::from_secs(600) {
         tracing::warn!(autologout = ?config.autologout, "autologout below the 10 minutes RFC 1939 §3 requires");
     }
+    let trusted = config.proxy_protocol.trusted_networks()?;
     let tls = if config.tls_enabled {
         Some(TlsAcceptor::from(mailfleet_runtime::tls::server_config(&config.tls)?))
     } else {
@@ -78,6 +89,16 @@ pub async fn serve_with_store<S: MailStore>(
         _ => None,
     };
     let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let health = Health::new();
+    let health_addr = match config.health_listen {
+        Some(a) => Some(
+            health::serve(a, health.clone(), shutdown.clone())
+                .await
+                .map_err(|source| ServeError::Bind { addr: a, source })?
+                .addr,
+        ),
+        None => None,
+    };
 
     let ctx = Arc::new(Ctx {
         session: Arc::new(SessionConfig::from_config(&config)),
@@ -88,6 +109,10 @@ pub async fn serve_with_store<S: MailStore>(
         max_sasl_line: config.max_sasl_line.max(config.max_command_line),
         renew_every: (config.lock_ttl / 3).max(Duration::from_secs(1)),
         shutdown: shutdown.clone(),
+        trusted,
+        proxy_timeout: config.proxy_header_timeout,
+        per_client: Arc::new(ClientSlots { max: config.max_connections_per_client, open: Mutex::default() }),
+        metrics: Metrics::new(),
     });
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -95,7 +120,11 @@ pub async fn serve_with_store<S: MailStore>(
     if let Some(l) = tls_listener {
         tracker.spawn(accept_loop(l, true, ctx.clone(), tracker.clone(), slots));
     }
-    tracing::info!(%addr, tls_addr = ?tls_addr, storage = %config.storage_url, "pop3-gateway listening");
+    health.set_serving(true);
+    tracing::info!(
+        %addr, tls_addr = ?tls_addr, health_addr = ?health_addr, proxy_protocol = config.proxy_protocol.enabled,
+        storage = %config.storage_url, "pop3-gateway listening"
+    );
     let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -104,7 +133,7 @@ pub async fn serve_with_store<S: MailStore>(
             tracing::warn!("sessions still open after the shutdown grace period");
         }
     });
-    Ok(RunningPop3 { addr, tls_addr, task })
+    Ok(RunningPop3 { addr, tls_addr, health_addr, task })
 }
 
 struct Ctx<S> {
@@ -116,6 +145,48 @@ struct Ctx<S> {
     max_sasl_line: usize,
     renew_every: Duration,
     shutdown: CancellationToken,
+    /// Load balancers whose PROXY header names the client.
+    trusted: Vec<Cidr>,
+    proxy_timeout: Duration,
+    per_client: Arc<ClientSlots>,
+    metrics: Metrics,
+}
+
+/// Open connections per real client address.
+struct ClientSlots {
+    /// 0: no limit.
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One client's connection slot; given back when dropped.
+struct ClientSlot {
+    slots: Arc<ClientSlots>,
+    ip: IpAddr,
+}
+
+impl ClientSlots {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if self.max != 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { slots: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn accept_loop<S: MailStore>(
@@ -144,12 +215,40 @@ async fn accept_loop<S: MailStore>(
         };
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
-        let span = info_span!("conn", proto = "pop3", %peer, tls = implicit_tls, user = field::Empty);
+        // `peer` is the TCP peer (the load balancer, when there is one);
+        // `client` the real client, after the PROXY header.
+        let span = info_span!(
+            "conn", proto = "pop3", %peer, client = field::Empty, tls = implicit_tls, user = field::Empty
+        );
         tracker.spawn(
             async move {
-                if let Err(e) = connection(tcp, peer, implicit_tls, &ctx).await {
+                let (tcp, client) = match proxy::accept(tcp, peer, &ctx.trusted, ctx.proxy_timeout).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // A trusted balancer that sends no valid header: close.
+                        tracing::warn!(error = %e, "PROXY header refused; closing");
+                        ctx.metrics.rejected("proxy_header");
+                        return;
+                    }
+                };
+                tracing::Span::current().record("client", field::display(client));
+                let Some(slot) = ctx.per_client.take(client.ip()) else {
+                    tracing::info!(limit = ctx.per_client.max, "too many connections from this client");
+                    ctx.metrics.rejected("per_client_limit");
+                    if !implicit_tls {
+                        let mut tcp = tcp;
+                        let reply = codec::err(Some(RespCode::SysTemp), "too many connections from your address");
+                        let _ = tcp.write_all(reply.as_bytes()).await;
+                        let _ = tcp.shutdown().await;
+                    }
+                    return;
+                };
+                ctx.metrics.connection_opened(implicit_tls);
+                if let Err(e) = connection(tcp, client, implicit_tls, &ctx).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                ctx.metrics.connection_closed();
+                drop(slot);
                 drop(permit);
             }
             .instrument(span),
@@ -157,9 +256,10 @@ async fn accept_loop<S: MailStore>(
     }
 }
 
+/// One session; `client` is the real client (PROXY protocol applied).
 async fn connection<S: MailStore>(
     tcp: TcpStream,
-    peer: SocketAddr,
+    client: SocketAddr,
     implicit_tls: bool,
     ctx: &Ctx<S>,
 ) -> io::Result<()> {
@@ -167,7 +267,9 @@ async fn connection<S: MailStore>(
         (Some(tls), true) => Conn::Tls(Box::new(handshake(tls, tcp).await?)),
         _ => Conn::Plain(tcp),
     };
-    let mut session = Session::new(ctx.session.clone(), implicit_tls, peer.ip().is_loopback());
+    // RFC 2595 §2.2 exception for loopback: judged on the real client, so a
+    // load balancer on loopback does not make remote clients "local".
+    let mut session = Session::new(ctx.session.clone(), implicit_tls, client.ip().is_loopback());
     let result = run(conn, &mut session, ctx).await;
     // Whatever happened, no UPDATE without QUIT: just let go of the maildrop.
     session.abort(ctx.store.as_ref()).await;
@@ -229,7 +331,12 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
                 Line::Complete(n) => {
                     let line = input.split_to(n);
                     let verb = verb_of(&line, session.in_sasl());
+                    ctx.metrics.command(&verb);
+                    let failures_before = session.bad_auths();
                     let flow = session.handle_line(&line, store, &mut io).instrument(info_span!("cmd", verb)).await?;
+                    if session.bad_auths() > failures_before {
+                        ctx.metrics.auth_failed(session.bad_auths() - failures_before);
+                    }
                     if let Some(user) = session.user() {
                         tracing::Span::current().record("user", user);
                     }

@@ -6,10 +6,12 @@
 //! - [`store`]: the [`store::MailStore`] trait the session uses, and its gRPC implementation.
 //! - [`driver`]: listeners, TLS, timeouts, limits, shutdown.
 //! - [`config`]: the [`Pop3Config`] type.
+//! - [`metrics`]: OpenTelemetry instruments (connections, commands, auth failures).
 
 pub mod codec;
 pub mod config;
 pub mod driver;
+pub mod metrics;
 pub mod session;
 pub mod store;
 

@@ -550,3 +550,105 @@ async fn shutdown_closes_sessions_without_update() {
     tokio::time::timeout(WAIT, &mut gw.running.task).await.expect("gateway stops").unwrap();
     assert_eq!(inbox_uids(&env, acct.id, a1.mailbox_id).await, vec![a1.uid], "no UPDATE on shutdown");
 }
+
+/// Connect as a load balancer would: a PROXY v2 header naming `client` first.
+async fn connect_proxied(port: u16, client: &str) -> Client<TcpStream> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let header =
+        mailfleet_runtime::proxy::encode_v2(client.parse().unwrap(), format!("127.0.0.1:{port}").parse().unwrap());
+    tcp.write_all(&header).await.unwrap();
+    Client::new(tcp)
+}
+
+fn proxied_config(env: &TestEnv) -> Pop3Config {
+    let mut cfg = config(env);
+    cfg.proxy_protocol = mailfleet_runtime::proxy::ProxyProtocol { enabled: true, trusted: vec!["127.0.0.0/8".into()] };
+    cfg.proxy_header_timeout = Duration::from_millis(500);
+    cfg.health_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg
+}
+
+#[tokio::test]
+async fn proxy_v2_from_a_trusted_balancer_names_the_client() {
+    let env = TestEnv::start().await;
+    env.add_account(USER, PASS).await;
+    let gw = Gateway::start(proxied_config(&env)).await;
+
+    // The balancer is on loopback but the client is not: no passwords in
+    // clear (RFC 2595 §2.2), as for any remote client.
+    let mut remote = connect_proxied(gw.port(), "203.0.113.5:40000").await;
+    assert!(remote.line().await.starts_with("+OK "));
+    assert!(remote.cmd(&format!("USER {USER}")).await.starts_with("-ERR [AUTH] plaintext authentication disallowed"));
+    assert!(remote.cmd("QUIT").await.starts_with("+OK"));
+
+    // A loopback client behind the same balancer keeps the loopback exception.
+    let mut local = connect_proxied(gw.port(), "127.0.0.1:40001").await;
+    assert!(local.line().await.starts_with("+OK "));
+    assert_eq!(local.cmd(&format!("USER {USER}")).await, "+OK send PASS\r\n");
+    assert!(local.cmd(&format!("PASS {PASS}")).await.starts_with("+OK"));
+    assert!(local.cmd("QUIT").await.starts_with("+OK"));
+
+    // A trusted peer must send a header: a bare client line is refused, and
+    // so is silence (closed after proxy_header_timeout), both before any greeting.
+    let mut bare = Client::new(TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap());
+    bare.send("CAPA").await;
+    assert!(bare.eof().await, "no greeting without a PROXY header");
+    let mut silent = Client::new(TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap());
+    assert!(silent.eof().await);
+}
+
+#[tokio::test]
+async fn untrusted_peers_cannot_claim_an_address_and_limits_use_the_real_client() {
+    let env = TestEnv::start().await;
+    env.add_account(USER, PASS).await;
+
+    // Balancer elsewhere: a loopback peer is then just a client, and its
+    // PROXY header is not honoured (it is a bad command to POP3).
+    let mut cfg = proxied_config(&env);
+    cfg.proxy_protocol.trusted = vec!["192.0.2.0/24".into()];
+    let gw = Gateway::start(cfg).await;
+    let mut c = Client::new(TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap());
+    assert!(c.line().await.starts_with("+OK "));
+    assert_eq!(c.cmd(&format!("USER {USER}")).await, "+OK send PASS\r\n", "still the loopback exception");
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    drop(gw);
+
+    // One connection per client address: a second one from the same client
+    // (through the same balancer) is refused, another client is served.
+    let mut cfg = proxied_config(&env);
+    cfg.max_connections_per_client = 1;
+    let gw = Gateway::start(cfg).await;
+    let mut first = connect_proxied(gw.port(), "198.51.100.1:1000").await;
+    assert!(first.line().await.starts_with("+OK "));
+    let mut second = connect_proxied(gw.port(), "198.51.100.1:1001").await;
+    assert_eq!(second.line().await, "-ERR [SYS/TEMP] too many connections from your address\r\n");
+    assert!(second.eof().await);
+    let mut other = connect_proxied(gw.port(), "198.51.100.2:1000").await;
+    assert!(other.line().await.starts_with("+OK "));
+    // The slot is given back when the first one leaves.
+    assert!(first.cmd("QUIT").await.starts_with("+OK"));
+    assert!(first.eof().await);
+    let mut again = connect_proxied(gw.port(), "198.51.100.1:1002").await;
+    assert!(again.line().await.starts_with("+OK "));
+}
+
+#[tokio::test]
+async fn health_endpoint_serves_until_shutdown() {
+    let env = TestEnv::start().await;
+    let gw = Gateway::start(proxied_config(&env)).await;
+    let health = gw.running.health_addr.expect("health endpoint configured");
+    let get = || async move {
+        let mut s = TcpStream::connect(health).await?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    assert!(get().await.unwrap().starts_with("HTTP/1.0 200 OK\r\n"));
+    gw.shutdown.cancel();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get().await.is_ok_and(|r| r.starts_with("HTTP/1.0 200")) {
+        assert!(tokio::time::Instant::now() < deadline, "health still 200 after shutdown");
+        tokio::task::yield_now().await;
+    }
+}

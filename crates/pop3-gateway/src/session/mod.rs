@@ -161,6 +161,11 @@ impl Session {
         }
     }
 
+    /// Failed authentications so far on this connection (for metrics).
+    pub fn bad_auths(&self) -> u32 {
+        self.bad_auths
+    }
+
     /// The next line answers a SASL challenge (longer lines allowed).
     pub fn in_sasl(&self) -> bool {
         matches!(self.state, State::Authorization { sasl: Some(_), .. })
