@@ -118,7 +118,7 @@ async fn permanent_failure_bounces_to_the_sender_with_dsn_fields() {
     assert_eq!(mx.count_for("carol@remote.test"), 1, "the good recipient got it once");
     let inbox: Vec<String> = ctx.inbox().await.iter().map(|m| text(m)).collect();
     assert_eq!(inbox.len(), 2);
-    let hdrs = inbox.iter().find(|m| m.contains("bob@remote.test")).expect("bounce for bob");
+    let hdrs = inbox.iter().find(|m| m.contains("Final-Recipient: rfc822; bob@")).expect("bounce for bob");
     for needle in [
         "Return-Path: <>",
         "From: Mail Delivery System <MAILER-DAEMON@mx.local.test>",
@@ -141,7 +141,7 @@ async fn permanent_failure_bounces_to_the_sender_with_dsn_fields() {
     }
     assert!(!hdrs.contains("Hello remote."), "RET=HDRS: no body");
     assert!(!hdrs.contains("carol@remote.test"), "only failed recipients are reported");
-    let full = inbox.iter().find(|m| m.contains("erin@remote.test")).expect("bounce for erin");
+    let full = inbox.iter().find(|m| m.contains("Final-Recipient: rfc822; erin@")).expect("bounce for erin");
     assert!(full.contains("Content-Type: message/rfc822"), "{full}");
     assert!(full.contains("Hello remote."), "no RET: full message attached");
     assert!(!full.contains("Original-Envelope-Id"), "no ENVID given");
@@ -192,7 +192,7 @@ async fn null_mx_fails_at_once_and_bounces() {
     wait_for(WAIT, "bounce", || async { !ctx.inbox().await.is_empty() }).await;
     let dsn = text(&ctx.inbox().await[0]);
     assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
-    assert!(dsn.contains("null MX"));
+    assert!(dsn.contains("Diagnostic-Code: X-Mailfleet; domain nomail.test does not accept mail (null MX"), "{dsn}");
     assert!(!dsn.contains("Remote-MTA"), "no server was contacted");
     ctx.relay_idle(WAIT).await;
     ctx.stop().await;
@@ -227,5 +227,70 @@ async fn too_large_for_the_far_side_and_smtputf8_rules() {
     assert!(inbox.iter().any(|m| m.contains("Status: 5.3.4")), "SIZE exceeded");
     assert!(inbox.iter().any(|m| m.contains("Status: 5.6.7")), "SMTPUTF8 missing");
     assert!(mx.received().is_empty());
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_reused_and_limited_per_destination() {
+    let mx = ScriptedMx::start(Script {
+        pipelining: true,
+        data_delay: Some(Duration::from_millis(50)),
+        ..Script::default()
+    })
+    .await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| c.relay.per_destination = 1).await;
+    for i in 0..6 {
+        ctx.queue(&format!("C{i}"), SENDER, vec![rcpt(&format!("u{i}@remote.test"))], MSG, |_| {}).await;
+    }
+    ctx.relay_idle(WAIT).await;
+    for i in 0..6 {
+        assert_eq!(mx.count_for(&format!("u{i}@remote.test")), 1);
+    }
+    assert_eq!(mx.max_active.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection at a time to remote.test");
+    assert_eq!(mx.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection carried all six");
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn deferred_mail_survives_a_relay_restart() {
+    let mx = ScriptedMx::start(Script { tempfail_rcpt: 1, ..Script::default() }).await;
+    let mut ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| {
+        c.relay.schedule.intervals = vec![Duration::from_millis(800)];
+    })
+    .await;
+    ctx.queue("R1", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
+    wait_for(WAIT, "first refusal", || async { ctx.relay_state("R1").await.is_some() }).await;
+    ctx.stop_relay().await;
+    assert_eq!(mx.count_for("bob@remote.test"), 0);
+    ctx.start_relay().await;
+    ctx.relay_idle(WAIT).await;
+    assert_eq!(mx.count_for("bob@remote.test"), 1, "delivered once after the restart");
+    assert_eq!(ctx.relay_state("R1").await, None);
+    ctx.stop().await;
+}
+
+#[tokio::test]
+async fn delay_notice_then_expiry_bounce() {
+    let mx = ScriptedMx::start(Script { tempfail_rcpt: usize::MAX, ..Script::default() }).await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| {
+        c.relay.schedule.intervals = vec![Duration::from_millis(300)];
+        c.relay.schedule.max_age = Duration::from_secs(2);
+        c.relay.delay_notice_after = Some(Duration::ZERO);
+    })
+    .await;
+    let mut bob = rcpt("bob@remote.test");
+    bob.notify = 4 | 8; // FAILURE,DELAY
+    ctx.queue("E1", SENDER, vec![bob], MSG, |_| {}).await;
+    wait_for(WAIT, "delay notice and final bounce", || async { ctx.inbox().await.len() >= 2 }).await;
+    ctx.relay_idle(WAIT).await;
+    let inbox: Vec<String> = ctx.inbox().await.iter().map(|m| text(m)).collect();
+    assert_eq!(inbox.len(), 2, "one delay notice (not one per attempt) and one bounce");
+    let delayed = inbox.iter().find(|m| m.contains("Action: delayed")).expect("delay notice");
+    assert!(delayed.contains("Status: 4.7.1"), "{delayed}");
+    assert!(delayed.contains("451 4.7.1 greylisted"));
+    let failed = inbox.iter().find(|m| m.contains("Action: failed")).expect("bounce");
+    assert!(failed.contains("Status: 4.4.7"), "expired: {failed}");
+    assert!(failed.contains("Diagnostic-Code: smtp; 451 4.7.1 greylisted"), "{failed}");
+    assert!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst) >= 3);
     ctx.stop().await;
 }

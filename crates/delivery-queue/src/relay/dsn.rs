@@ -168,6 +168,10 @@ pub fn build(report: &Report<'_>, now: DateTime<Utc>, message_id: &str) -> Vec<u
     }
     for r in &report.recipients {
         out.push_str(&format!("<{}>: {}", field(&r.final_recipient), r.action.as_str()));
+        if r.status == "4.4.7" {
+            // RFC 3463 4.4.7: delivery time expired.
+            out.push_str(" (gave up: still failing at the end of the retry period)");
+        }
         if let Some(d) = &r.diagnostic {
             out.push_str(&format!(": {}", field(d)));
         }
@@ -194,7 +198,14 @@ pub fn build(report: &Report<'_>, now: DateTime<Utc>, message_id: &str) -> Vec<u
             out.push_str(&format!("Remote-MTA: dns; {}\r\n", field(m)));
         }
         if let Some(d) = &r.diagnostic {
-            out.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", field(d)));
+            // RFC 3464 §2.3.6: "smtp" for a reply of the far side; our own
+            // diagnostics (DNS, connection) use a private X- type.
+            let kind = if d.as_bytes().get(..3).is_some_and(|c| c.iter().all(u8::is_ascii_digit)) {
+                "smtp"
+            } else {
+                "X-Mailfleet"
+            };
+            out.push_str(&format!("Diagnostic-Code: {kind}; {}\r\n", field(d)));
         }
         if let Some(t) = r.last_attempt {
             out.push_str(&format!("Last-Attempt-Date: {}\r\n", rfc2822(t)));

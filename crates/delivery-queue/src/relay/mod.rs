@@ -450,8 +450,9 @@ impl Relay {
                     tracing::warn!(recipient = %rcpt.address, %diagnostic, "giving up: message expired");
                     last = diagnostic.clone();
                     state.done.push(rcpt.address.clone());
-                    let diag = format!("giving up after {attempts} attempts; last error: {diagnostic}");
-                    reports.push((report(Action::Failed, "4.4.7".into(), remote, Some(diag)), rcpt.notify));
+                    // The status says "expired"; the diagnostic stays the
+                    // far side's last answer.
+                    reports.push((report(Action::Failed, "4.4.7".into(), remote, Some(diagnostic)), rcpt.notify));
                 }
                 RcptOutcome::Deferred { diagnostic, remote } => {
                     tracing::info!(recipient = %rcpt.address, %diagnostic, "relay deferred");
@@ -461,7 +462,9 @@ impl Relay {
                         && !state.delay_notified
                         && now_unix().saturating_sub(received) >= after.as_secs() as i64
                     {
-                        reports.push((report(Action::Delayed, "4.0.0".into(), remote, Some(diagnostic)), rcpt.notify));
+                        let status =
+                            status_in(&diagnostic).filter(|s| s.starts_with('4')).unwrap_or_else(|| "4.0.0".into());
+                        reports.push((report(Action::Delayed, status, remote, Some(diagnostic)), rcpt.notify));
                     }
                 }
             }
@@ -785,12 +788,15 @@ fn failed(reply: &Reply, host: &str) -> RcptOutcome {
     RcptOutcome::Failed { status: reply.status(), diagnostic: reply.to_string(), remote: Some(host.to_string()) }
 }
 
-/// The RFC 3463 status in a reply string like "250 2.0.0 Ok".
-fn reply_status(reply: &str) -> String {
+/// The RFC 3463 status in a reply string like "250 2.0.0 Ok", if any.
+fn status_in(reply: &str) -> Option<String> {
     reply
         .split_whitespace()
         .nth(1)
         .filter(|s| s.split('.').count() == 3 && s.starts_with(['2', '4', '5']))
         .map(str::to_string)
-        .unwrap_or_else(|| "2.0.0".into())
+}
+
+fn reply_status(reply: &str) -> String {
+    status_in(reply).unwrap_or_else(|| "2.0.0".into())
 }

@@ -36,6 +36,8 @@ pub struct Script {
     pub drop_mid_data: usize,
     /// Answer EHLO with 502 (an old HELO-only server).
     pub helo_only: bool,
+    /// Wait this long before answering the final dot (a slow server).
+    pub data_delay: Option<Duration>,
 }
 
 /// One message the MX accepted.
@@ -56,6 +58,9 @@ pub struct ScriptedMx {
     pub connections: Arc<AtomicUsize>,
     /// Arrival time of each transaction's first RCPT.
     pub attempts_at: Arc<Mutex<Vec<Instant>>>,
+    /// Sessions open right now, and the most ever open at once.
+    pub active: Arc<AtomicUsize>,
+    pub max_active: Arc<AtomicUsize>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -73,6 +78,8 @@ impl ScriptedMx {
             transactions: Arc::default(),
             connections: Arc::default(),
             attempts_at: Arc::default(),
+            active: Arc::default(),
+            max_active: Arc::default(),
         };
         let shared = Shared {
             script: Arc::new(script),
@@ -82,12 +89,17 @@ impl ScriptedMx {
             acceptor: tokio_rustls::TlsAcceptor::from(tls),
         };
         let connections = mx.connections.clone();
+        let (active, max_active) = (mx.active.clone(), mx.max_active.clone());
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 connections.fetch_add(1, Ordering::SeqCst);
+                let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                max_active.fetch_max(now, Ordering::SeqCst);
                 let shared = shared.clone();
+                let active = active.clone();
                 tokio::spawn(async move {
                     let _ = session(Box::new(sock), shared).await;
+                    active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -218,6 +230,9 @@ async fn session(stream: Box<dyn Io>, sh: Shared) -> std::io::Result<()> {
                     let l = if l.starts_with(b"..") { l[1..].to_vec() } else { l };
                     data.extend_from_slice(&l);
                 }
+                if let Some(d) = s.data_delay {
+                    tokio::time::sleep(d).await;
+                }
                 let (from, params) = mail_from.take().unwrap_or_default();
                 sh.received.lock().expect("lock").push(Received {
                     mail_from: from,
@@ -251,6 +266,8 @@ pub struct Ctx {
     pub env: TestEnv,
     pub config: QueueConfig,
     pub shutdown: CancellationToken,
+    relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    resolver: SharedResolver,
     pub js: jetstream::Context,
     pub alice: pb::Account,
 }
@@ -289,9 +306,26 @@ impl Ctx {
         let shutdown = CancellationToken::new();
         delivery_queue::run(config.clone(), shutdown.clone()).await.expect("local delivery starts");
         let resolver: SharedResolver = Arc::new(resolver);
-        delivery_queue::relay::run(config.clone(), resolver, shutdown.clone()).await.expect("relay starts");
         let js = jetstream::new(env.nats().await);
-        Ctx { env, config, shutdown, js, alice }
+        let mut ctx = Ctx { env, config, shutdown, relay: None, resolver, js, alice };
+        ctx.start_relay().await;
+        ctx
+    }
+
+    pub async fn start_relay(&mut self) {
+        let token = self.shutdown.child_token();
+        let task = delivery_queue::relay::run(self.config.clone(), self.resolver.clone(), token.clone())
+            .await
+            .expect("relay starts");
+        self.relay = Some((token, task));
+    }
+
+    /// Stop the relay (as if its process ended) and wait for it.
+    pub async fn stop_relay(&mut self) {
+        if let Some((token, task)) = self.relay.take() {
+            token.cancel();
+            let _ = task.await;
+        }
     }
 
     /// Store `message` and queue a relay job for `recipients`.
