@@ -47,7 +47,19 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
 
     let endpoint = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty());
-    let resource = || opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    // service.instance.id tells replicas apart (e.g. connections per gateway
+    // replica): the container's host name under Docker, else host and pid.
+    let pid = std::process::id();
+    let instance = std::env::var("OTEL_SERVICE_INSTANCE_ID").unwrap_or_else(|_| match std::env::var("HOSTNAME") {
+        Ok(host) => format!("{host}-{pid}"),
+        Err(_) => format!("pid-{pid}"),
+    });
+    let resource = || {
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name(service)
+            .with_attribute(opentelemetry::KeyValue::new("service.instance.id", instance.clone()))
+            .build()
+    };
     let provider =
         endpoint.as_ref().and_then(|_| match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
             Ok(exporter) => {

@@ -24,13 +24,19 @@ struct Collector {
     spans: Arc<Mutex<Vec<(String, String)>>>,
     /// (service.name, metric name) of every metric received.
     metrics: Arc<Mutex<Vec<(String, String)>>>,
+    /// service.instance.id of every metric batch.
+    instances: Arc<Mutex<Vec<String>>>,
 }
 
 fn service_name(resource: &Option<Resource>) -> String {
+    attribute(resource, "service.name")
+}
+
+fn attribute(resource: &Option<Resource>, key: &str) -> String {
     resource
         .iter()
         .flat_map(|r| &r.attributes)
-        .find(|kv| kv.key == "service.name")
+        .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref()?.value.as_ref())
         .map(|v| match v {
             Value::StringValue(s) => s.clone(),
@@ -65,6 +71,7 @@ impl MetricsService for Collector {
         let mut metrics = self.metrics.lock().expect("lock");
         for rm in request.into_inner().resource_metrics {
             let service = service_name(&rm.resource);
+            self.instances.lock().expect("lock").push(attribute(&rm.resource, "service.instance.id"));
             for sm in rm.scope_metrics {
                 metrics.extend(sm.metrics.into_iter().map(|m| (service.clone(), m.name)));
             }
@@ -87,6 +94,7 @@ async fn spans_and_metrics_reach_an_otlp_collector() {
     // SAFETY: this binary has one test; nothing else reads the environment concurrently.
     unsafe {
         std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"));
+        std::env::set_var("OTEL_SERVICE_INSTANCE_ID", "replica-7");
     }
     let guard = mailfleet_runtime::telemetry::init("otlp-test");
     {
@@ -107,6 +115,7 @@ async fn spans_and_metrics_reach_an_otlp_collector() {
         let span_ok = spans.contains(&("otlp-test".into(), "otlp_test_span".into()));
         let metric_ok = metrics.contains(&("otlp-test".into(), "mailfleet.test.events".into()));
         if span_ok && metric_ok {
+            assert!(collector.instances.lock().expect("lock").iter().all(|i| i == "replica-7"));
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "collector got spans {spans:?} and metrics {metrics:?}");
