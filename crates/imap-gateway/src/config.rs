@@ -40,6 +40,10 @@ pub struct ImapConfig {
     pub max_literal: u32,
     /// Largest literal before authentication (LOGIN arguments only).
     pub max_literal_unauthenticated: u32,
+    /// Commands per second a connection may sustain; beyond it the
+    /// connection is slowed down (not dropped). Bursts up to `command_burst`.
+    pub commands_per_second: u32,
+    pub command_burst: u32,
     /// Failed logins before the connection is closed.
     pub max_bad_logins: u32,
     /// Pause after a failed login, slowing password guessing.
@@ -65,6 +69,9 @@ impl Default for ImapConfig {
             // Matches storage's default message limit (50 MiB).
             max_literal: 50 * 1024 * 1024,
             max_literal_unauthenticated: 8 * 1024,
+            // Generous for pipelining clients, fatal for a flood.
+            commands_per_second: 200,
+            command_burst: 400,
             max_bad_logins: 3,
             bad_login_delay: Duration::from_secs(1),
         }

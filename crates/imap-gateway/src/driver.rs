@@ -85,6 +85,31 @@ impl Io {
     }
 }
 
+/// Token bucket pacing a connection's commands (ARCHITECTURE: command
+/// rate limit): over the rate, commands wait instead of failing.
+struct Pace {
+    tokens: f64,
+    last: std::time::Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl Pace {
+    fn new(rate: u32, burst: u32) -> Pace {
+        let burst = f64::from(burst.max(1));
+        Pace { tokens: burst, last: std::time::Instant::now(), rate: f64::from(rate.max(1)), burst }
+    }
+
+    /// How long to wait before the next command may run.
+    fn take(&mut self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
 /// Shared by every connection of one listener.
 pub struct Shared<S: MailStore> {
     pub config: ImapConfig,
@@ -177,6 +202,7 @@ async fn connection<S: MailStore>(
     let mut mode = Mode::Command;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut user_recorded = false;
+    let mut pace = Pace::new(config.commands_per_second, config.command_burst);
     // Held while logged in: keeps the account's NATS subscription alive.
     let mut _feed: Option<Arc<AccountFeed>> = None;
     let mut events: Option<watch::Receiver<u64>> = None;
@@ -238,6 +264,9 @@ async fn connection<S: MailStore>(
                 Mode::Command => session.malformed(tag, too_long),
             },
             Input::Command(cmd) => {
+                if let Some(wait) = pace.take() {
+                    tokio::time::sleep(wait).await;
+                }
                 let span = info_span!("cmd", verb = cmd.body.name(), tag = cmd.tag.inner());
                 // Large outputs are written while the command still runs;
                 // the bounded channel holds the session back to the

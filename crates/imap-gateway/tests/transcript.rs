@@ -768,3 +768,25 @@ async fn compress_deflate() {
     let again = exchange(&mut tcp, "b4 COMPRESS DEFLATE\r\n", "b4").await;
     assert_eq!(again, "b4 NO [COMPRESSIONACTIVE] Compression is already active\r\n");
 }
+
+/// A flood of commands is slowed to the configured rate, and every command
+/// is still answered.
+#[tokio::test]
+async fn command_rate_is_paced() {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    let gw = Gateway::start_with(store, |c| {
+        c.commands_per_second = 100;
+        c.command_burst = 5;
+    })
+    .await;
+    let mut c = common::Client::connect(gw.addr).await;
+    c.line().await;
+    let started = std::time::Instant::now();
+    let flood: String = (0..35).map(|i| format!("n{i} NOOP\r\n")).collect();
+    c.send(flood.as_bytes()).await;
+    for i in 0..35 {
+        assert_eq!(c.line().await, format!("n{i} OK NOOP completed"));
+    }
+    // 5 at once, then 30 at 100/s: at least ~300 ms.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "{:?}", started.elapsed());
+}
