@@ -294,3 +294,44 @@ async fn delay_notice_then_expiry_bounce() {
     assert!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst) >= 3);
     ctx.stop().await;
 }
+
+#[tokio::test]
+async fn dsn_parameters_pass_to_a_dsn_server_and_8bit_rules() {
+    let dsn_mx = ScriptedMx::start(Script { dsn: true, eight_bit: true, pipelining: true, ..Script::default() }).await;
+    let old_mx = ScriptedMx::start(Script::default()).await; // neither 8BITMIME nor DSN
+    let resolver = resolver_for("remote.test", dsn_mx.addr)
+        .with_mx("old.test", 10, "mx.old.test")
+        .with_host("mx.old.test", old_mx.addr);
+    let ctx = Ctx::start(resolver, |_| {}).await;
+    let eight_bit = "From: alice@local.test\r\nSubject: caf\u{e9}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nd\u{e9}j\u{e0} vu\r\n";
+    let mut bob = rcpt("bob@remote.test");
+    bob.notify = 2 | 4;
+    bob.orcpt = "rfc822;bob+tag@remote.test".into();
+    ctx.queue("P1", SENDER, vec![bob], eight_bit.as_bytes(), |j| {
+        j.body_type = "8BITMIME".into();
+        j.envid = "E 1".into();
+        j.ret = "HDRS".into();
+    })
+    .await;
+    ctx.queue("P2", SENDER, vec![rcpt("carl@old.test")], eight_bit.as_bytes(), |j| j.body_type = "8BITMIME".into())
+        .await;
+    wait_for(WAIT, "bounce for the 8-bit message", || async { !ctx.inbox().await.is_empty() }).await;
+    ctx.relay_idle(WAIT).await;
+
+    let got = dsn_mx.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_params, "BODY=8BITMIME RET=HDRS ENVID=E+201");
+    assert_eq!(
+        got[0].rcpt_lines,
+        vec!["RCPT TO:<bob@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob+2Btag@remote.test"]
+    );
+    assert_eq!(got[0].data, eight_bit.as_bytes(), "8-bit body passed intact");
+
+    // RFC 6152 §3: no 8-bit data to a server without 8BITMIME: bounced 5.6.3.
+    assert!(old_mx.received().is_empty());
+    let inbox: Vec<String> = ctx.inbox().await.iter().map(|m| text(m)).collect();
+    assert_eq!(inbox.len(), 1, "no success DSN: the DSN-capable server reports itself");
+    assert!(inbox[0].contains("Final-Recipient: rfc822; carl@old.test"));
+    assert!(inbox[0].contains("Status: 5.6.3"), "{}", inbox[0]);
+    ctx.stop().await;
+}

@@ -190,8 +190,14 @@ impl Pool {
         }
         None
     }
-    fn put(&self, conn: SmtpConnection) {
+    /// Keep `conn` for reuse; connections idle longer than `max_idle` are
+    /// dropped here too, so the pool does not grow with every destination.
+    fn put(&self, conn: SmtpConnection, max_idle: Duration) {
         if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|_, list| {
+                list.retain(|(_, since)| since.elapsed() < max_idle);
+                !list.is_empty()
+            });
             idle.entry(conn.addr).or_default().push((conn, Instant::now()));
         }
     }
@@ -472,15 +478,23 @@ impl Relay {
         if !last.is_empty() {
             state.last_error = last;
         }
+        let delay_notified_before = state.delay_notified;
         if reports.iter().any(|(r, n)| r.action == Action::Delayed && dsn::wanted(*n, Action::Delayed)) {
             state.delay_notified = true;
         }
+        let failed_now: Vec<String> = reports
+            .iter()
+            .filter(|(r, _)| r.action == Action::Failed)
+            .map(|(r, _)| r.final_recipient.clone())
+            .collect();
         if let Err(e) = self.notify(job, attempts, reports).await {
-            // The DSN is not queued: keep the job so it is retried; the
-            // recipients already delivered stay done.
+            // The DSN is not queued: keep the failed recipients pending so the
+            // next attempt reports them again (a bounce must not be lost);
+            // the recipients already delivered stay done.
             tracing::warn!(error = %e, "cannot queue the DSN; the job will be retried");
             state.last_error = format!("queueing DSN: {e}");
-            state.done.retain(|a| !deferred.contains(a));
+            state.delay_notified = delay_notified_before;
+            state.done.retain(|a| !failed_now.contains(a));
             state.recipients =
                 job.recipients.iter().filter(|r| !state.done.contains(&r.address)).map(|r| r.address.clone()).collect();
             return Some(delay);
@@ -609,7 +623,7 @@ impl Relay {
                 };
                 // Checks that need the far side's capabilities.
                 if env.smtputf8 && !conn.caps.smtputf8 {
-                    self.pool.put(conn);
+                    self.pool.put(conn, self.config.idle_timeout);
                     // RFC 6531 §3.2: must not be sent to a server without SMTPUTF8.
                     let r = Reply::new(553, "5.6.7 recipient's server does not support SMTPUTF8 (RFC 6531)");
                     return vec![failed(&r, &hop.host); n];
@@ -618,7 +632,7 @@ impl Relay {
                     && !conn.caps.eight_bit_mime
                     && self.config.eight_bit_without_8bitmime == EightBitPolicy::Bounce
                 {
-                    self.pool.put(conn);
+                    self.pool.put(conn, self.config.idle_timeout);
                     let r = Reply::new(554, "5.6.3 8-bit message, but the server does not support 8BITMIME (RFC 6152)");
                     return vec![failed(&r, &hop.host); n];
                 }
@@ -626,7 +640,7 @@ impl Relay {
                     && max > 0
                     && message.len() as u64 > max
                 {
-                    self.pool.put(conn);
+                    self.pool.put(conn, self.config.idle_timeout);
                     // RFC 1870 §6: larger than the fixed maximum: permanent.
                     let r = Reply::new(
                         552,
@@ -637,7 +651,7 @@ impl Relay {
                 match conn.send(env, message).await {
                     Ok(results) => {
                         let dsn_passed = conn.caps.dsn;
-                        self.pool.put(conn);
+                        self.pool.put(conn, self.config.idle_timeout);
                         return results
                             .into_iter()
                             .map(|r| {
@@ -662,11 +676,11 @@ impl Relay {
                         last_remote = Some(hop.host.clone());
                         if let Some(reply) = e.permanent_reply() {
                             // MAIL FROM refused for good: every recipient fails.
-                            self.pool.put(conn);
+                            self.pool.put(conn, self.config.idle_timeout);
                             return vec![failed(reply, &hop.host); n];
                         }
                         if matches!(e, ClientError::Rejected { .. }) {
-                            self.pool.put(conn);
+                            self.pool.put(conn, self.config.idle_timeout);
                         }
                         last_error = format!("{}: {e}", hop.host);
                     }
