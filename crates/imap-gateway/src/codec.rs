@@ -53,23 +53,67 @@ pub enum Input {
 /// Splits the client byte stream into IMAP messages.
 pub struct Framer {
     frag: Fragmentizer,
+    max_message: u32,
+    /// Octets pushed and octets belonging to finished messages: equal
+    /// when nothing is pending, so the buffers can be released.
+    pushed: u64,
+    consumed: u64,
+    /// End of the latest fragment within the current message.
+    fragment_end: usize,
+    /// Size of the last finished message.
+    last_message: usize,
 }
+
+/// Buffers grown past this by one big message (an APPEND) are released
+/// once it is done, so an idle connection stays small.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 impl Framer {
     /// `max_message` bounds one command including its literals; bytes over it
     /// are dropped while the rest of the command is skipped.
     pub fn new(max_message: u32) -> Framer {
-        Framer { frag: Fragmentizer::new(max_message) }
+        Framer {
+            frag: Fragmentizer::new(max_message),
+            max_message,
+            pushed: 0,
+            consumed: 0,
+            fragment_end: 0,
+            last_message: 0,
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        self.pushed += bytes.len() as u64;
         self.frag.enqueue_bytes(bytes);
+    }
+
+    /// No partial message or unread bytes are buffered.
+    pub fn is_idle(&self) -> bool {
+        self.pushed == self.consumed
+    }
+
+    /// Release buffers a big message left behind, when nothing is pending.
+    pub fn shrink(&mut self) {
+        if self.is_idle() && self.last_message > KEEP_BUFFER {
+            self.frag = Fragmentizer::new(self.max_message);
+            self.last_message = 0;
+        }
+    }
+
+    fn message_done(&mut self) {
+        self.consumed += self.fragment_end as u64;
+        self.last_message = self.fragment_end;
+        self.fragment_end = 0;
     }
 
     /// The next event; `literal_limit` is the largest literal accepted now.
     pub fn next(&mut self, mode: Mode, literal_limit: u32) -> Input {
         loop {
-            match self.frag.progress() {
+            let fragment = self.frag.progress();
+            if let Some(f) = fragment {
+                self.fragment_end = f.range().end;
+            }
+            match fragment {
                 None => return Input::NeedMore,
                 Some(FragmentInfo::Line { announcement: Some(ann), .. }) if mode == Mode::Command => {
                     if ann.length > literal_limit {
@@ -77,6 +121,7 @@ impl Framer {
                         let sync = ann.mode == LiteralMode::Sync;
                         if sync {
                             self.frag.skip_message();
+                            self.message_done();
                         }
                         return Input::LiteralTooBig { tag, sync };
                     }
@@ -85,7 +130,11 @@ impl Framer {
                     }
                 }
                 Some(_) if !self.frag.is_message_complete() => {}
-                Some(_) => return self.decode(mode),
+                Some(_) => {
+                    let input = self.decode(mode);
+                    self.message_done();
+                    return input;
+                }
             }
         }
     }
@@ -330,6 +379,36 @@ mod tests {
         let ev = events(&mut f);
         assert!(ev[0].contains("too_long: true"), "{ev:?}");
         assert_eq!(ev[1], "cmd a2");
+    }
+
+    #[test]
+    fn knows_when_nothing_is_pending() {
+        let mut f = Framer::new(1 << 20);
+        f.push(b"a NOOP\r\nb NO");
+        assert!(matches!(f.next(Mode::Command, 100), Input::Command(_)));
+        assert!(!f.is_idle());
+        f.push(b"OP\r\n");
+        assert!(matches!(f.next(Mode::Command, 100), Input::Command(_)));
+        assert!(f.is_idle());
+        // A literal, sent in pieces: pending until the closing line ends.
+        let big = vec![b'x'; 100_000];
+        f.push(format!("c APPEND INBOX {{{}}}\r\n", big.len()).as_bytes());
+        assert!(matches!(f.next(Mode::Command, 1 << 20), Input::ContinueLiteral));
+        f.push(&big);
+        assert!(matches!(f.next(Mode::Command, 1 << 20), Input::NeedMore));
+        assert!(!f.is_idle());
+        f.push(b"\r\n");
+        assert!(matches!(f.next(Mode::Command, 1 << 20), Input::Command(_)));
+        assert!(f.is_idle());
+        f.shrink();
+        // Still works after the buffers were released.
+        f.push(b"d NOOP\r\n");
+        assert!(matches!(f.next(Mode::Command, 100), Input::Command(c) if c.tag.inner() == "d"));
+        assert!(f.is_idle());
+        // A refused literal counts as done too.
+        f.push(b"e APPEND INBOX {999}\r\n");
+        assert!(matches!(f.next(Mode::Command, 10), Input::LiteralTooBig { sync: true, .. }));
+        assert!(f.is_idle());
     }
 
     #[test]

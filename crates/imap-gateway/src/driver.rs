@@ -291,6 +291,7 @@ async fn connection<S: MailStore>(
         if reply.delay {
             tokio::time::sleep(config.bad_login_delay).await;
         }
+        framer.shrink();
         send(&mut stream, &reply.responses).await?;
         if !user_recorded && let Some(account) = session.account() {
             tracing::Span::current().record("user", account.address.as_str());
