@@ -1,0 +1,74 @@
+//! What an idle, logged-in IMAP connection costs the gateway in heap
+//! (issue: target ≤ 64 KiB per IDLE client). Measured with a counting
+//! allocator: open many connections, put each in IDLE, compare.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use common::Gateway;
+use imap_gateway::store::fake::FakeStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: delegates to the system allocator and only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: ptr was allocated by `alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as for `realloc` itself.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const CONNECTIONS: usize = 200;
+
+#[tokio::test]
+async fn idle_connection_costs_little() {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    for i in 0..50 {
+        store.add_message(1, "INBOX", format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes(), &[]);
+    }
+    let gw = Gateway::start_with(store, |_| {}).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Warm up once so one-time allocations (TLS config, runtime) are not counted.
+    let mut conns = Vec::with_capacity(CONNECTIONS + 1);
+    conns.push(idle_client(gw.addr, &mut buf).await);
+    let before = LIVE.load(Ordering::Relaxed);
+    for _ in 0..CONNECTIONS {
+        conns.push(idle_client(gw.addr, &mut buf).await);
+    }
+    let per_connection = (LIVE.load(Ordering::Relaxed) - before) / CONNECTIONS as isize;
+    println!("heap per idle connection (server + test client): {per_connection} bytes");
+    assert!(per_connection < 64 * 1024, "{per_connection} bytes per idle connection");
+    drop(conns);
+}
+
+async fn idle_client(addr: std::net::SocketAddr, buf: &mut [u8]) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"a LOGIN alice@example.org pw\r\nb SELECT INBOX\r\nc IDLE\r\n").await.expect("write");
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"+ idling\r\n") {
+        let n = tcp.read(buf).await.expect("read");
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    tcp
+}
