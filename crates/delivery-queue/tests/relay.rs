@@ -335,3 +335,45 @@ async fn dsn_parameters_pass_to_a_dsn_server_and_8bit_rules() {
     assert!(inbox[0].contains("Status: 5.6.3"), "{}", inbox[0]);
     ctx.stop().await;
 }
+
+#[tokio::test]
+async fn submitted_mail_reaches_local_and_remote_recipients_and_remote_bounces_go_out_from_null_sender() {
+    let mx = ScriptedMx::start(Script {
+        pipelining: true,
+        reject_rcpt: vec!["gone@remote.test".into()],
+        ..Script::default()
+    })
+    .await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |_| {}).await;
+    let bob = ctx.env.add_account("bob@local.test", "bob-password").await;
+
+    // As smtp-ingress queues it: one local and one remote recipient.
+    ctx.submit("S1", SENDER, vec![rcpt("bob@local.test"), rcpt("friend@remote.test")], MSG).await;
+    wait_for(WAIT, "remote delivery", || async { mx.count_for("friend@remote.test") == 1 }).await;
+    wait_for(WAIT, "local delivery", || async { inbox_of(&ctx.env, bob.id).await.len() == 1 }).await;
+    assert_eq!(mx.received()[0].rcpts, vec!["friend@remote.test"], "the local recipient is not relayed");
+
+    // A remote sender's message to a recipient that fails: the DSN is
+    // relayed to the sender's domain from the null sender.
+    ctx.submit("S2", "author@remote.test", vec![rcpt("gone@remote.test")], MSG).await;
+    wait_for(WAIT, "the DSN relayed to the sender's MX", || async {
+        mx.received().iter().any(|r| r.mail_from.is_empty())
+    })
+    .await;
+    let got = mx.received();
+    let dsn = got.iter().find(|r| r.mail_from.is_empty()).expect("DSN");
+    assert_eq!(dsn.rcpts, vec!["author@remote.test"]);
+    assert!(text(&dsn.data).contains("Final-Recipient: rfc822; gone@remote.test"));
+
+    // When the DSN itself fails, nothing more is generated (no bounce loop).
+    ctx.submit("S3", "gone@remote.test", vec![rcpt("gone@remote.test")], MSG).await;
+    // S1, S2, S3, the DSN for S2 and the DSN for S3: five jobs on the main queue.
+    wait_for(WAIT, "the DSN for S3", || async { ctx.stream_published(&ctx.config.stream).await >= 5 }).await;
+    wait_for(WAIT, "main queue drained", || async { ctx.stream_len(&ctx.config.stream).await == 0 }).await;
+    ctx.relay_idle(WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ctx.relay_idle(WAIT).await;
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 5, "the failed DSN produced no DSN");
+    assert_eq!(mx.received().iter().filter(|r| r.mail_from.is_empty()).count(), 1);
+    ctx.stop().await;
+}

@@ -69,7 +69,10 @@ pub enum EightBitPolicy {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RelayConfig {
-    /// Run the relay inside delivery-queue.
+    /// Run the relay inside delivery-queue. Off by default so that a
+    /// development machine never sends mail to the internet unless asked
+    /// (`MAILFLEET_QUEUE_RELAY__ENABLED=true`); remote jobs wait in the
+    /// relay stream meanwhile.
     pub enabled: bool,
     /// Durable consumer on the relay stream, shared by every replica.
     pub consumer: String,
@@ -121,7 +124,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            enabled: true,
+            enabled: false,
             consumer: "relay".into(),
             hostname: "localhost".into(),
             port: 25,

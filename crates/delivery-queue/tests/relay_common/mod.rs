@@ -362,6 +362,34 @@ impl Ctx {
             .expect("publish ack");
     }
 
+    /// Store `message` and queue a job on the main queue subject, as
+    /// smtp-ingress does: local delivery runs first and hands remote
+    /// recipients to the relay.
+    pub async fn submit(&self, queue_id: &str, mail_from: &str, recipients: Vec<qpb::Recipient>, message: &[u8]) {
+        let mut messages = pb::messages_client::MessagesClient::new(self.env.channel().await);
+        let chunks = vec![pb::PutBlobRequest { chunk: message.to_vec() }];
+        let blob = messages.put_blob(futures::stream::iter(chunks)).await.expect("put blob").into_inner();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+        let job = qpb::DeliveryJob {
+            queue_id: queue_id.into(),
+            blob_id: blob.blob_id,
+            size: message.len() as u64,
+            mail_from: mail_from.into(),
+            recipients,
+            received_at: Some(prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: 0 }),
+            body_type: "7BIT".into(),
+            ..Default::default()
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", queue_id);
+        self.js
+            .publish_with_headers(self.config.subject.clone(), headers, job.encode_to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack");
+    }
+
     /// Messages currently in a stream (work queue: acked jobs are removed).
     pub async fn stream_len(&self, stream: &str) -> u64 {
         let mut s = self.js.get_stream(stream).await.expect("stream");
