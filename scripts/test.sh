@@ -15,5 +15,9 @@ if ! command -v curl >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; th
     $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 >/dev/null
 fi
 
+# docker-compose (Debian's package; no Docker engine needed) validates
+# docker-compose.yml in crates/runtime/tests/deploy.rs.
+command -v docker-compose >/dev/null 2>&1 || { echo "test: installing docker-compose" >&2; $([ "$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null' || echo "test: docker-compose unavailable; the compose check will skip" >&2; }
+
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --workspace --locked "$@"
