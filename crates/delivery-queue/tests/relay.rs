@@ -377,3 +377,31 @@ async fn submitted_mail_reaches_local_and_remote_recipients_and_remote_bounces_g
     assert_eq!(mx.received().iter().filter(|r| r.mail_from.is_empty()).count(), 1);
     ctx.stop().await;
 }
+
+#[tokio::test]
+async fn falls_back_to_the_next_mx_and_honours_smarthosts() {
+    let backup = ScriptedMx::start(Script::default()).await;
+    let relay_host = ScriptedMx::start(Script::default()).await;
+    // The preferred MX refuses connections (a port nobody listens on).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let resolver = TableResolver::new()
+        .with_mx("remote.test", 10, "mx1.remote.test")
+        .with_mx("remote.test", 20, "mx2.remote.test")
+        .with_host("mx1.remote.test", dead)
+        .with_host("mx2.remote.test", backup.addr);
+    let smarthost = relay_host.addr.to_string();
+    let ctx = Ctx::start(resolver, move |c| {
+        // No DNS at all for via-smarthost.test: everything goes to the smarthost.
+        c.relay.smarthosts.insert("via-smarthost.test".into(), smarthost);
+    })
+    .await;
+    ctx.queue("F1", SENDER, vec![rcpt("bob@remote.test"), rcpt("sam@via-smarthost.test")], MSG, |_| {}).await;
+    ctx.relay_idle(WAIT).await;
+    assert_eq!(backup.count_for("bob@remote.test"), 1, "RFC 5321 §5.1: next MX when the first is unreachable");
+    assert_eq!(relay_host.count_for("sam@via-smarthost.test"), 1);
+    assert!(ctx.inbox().await.is_empty());
+    ctx.stop().await;
+}
