@@ -203,6 +203,9 @@ async fn connection<S: MailStore>(
     let mut buf = vec![0u8; READ_CHUNK];
     let mut user_recorded = false;
     let mut pace = Pace::new(config.commands_per_second, config.command_burst);
+    // The autologout clock runs from the client's last input, whatever we
+    // sent meanwhile (IDLE updates do not keep a dead client alive).
+    let mut last_input = tokio::time::Instant::now();
     // Held while logged in: keeps the account's NATS subscription alive.
     let mut _feed: Option<Arc<AccountFeed>> = None;
     let mut events: Option<watch::Receiver<u64>> = None;
@@ -228,13 +231,13 @@ async fn connection<S: MailStore>(
                         let updates = session.idle_update().await;
                         send(&mut stream, &updates).await?;
                     }
-                    read = tokio::time::timeout(timeout, stream.read_into(&mut buf, &mut framer)) => match read {
+                    read = tokio::time::timeout_at(last_input + timeout, stream.read_into(&mut buf, &mut framer)) => match read {
                         Err(_) => {
                             send(&mut stream, &[codec::bye(None, "Autologout; idle for too long")]).await?;
                             return Ok(());
                         }
                         Ok(Ok(0)) => return Ok(()),
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => last_input = tokio::time::Instant::now(),
                         Ok(Err(e)) => return Err(e),
                     },
                     _ = shutdown.cancelled() => {

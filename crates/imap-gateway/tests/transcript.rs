@@ -790,3 +790,22 @@ async fn command_rate_is_paced() {
     // 5 at once, then 30 at 100/s: at least ~300 ms.
     assert!(started.elapsed() >= std::time::Duration::from_millis(250), "{:?}", started.elapsed());
 }
+
+/// IDLE updates do not reset the autologout clock (RFC 3501 §5.4,
+/// RFC 2177 §3: the client must re-issue IDLE; a dead one is dropped).
+#[tokio::test]
+async fn idling_client_is_logged_out_eventually() {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    let gw = Gateway::start_with(store, |c| {
+        c.idle_timeout = std::time::Duration::from_millis(400);
+        c.idle_poll_interval = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let mut c = common::Client::connect(gw.addr).await;
+    c.line().await;
+    c.cmd("a1", "LOGIN alice@example.org pw").await;
+    c.cmd("a2", "SELECT INBOX").await;
+    assert_eq!(c.cmd("a3", "IDLE").await, vec!["+ idling"]);
+    assert_eq!(c.line().await, "* BYE Autologout; idle for too long");
+    assert_eq!(c.line().await, "<EOF>");
+}
