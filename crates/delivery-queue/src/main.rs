@@ -1,1 +1,28 @@
-fn main() {}
+//! `delivery-queue`: delivers queued mail to local mailboxes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use delivery_queue::QueueConfig;
+
+#[derive(Parser)]
+#[command(name = "delivery-queue", about = "Mailfleet delivery worker (JetStream consumer)")]
+struct Cli {
+    /// TOML configuration file; every key can also be set as MAILFLEET_QUEUE_<KEY>.
+    #[arg(long, short, env = "MAILFLEET_QUEUE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    mailfleet_runtime::init_crypto();
+    let _telemetry = mailfleet_runtime::telemetry::init("delivery-queue");
+    let cli = Cli::parse();
+    let config: QueueConfig =
+        mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_QUEUE_").context("loading configuration")?;
+    let shutdown = mailfleet_runtime::shutdown::on_signal();
+    let running = delivery_queue::run(config, shutdown).await.context("starting delivery-queue")?;
+    running.task.await.context("delivery-queue task")?;
+    Ok(())
+}

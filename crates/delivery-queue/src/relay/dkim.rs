@@ -183,21 +183,20 @@ impl DkimKeys {
         key
     }
 
-    /// Sign `message` for its author's domain (or the envelope sender's)
-    /// when a key exists; otherwise return it unchanged.
-    pub async fn sign(&self, mail_from: &str, message: Vec<u8>) -> Vec<u8> {
+    /// The `DKIM-Signature:` field for `message`, signed for its author's
+    /// domain (or the envelope sender's) when a key exists.
+    pub async fn signature_for(&self, mail_from: &str, message: &[u8]) -> Option<String> {
         if !self.enabled {
-            return message;
+            return None;
         }
         let domain =
-            author_domain(&message).or_else(|| mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
-        let Some(domain) = domain else { return message };
-        let Some(key) = self.key(&domain).await else { return message };
-        match key.sign(&message) {
-            Ok(signed) => signed,
+            author_domain(message).or_else(|| mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))?;
+        let key = self.key(&domain).await?;
+        match key.signature_header(message) {
+            Ok(header) => Some(header),
             Err(e) => {
                 tracing::warn!(domain, error = %e, "DKIM signing failed; sending unsigned");
-                message
+                None
             }
         }
     }

@@ -408,7 +408,16 @@ impl Relay {
                 return Some(delay);
             }
         };
-        let message = self.dkim.sign(&job.mail_from, message).await;
+        // DKIM-sign what goes out; DSNs attach the message as it was sent to us.
+        let original = message;
+        let signed;
+        let message: &[u8] = match self.dkim.signature_for(&job.mail_from, &original).await {
+            Some(header) => {
+                signed = [header.as_bytes(), &original].concat();
+                &signed
+            }
+            None => &original,
+        };
 
         // One group (and transaction) per destination domain.
         let mut groups: BTreeMap<String, Vec<&qpb::Recipient>> = BTreeMap::new();
@@ -416,7 +425,7 @@ impl Relay {
             groups.entry(domain_of(&r.address)).or_default().push(r);
         }
         let results = futures::future::join_all(
-            groups.iter().map(|(domain, rcpts)| self.deliver_domain(domain, rcpts, job, &message)),
+            groups.iter().map(|(domain, rcpts)| self.deliver_domain(domain, rcpts, job, message)),
         )
         .await;
 
@@ -490,7 +499,7 @@ impl Relay {
             .filter(|(r, _)| r.action == Action::Failed)
             .map(|(r, _)| r.final_recipient.clone())
             .collect();
-        if let Err(e) = self.notify(job, attempts, reports).await {
+        if let Err(e) = self.notify(job, &original, attempts, reports).await {
             // The DSN is not queued: keep the failed recipients pending so the
             // next attempt reports them again (a bounce must not be lost);
             // the recipients already delivered stay done.
@@ -712,6 +721,7 @@ impl Relay {
     async fn notify(
         &self,
         job: &qpb::DeliveryJob,
+        original: &[u8],
         attempts: u64,
         reports: Vec<(dsn::RecipientReport, u32)>,
     ) -> Result<(), String> {
@@ -726,7 +736,7 @@ impl Relay {
             if recipients.is_empty() {
                 continue;
             }
-            self.send_dsn(job, attempts, action, recipients).await?;
+            self.send_dsn(job, original, attempts, action, recipients).await?;
         }
         Ok(())
     }
@@ -734,11 +744,11 @@ impl Relay {
     async fn send_dsn(
         &self,
         job: &qpb::DeliveryJob,
+        original: &[u8],
         attempts: u64,
         action: Action,
         recipients: Vec<dsn::RecipientReport>,
     ) -> Result<(), String> {
-        let original = self.fetch(&job.blob_id).await.map_err(|e| format!("reading the original: {e}"))?;
         let arrival = job
             .received_at
             .as_ref()
@@ -752,7 +762,7 @@ impl Relay {
                 envid: &job.envid,
                 arrival,
                 ret: &job.ret,
-                original: &original,
+                original,
                 recipients,
                 max_return: self.config.max_return_size,
             },

@@ -1,0 +1,69 @@
+//! delivery-queue configuration (`delivery-queue.toml`, env `MAILFLEET_QUEUE_*`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    pub storage_url: String,
+    pub nats_url: String,
+    /// Work-queue stream smtp-ingress publishes to (same names in both services).
+    pub stream: String,
+    pub subject: String,
+    /// Durable pull consumer shared by every replica.
+    pub consumer: String,
+    /// Remote recipients are handed to the relay (issue 4) on this stream.
+    pub relay_stream: String,
+    pub relay_subject: String,
+    /// Key-value bucket with the state of jobs that failed at least once
+    /// (read by `mailctl queue`).
+    pub state_bucket: String,
+    /// Jobs processed at once by this replica.
+    pub concurrency: usize,
+    /// JetStream redelivers a job not acked within this time (a crashed worker).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// First retry delay after a temporary failure; doubles each attempt.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    pub over_quota: OverQuota,
+    /// Outbound relay of remote recipients (issue 4).
+    pub relay: crate::relay::RelayConfig,
+}
+
+/// What an over-quota mailbox means for the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverQuota {
+    /// Keep the job and retry (RFC 3463 4.2.2): the user may free space.
+    Temporary,
+    /// Give up for this recipient (RFC 3463 5.2.2).
+    Permanent,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            storage_url: "http://127.0.0.1:50051".into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            stream: "MAIL_QUEUE".into(),
+            subject: "mail.queue.jobs".into(),
+            consumer: "delivery".into(),
+            relay_stream: "MAIL_RELAY".into(),
+            relay_subject: "mail.relay.jobs".into(),
+            state_bucket: "MAIL_QUEUE_STATE".into(),
+            concurrency: 32,
+            ack_wait: Duration::from_secs(300),
+            retry_initial: Duration::from_secs(30),
+            // RFC 5321 §4.5.4.1: retry intervals of at least 30 minutes are
+            // usual; an hour caps the backoff.
+            retry_max: Duration::from_secs(3600),
+            over_quota: OverQuota::Temporary,
+            relay: crate::relay::RelayConfig::default(),
+        }
+    }
+}

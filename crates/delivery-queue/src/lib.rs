@@ -1,0 +1,240 @@
+//! delivery-queue: consumes delivery jobs from JetStream and delivers them.
+//!
+//! A durable pull consumer on the work-queue stream `MAIL_QUEUE` is shared
+//! by every replica. A job is acked only after storage confirmed every local
+//! delivery (delivery keys make a redelivered job harmless); a temporary
+//! failure naks it with a growing delay, so nothing is dropped and nothing
+//! busy-loops. Remote recipients go to the `MAIL_RELAY` stream for the relay.
+
+pub mod config;
+pub mod relay;
+pub mod state;
+pub mod worker;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
+use futures::StreamExt;
+use mailfleet_proto::queue::v1 as qpb;
+use prost::Message;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+pub use config::QueueConfig;
+use state::JobState;
+use worker::{Outcome, Worker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("storage URL {0}: {1}")]
+    StorageUrl(String, String),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("DNS resolver: {0}")]
+    Resolver(String),
+}
+
+fn nats_err(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Nats(e.to_string())
+}
+
+/// Create (if needed) the queue and relay streams and the state bucket.
+pub async fn ensure_streams(js: &jetstream::Context, config: &QueueConfig) -> Result<kv::Store, QueueError> {
+    for (name, subject) in [(&config.stream, &config.subject), (&config.relay_stream, &config.relay_subject)] {
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| QueueError::Nats(format!("stream {name}: {e}")))?;
+    }
+    // The bucket's stream is created directly with the settings
+    // `create_key_value` would use: that call first queries account info,
+    // which async-nats 0.51 cannot parse from nats-server 2.9.
+    let bucket = &config.state_bucket;
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| QueueError::Nats(format!("key-value bucket {bucket}: {e}")))?;
+    js.get_key_value(bucket.clone()).await.map_err(|e| QueueError::Nats(format!("key-value bucket {bucket}: {e}")))
+}
+
+/// A running delivery-queue; `task` ends after shutdown once in-flight jobs
+/// are finished.
+pub struct RunningQueue {
+    pub task: JoinHandle<()>,
+}
+
+/// Start consuming; stops pulling when `shutdown` fires.
+pub async fn run(config: QueueConfig, shutdown: CancellationToken) -> Result<RunningQueue, QueueError> {
+    let channel = Channel::from_shared(config.storage_url.clone())
+        .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120))
+        .connect_lazy();
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(nats_err)?;
+    let js = jetstream::new(client);
+    let kv = ensure_streams(&js, &config).await?;
+    let stream =
+        js.get_stream(&config.stream).await.map_err(|e| QueueError::Nats(format!("stream {}: {e}", config.stream)))?;
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            &config.consumer,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(config.consumer.clone()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                // Never give up on a job (-1 = unlimited deliveries).
+                max_deliver: -1,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| QueueError::Nats(format!("consumer {}: {e}", config.consumer)))?;
+    let relay = match config.relay.enabled {
+        true => {
+            let resolver =
+                relay::route::HickoryResolver::from_system_conf().map_err(|e| QueueError::Resolver(e.to_string()))?;
+            Some(
+                relay::start(
+                    &config,
+                    js.clone(),
+                    channel.clone(),
+                    kv.clone(),
+                    std::sync::Arc::new(resolver),
+                    shutdown.clone(),
+                )
+                .await?,
+            )
+        }
+        false => None,
+    };
+    let worker = Worker::new(channel, js.clone(), &config);
+    let task = tokio::spawn(async move {
+        consume(consumer, worker, kv, config, shutdown).await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
+    });
+    Ok(RunningQueue { task })
+}
+
+async fn consume(
+    consumer: PullConsumer,
+    worker: Worker,
+    kv: kv::Store,
+    config: QueueConfig,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let messages = match consumer.stream().max_messages_per_batch(config.concurrency.max(1)).messages().await {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot pull from the queue; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        // Stops pulling at shutdown; jobs already started run to completion.
+        messages
+            .take_until(shutdown.cancelled())
+            .for_each_concurrent(config.concurrency.max(1), |msg| {
+                let (worker, kv, config) = (&worker, &kv, &config);
+                async move {
+                    match msg {
+                        Ok(msg) => handle(worker, kv, config, msg).await,
+                        Err(err) => tracing::debug!(error = %err, "pull stream error"),
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jetstream::Message) {
+    let (attempts, seq) = match msg.info() {
+        Ok(info) => (info.delivered.max(1) as u64, info.stream_sequence),
+        Err(_) => (1, 0),
+    };
+    let span = tracing::info_span!("job", queue_id = tracing::field::Empty, attempts);
+    if let Some(headers) = &msg.headers {
+        mailfleet_runtime::telemetry::link_nats(&span, headers);
+    }
+    async {
+        let job = match qpb::DeliveryJob::decode(msg.payload.clone()) {
+            Ok(job) => job,
+            Err(err) => {
+                // Not a job: keeping it would only block the queue.
+                tracing::error!(error = %err, seq, "undecodable job removed from the queue");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        tracing::Span::current().record("queue_id", job.queue_id.as_str());
+        // Earlier attempts may have handed remote recipients to the relay.
+        let mut state = if attempts > 1 {
+            match kv.get(&job.queue_id).await {
+                Ok(Some(v)) => JobState::from_json(&v).unwrap_or_default(),
+                _ => JobState::default(),
+            }
+        } else {
+            JobState::default()
+        };
+        match worker.attempt(&job, &mut state).await {
+            Outcome::Done => {
+                if let Err(err) = msg.double_ack().await {
+                    // Redelivery is harmless (delivery keys), so just log.
+                    tracing::warn!(error = %err, "ack failed; the job may be redelivered");
+                }
+                if attempts > 1 || !state.failed.is_empty() || state.relayed {
+                    let _ = kv.purge(&job.queue_id).await;
+                }
+                tracing::info!(recipients = job.recipients.len(), failed = state.failed.len(), "job done");
+            }
+            Outcome::Retry(error) => {
+                let delay = worker::backoff(attempts, config.retry_initial, config.retry_max);
+                tracing::warn!(%error, delay = ?delay, "delivery failed temporarily; will retry");
+                state.queue_id = job.queue_id.clone();
+                state.stream_seq = seq;
+                state.attempts = attempts;
+                state.next_retry = now_unix() + delay.as_secs();
+                state.last_error = error;
+                state.mail_from = job.mail_from.clone();
+                state.recipients = job.recipients.iter().map(|r| r.address.clone()).collect();
+                if let Err(err) = kv.put(&job.queue_id, state.to_json().into()).await {
+                    tracing::warn!(error = %err, "cannot record queue state");
+                }
+                // RFC 5321 §4.5.4.1: retry later, never drop.
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}

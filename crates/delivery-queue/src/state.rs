@@ -1,0 +1,43 @@
+//! Queue state in a JetStream key-value bucket: one entry per job that
+//! failed temporarily at least once, keyed by queue id. Written by the
+//! workers, read and changed by `mailctl queue`. Removed once delivered.
+
+use serde::{Deserialize, Serialize};
+
+/// The value stored under `<queue_id>` (JSON).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobState {
+    pub queue_id: String,
+    /// Sequence of the job's message in the queue stream.
+    pub stream_seq: u64,
+    pub attempts: u64,
+    /// Unix seconds of the next attempt.
+    pub next_retry: u64,
+    pub last_error: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    /// Remote recipients already handed to the relay stream.
+    pub relayed: bool,
+    /// Recipients that failed permanently (bounces are issue 4).
+    pub failed: Vec<String>,
+    /// Relay jobs (key `<queue_id>.relay`): the entry belongs to the
+    /// outbound relay; `recipients` are the remote ones still pending and
+    /// `last_error` is the far side's last response.
+    #[serde(default)]
+    pub remote: bool,
+    /// Relay: recipients already delivered or failed for good (never sent again).
+    #[serde(default)]
+    pub done: Vec<String>,
+    /// Relay: a "delayed" DSN was sent already.
+    #[serde(default)]
+    pub delay_notified: bool,
+}
+
+impl JobState {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    pub fn from_json(data: &[u8]) -> Option<JobState> {
+        serde_json::from_slice(data).ok()
+    }
+}

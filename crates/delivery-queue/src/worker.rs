@@ -1,0 +1,197 @@
+//! One delivery attempt of one job: resolve recipients (alias expansion),
+//! deliver to each account once through storage, hand remote recipients to
+//! the relay stream. Pure decisions live in small functions tested below.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use mailfleet_proto::queue::v1 as qpb;
+use mailfleet_proto::storage::v1 as pb;
+use pb::delivery_result::Status as DeliveryStatus;
+use pb::directory_client::DirectoryClient;
+use pb::messages_client::MessagesClient;
+use pb::resolve_recipient_response::Kind;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::config::{OverQuota, QueueConfig};
+use crate::state::JobState;
+
+/// The result of one attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every recipient is delivered, handed to the relay, or failed for good.
+    Done,
+    /// Something failed temporarily; the job is kept and retried.
+    Retry(String),
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    directory: DirectoryClient<Channel>,
+    messages: MessagesClient<Channel>,
+    jetstream: jetstream::Context,
+    relay_subject: String,
+    over_quota: OverQuota,
+}
+
+/// RFC 5321 §4.4 / RFC 9228: per-recipient trace fields, prepended by storage.
+pub fn header_prefix(mail_from: &str, recipient: &str) -> Vec<u8> {
+    format!("Return-Path: <{mail_from}>\r\nDelivered-To: {recipient}\r\n").into_bytes()
+}
+
+/// The idempotency key of one (job, final recipient) pair.
+pub fn delivery_key(queue_id: &str, recipient: &str) -> String {
+    format!("{queue_id}:{recipient}")
+}
+
+/// Retry delay after `attempts` failed attempts: doubling from `initial`, capped.
+pub fn backoff(attempts: u64, initial: Duration, max: Duration) -> Duration {
+    let exp = attempts.saturating_sub(1).min(20) as u32;
+    initial.saturating_mul(2u32.saturating_pow(exp)).min(max)
+}
+
+impl Worker {
+    pub fn new(channel: Channel, jetstream: jetstream::Context, config: &QueueConfig) -> Worker {
+        Worker {
+            directory: DirectoryClient::new(channel.clone()),
+            messages: MessagesClient::new(channel),
+            jetstream,
+            relay_subject: config.relay_subject.clone(),
+            over_quota: config.over_quota,
+        }
+    }
+
+    pub async fn attempt(&self, job: &qpb::DeliveryJob, state: &mut JobState) -> Outcome {
+        let mut temporary: Vec<String> = Vec::new();
+        let mut targets: Vec<pb::DeliveryTarget> = Vec::new();
+        let mut target_rcpt: Vec<String> = Vec::new();
+        let mut seen_accounts = HashSet::new();
+        let mut remote: Vec<qpb::Recipient> = Vec::new();
+        for rcpt in &job.recipients {
+            let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: rcpt.address.clone() });
+            mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+            let resolved = match self.directory.clone().resolve_recipient(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    fail(state, &rcpt.address, "malformed address");
+                    continue;
+                }
+                Err(s) => {
+                    temporary.push(format!("resolving {}: {}", rcpt.address, s.message()));
+                    continue;
+                }
+            };
+            match resolved.kind() {
+                Kind::Local => {
+                    // Alias expansion: each account gets the message once,
+                    // even when several recipients lead to it.
+                    for account in resolved.accounts {
+                        if !seen_accounts.insert(account.id) {
+                            continue;
+                        }
+                        targets.push(pb::DeliveryTarget {
+                            account_id: account.id,
+                            mailbox: String::new(),
+                            delivery_key: delivery_key(&job.queue_id, &account.address),
+                            header_prefix: header_prefix(&job.mail_from, &account.address),
+                            flags: Vec::new(),
+                        });
+                        target_rcpt.push(account.address);
+                    }
+                }
+                Kind::NotLocal => remote.push(rcpt.clone()),
+                Kind::UnknownUser | Kind::Unspecified => fail(state, &rcpt.address, "no such user"),
+            }
+        }
+
+        if !targets.is_empty() {
+            let mut req = tonic::Request::new(pb::DeliverRequest {
+                blob_id: job.blob_id.clone(),
+                targets,
+                internal_date: job.received_at,
+            });
+            mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+            match self.messages.clone().deliver(req).await {
+                Ok(resp) => {
+                    for (result, rcpt) in resp.into_inner().results.iter().zip(&target_rcpt) {
+                        match result.status() {
+                            DeliveryStatus::Delivered | DeliveryStatus::Duplicate => {}
+                            DeliveryStatus::OverQuota if self.over_quota == OverQuota::Temporary => {
+                                temporary.push(format!("{rcpt}: over quota"));
+                            }
+                            DeliveryStatus::OverQuota => fail(state, rcpt, "over quota"),
+                            DeliveryStatus::NoSuchAccount => fail(state, rcpt, "no such account"),
+                            DeliveryStatus::NoSuchMailbox => fail(state, rcpt, "no such mailbox"),
+                            DeliveryStatus::AccountDisabled => fail(state, rcpt, "account disabled"),
+                            DeliveryStatus::Unspecified => temporary.push(format!("{rcpt}: unknown result")),
+                        }
+                    }
+                }
+                // Storage down or failing: keep everything for a retry.
+                Err(s) => temporary.push(format!("deliver: {}: {}", s.code(), s.message())),
+            }
+        }
+
+        if !remote.is_empty() && !state.relayed {
+            match self.hand_to_relay(job, remote).await {
+                Ok(()) => state.relayed = true,
+                Err(e) => temporary.push(e),
+            }
+        }
+
+        if temporary.is_empty() { Outcome::Done } else { Outcome::Retry(temporary.join("; ")) }
+    }
+
+    /// Remote recipients go to the relay stream (consumed by the relay of
+    /// issue 4) as a job of their own, deduplicated by message id.
+    async fn hand_to_relay(&self, job: &qpb::DeliveryJob, remote: Vec<qpb::Recipient>) -> Result<(), String> {
+        let relay_job = qpb::DeliveryJob { recipients: remote, ..job.clone() };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{}.relay", job.queue_id).as_str());
+        mailfleet_runtime::telemetry::inject_nats(&mut headers);
+        let ack = self
+            .jetstream
+            .publish_with_headers(self.relay_subject.clone(), headers, relay_job.encode_to_vec().into())
+            .await
+            .map_err(|e| format!("relay publish: {e}"))?;
+        ack.await.map_err(|e| format!("relay publish ack: {e}"))?;
+        Ok(())
+    }
+}
+
+fn fail(state: &mut JobState, recipient: &str, why: &str) {
+    // Bounces (RFC 3464 DSN) are issue 4; until then the failure is logged
+    // and kept in the job state.
+    tracing::warn!(recipient, reason = why, "recipient failed permanently");
+    let entry = format!("{recipient}: {why}");
+    if !state.failed.contains(&entry) {
+        state.failed.push(entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(1, s(30), s(3600)), s(30));
+        assert_eq!(backoff(2, s(30), s(3600)), s(60));
+        assert_eq!(backoff(4, s(30), s(3600)), s(240));
+        assert_eq!(backoff(30, s(30), s(3600)), s(3600));
+        assert_eq!(backoff(u64::MAX, s(30), s(3600)), s(3600));
+    }
+
+    #[test]
+    fn trace_fields() {
+        assert_eq!(
+            header_prefix("a@x.test", "bob@example.org"),
+            b"Return-Path: <a@x.test>\r\nDelivered-To: bob@example.org\r\n"
+        );
+        assert_eq!(header_prefix("", "b@e.org"), b"Return-Path: <>\r\nDelivered-To: b@e.org\r\n");
+        assert_eq!(delivery_key("Q1", "b@e.org"), "Q1:b@e.org");
+    }
+}

@@ -1,0 +1,344 @@
+//! smtp-ingress end to end: real clients (Python smtplib, a raw pipelining
+//! client) against smtp-ingress + delivery-queue + storage on loopback; the
+//! delivered message is read back through storage's gRPC API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mail, Raw, expect, strip_trace};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// smtplib: EHLO, MAIL with BODY=8BITMIME SMTPUTF8, RCPT, DATA (it dot-stuffs).
+const SEND: &str = r#"
+import smtplib, sys
+host, port, sender, rcpts, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(','), sys.argv[5]
+msg = open(path, 'rb').read()
+s = smtplib.SMTP(host, port, local_hostname='client.example.net')
+s.ehlo()
+print('features', ' '.join(sorted(s.esmtp_features)))
+try:
+    refused = s.sendmail(sender, rcpts, msg, mail_options=['BODY=8BITMIME', 'SMTPUTF8'])
+    print('refused', refused)
+except smtplib.SMTPRecipientsRefused as e:
+    print('all-refused', {k: v[0] for k, v in e.recipients.items()})
+except smtplib.SMTPResponseException as e:
+    print('error', e.smtp_code)
+s.quit()
+"#;
+
+#[tokio::test]
+async fn smtplib_message_arrives_byte_for_byte() {
+    let mail = Mail::start().await;
+    let original = "From: X <x@remote.test>\r\nTo: alice@example.org\r\nSubject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n\
+        MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+        Grüße, Jörg ✓\r\n.leading dot\r\n..two dots\r\n.\r\n \r\nlast line\r\n"
+        .as_bytes()
+        .to_vec();
+    let path = mail.env.blob_dir.with_file_name("msg.eml");
+    std::fs::write(&path, &original).expect("write message");
+    let out = mail
+        .python(
+            SEND,
+            &[
+                "127.0.0.1".into(),
+                mail.mx().port().to_string(),
+                "x@remote.test".into(),
+                "alice@example.org,nobody@example.org".into(),
+                path.display().to_string(),
+            ],
+        )
+        .await;
+    for ext in ["pipelining", "size", "8bitmime", "smtputf8", "enhancedstatuscodes", "chunking", "dsn", "starttls"] {
+        assert!(out.contains(ext), "{ext} advertised: {out}");
+    }
+    assert!(out.contains("refused {'nobody@example.org': (550, b'5.1.1"), "{out}");
+
+    let inbox = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    assert_eq!(inbox.len(), 1);
+    let trace = strip_trace(&inbox[0], &original);
+    let lines: Vec<&str> = trace.split("\r\n").collect();
+    assert_eq!(lines[0], "Return-Path: <x@remote.test>");
+    assert_eq!(lines[1], "Delivered-To: alice@example.org");
+    assert!(lines[2].starts_with("Received: from client.example.net ([127.0.0.1])"), "{trace}");
+    assert!(trace.contains("by mx.example.org (Mailfleet) with UTF8ESMTP id "), "{trace}");
+    assert!(trace.contains("\tfor <alice@example.org>;"), "{trace}");
+    // SPF/DKIM/DMARC ran (DNS is a closed loopback port here: temperror/none).
+    assert!(trace.contains("Authentication-Results: mx.example.org;\r\n\tspf=temperror"), "{trace}");
+    assert!(trace.contains("dmarc="), "{trace}");
+    assert!(mail.inbox(&mail.bob).await.is_empty());
+}
+
+#[tokio::test]
+async fn pipelined_session_unknown_user_relay_refusal_and_bdat() {
+    let mail = Mail::start().await;
+    let mut c = Raw::connect(mail.mx()).await;
+    // RFC 2920: the whole group in one write; replies come back in order.
+    c.send(
+        b"EHLO client.test\r\nMAIL FROM:<x@remote.test>\r\nRCPT TO:<alice@example.org>\r\n\
+          RCPT TO:<nobody@example.org>\r\nRCPT TO:<someone@elsewhere.test>\r\nRCPT TO:<POSTMASTER@example.org>\r\nDATA\r\n",
+    )
+    .await;
+    let ehlo = c.reply().await;
+    assert!(ehlo.contains("250-PIPELINING\r\n") && ehlo.contains("250-CHUNKING\r\n"), "{ehlo}");
+    expect(&c.reply().await, "250 2.0.0");
+    expect(&c.reply().await, "250 2.0.0");
+    expect(&c.reply().await, "550 5.1.1");
+    expect(&c.reply().await, "554 5.7.1 Relay access denied");
+    expect(&c.reply().await, "250 2.0.0");
+    expect(&c.reply().await, "354 ");
+    c.send(b"Subject: pipelined\r\n\r\nbody\r\n.\r\nMAIL FROM:<y@remote.test>\r\nRCPT TO:<alice@example.org>\r\nBDAT 20\r\nSubject: chunked\r\n\r\nBDAT 7 LAST\r\nhello\r\n")
+        .await;
+    expect(&c.reply().await, "250 2.0.0 Ok: queued as ");
+    expect(&c.reply().await, "250 2.0.0");
+    expect(&c.reply().await, "250 2.0.0");
+    expect(&c.reply().await, "250 2.0.0 20 octets received");
+    expect(&c.reply().await, "250 2.0.0 Ok: queued as ");
+    // Out of sequence and unknown commands: errors, and the session goes on.
+    expect(&c.cmd("DATA").await, "503 5.5.1");
+    expect(&c.cmd("RCPT TO:<alice@example.org>").await, "503 5.5.1");
+    expect(&c.cmd("FROB").await, "500 5.5.2");
+    expect(&c.cmd("MAIL FROM:bad").await, "501");
+    expect(&c.cmd("VRFY alice").await, "252 2.5.0");
+    expect(&c.cmd("NOOP").await, "250 2.0.0");
+    expect(&c.cmd("HELP").await, "214");
+    expect(&c.cmd("QUIT").await, "221 2.0.0");
+
+    let inbox = mail.wait_inbox(&mail.alice, 2, WAIT).await;
+    // POSTMASTER@ resolves to the domain's first account (alice): she still
+    // gets one copy only (each account once per job).
+    // Jobs are delivered concurrently: find each message whatever its UID.
+    let bodies: Vec<String> = inbox.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+    assert_eq!(bodies.len(), 2);
+    let pipelined = bodies.iter().find(|b| b.ends_with("Subject: pipelined\r\n\r\nbody\r\n")).expect("DATA message");
+    let chunked = bodies
+        .iter()
+        .find(|b| b.ends_with("\r\nSubject: chunked\r\n\r\nhello\r\n"))
+        .unwrap_or_else(|| panic!("BDAT message in {bodies:?}"));
+    assert!(pipelined.contains("Return-Path: <x@remote.test>"), "{pipelined}");
+    assert!(chunked.contains("with ESMTP id"), "{chunked}");
+}
+
+#[tokio::test]
+async fn ten_megabyte_message_and_size_limits() {
+    let mail = Mail::start_with(|c| c.max_message_size = 12 * 1024 * 1024).await;
+    let mut c = Raw::connect(mail.mx()).await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(ehlo.contains("250-SIZE 12582912\r\n"), "{ehlo}");
+    // RFC 1870 §6: a declared size above the limit is refused at MAIL.
+    expect(&c.cmd("MAIL FROM:<x@remote.test> SIZE=20000000").await, "552 5.3.4");
+
+    let mut body = Vec::with_capacity(10 * 1024 * 1024 + 200);
+    body.extend_from_slice(b"Subject: big\r\n\r\n");
+    let mut i = 0u64;
+    while body.len() < 10 * 1024 * 1024 {
+        body.extend_from_slice(
+            format!("{i:08} abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n").as_bytes(),
+        );
+        i += 1;
+    }
+    expect(&c.cmd("MAIL FROM:<x@remote.test> SIZE=10485800").await, "250");
+    expect(&c.cmd("RCPT TO:<bob@example.org>").await, "250");
+    expect(&c.cmd("DATA").await, "354");
+    c.send(&body).await;
+    c.send(b".\r\n").await;
+    expect(&c.reply().await, "250 2.0.0 Ok: queued as");
+
+    // Undeclared size, more data than allowed: read to the end, then 552.
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<bob@example.org>").await, "250");
+    expect(&c.cmd("DATA").await, "354");
+    c.send(&body).await;
+    c.send(&body[16..]).await;
+    c.send(b".\r\n").await;
+    expect(&c.reply().await, "552 5.3.4");
+    // Same for BDAT.
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<bob@example.org>").await, "250");
+    c.send(format!("BDAT {} LAST\r\n", body.len() * 2).as_bytes()).await;
+    c.send(&body).await;
+    c.send(&body).await;
+    expect(&c.reply().await, "552 5.3.4");
+    expect(&c.cmd("NOOP").await, "250");
+    expect(&c.cmd("QUIT").await, "221");
+
+    let inbox = mail.wait_inbox(&mail.bob, 1, WAIT).await;
+    strip_trace(&inbox[0], &body);
+    // Nothing else arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mail.inbox(&mail.bob).await.len(), 1);
+}
+
+/// smtplib on the submission ports: STARTTLS with the test certificate,
+/// AUTH, sender ownership, remote recipients.
+const SUBMIT: &str = r#"
+import smtplib, ssl, sys
+mode, port, cafile, user, pw, sender, rcpts = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7].split(',')
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.check_hostname = False  # the certificate is verified against the test CA file
+if mode == 'implicit':
+    s = smtplib.SMTP_SSL('127.0.0.1', port, context=ctx, local_hostname='laptop.example.org')
+    s.ehlo()
+else:
+    s = smtplib.SMTP('127.0.0.1', port, local_hostname='laptop.example.org')
+    s.ehlo()
+    code, msg = s.mail(sender)
+    print('mail-before-tls', code, msg.decode())
+    s.starttls(context=ctx)
+    s.ehlo()
+print('auth-offered', s.has_extn('auth'), s.esmtp_features.get('auth', ''))
+code, msg = s.mail(sender)
+print('mail-before-auth', code)
+s.rset()
+try:
+    s.login(user, 'wrong-password')
+except smtplib.SMTPAuthenticationError as e:
+    print('bad-login', e.smtp_code)
+s.login(user, pw)
+print('login ok')
+code, msg = s.mail('bob@example.org')
+print('foreign-sender', code)
+s.rset()
+refused = s.sendmail(sender, rcpts, b'Subject: submitted\r\n\r\nhello from ' + mode.encode() + b'\r\n')
+print('refused', refused)
+s.quit()
+"#;
+
+#[tokio::test]
+async fn submission_starttls_auth_and_implicit_tls() {
+    let mail = Mail::start().await;
+    let out = mail
+        .python(
+            SUBMIT,
+            &[
+                "starttls".into(),
+                mail.submission().port().to_string(),
+                mail.cert_file.display().to_string(),
+                "alice@example.org".into(),
+                "alice-password".into(),
+                "alice@example.org".into(),
+                "bob@example.org,friend@elsewhere.test".into(),
+            ],
+        )
+        .await;
+    assert!(out.contains("mail-before-tls 530 5.7.0 Must issue a STARTTLS command first"), "{out}");
+    assert!(out.contains("auth-offered True  PLAIN LOGIN"), "{out}");
+    assert!(out.contains("mail-before-auth 530"), "{out}");
+    assert!(out.contains("bad-login 535"), "{out}");
+    assert!(out.contains("login ok"), "{out}");
+    assert!(out.contains("foreign-sender 553"), "{out}");
+    assert!(out.contains("refused {}"), "{out}");
+
+    let out = mail
+        .python(
+            SUBMIT,
+            &[
+                "implicit".into(),
+                mail.submissions().port().to_string(),
+                mail.cert_file.display().to_string(),
+                "alice@example.org".into(),
+                "alice-password".into(),
+                "alice@example.org".into(),
+                "bob@example.org".into(),
+            ],
+        )
+        .await;
+    assert!(out.contains("login ok") && out.contains("refused {}"), "{out}");
+
+    let inbox = mail.wait_inbox(&mail.bob, 2, WAIT).await;
+    let texts: Vec<String> = inbox.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+    let first = texts.iter().find(|t| t.ends_with("hello from starttls\r\n")).expect("STARTTLS submission");
+    assert!(
+        first.starts_with(
+            "Return-Path: <alice@example.org>\r\nDelivered-To: bob@example.org\r\nReceived: from laptop.example.org"
+        ),
+        "{first}"
+    );
+    assert!(first.contains("with ESMTPSA id"), "{first}");
+    assert!(first.contains("(version=TLSv1.3 cipher=TLS13_"), "{first}");
+    assert!(first.contains("(authenticated user alice@example.org)"), "{first}");
+    assert!(!first.contains("Authentication-Results"), "no inbound checks on submission: {first}");
+    assert!(first.ends_with("Subject: submitted\r\n\r\nhello from starttls\r\n"), "{first}");
+    assert!(texts.iter().any(|t| t.ends_with("hello from implicit\r\n")), "{texts:?}");
+
+    // The remote recipient was handed to the relay stream (issue 4), not dropped.
+    let relay = mail.queue_config().relay_stream;
+    let deadline = std::time::Instant::now() + WAIT;
+    while mail.stream_len(&relay).await < 1 {
+        assert!(std::time::Instant::now() < deadline, "relay job not published: {:?}", mail.queue_state().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn plaintext_auth_refused_off_loopback_policy() {
+    // With plaintext AUTH disabled, AUTH before STARTTLS is refused (RFC 4954 §4).
+    let mail = Mail::start_with(|c| c.allow_plaintext_auth_on_loopback = false).await;
+    let mut c = Raw::connect(mail.mx()).await;
+    let ehlo = c.cmd("EHLO c").await;
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    expect(&c.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGFsaWNlLXBhc3N3b3Jk").await, "538 5.7.11");
+    expect(&c.cmd("STARTTLS").await, "220 2.0.0");
+}
+
+#[tokio::test]
+async fn storage_down_gives_451_and_loses_nothing() {
+    let mut mail = Mail::start().await;
+    // Keep the queue still so the stream shows exactly what was published.
+    mail.stop_queue().await;
+    let stream = mail.queue_config().stream;
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO c").await, "250");
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<alice@example.org>").await, "250");
+    mail.env.stop_storage().await;
+    expect(&c.cmd("RCPT TO:<bob@example.org>").await, "451 4.3.0");
+    expect(&c.cmd("DATA").await, "354");
+    c.send(b"Subject: during outage\r\n\r\nx\r\n.\r\n").await;
+    expect(&c.reply().await, "451 4.3.0");
+    // No job that could deliver later.
+    assert_eq!(mail.stream_len(&stream).await, 0);
+    expect(&c.cmd("QUIT").await, "221");
+
+    // Storage back (on a new port): the sender's retry goes through, once.
+    mail.env.start_storage().await;
+    mail.stop_ingress().await;
+    mail.start_ingress().await;
+    mail.start_queue().await;
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO c").await, "250");
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<alice@example.org>").await, "250");
+    expect(&c.cmd("DATA").await, "354");
+    c.send(b"Subject: retried\r\n\r\nx\r\n.\r\n").await;
+    expect(&c.reply().await, "250 2.0.0");
+    let inbox = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    assert_eq!(inbox.len(), 1);
+    assert!(String::from_utf8_lossy(&inbox[0]).ends_with("Subject: retried\r\n\r\nx\r\n"));
+}
+
+#[tokio::test]
+async fn per_ip_connection_limit() {
+    let mail = Mail::start_with(|c| c.max_connections_per_ip = 2).await;
+    let _a = Raw::connect(mail.mx()).await;
+    let _b = Raw::connect(mail.submission()).await;
+    let mut third = tokio::net::TcpStream::connect(mail.mx()).await.expect("connect");
+    let mut buf = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut third, &mut buf).await.expect("read");
+    expect(&buf, "421 4.7.0");
+    drop(_a);
+    drop(_b);
+    // Slots are released when connections close.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut s = tokio::net::TcpStream::connect(mail.mx()).await.expect("connect");
+        let mut b = [0u8; 3];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut b).await.expect("read");
+        if &b == b"220" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
