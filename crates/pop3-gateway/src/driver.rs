@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::session::{Flow, Lease, Renewal, Session, SessionConfig};
 use crate::store::{GrpcStore, MailStore};
 use mailfleet_runtime::health::{self, Health};
-use mailfleet_runtime::proxy::{self, Cidr, ProxyError};
+use mailfleet_runtime::proxy::{self, ProxyError};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,7 +75,7 @@ pub async fn serve_with_store<S: MailStore>(
     if config.autologout < Duration::from_secs(600) {
         tracing::warn!(autologout = ?config.autologout, "autologout below the 10 minutes RFC 1939 §3 requires");
     }
-    let trusted = config.proxy_protocol.trusted_networks()?;
+    let proxy = proxy::Acceptor::new(&config.proxy_protocol, config.proxy_header_timeout)?;
     let tls = if config.tls_enabled {
         Some(TlsAcceptor::from(mailfleet_runtime::tls::server_config(&config.tls)?))
     } else {
@@ -109,8 +109,7 @@ pub async fn serve_with_store<S: MailStore>(
         max_sasl_line: config.max_sasl_line.max(config.max_command_line),
         renew_every: (config.lock_ttl / 3).max(Duration::from_secs(1)),
         shutdown: shutdown.clone(),
-        trusted,
-        proxy_timeout: config.proxy_header_timeout,
+        proxy,
         per_client: Arc::new(ClientSlots { max: config.max_connections_per_client, open: Mutex::default() }),
         metrics: Metrics::new(),
     });
@@ -145,9 +144,8 @@ struct Ctx<S> {
     max_sasl_line: usize,
     renew_every: Duration,
     shutdown: CancellationToken,
-    /// Load balancers whose PROXY header names the client.
-    trusted: Vec<Cidr>,
-    proxy_timeout: Duration,
+    /// Reads the PROXY header from trusted load balancers.
+    proxy: proxy::Acceptor,
     per_client: Arc<ClientSlots>,
     metrics: Metrics,
 }
@@ -222,7 +220,7 @@ async fn accept_loop<S: MailStore>(
         );
         tracker.spawn(
             async move {
-                let (tcp, client) = match proxy::accept(tcp, peer, &ctx.trusted, ctx.proxy_timeout).await {
+                let (tcp, client) = match ctx.proxy.accept(tcp, peer).await {
                     Ok(x) => x,
                     Err(e) => {
                         // A trusted balancer that sends no valid header: close.

@@ -341,6 +341,30 @@ async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ProxyHeader
     }
 }
 
+/// [`accept`] with its settings bundled, for a listener's accept loop:
+/// `let (tcp, client) = acceptor.accept(tcp, peer).await?;`
+#[derive(Debug, Clone, Default)]
+pub struct Acceptor {
+    pub trusted: Vec<Cidr>,
+    pub timeout: Duration,
+}
+
+impl Acceptor {
+    /// From a gateway's config block; a disabled block trusts nobody.
+    pub fn new(config: &ProxyProtocol, timeout: Duration) -> Result<Acceptor, ProxyError> {
+        Ok(Acceptor { trusted: config.trusted_networks()?, timeout })
+    }
+
+    /// See [`accept`].
+    pub async fn accept<S: AsyncRead + Unpin>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+    ) -> Result<(S, SocketAddr), ProxyError> {
+        accept(stream, peer, &self.trusted, self.timeout).await
+    }
+}
+
 /// The `proxy_protocol` block of a gateway's config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -551,6 +575,20 @@ mod tests {
         let mut buf = [0u8; 6];
         rest.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"QUIT\r\n");
+    }
+
+    #[tokio::test]
+    async fn acceptor_from_config() {
+        let off = Acceptor::new(&ProxyProtocol::default(), Duration::from_secs(1)).unwrap();
+        let (_client, server) = tokio::io::duplex(64);
+        let peer = addr("127.0.0.1:1");
+        assert_eq!(off.accept(server, peer).await.unwrap().1, peer, "disabled: nothing is read");
+
+        let on = ProxyProtocol { enabled: true, trusted: vec!["127.0.0.1".into()] };
+        let acceptor = Acceptor::new(&on, Duration::from_secs(5)).unwrap();
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"PROXY TCP6 2001:db8::9 2001:db8::1 7 25\r\n").await.unwrap();
+        assert_eq!(acceptor.accept(server, peer).await.unwrap().1, addr("[2001:db8::9]:7"));
     }
 
     #[tokio::test]
