@@ -334,6 +334,8 @@ async fn idle_reports_new_mail_and_ends_with_done() {
     assert_eq!(c.cmd("a3", "IDLE").await, vec!["+ idling"]);
     store.add_message(1, "INBOX", MSG2, &[]);
     assert_eq!(c.line().await, "* 2 EXISTS");
+    // RFC 3501 §2.3.2: this session is the first to see it, so it is \Recent here.
+    assert_eq!(c.line().await, "* 2 RECENT");
     c.send(b"DONE\r\n").await;
     assert_eq!(c.until("a3").await, vec!["a3 OK IDLE terminated"]);
     // Anything but DONE ends IDLE with BAD; the session goes on.

@@ -119,7 +119,7 @@ async fn two_gateways_see_each_others_changes() {
     // B appends and flags through its gateway; A's NOOP reports both.
     assert_lines(
         &append(&mut b, "b2", "INBOX", "()", MSG).await,
-        &["* 2 EXISTS", "b2 OK [APPENDUID ... 2] APPEND completed"],
+        &["* 2 EXISTS", "* 1 RECENT", "b2 OK [APPENDUID ... 2] APPEND completed"],
     );
     assert_lines(&b.cmd("b3", "STORE 1 +FLAGS.SILENT (\\Answered)").await, &["b3 OK STORE completed"]);
     let noop = a.cmd("a2", "NOOP").await;
@@ -265,10 +265,11 @@ async fn idle_hears_mail_appended_through_another_gateway() {
     append(&mut b, "b1", "INBOX", "()", MSG).await;
     // Pushed by the NATS event (the fallback check runs only every minute).
     assert_eq!(a.line().await, "* 1 EXISTS");
+    assert_eq!(a.line().await, "* 1 RECENT");
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
     b.cmd("b2", "SELECT INBOX").await;
     b.cmd("b3", "STORE 1 +FLAGS.SILENT (\\Flagged)").await;
-    assert_eq!(a.line().await, "* 1 FETCH (FLAGS (\\Flagged))");
+    assert_eq!(a.line().await, "* 1 FETCH (FLAGS (\\Flagged \\Recent))");
     a.send(b"DONE\r\n").await;
     assert_eq!(a.until("a2").await, vec!["a2 OK IDLE terminated"]);
 }
@@ -404,6 +405,7 @@ async fn idle_hears_delivered_mail() {
     messages.deliver(req).await.expect("deliver");
 
     assert_eq!(a.line().await, "* 1 EXISTS");
+    assert_eq!(a.line().await, "* 1 RECENT");
     a.send(b"DONE\r\n").await;
     assert_eq!(a.until("a2").await, vec!["a2 OK IDLE terminated"]);
     let f = a.cmd("a3", "FETCH 1 BODY.PEEK[HEADER.FIELDS (DELIVERED-TO SUBJECT)]").await;

@@ -230,6 +230,18 @@ pub async fn sync<S: MailStore + ?Sized>(
     if !new.is_empty() {
         mailbox.uids.extend(new);
         out.push(Response::Data(Data::Exists(mailbox.exists())));
+        // RFC 3501 §2.3.2: the first session told of a new message sees it
+        // as \Recent; a read-write session claims it (EXAMINE does not).
+        if !mailbox.read_only {
+            match store.get_mailbox(account.id, &mailbox.name, true).await {
+                Ok(info) if !info.recent_uids.is_empty() => {
+                    mailbox.recent.extend(info.recent_uids);
+                    out.push(Response::Data(Data::Recent(mailbox.recent.len() as u32)));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "claiming \\Recent failed"),
+            }
+        }
     }
     if now.highest_modseq > mailbox.highest_modseq {
         let req = pb::ListMessagesRequest {
