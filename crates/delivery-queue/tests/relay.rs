@@ -405,3 +405,41 @@ async fn falls_back_to_the_next_mx_and_honours_smarthosts() {
     assert!(ctx.inbox().await.is_empty());
     ctx.stop().await;
 }
+
+#[tokio::test]
+async fn local_permanent_failures_can_be_bounced_with_the_same_dsn_path() {
+    let ctx = Ctx::start(TableResolver::new(), |_| {}).await;
+    let sender = delivery_queue::relay::DsnSender::new(ctx.env.channel().await, ctx.js.clone(), &ctx.config);
+    // A stored message and the job that carried it.
+    let mut messages = mailfleet_proto::storage::v1::messages_client::MessagesClient::new(ctx.env.channel().await);
+    let chunks = vec![mailfleet_proto::storage::v1::PutBlobRequest { chunk: MSG.to_vec() }];
+    let blob = messages.put_blob(futures::stream::iter(chunks)).await.expect("blob").into_inner();
+    let mut never = rcpt("quiet@local.test");
+    never.notify = 1;
+    let job = mailfleet_proto::queue::v1::DeliveryJob {
+        queue_id: "L1".into(),
+        blob_id: blob.blob_id,
+        mail_from: SENDER.into(),
+        recipients: vec![rcpt("ghost@local.test"), never],
+        ..Default::default()
+    };
+    let failures = vec![
+        ("ghost@local.test".to_string(), "5.1.1".to_string(), "no such user".to_string()),
+        ("quiet@local.test".to_string(), "5.2.2".to_string(), "over quota".to_string()),
+    ];
+    sender.bounce_failures(&job, &failures).await.expect("queued");
+    // From the null sender: never reported.
+    let null =
+        mailfleet_proto::queue::v1::DeliveryJob { queue_id: "L2".into(), mail_from: String::new(), ..job.clone() };
+    sender.bounce_failures(&null, &failures).await.expect("nothing to do");
+
+    wait_for(WAIT, "local bounce", || async { !ctx.inbox().await.is_empty() }).await;
+    let inbox: Vec<String> = ctx.inbox().await.iter().map(|m| text(m)).collect();
+    assert_eq!(inbox.len(), 1);
+    assert!(inbox[0].contains("Final-Recipient: rfc822; ghost@local.test"));
+    assert!(inbox[0].contains("Status: 5.1.1"));
+    assert!(inbox[0].contains("Diagnostic-Code: X-Mailfleet; no such user"));
+    assert!(!inbox[0].contains("quiet@local.test"), "NOTIFY=NEVER honoured");
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 1, "only one DSN queued");
+    ctx.stop().await;
+}

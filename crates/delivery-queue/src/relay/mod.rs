@@ -209,14 +209,13 @@ impl Pool {
 /// The relay worker (cheap to share between concurrent jobs).
 pub struct Relay {
     config: RelayConfig,
-    main_subject: String,
     resolver: SharedResolver,
     messages: MessagesClient<Channel>,
-    jetstream: jetstream::Context,
     kv: kv::Store,
     pool: Pool,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     dkim: dkim::DkimKeys,
+    dsn: DsnSender,
 }
 
 /// Connect to NATS and storage and start the relay (used by tests and by
@@ -272,11 +271,10 @@ pub async fn start(
         .map_err(|e| QueueError::Nats(format!("consumer {}: {e}", rc.consumer)))?;
     let relay = Arc::new(Relay {
         dkim: dkim::DkimKeys::new(channel.clone(), rc.dkim),
+        dsn: DsnSender::new(channel.clone(), js.clone(), config),
         messages: MessagesClient::new(channel),
-        main_subject: config.subject.clone(),
         config: rc,
         resolver,
-        jetstream: js,
         kv,
         pool: Pool::default(),
         limits: Mutex::new(HashMap::new()),
@@ -736,16 +734,86 @@ impl Relay {
             if recipients.is_empty() {
                 continue;
             }
-            self.send_dsn(job, original, attempts, action, recipients).await?;
+            self.dsn.send(job, original, &attempts.to_string(), action, recipients).await?;
         }
         Ok(())
     }
+}
 
-    async fn send_dsn(
+/// Queues delivery status notifications: stores the report through storage
+/// and publishes a job from the null sender on the main queue subject, so the
+/// ordinary delivery path takes it to the sender (locally or by relay).
+/// Usable by the local delivery worker for its own permanent failures.
+#[derive(Clone)]
+pub struct DsnSender {
+    messages: MessagesClient<Channel>,
+    jetstream: jetstream::Context,
+    subject: String,
+    hostname: String,
+    max_return: usize,
+}
+
+impl DsnSender {
+    pub fn new(channel: Channel, jetstream: jetstream::Context, config: &QueueConfig) -> DsnSender {
+        DsnSender {
+            messages: MessagesClient::new(channel),
+            jetstream,
+            subject: config.subject.clone(),
+            hostname: config.relay.hostname.clone(),
+            max_return: config.relay.max_return_size,
+        }
+    }
+
+    /// Report permanent failures of local delivery: `failures` are
+    /// (recipient, RFC 3463 status, diagnostic). Honours NOTIFY and never
+    /// reports on mail from the null sender (RFC 3461 §6.2).
+    pub async fn bounce_failures(
+        &self,
+        job: &qpb::DeliveryJob,
+        failures: &[(String, String, String)],
+    ) -> Result<(), String> {
+        if job.mail_from.is_empty() {
+            return Ok(());
+        }
+        let now = utc_now();
+        let recipients: Vec<dsn::RecipientReport> = failures
+            .iter()
+            .filter_map(|(address, status, diagnostic)| {
+                let r = job.recipients.iter().find(|r| r.address.eq_ignore_ascii_case(address));
+                let notify = r.map(|r| r.notify).unwrap_or(0);
+                dsn::wanted(notify, Action::Failed).then(|| dsn::RecipientReport {
+                    final_recipient: address.clone(),
+                    original_recipient: r.map(|r| r.orcpt.clone()).unwrap_or_default(),
+                    action: Action::Failed,
+                    status: status.clone(),
+                    remote_mta: None,
+                    diagnostic: Some(diagnostic.clone()),
+                    last_attempt: Some(now),
+                })
+            })
+            .collect();
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let mut req = tonic::Request::new(pb::FetchBlobRequest { blob_id: job.blob_id.clone() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        let mut stream =
+            self.messages.clone().fetch_blob(req).await.map_err(|e| format!("reading the original: {e}"))?.into_inner();
+        let mut original = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(|e| format!("reading the original: {e}"))? {
+            original.extend_from_slice(&chunk.data);
+        }
+        self.send(job, &original, "local", Action::Failed, recipients).await
+    }
+
+    /// Build the DSN for `recipients` of `job`, store it and queue it from
+    /// the null sender to the job's sender. `tag` makes the DSN's queue id
+    /// (`<queue_id>.<action><tag>`) and its JetStream message id unique.
+    pub async fn send(
         &self,
         job: &qpb::DeliveryJob,
         original: &[u8],
-        attempts: u64,
+        tag: &str,
         action: Action,
         recipients: Vec<dsn::RecipientReport>,
     ) -> Result<(), String> {
@@ -754,20 +822,20 @@ impl Relay {
             .as_ref()
             .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
             .unwrap_or_else(utc_now);
-        let dsn_id = format!("{}.{}{attempts}", job.queue_id, action.as_str());
+        let dsn_id = format!("{}.{}{tag}", job.queue_id, action.as_str());
         let bytes = dsn::build(
             &dsn::Report {
-                reporting_mta: &self.config.hostname,
+                reporting_mta: &self.hostname,
                 to: &job.mail_from,
                 envid: &job.envid,
                 arrival,
                 ret: &job.ret,
                 original,
                 recipients,
-                max_return: self.config.max_return_size,
+                max_return: self.max_return,
             },
             utc_now(),
-            &format!("{dsn_id}@{}", self.config.hostname),
+            &format!("{dsn_id}@{}", self.hostname),
         );
         let size = bytes.len() as u64;
         let eight_bit = bytes.iter().any(|b| *b >= 0x80);
@@ -793,7 +861,7 @@ impl Relay {
             received_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
             auth_user: String::new(),
             client_ip: String::new(),
-            helo: self.config.hostname.clone(),
+            helo: self.hostname.clone(),
             smtputf8: false,
             body_type: if eight_bit { "8BITMIME".into() } else { "7BIT".into() },
         };
@@ -802,7 +870,7 @@ impl Relay {
         mailfleet_runtime::telemetry::inject_nats(&mut headers);
         let ack = self
             .jetstream
-            .publish_with_headers(self.main_subject.clone(), headers, bounce.encode_to_vec().into())
+            .publish_with_headers(self.subject.clone(), headers, bounce.encode_to_vec().into())
             .await
             .map_err(|e| format!("publishing the DSN: {e}"))?;
         ack.await.map_err(|e| format!("publishing the DSN: {e}"))?;
