@@ -811,3 +811,21 @@ async fn idling_client_is_logged_out_eventually() {
     assert_eq!(c.line().await, "* BYE Autologout; idle for too long");
     assert_eq!(c.line().await, "<EOF>");
 }
+
+/// A failed login is answered only after a pause (slows password guessing).
+#[tokio::test]
+async fn failed_login_is_delayed() {
+    let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
+    let gw = Gateway::start_with(store, |c| c.bad_login_delay = std::time::Duration::from_millis(300)).await;
+    let mut c = common::Client::connect(gw.addr).await;
+    c.line().await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        c.cmd("a1", "LOGIN alice@example.org nope").await,
+        vec!["a1 NO [AUTHENTICATIONFAILED] Authentication failed"]
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "{:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    assert_eq!(c.cmd("a2", "LOGIN alice@example.org pw").await.len(), 1);
+    assert!(started.elapsed() < std::time::Duration::from_millis(300), "{:?}", started.elapsed());
+}
