@@ -169,15 +169,33 @@ impl Mail {
         out
     }
 
-    /// Poll the INBOX until it holds `n` messages (panics after `within`).
+    /// Number of messages in the account's INBOX (cheap: ListUids only).
+    pub async fn inbox_count(&self, account: &pb::Account) -> usize {
+        let channel = self.env.channel().await;
+        let mailbox = MailboxesClient::new(channel.clone())
+            .get_mailbox(pb::GetMailboxRequest { account_id: account.id, name: "INBOX".into(), select: false })
+            .await
+            .expect("GetMailbox")
+            .into_inner();
+        MessagesClient::new(channel)
+            .list_uids(pb::ListUidsRequest { account_id: account.id, mailbox_id: mailbox.id })
+            .await
+            .expect("ListUids")
+            .into_inner()
+            .uids
+            .len()
+    }
+
+    /// Poll the INBOX until it holds `n` messages (panics after `within`),
+    /// then read them all.
     pub async fn wait_inbox(&self, account: &pb::Account, n: usize, within: Duration) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + within;
         loop {
-            let msgs = self.inbox(account).await;
-            if msgs.len() >= n {
-                return msgs;
+            let count = self.inbox_count(account).await;
+            if count >= n {
+                return self.inbox(account).await;
             }
-            assert!(Instant::now() < deadline, "{} has {} messages, expected {n}", account.address, msgs.len());
+            assert!(Instant::now() < deadline, "{} has {count} messages, expected {n}", account.address);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

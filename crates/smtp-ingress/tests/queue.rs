@@ -1,0 +1,141 @@
+//! The queue end to end: delivery-queue stopped or storage down while mail
+//! arrives, alias expansion, redelivered jobs, and a bounded load run.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Mail, Raw, expect};
+use mailfleet_proto::storage::v1 as pb;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn send(mail: &Mail, from: &str, rcpts: &[&str], subject: &str) {
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO client.test").await, "250");
+    expect(&c.cmd(&format!("MAIL FROM:<{from}>")).await, "250");
+    for r in rcpts {
+        expect(&c.cmd(&format!("RCPT TO:<{r}>")).await, "250");
+    }
+    expect(&c.cmd("DATA").await, "354");
+    c.send(format!("Subject: {subject}\r\n\r\nbody of {subject}\r\n.\r\n").as_bytes()).await;
+    expect(&c.reply().await, "250 2.0.0 Ok: queued as");
+    expect(&c.cmd("QUIT").await, "221");
+}
+
+#[tokio::test]
+async fn queue_stopped_while_mail_arrives_then_delivers_once() {
+    let mut mail = Mail::start().await;
+    let mut admin = mail.env.admin().await;
+    admin
+        .add_alias(pb::AddAliasRequest {
+            address: "team@example.org".into(),
+            targets: vec!["alice@example.org".into(), "bob@example.org".into()],
+        })
+        .await
+        .expect("alias");
+    mail.stop_queue().await;
+    // Alias + direct recipient: alice must still get one copy per message.
+    for i in 0..3 {
+        send(&mail, "x@remote.test", &["team@example.org", "alice@example.org"], &format!("m{i}")).await;
+    }
+    let stream = mail.queue_config().stream;
+    assert_eq!(mail.stream_len(&stream).await, 3, "jobs wait in the stream");
+    assert!(mail.inbox(&mail.alice).await.is_empty());
+
+    // Keep a copy of one job to replay it later (a redelivery).
+    let js = async_nats::jetstream::new(mail.env.nats().await);
+    let first = js.get_stream(&stream).await.expect("stream").get_raw_message(1).await.expect("job 1");
+
+    mail.start_queue().await;
+    mail.wait_inbox(&mail.alice, 3, WAIT).await;
+    mail.wait_inbox(&mail.bob, 3, WAIT).await;
+
+    // The same job again (as JetStream would redeliver it): delivery keys
+    // make it a no-op.
+    js.publish(mail.queue_config().subject, first.payload.clone()).await.expect("publish").await.expect("ack");
+    let deadline = Instant::now() + WAIT;
+    while mail.stream_len(&stream).await > 0 {
+        assert!(Instant::now() < deadline, "replayed job not consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Consumed from a work queue = acked, i.e. processed.
+    assert_eq!(mail.inbox(&mail.alice).await.len(), 3);
+    assert_eq!(mail.inbox(&mail.bob).await.len(), 3);
+    let a = String::from_utf8_lossy(&mail.inbox(&mail.alice).await[0]).into_owned();
+    assert!(a.starts_with("Return-Path: <x@remote.test>\r\nDelivered-To: alice@example.org\r\n"), "{a}");
+}
+
+#[tokio::test]
+async fn storage_down_during_delivery_is_retried_with_backoff() {
+    let mut mail = Mail::start().await;
+    mail.stop_queue().await;
+    send(&mail, "x@remote.test", &["bob@example.org"], "patience").await;
+    mail.env.stop_storage().await;
+    mail.start_queue().await;
+    // The job fails, is kept, and retried with a growing delay.
+    let deadline = Instant::now() + WAIT;
+    let state = loop {
+        let states = mail.queue_state().await;
+        if let Some(s) = states.iter().find(|s| s.attempts >= 3) {
+            break s.clone();
+        }
+        assert!(Instant::now() < deadline, "no retries recorded: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!state.last_error.is_empty());
+    assert_eq!(state.recipients, vec!["bob@example.org".to_string()]);
+    assert_eq!(mail.stream_len(&mail.queue_config().stream).await, 1, "the job is still queued");
+
+    // Storage comes back (new port): a queue pointed at it delivers the job.
+    mail.env.start_storage().await;
+    mail.stop_queue().await;
+    mail.start_queue().await;
+    let inbox = mail.wait_inbox(&mail.bob, 1, WAIT).await;
+    assert!(String::from_utf8_lossy(&inbox[0]).ends_with("body of patience\r\n"));
+    let deadline = Instant::now() + WAIT;
+    while !mail.queue_state().await.is_empty() {
+        assert!(Instant::now() < deadline, "state entry not removed after delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn thousand_messages_from_twenty_connections_arrive_exactly_once() {
+    let mail = Mail::start().await;
+    let started = Instant::now();
+    let addr = mail.mx();
+    let mut tasks = Vec::new();
+    for conn in 0..20 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::connect(addr).await;
+            expect(&c.cmd("EHLO load.test").await, "250");
+            for n in 0..50 {
+                // PIPELINING: MAIL, RCPT and DATA in one write.
+                c.send(b"MAIL FROM:<load@remote.test>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n").await;
+                expect(&c.reply().await, "250");
+                expect(&c.reply().await, "250");
+                expect(&c.reply().await, "354");
+                let body = format!("Subject: load {conn}-{n}\r\n\r\n{}\r\n.\r\n", "x".repeat(1000));
+                c.send(body.as_bytes()).await;
+                expect(&c.reply().await, "250 2.0.0");
+            }
+            expect(&c.cmd("QUIT").await, "221");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    let accepted = started.elapsed();
+    let inbox = mail.wait_inbox(&mail.alice, 1000, Duration::from_secs(120)).await;
+    let delivered = started.elapsed();
+    assert_eq!(inbox.len(), 1000);
+    let mut subjects: Vec<String> = inbox
+        .iter()
+        .filter_map(|m| String::from_utf8_lossy(m).lines().find(|l| l.starts_with("Subject: load")).map(str::to_string))
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 1000, "every message exactly once");
+    eprintln!("1000 messages: accepted in {accepted:?}, delivered in {delivered:?}");
+}
