@@ -49,6 +49,21 @@ pub struct ClientOptions {
     pub command_timeout: Duration,
     /// RFC 5321 §4.5.3.2.6: 10 min for the reply to the final dot.
     pub data_timeout: Duration,
+    /// Log in with AUTH PLAIN (RFC 4954, RFC 4616) after STARTTLS; used
+    /// for smarthosts. Credentials never go over plain text off loopback.
+    pub auth: Option<Credentials>,
+}
+
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+    }
 }
 
 /// An SMTP reply: code and text lines (without the code).
@@ -126,6 +141,8 @@ pub struct Capabilities {
     pub starttls: bool,
     pub dsn: bool,
     pub enhanced_status_codes: bool,
+    /// RFC 4954 SASL mechanisms, uppercase.
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -142,6 +159,7 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "DSN" => caps.dsn = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "AUTH" => caps.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }
@@ -163,6 +181,8 @@ pub enum ClientError {
     Tls(String),
     #[error("TLS required but the server does not offer STARTTLS")]
     TlsRequired,
+    #[error("cannot log in: {0}")]
+    Auth(String),
     #[error("protocol error: {0}")]
     Protocol(String),
 }
@@ -170,9 +190,11 @@ pub enum ClientError {
 impl ClientError {
     /// A 5xx greeting/EHLO/MAIL rejection is permanent for the whole
     /// transaction; everything else (network, TLS, 4xx) is temporary.
+    /// A refused login is our configuration's fault, not the message's:
+    /// it stays temporary (the mail waits until the credentials are fixed).
     pub fn permanent_reply(&self) -> Option<&Reply> {
         match self {
-            ClientError::Rejected { reply, .. } if reply.is_permanent() => Some(reply),
+            ClientError::Rejected { stage, reply } if reply.is_permanent() && *stage != "AUTH" => Some(reply),
             _ => None,
         }
     }
@@ -225,6 +247,8 @@ pub struct SmtpConnection {
     options: ClientOptions,
     /// Transactions sent on this connection.
     pub transactions: u32,
+    /// Logged in with AUTH.
+    pub authenticated: bool,
 }
 
 /// RFC 3461 §4: xtext encoding of parameter values.
@@ -294,6 +318,7 @@ impl SmtpConnection {
             greeting: Reply::new(0, ""),
             options: options.clone(),
             transactions: 0,
+            authenticated: false,
         };
         // RFC 5321 §3.1: the 220 greeting; 554 means "no service here".
         let greeting = conn.read_reply("greeting").await?;
@@ -308,7 +333,30 @@ impl SmtpConnection {
             let _ = conn.quit().await;
             return Err(ClientError::TlsRequired);
         }
+        if let Some(creds) = &options.auth {
+            conn.login(creds).await?;
+        }
         Ok(conn)
+    }
+
+    /// RFC 4954 AUTH with the PLAIN mechanism (RFC 4616): one round trip.
+    async fn login(&mut self, creds: &Credentials) -> Result<(), ClientError> {
+        use base64::Engine;
+        if !self.tls && !self.addr.ip().is_loopback() {
+            // RFC 4954 §4 / RFC 8314: no clear-text passwords on the wire.
+            return Err(ClientError::Auth("the server offers no TLS; refusing to send the password".into()));
+        }
+        if !self.caps.auth.iter().any(|m| m == "PLAIN") {
+            return Err(ClientError::Auth(format!("the server offers no AUTH PLAIN ({:?})", self.caps.auth)));
+        }
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{}\0{}", creds.username, creds.password));
+        let reply = self.command(&format!("AUTH PLAIN {token}\r\n"), "AUTH").await?;
+        if reply.code != 235 {
+            return Err(ClientError::Rejected { stage: "AUTH", reply });
+        }
+        self.authenticated = true;
+        Ok(())
     }
 
     /// EHLO, or HELO when EHLO is not recognised (RFC 5321 §3.2).
@@ -625,9 +673,13 @@ mod tests {
                 "8BITMIME".into(),
                 "starttls".into(),
                 "DSN".into(),
+                "AUTH plain LOGIN".into(),
             ],
         };
         let c = Capabilities::from_ehlo(&r);
+        assert_eq!(c.auth, vec!["PLAIN", "LOGIN"]);
+        let creds = Credentials { username: "u".into(), password: "hunter2".into() };
+        assert!(!format!("{creds:?}").contains("hunter2"), "passwords stay out of logs");
         assert!(c.pipelining && c.eight_bit_mime && c.starttls && c.dsn && !c.smtputf8);
         assert_eq!(c.size, Some(1000));
     }

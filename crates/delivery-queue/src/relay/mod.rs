@@ -90,6 +90,8 @@ pub struct RelayConfig {
     pub smarthost: Option<String>,
     /// Per-domain smarthosts, e.g. `{"example.org" = "relay.example.net:587"}`.
     pub smarthosts: BTreeMap<String, String>,
+    /// Login for smarthosts (AUTH PLAIN, only over TLS or loopback).
+    pub smarthost_auth: Option<client::Credentials>,
     /// TLS for every destination: opportunistic (default), required, disabled.
     pub tls: TlsMode,
     /// Domains for which TLS is required (no plain-text fallback).
@@ -133,6 +135,7 @@ impl Default for RelayConfig {
             max_recipients: 100,
             smarthost: None,
             smarthosts: BTreeMap::new(),
+            smarthost_auth: None,
             tls: TlsMode::Opportunistic,
             require_tls: Vec::new(),
             schedule: Schedule::default(),
@@ -538,7 +541,7 @@ impl Relay {
             .clone()
     }
 
-    fn client_options(&self, domain: &str) -> ClientOptions {
+    fn client_options(&self, domain: &str, smarthost: bool) -> ClientOptions {
         let tls = if self.config.require_tls.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
             TlsMode::Required
         } else {
@@ -550,6 +553,7 @@ impl Relay {
             connect_timeout: self.config.connect_timeout,
             command_timeout: self.config.command_timeout,
             data_timeout: self.config.data_timeout,
+            auth: if smarthost { self.config.smarthost_auth.clone() } else { None },
         }
     }
 
@@ -573,7 +577,7 @@ impl Relay {
             }
         };
         let _permit = self.limit(domain).acquire_owned().await;
-        let options = self.client_options(domain);
+        let options = self.client_options(domain, smarthost.is_some());
         let eight_bit = job.body_type != "7BIT" && message.iter().any(|b| *b >= 0x80);
         let smtputf8 = needs_smtputf8(job, message);
         let mut results = Vec::with_capacity(rcpts.len());
@@ -708,7 +712,9 @@ impl Relay {
         options: &ClientOptions,
     ) -> Result<SmtpConnection, ClientError> {
         while let Some(mut conn) = self.pool.take(addr, self.config.idle_timeout) {
-            if (conn.tls || options.tls != TlsMode::Required) && conn.reset().await.is_ok() {
+            let usable =
+                (conn.tls || options.tls != TlsMode::Required) && (conn.authenticated || options.auth.is_none());
+            if usable && conn.reset().await.is_ok() {
                 return Ok(conn);
             }
         }

@@ -38,6 +38,8 @@ pub struct Script {
     pub helo_only: bool,
     /// Wait this long before answering the final dot (a slow server).
     pub data_delay: Option<Duration>,
+    /// Require AUTH PLAIN with this user and password before MAIL.
+    pub auth: Option<(String, String)>,
 }
 
 /// One message the MX accepted.
@@ -49,6 +51,8 @@ pub struct Received {
     pub rcpt_lines: Vec<String>,
     pub data: Vec<u8>,
     pub tls: bool,
+    /// The user logged in with AUTH, if any.
+    pub user: Option<String>,
 }
 
 pub struct ScriptedMx {
@@ -134,6 +138,7 @@ async fn session(stream: Box<dyn Io>, sh: Shared) -> std::io::Result<()> {
     let mut rcpts: Vec<String> = Vec::new();
     let mut rcpt_lines: Vec<String> = Vec::new();
     let mut tx_index = 0usize;
+    let mut user: Option<String> = None;
     loop {
         let mut line = String::new();
         if io.read_line(&mut line).await? == 0 {
@@ -160,6 +165,9 @@ async fn session(stream: Box<dyn Io>, sh: Shared) -> std::io::Result<()> {
                 if s.starttls && !tls {
                     caps.push("STARTTLS".into());
                 }
+                if s.auth.is_some() && tls {
+                    caps.push("AUTH PLAIN LOGIN".into());
+                }
                 caps.push("ENHANCEDSTATUSCODES".into());
                 let n = caps.len();
                 caps.iter()
@@ -178,6 +186,21 @@ async fn session(stream: Box<dyn Io>, sh: Shared) -> std::io::Result<()> {
             mail_from = None;
             rcpts.clear();
             continue;
+        } else if upper.starts_with("AUTH PLAIN ") {
+            use base64::Engine;
+            let token = line.trim_end()[11..].to_string();
+            let decoded = base64::engine::general_purpose::STANDARD.decode(token).unwrap_or_default();
+            let parts: Vec<String> =
+                decoded.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            match (&s.auth, parts.as_slice()) {
+                (Some((u, p)), [_, got_u, got_p]) if got_u == u && got_p == p => {
+                    user = Some(u.clone());
+                    "235 2.7.0 authenticated\r\n".into()
+                }
+                _ => "535 5.7.8 authentication credentials invalid\r\n".into(),
+            }
+        } else if upper.starts_with("MAIL FROM:") && s.auth.is_some() && user.is_none() {
+            "530 5.7.0 authentication required\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             let rest = line.trim_end()[10..].to_string();
             let (addr, params) = match rest.find('>') {
@@ -241,6 +264,7 @@ async fn session(stream: Box<dyn Io>, sh: Shared) -> std::io::Result<()> {
                     rcpt_lines: std::mem::take(&mut rcpt_lines),
                     data,
                     tls,
+                    user: user.clone(),
                 });
                 "250 2.0.0 queued as SCRIPTED\r\n".into()
             }
