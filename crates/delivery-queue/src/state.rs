@@ -31,6 +31,10 @@ pub struct JobState {
     /// Relay: a "delayed" DSN was sent already.
     #[serde(default)]
     pub delay_notified: bool,
+    /// The stream `stream_seq` refers to when it is not the queue stream
+    /// (relay entries: the relay stream). Empty = the queue stream.
+    #[serde(default)]
+    pub stream: String,
 }
 
 impl JobState {

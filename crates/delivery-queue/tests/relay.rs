@@ -75,6 +75,7 @@ async fn temporary_failure_is_retried_on_schedule_and_shown_in_queue_state() {
     wait_for(WAIT, "relay state entry", || async { ctx.relay_state("Q2").await.is_some() }).await;
     let state = ctx.relay_state("Q2").await.expect("state");
     assert!(state.remote);
+    assert_eq!(state.stream, ctx.config.relay_stream, "stream_seq refers to the relay stream");
     assert_eq!(state.recipients, vec!["bob@remote.test"]);
     assert!(state.attempts >= 1);
     assert!(state.next_retry > 0);

@@ -212,6 +212,7 @@ impl Pool {
 /// The relay worker (cheap to share between concurrent jobs).
 pub struct Relay {
     config: RelayConfig,
+    relay_stream: String,
     resolver: SharedResolver,
     messages: MessagesClient<Channel>,
     kv: kv::Store,
@@ -275,6 +276,7 @@ pub async fn start(
     let relay = Arc::new(Relay {
         dkim: dkim::DkimKeys::new(channel.clone(), rc.dkim),
         dsn: DsnSender::new(channel.clone(), js.clone(), config),
+        relay_stream: config.relay_stream.clone(),
         messages: MessagesClient::new(channel),
         config: rc,
         resolver,
@@ -380,6 +382,7 @@ impl Relay {
                     state.next_retry = (now_unix().max(0) as u64) + delay.as_secs();
                     state.mail_from = job.mail_from.clone();
                     state.remote = true;
+                    state.stream = self.relay_stream.clone();
                     if let Err(err) = self.kv.put(&key, state.to_json().into()).await {
                         tracing::warn!(error = %err, "cannot record relay state");
                     }
