@@ -2,6 +2,8 @@
 //! `ListMessages` call; body sections are byte ranges read with `Fetch`.
 
 use std::collections::BTreeSet;
+
+use futures::StreamExt;
 use std::num::{NonZeroU32, NonZeroU64};
 
 use imap_codec::imap_types::command::FetchModifier;
@@ -18,6 +20,9 @@ use super::select::{fetch_flags, resolve, sequence_set};
 use crate::session::Selected;
 use crate::session::{CmdResult, Done, ImapError, Out, Session};
 use crate::store::{MailStore, uid_ranges};
+
+/// Messages whose body sections are read concurrently.
+const FETCH_CONCURRENCY: usize = 8;
 
 fn nstring(s: Option<&str>) -> NString<'static> {
     NString(s.and_then(|s| IString::try_from(s.to_string()).ok()))
@@ -240,6 +245,74 @@ fn internal_date(meta: &pb::MessageMeta) -> Option<DateTime> {
     DateTime::try_from(utc.fixed_offset()).ok()
 }
 
+/// The FETCH items of one message (RFC 3501 §7.4.2).
+#[allow(clippy::too_many_arguments)] // the message and the request's context
+async fn message_items<S: MailStore>(
+    store: &S,
+    account_id: i64,
+    mailbox_id: i64,
+    meta: &pb::MessageMeta,
+    items: &[MessageDataItemName<'static>],
+    recent: bool,
+    seen_now: bool,
+    condstore: bool,
+) -> Result<Vec<MessageDataItem<'static>>, ImapError> {
+    let mut data: Vec<MessageDataItem<'static>> = Vec::new();
+    for item in items {
+        data.push(match item {
+            MessageDataItemName::Uid => MessageDataItem::Uid(NonZeroU32::new(meta.uid).unwrap_or(NonZeroU32::MIN)),
+            MessageDataItemName::Flags => MessageDataItem::Flags(fetch_flags(&meta.flags, recent)),
+            MessageDataItemName::ModSeq => {
+                MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
+            }
+            MessageDataItemName::Rfc822Size => MessageDataItem::Rfc822Size(meta.size.min(u64::from(u32::MAX)) as u32),
+            MessageDataItemName::InternalDate => match internal_date(meta) {
+                Some(d) => MessageDataItem::InternalDate(d),
+                None => continue,
+            },
+            MessageDataItemName::Envelope => {
+                MessageDataItem::Envelope(envelope(meta.envelope.as_ref().unwrap_or(&pb::Envelope::default())))
+            }
+            MessageDataItemName::BodyExt { section, partial, .. } => {
+                let bytes = section_bytes(store, account_id, mailbox_id, meta, section, *partial).await?;
+                MessageDataItem::BodyExt {
+                    section: section.clone(),
+                    origin: partial.map(|(o, _)| o),
+                    data: literal(bytes),
+                }
+            }
+            MessageDataItemName::Rfc822 => {
+                MessageDataItem::Rfc822(literal(section_bytes(store, account_id, mailbox_id, meta, &None, None).await?))
+            }
+            MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(literal(
+                section_bytes(store, account_id, mailbox_id, meta, &Some(Section::Header(None)), None).await?,
+            )),
+            MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(literal(
+                section_bytes(store, account_id, mailbox_id, meta, &Some(Section::Text(None)), None).await?,
+            )),
+            MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
+                let Some(part) = meta.body_structure.as_ref() else {
+                    return Err(ImapError::no(Some("UNAVAILABLE"), "Body structure not available"));
+                };
+                if *item == MessageDataItemName::Body {
+                    MessageDataItem::Body(body_structure(part, false))
+                } else {
+                    MessageDataItem::BodyStructure(body_structure(part, true))
+                }
+            }
+            other => return Err(ImapError::bad(format!("FETCH item {other:?} is not supported"))),
+        });
+    }
+    // RFC 3501 §6.4.5: a \Seen set by this fetch is reported.
+    if seen_now && !items.contains(&MessageDataItemName::Flags) {
+        data.push(MessageDataItem::Flags(fetch_flags(&meta.flags, recent)));
+        if condstore && !items.contains(&MessageDataItemName::ModSeq) {
+            data.push(MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN)));
+        }
+    }
+    Ok(data)
+}
+
 pub async fn fetch<S: MailStore>(
     s: &mut Session<S>,
     set: SequenceSet,
@@ -363,66 +436,31 @@ pub async fn fetch<S: MailStore>(
             }
         }
     }
-    for meta in &metas {
-        // UIDs expunged elsewhere are skipped (RFC 2180 §4.1.2).
-        let Some(seq) = mailbox.seq_of(meta.uid) else { continue };
-        let recent = mailbox.recent.contains(&meta.uid);
-        let mut data: Vec<MessageDataItem<'static>> = Vec::new();
-        for item in &items {
-            data.push(match item {
-                MessageDataItemName::Uid => MessageDataItem::Uid(NonZeroU32::new(meta.uid).unwrap_or(NonZeroU32::MIN)),
-                MessageDataItemName::Flags => MessageDataItem::Flags(fetch_flags(&meta.flags, recent)),
-                MessageDataItemName::ModSeq => {
-                    MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN))
-                }
-                MessageDataItemName::Rfc822Size => {
-                    MessageDataItem::Rfc822Size(meta.size.min(u64::from(u32::MAX)) as u32)
-                }
-                MessageDataItemName::InternalDate => match internal_date(meta) {
-                    Some(d) => MessageDataItem::InternalDate(d),
-                    None => continue,
-                },
-                MessageDataItemName::Envelope => {
-                    MessageDataItem::Envelope(envelope(meta.envelope.as_ref().unwrap_or(&pb::Envelope::default())))
-                }
-                MessageDataItemName::BodyExt { section, partial, .. } => {
-                    let bytes = section_bytes(&*store, account.id, mailbox.id, meta, section, *partial).await?;
-                    MessageDataItem::BodyExt {
-                        section: section.clone(),
-                        origin: partial.map(|(o, _)| o),
-                        data: literal(bytes),
-                    }
-                }
-                MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(literal(
-                    section_bytes(&*store, account.id, mailbox.id, meta, &None, None).await?,
-                )),
-                MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(literal(
-                    section_bytes(&*store, account.id, mailbox.id, meta, &Some(Section::Header(None)), None).await?,
-                )),
-                MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(literal(
-                    section_bytes(&*store, account.id, mailbox.id, meta, &Some(Section::Text(None)), None).await?,
-                )),
-                MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
-                    let Some(part) = meta.body_structure.as_ref() else {
-                        return Err(ImapError::no(Some("UNAVAILABLE"), "Body structure not available"));
-                    };
-                    if *item == MessageDataItemName::Body {
-                        MessageDataItem::Body(body_structure(part, false))
-                    } else {
-                        MessageDataItem::BodyStructure(body_structure(part, true))
-                    }
-                }
-                other => return Err(ImapError::bad(format!("FETCH item {other:?} is not supported"))),
-            });
-        }
-        // RFC 3501 §6.4.5: a \Seen set by this fetch is reported.
-        if seen_now.contains(&meta.uid) && !items.contains(&MessageDataItemName::Flags) {
-            data.push(MessageDataItem::Flags(fetch_flags(&meta.flags, recent)));
-            if condstore && !items.contains(&MessageDataItemName::ModSeq) {
-                data.push(MessageDataItem::ModSeq(NonZeroU64::new(meta.modseq).unwrap_or(NonZeroU64::MIN)));
-            }
-        }
-        if let Ok(d) = Data::fetch(seq, data) {
+    // UIDs expunged elsewhere are skipped (RFC 2180 §4.1.2).
+    let jobs: Vec<(u32, bool, &pb::MessageMeta)> =
+        metas.iter().filter_map(|m| Some((mailbox.seq_of(m.uid)?, mailbox.recent.contains(&m.uid), m))).collect();
+    let (account_id, mailbox_id, items) = (account.id, mailbox.id, &items);
+    let seen_now = &seen_now;
+    let store = &*store;
+    // Body sections are read from storage a few at a time (order kept), so
+    // one slow round trip does not stall the whole FETCH.
+    // Boxed with one named lifetime: a closure returning borrowing futures
+    // would trip the compiler's higher-ranked `Send` check in the driver.
+    type ItemsFuture<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = (u32, Result<Vec<MessageDataItem<'static>>, ImapError>)> + Send + 'a>,
+    >;
+    let futures: Vec<ItemsFuture<'_>> = jobs
+        .into_iter()
+        .map(|(seq, recent, meta)| -> ItemsFuture<'_> {
+            let seen = seen_now.contains(&meta.uid);
+            Box::pin(async move {
+                (seq, message_items(store, account_id, mailbox_id, meta, items, recent, seen, condstore).await)
+            })
+        })
+        .collect();
+    let mut messages = futures::stream::iter(futures).buffered(if has_body { FETCH_CONCURRENCY } else { 1 });
+    while let Some((seq, data)) = messages.next().await {
+        if let Ok(d) = Data::fetch(seq, data?) {
             out.push(Response::Data(d));
         }
         // Bodies go out at once, metadata in chunks.
