@@ -24,6 +24,7 @@
 pub mod client;
 pub mod dkim;
 pub mod dsn;
+pub mod metrics;
 pub mod route;
 pub mod schedule;
 
@@ -220,6 +221,7 @@ pub struct Relay {
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     dkim: dkim::DkimKeys,
     dsn: DsnSender,
+    metrics: metrics::Metrics,
 }
 
 /// Connect to NATS and storage and start the relay (used by tests and by
@@ -277,6 +279,7 @@ pub async fn start(
         dkim: dkim::DkimKeys::new(channel.clone(), rc.dkim),
         dsn: DsnSender::new(channel.clone(), js.clone(), config),
         relay_stream: config.relay_stream.clone(),
+        metrics: metrics::Metrics::new(),
         messages: MessagesClient::new(channel),
         config: rc,
         resolver,
@@ -453,6 +456,7 @@ impl Relay {
             match outcome {
                 RcptOutcome::Delivered { reply, remote, dsn_passed } => {
                     tracing::info!(recipient = %rcpt.address, %remote, %reply, "relayed");
+                    self.metrics.recipient("delivered");
                     state.done.push(rcpt.address.clone());
                     if !dsn_passed {
                         // RFC 3464 §2.3.3: "relayed" = handed to a system
@@ -463,6 +467,7 @@ impl Relay {
                 }
                 RcptOutcome::Failed { status, diagnostic, remote } => {
                     tracing::warn!(recipient = %rcpt.address, %diagnostic, "relay failed permanently");
+                    self.metrics.recipient("failed");
                     last = diagnostic.clone();
                     state.done.push(rcpt.address.clone());
                     reports.push((report(Action::Failed, status, remote, Some(diagnostic)), rcpt.notify));
@@ -470,6 +475,7 @@ impl Relay {
                 RcptOutcome::Deferred { diagnostic, remote } if expired => {
                     // RFC 3463 4.4.7: delivery time expired.
                     tracing::warn!(recipient = %rcpt.address, %diagnostic, "giving up: message expired");
+                    self.metrics.recipient("expired");
                     last = diagnostic.clone();
                     state.done.push(rcpt.address.clone());
                     // The status says "expired"; the diagnostic stays the
@@ -478,6 +484,7 @@ impl Relay {
                 }
                 RcptOutcome::Deferred { diagnostic, remote } => {
                     tracing::info!(recipient = %rcpt.address, %diagnostic, "relay deferred");
+                    self.metrics.recipient("deferred");
                     last = diagnostic.clone();
                     deferred.push(rcpt.address.clone());
                     if let Some(after) = self.config.delay_notice_after
@@ -721,7 +728,9 @@ impl Relay {
                 return Ok(conn);
             }
         }
-        SmtpConnection::connect(addr, host, options).await
+        let conn = SmtpConnection::connect(addr, host, options).await?;
+        self.metrics.connection(conn.tls);
+        Ok(conn)
     }
 
     /// Queue the DSNs this attempt calls for (one per kind of action).
@@ -744,6 +753,7 @@ impl Relay {
                 continue;
             }
             self.dsn.send(job, original, &attempts.to_string(), action, recipients).await?;
+            self.metrics.dsn(action.as_str());
         }
         Ok(())
     }
