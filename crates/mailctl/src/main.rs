@@ -2,6 +2,7 @@
 //! Admin API.
 
 mod dkim;
+mod queue;
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -41,6 +42,8 @@ enum Command {
     /// DKIM signing keys for outgoing mail.
     #[command(subcommand)]
     Dkim(dkim::DkimCmd),
+    /// The delivery queue (NATS JetStream): list, retry, delete.
+    Queue(queue::QueueArgs),
 }
 
 #[derive(Subcommand)]
@@ -129,7 +132,12 @@ enum BlobsCmd {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // `queue` talks to NATS, not to the storage admin API.
+    let result = match cli.command {
+        Command::Queue(args) => queue::run(args).await,
+        _ => run(cli).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
@@ -347,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("removed {} blob(s), kept {}", r.removed, r.kept);
         }
         Command::Dkim(cmd) => dkim::run(&mut admin, cmd).await?,
+        Command::Queue(args) => queue::run(args).await?,
     }
     Ok(())
 }

@@ -244,6 +244,27 @@ impl Mail {
     }
 }
 
+impl Drop for Mail {
+    fn drop(&mut self) {
+        // Remove this test's streams from the shared NATS server (best effort;
+        // Drop cannot await, so use a separate thread and runtime).
+        let q = self.queue_config();
+        let url = self.env.nats_url.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(client) = async_nats::connect(url.as_str()).await {
+                    let js = async_nats::jetstream::new(client);
+                    for name in [q.stream, q.relay_stream, format!("KV_{}", q.state_bucket)] {
+                        let _ = js.delete_stream(name).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Split a delivered message into its trace header lines (prepended by the
 /// system) and the rest, which must equal what the client sent.
 pub fn strip_trace(delivered: &[u8], original: &[u8]) -> String {
