@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Services in start order; storage first, since everything talks to it.
-SERVICES=(storage pop3-gateway imap-gateway)
+SERVICES=(storage pop3-gateway imap-gateway delivery-queue smtp-ingress)
 
 scripts/ensure-deps.sh
 echo "up: building release binaries (the first build takes several minutes)" >&2
@@ -39,6 +39,7 @@ cat >&2 <<MSG
 up: Mailfleet is running.
     storage gRPC 127.0.0.1:50051, admin 127.0.0.1:50052
     IMAP 127.0.0.1:1143 (STARTTLS), IMAPS 127.0.0.1:9993
+    SMTP MX 127.0.0.1:2525, submission 127.0.0.1:5587 (STARTTLS), 127.0.0.1:4465 (TLS)
     manage it with:  target/release/mailctl --help
     stop it with:    scripts/down.sh
 MSG
