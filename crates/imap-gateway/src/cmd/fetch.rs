@@ -23,6 +23,8 @@ use crate::store::{MailStore, uid_ranges};
 
 /// Messages whose body sections are read concurrently.
 const FETCH_CONCURRENCY: usize = 8;
+/// Larger messages are fetched one at a time.
+const CONCURRENT_BODY_LIMIT: u64 = 1024 * 1024;
 
 fn nstring(s: Option<&str>) -> NString<'static> {
     NString(s.and_then(|s| IString::try_from(s.to_string()).ok()))
@@ -458,7 +460,11 @@ pub async fn fetch<S: MailStore>(
             })
         })
         .collect();
-    let mut messages = futures::stream::iter(futures).buffered(if has_body { FETCH_CONCURRENCY } else { 1 });
+    // Concurrency only for small messages: a body is held whole in memory
+    // until sent (todo: stream big literals straight from storage).
+    let small = metas.iter().all(|m| m.size <= CONCURRENT_BODY_LIMIT);
+    let width = if has_body && small { FETCH_CONCURRENCY } else { 1 };
+    let mut messages = futures::stream::iter(futures).buffered(width);
     while let Some((seq, data)) = messages.next().await {
         if let Ok(d) = Data::fetch(seq, data?) {
             out.push(Response::Data(d));
