@@ -914,3 +914,36 @@ fn status_in(reply: &str) -> Option<String> {
 fn reply_status(reply: &str) -> String {
     status_in(reply).unwrap_or_else(|| "2.0.0".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_nests_in_the_queue_config_with_defaults() {
+        let c: QueueConfig = serde_json::from_str(
+            r#"{"relay": {"enabled": true, "hostname": "mail.example.org",
+                "smarthosts": {"example.net": "relay.example.net:2525"},
+                "smarthost_auth": {"username": "u", "password": "p"},
+                "schedule": {"intervals": ["2m", "10m"]}, "delay_notice_after": "4h"}}"#,
+        )
+        .expect("config parses");
+        assert!(c.relay.enabled);
+        assert_eq!(c.relay.port, 25);
+        assert_eq!(c.relay.schedule.intervals, vec![Duration::from_secs(120), Duration::from_secs(600)]);
+        assert_eq!(c.relay.schedule.max_age, Duration::from_secs(5 * 24 * 3600));
+        assert_eq!(c.relay.delay_notice_after, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(c.relay.smarthosts.get("example.net").map(String::as_str), Some("relay.example.net:2525"));
+        assert_eq!(c.relay.tls, TlsMode::Opportunistic);
+        assert!(!RelayConfig::default().enabled, "off unless asked for");
+    }
+
+    #[test]
+    fn statuses_from_replies() {
+        assert_eq!(reply_status("250 2.1.5 ok"), "2.1.5");
+        assert_eq!(reply_status("250 ok"), "2.0.0");
+        assert_eq!(status_in("451 4.7.1 greylisted").as_deref(), Some("4.7.1"));
+        assert_eq!(status_in("mx: connection refused"), None);
+        assert_eq!(state_key("Q1"), "Q1.relay");
+    }
+}
