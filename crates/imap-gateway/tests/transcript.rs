@@ -829,3 +829,37 @@ async fn failed_login_is_delayed() {
     assert_eq!(c.cmd("a2", "LOGIN alice@example.org pw").await.len(), 1);
     assert!(started.elapsed() < std::time::Duration::from_millis(300), "{:?}", started.elapsed());
 }
+
+/// STARTTLS (RFC 3501 §6.2.1): commands pipelined before the handshake are
+/// discarded, not executed inside the TLS session (no injection, RFC 7817 §3).
+#[tokio::test]
+async fn starttls_discards_pipelined_plaintext() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (gw, _) = gateway().await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let mut plain = BufReader::new(&mut tcp);
+    let mut line = String::new();
+    plain.read_line(&mut line).await.expect("greeting");
+    plain.get_mut().write_all(b"a STARTTLS\r\nb LOGIN alice@example.org pw\r\n").await.expect("write");
+    line.clear();
+    plain.read_line(&mut line).await.expect("ok");
+    assert_eq!(line, "a OK Begin TLS negotiation now\r\n");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = gw.tls_client().connect(name, tcp).await.expect("TLS handshake");
+    let mut tls = BufReader::new(tls);
+    tls.get_mut().write_all(b"c CAPABILITY\r\n").await.expect("write");
+    let mut got = Vec::new();
+    loop {
+        line.clear();
+        tls.read_line(&mut line).await.expect("read");
+        got.push(line.trim_end().to_string());
+        if line.starts_with("c ") || line.is_empty() {
+            break;
+        }
+    }
+    // Not logged in (b was dropped), no STARTTLS offered any more.
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].starts_with("* CAPABILITY IMAP4REV1") && got[0].contains("AUTH=PLAIN"), "{got:?}");
+    assert!(!got[0].contains("STARTTLS"), "{got:?}");
+    assert_eq!(got[1], "c OK CAPABILITY completed");
+}

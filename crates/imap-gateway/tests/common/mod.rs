@@ -72,6 +72,21 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// A TLS client configuration trusting this gateway's self-signed certificate.
+    pub fn tls_client(&self) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(self._tmp.path().join("tls").join("self-signed.crt")).expect("certificate");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.expect("PEM")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.shutdown.cancel();
