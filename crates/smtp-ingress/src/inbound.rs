@@ -18,6 +18,7 @@ use mail_auth::common::verify::DomainKey;
 use mail_auth::dmarc::Dmarc;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::spf::Spf;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator, ResolverCache, Txt};
@@ -75,6 +76,21 @@ impl StaticTxt {
                 Txt::Spf(Arc::new(Spf::parse(text.as_bytes()).map_err(err)?))
             };
             map.insert(fqdn.into_boxed_str(), txt);
+        }
+        // DMARC's tree walk (RFC 9989 §4.10.1) also asks the parent names;
+        // for a pinned policy those answer "no record" instead of going to DNS.
+        let parents: Vec<String> = map
+            .keys()
+            .filter_map(|k| k.strip_prefix("_dmarc."))
+            .flat_map(|domain| {
+                let labels: Vec<&str> = domain.trim_end_matches('.').split('.').collect();
+                (1..labels.len()).map(move |i| format!("_dmarc.{}.", labels[i..].join(".")))
+            })
+            .collect();
+        for parent in parents {
+            map.entry(parent.into_boxed_str()).or_insert_with(|| {
+                Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(ResponseCode::NXDomain)))
+            });
         }
         Ok(StaticTxt(map))
     }
@@ -155,5 +171,56 @@ impl InboundVerifier {
         let reject = (self.reject_on_dmarc_reject && failed && dmarc.policy() == mail_auth::dmarc::Policy::Reject)
             .then(|| Reply::new(550, [5, 7, 1], "Message rejected by the sender domain's DMARC policy"));
         InboundVerdict { header: format!("Authentication-Results: {results}\r\n"), reject }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(reject: bool) -> InboundVerifier {
+        let mut config = InboundAuthConfig {
+            // Nothing listens there: lookups not answered below are temperrors.
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            dns_timeout: std::time::Duration::from_millis(200),
+            reject_on_dmarc_reject: reject,
+            ..Default::default()
+        };
+        for (name, txt) in [
+            ("remote.test", "v=spf1 ip4:127.0.0.1 -all"),
+            ("_dmarc.remote.test", "v=DMARC1; p=reject"),
+            ("evil.test", "v=spf1 -all"),
+            ("_dmarc.evil.test", "v=DMARC1; p=reject"),
+        ] {
+            config.static_txt.insert(name.into(), txt.into());
+        }
+        InboundVerifier::new(&config, "mx.example.org").unwrap()
+    }
+
+    #[tokio::test]
+    async fn aligned_spf_pass_gives_dmarc_pass() {
+        let v = verifier(true);
+        let ip = "127.0.0.1".parse().unwrap();
+        let verdict =
+            v.verify(ip, "client.test", "x@remote.test", b"From: x@remote.test\r\nSubject: a\r\n\r\nok\r\n").await;
+        assert!(verdict.reject.is_none());
+        assert!(
+            verdict.header.starts_with("Authentication-Results: mx.example.org;\r\n\tspf=pass "),
+            "{}",
+            verdict.header
+        );
+        assert!(verdict.header.contains("dmarc=pass header.from=remote.test"), "{}", verdict.header);
+    }
+
+    #[tokio::test]
+    async fn dmarc_reject_is_refused_only_when_configured() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let msg = b"From: y@evil.test\r\nSubject: forged\r\n\r\nno\r\n";
+        let verdict = verifier(true).verify(ip, "client.test", "y@evil.test", msg).await;
+        assert!(verdict.header.contains("spf=fail"), "{}", verdict.header);
+        assert!(verdict.header.contains("dmarc=fail"), "{}", verdict.header);
+        assert_eq!(verdict.reject.map(|r| r.code()), Some(550), "{}", verdict.header);
+        let verdict = verifier(false).verify(ip, "client.test", "y@evil.test", msg).await;
+        assert!(verdict.reject.is_none());
     }
 }

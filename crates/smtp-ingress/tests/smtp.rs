@@ -342,3 +342,42 @@ async fn per_ip_connection_limit() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn spf_and_dmarc_results_and_reject_policy() {
+    // TXT answers pinned in the configuration; any other lookup goes to a
+    // closed loopback port (temperror), so nothing leaves the machine.
+    let mail = Mail::start_with(|c| {
+        c.inbound_auth.reject_on_dmarc_reject = true;
+        for (name, txt) in [
+            ("remote.test", "v=spf1 ip4:127.0.0.1 -all"),
+            ("_dmarc.remote.test", "v=DMARC1; p=reject"),
+            ("evil.test", "v=spf1 -all"),
+            ("_dmarc.evil.test", "v=DMARC1; p=reject"),
+        ] {
+            c.inbound_auth.static_txt.insert(name.into(), txt.into());
+        }
+    })
+    .await;
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO client.test").await, "250");
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<alice@example.org>").await, "250");
+    expect(&c.cmd("DATA").await, "354");
+    c.send(b"From: x@remote.test\r\nSubject: aligned\r\n\r\nok\r\n.\r\n").await;
+    expect(&c.reply().await, "250 2.0.0");
+    // SPF fails and nothing else aligns: DMARC p=reject → refused (RFC 7489 §6.6.2).
+    expect(&c.cmd("MAIL FROM:<y@evil.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<alice@example.org>").await, "250");
+    expect(&c.cmd("DATA").await, "354");
+    c.send(b"From: y@evil.test\r\nSubject: forged\r\n\r\nno\r\n.\r\n").await;
+    expect(&c.reply().await, "550 5.7.1");
+    expect(&c.cmd("QUIT").await, "221");
+
+    let inbox = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    let text = String::from_utf8_lossy(&inbox[0]).into_owned();
+    assert!(text.contains("\tspf=pass "), "{text}");
+    assert!(text.contains("\tdmarc=pass header.from=remote.test policy.dmarc=reject"), "{text}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mail.inbox_count(&mail.alice).await, 1, "the forged message was not delivered");
+}
