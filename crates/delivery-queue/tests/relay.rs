@@ -489,3 +489,17 @@ async fn smarthost_login_over_starttls_and_wrong_password_defers() {
     assert_eq!(isp.received().len(), 1, "nothing more delivered");
     ctx.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_far_side_does_not_cause_a_redelivery() {
+    // The session takes longer than JetStream's ack wait; progress acks keep
+    // the job with this relay, so it is delivered once.
+    let mx = ScriptedMx::start(Script { data_delay: Some(Duration::from_millis(2500)), ..Script::default() }).await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| c.relay.ack_wait = Duration::from_secs(1)).await;
+    ctx.queue("W1", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
+    ctx.relay_idle(WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(mx.count_for("bob@remote.test"), 1);
+    assert_eq!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst), 1, "no second attempt");
+    ctx.stop().await;
+}

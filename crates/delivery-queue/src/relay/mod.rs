@@ -368,7 +368,22 @@ impl Relay {
             } else {
                 JobState::default()
             };
-            let retry = self.attempt(&job, attempts, &mut state).await;
+            // A long attempt (slow far side, waiting for a destination
+            // slot) keeps telling JetStream it is alive, so the job is not
+            // redelivered to another replica meanwhile (a duplicate).
+            let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
+            let retry = {
+                let work = self.attempt(&job, attempts, &mut state);
+                tokio::pin!(work);
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = tokio::time::sleep(every) => {
+                            let _ = msg.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                }
+            };
             match retry {
                 None => {
                     if let Err(err) = msg.double_ack().await {
