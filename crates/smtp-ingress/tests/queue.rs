@@ -139,3 +139,24 @@ async fn thousand_messages_from_twenty_connections_arrive_exactly_once() {
     assert_eq!(subjects.len(), 1000, "every message exactly once");
     eprintln!("1000 messages: accepted in {accepted:?}, delivered in {delivered:?}");
 }
+
+#[tokio::test]
+async fn over_quota_is_retried_until_space_is_freed() {
+    let mail = Mail::start().await;
+    let mut admin = mail.env.admin().await;
+    admin.set_quota(pb::SetQuotaRequest { address: "bob@example.org".into(), quota_bytes: 10 }).await.expect("quota");
+    send(&mail, "x@remote.test", &["bob@example.org"], "too big for the quota").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let states = mail.queue_state().await;
+        if states.iter().any(|s| s.last_error.contains("bob@example.org: over quota")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "over-quota failure not recorded: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mail.inbox_count(&mail.bob).await, 0);
+    // Temporary by default: once the quota allows it, the retry delivers.
+    admin.set_quota(pb::SetQuotaRequest { address: "bob@example.org".into(), quota_bytes: 0 }).await.expect("quota");
+    mail.wait_inbox(&mail.bob, 1, WAIT).await;
+}

@@ -381,3 +381,17 @@ async fn spf_and_dmarc_results_and_reject_policy() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(mail.inbox_count(&mail.alice).await, 1, "the forged message was not delivered");
 }
+
+#[tokio::test]
+async fn idle_timeout_and_shutdown_say_421() {
+    let mut mail = Mail::start_with(|c| c.timeouts.command = Duration::from_millis(300)).await;
+    // RFC 5321 §4.5.3.2: an idle client is disconnected with 421.
+    let mut idle = Raw::connect(mail.mx()).await;
+    expect(&idle.reply().await, "421 4.4.2");
+    // Shutdown: a connected client is told 421 before the listener goes away.
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO c").await, "250");
+    let stop = mail.stop_ingress();
+    let (_, reply) = tokio::join!(stop, c.reply());
+    expect(&reply, "421 4.3.2");
+}
