@@ -122,7 +122,8 @@ pub fn author_domain(message: &[u8]) -> Option<String> {
             }
             break;
         }
-        if line.len() > 5 && line[..5].eq_ignore_ascii_case("from:") {
+        // Byte-wise: the header may hold non-ASCII (no slicing inside a char).
+        if line.len() > 5 && line.as_bytes()[..5].eq_ignore_ascii_case(b"from:") {
             value = Some(line[5..].to_string());
         }
     }
@@ -212,5 +213,31 @@ mod tests {
         assert_eq!(author_domain(b"Subject: x\r\nfrom: bob@b.test\r\n\r\n").as_deref(), Some("b.test"));
         assert_eq!(author_domain(b"From: \"A\"\r\n <a@folded.test>\r\n\r\n").as_deref(), Some("folded.test"));
         assert_eq!(author_domain(b"Subject: none\r\n\r\nFrom: a@body.test\r\n"), None);
+        assert_eq!(author_domain("Tööö: x\r\nFrom: a@b.test\r\n\r\n".as_bytes()).as_deref(), Some("b.test"));
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use super::author_domain;
+    use crate::relay::client::{dot_stuff, parse_reply_line};
+
+    /// Arbitrary bytes (a small xorshift generator, no extra dependency)
+    /// never make the parsers of far-side or client data panic.
+    #[test]
+    fn parsers_never_panic_on_arbitrary_input() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let alphabet: &[u8] = b"From:<>@ \r\n\t.-0123456789abc\xc3\xb6\xff";
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| alphabet[((x >> (i % 56)) as usize + i) % alphabet.len()]).collect();
+            let _ = author_domain(&bytes);
+            let _ = parse_reply_line(&String::from_utf8_lossy(&bytes));
+            let stuffed = dot_stuff(&bytes);
+            assert!(stuffed.ends_with(b".\r\n"));
+        }
     }
 }
