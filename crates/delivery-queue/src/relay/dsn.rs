@@ -125,7 +125,14 @@ fn field(s: &str) -> String {
 
 /// Build the DSN message (CRLF line endings), from `MAILER-DAEMON@<host>`.
 pub fn build(report: &Report<'_>, now: DateTime<Utc>, message_id: &str) -> Vec<u8> {
-    let boundary = format!("dsn={}", message_id.split('@').next().unwrap_or("b"));
+    // RFC 2046 §5.1.1: at most 70 characters from a restricted set; "=_"
+    // cannot occur in base64 or quoted-printable content.
+    let boundary = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        message_id.hash(&mut h);
+        format!("=_dsn_{:016x}", h.finish())
+    };
     let worst = if report.recipients.iter().any(|r| r.action == Action::Failed) {
         Action::Failed
     } else if report.recipients.iter().any(|r| r.action == Action::Delayed) {
