@@ -146,6 +146,12 @@ async fn permanent_failure_bounces_to_the_sender_with_dsn_fields() {
     assert!(full.contains("Content-Type: message/rfc822"), "{full}");
     assert!(full.contains("Hello remote."), "no RET: full message attached");
     assert!(!full.contains("Original-Envelope-Id"), "no ENVID given");
+    // Well-formed MIME, as storage's parser sees it (RFC 6522 report).
+    for (top, parts) in inbox_structure(&ctx.env, ctx.alice.id).await {
+        assert_eq!(top, "multipart/report");
+        assert_eq!(parts[..2], ["text/plain", "message/delivery-status"]);
+        assert!(parts[2] == "text/rfc822-headers" || parts[2] == "message/rfc822", "{parts:?}");
+    }
     ctx.stop().await;
 }
 

@@ -483,6 +483,38 @@ pub async fn inbox_of(env: &TestEnv, account_id: i64) -> Vec<Vec<u8>> {
     out
 }
 
+/// MIME structure of every message in the INBOX as storage parsed it:
+/// "type/subtype" of the message and of its top-level parts.
+pub async fn inbox_structure(env: &TestEnv, account_id: i64) -> Vec<(String, Vec<String>)> {
+    let channel = env.channel().await;
+    let mut mailboxes = pb::mailboxes_client::MailboxesClient::new(channel.clone());
+    let mut messages = pb::messages_client::MessagesClient::new(channel);
+    let mb = mailboxes
+        .get_mailbox(pb::GetMailboxRequest { account_id, name: "INBOX".into(), select: false })
+        .await
+        .expect("INBOX")
+        .into_inner();
+    let mut stream = messages
+        .list_messages(pb::ListMessagesRequest {
+            account_id,
+            mailbox_id: mb.id,
+            uids: vec![pb::UidRange { start: 1, end: u32::MAX }],
+            with_envelope: false,
+            with_body_structure: true,
+            changed_since: 0,
+        })
+        .await
+        .expect("list messages")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(meta) = stream.message().await.expect("meta") {
+        let b = meta.body_structure.unwrap_or_default();
+        let parts = b.parts.iter().map(|p| format!("{}/{}", p.media_type, p.media_subtype)).collect();
+        out.push((format!("{}/{}", b.media_type, b.media_subtype), parts));
+    }
+    out
+}
+
 /// Poll `cond` every 25 ms until it holds; panic after `within`.
 pub async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
 where
