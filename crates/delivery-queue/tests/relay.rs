@@ -509,3 +509,33 @@ async fn a_slow_far_side_does_not_cause_a_redelivery() {
     assert_eq!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst), 1, "no second attempt");
     ctx.stop().await;
 }
+
+#[tokio::test]
+async fn the_relay_runs_inside_delivery_queue_when_enabled() {
+    let env = mailfleet_testkit::TestEnv::start().await;
+    let id = env.id.clone();
+    let mut config = delivery_queue::QueueConfig {
+        storage_url: env.storage_url(),
+        nats_url: env.nats_url.clone(),
+        stream: format!("EQ_{id}"),
+        subject: format!("t{id}.queue"),
+        relay_stream: format!("ER_{id}"),
+        relay_subject: format!("t{id}.relay"),
+        state_bucket: format!("ES_{id}"),
+        ..delivery_queue::QueueConfig::default()
+    };
+    config.relay.enabled = true; // the production wiring: system resolver
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = delivery_queue::run(config.clone(), shutdown.clone()).await.expect("starts with the relay");
+    let js = async_nats::jetstream::new(env.nats().await);
+    let mut stream = js.get_stream(&config.relay_stream).await.expect("relay stream");
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&config.relay.consumer).await.expect("the relay's durable consumer exists");
+    drop(consumer);
+    assert!(stream.info().await.expect("info").state.consumer_count >= 1);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, running.task).await.expect("stops on shutdown").expect("task");
+    for s in [&config.stream, &config.relay_stream, &format!("KV_{}", config.state_bucket)] {
+        let _ = js.delete_stream(s).await;
+    }
+}
