@@ -113,12 +113,33 @@ impl CommandReader {
         if bytes.as_slice().is_empty() {
             return None;
         }
+        if self.inner.buf().is_empty()
+            && let Some(cmd) = bare_postmaster(bytes)
+        {
+            return Some(Parsed::Command(cmd));
+        }
         match self.inner.ingest(bytes) {
             Ok(req) => Some(Parsed::Command(req.into_owned())),
             Err(ProtoError::NeedsMoreData { .. }) => None,
             Err(err) => Some(Parsed::Error(error_reply(&err))),
         }
     }
+}
+
+/// RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` (no domain, any case) must be
+/// accepted; smtp-proto refuses an address without a domain, so this one
+/// form is recognised here. The session maps it to the configured postmaster.
+fn bare_postmaster(bytes: &mut std::slice::Iter<'_, u8>) -> Option<Command> {
+    let rest = bytes.as_slice();
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&rest[..end]).ok()?.trim_end_matches('\r');
+    let upper = line.to_ascii_uppercase();
+    let after = upper.strip_prefix("RCPT TO:")?.trim_start();
+    if after.trim_end() != "<POSTMASTER>" {
+        return None;
+    }
+    *bytes = rest[end + 1..].iter();
+    Some(Request::Rcpt { to: smtp_proto::RcptTo { address: "postmaster".into(), orcpt: None, rrvs: 0, flags: 0 } })
 }
 
 /// Reads one raw line (SASL responses, RFC 4954 §4), without the CRLF.
@@ -204,6 +225,16 @@ mod tests {
             })
             .collect();
         assert_eq!(codes, vec![500, 501]);
+    }
+
+    #[test]
+    fn bare_postmaster_is_a_recipient() {
+        let parsed = parse_all(&["RCPT TO:<PostMaster>\r\nNOOP\r\n"]);
+        match &parsed[0] {
+            Parsed::Command(Request::Rcpt { to }) => assert_eq!(to.address, "postmaster"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&parsed[1], Parsed::Command(Request::Noop { .. })));
     }
 
     #[test]

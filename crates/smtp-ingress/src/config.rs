@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub struct IngressConfig {
     /// Name in the greeting, EHLO reply and Received: fields.
     pub hostname: String,
+    /// Where `RCPT TO:<Postmaster>` without a domain is delivered (RFC 5321
+    /// §4.5.1); empty means `postmaster@<hostname>`.
+    pub postmaster: String,
     /// MX listener (production port 25). `None` disables it.
     pub mx_listen: Option<SocketAddr>,
     /// Submission with STARTTLS (RFC 6409, production port 587).
@@ -114,6 +117,7 @@ impl Default for IngressConfig {
     fn default() -> Self {
         IngressConfig {
             hostname: "localhost".into(),
+            postmaster: String::new(),
             // Unprivileged development ports (docker-compose maps 25/587/465).
             mx_listen: Some("127.0.0.1:2525".parse().expect("static address")),
             submission_listen: Some("127.0.0.1:5587".parse().expect("static address")),

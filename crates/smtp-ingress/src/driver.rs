@@ -260,6 +260,11 @@ async fn connection<B: Backend + Clone>(shared: Arc<Shared<B>>, stream: TcpStrea
         plaintext_auth_allowed: config.allow_plaintext_auth_on_loopback && peer.ip().is_loopback(),
         enforce_sender_ownership: config.enforce_sender_ownership,
         verify_inbound: config.inbound_auth.enabled,
+        postmaster: if config.postmaster.is_empty() {
+            format!("postmaster@{}", config.hostname)
+        } else {
+            config.postmaster.clone()
+        },
     };
     let session = Session::new(policy, shared.backend.clone(), peer.ip(), tls);
     let conn = Conn { io, inbuf: Vec::with_capacity(READ_CHUNK), pos: 0, out: Vec::new() };

@@ -136,6 +136,8 @@ pub struct Policy {
     pub enforce_sender_ownership: bool,
     /// Run SPF/DKIM/DMARC on unauthenticated port-25 mail.
     pub verify_inbound: bool,
+    /// Where `RCPT TO:<Postmaster>` (no domain) goes.
+    pub postmaster: String,
 }
 
 /// What the driver reads next.
@@ -453,6 +455,11 @@ impl<B: Backend> Session<B> {
         // limit, 452 so the client sends the rest in another transaction.
         if txn.recipients.len() >= max {
             return Step::reply(Reply::new(452, [4, 5, 3], "Too many recipients"));
+        }
+        // RFC 5321 §4.5.1: bare "Postmaster" is this host's postmaster.
+        let mut to = to;
+        if to.address == "postmaster" {
+            to.address = self.policy.postmaster.clone();
         }
         let address = match mail_types::EmailAddress::parse(&to.address) {
             Ok(a) => a,
@@ -787,6 +794,7 @@ mod tests {
             plaintext_auth_allowed: false,
             enforce_sender_ownership: true,
             verify_inbound: true,
+            postmaster: "postmaster@example.org".into(),
         }
     }
 
@@ -882,6 +890,9 @@ mod tests {
             C: MAIL FROM:<x@remote.test>      S: 503 5.5.1
             C: RCPT TO:<nobody@example.org>   S: 550 5.1.1
             C: RCPT TO:<Postmaster@example.org>  S: 250 2.0.0
+            C: RSET                           S: 250
+            C: MAIL FROM:<x@remote.test> SIZE=100 BODY=8BITMIME  S: 250 2.0.0
+            C: RCPT TO:<postmaster>           S: 250 2.0.0
             C: RCPT TO:<someone@elsewhere.test>  S: 554 5.7.1 Relay access denied
             C: RCPT TO:<alice@example.org>    S: 250 2.0.0
             C: RCPT TO:<bob@example.org>      S: 452 4.5.3
@@ -901,7 +912,7 @@ mod tests {
         assert_eq!(env.body_type, "8BITMIME");
         assert_eq!(
             env.recipients.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
-            ["Postmaster@example.org", "alice@example.org"]
+            ["postmaster@example.org", "alice@example.org"]
         );
         let text = String::from_utf8_lossy(msg);
         assert!(

@@ -274,11 +274,19 @@ async fn submission_starttls_auth_and_implicit_tls() {
 #[tokio::test]
 async fn plaintext_auth_refused_off_loopback_policy() {
     // With plaintext AUTH disabled, AUTH before STARTTLS is refused (RFC 4954 §4).
-    let mail = Mail::start_with(|c| c.allow_plaintext_auth_on_loopback = false).await;
+    let mail = Mail::start_with(|c| {
+        c.allow_plaintext_auth_on_loopback = false;
+        c.postmaster = "postmaster@example.org".into();
+    })
+    .await;
     let mut c = Raw::connect(mail.mx()).await;
     let ehlo = c.cmd("EHLO c").await;
     assert!(!ehlo.contains("AUTH"), "{ehlo}");
     expect(&c.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGFsaWNlLXBhc3N3b3Jk").await, "538 5.7.11");
+    // RFC 5321 §4.5.1: bare Postmaster is accepted.
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<Postmaster>").await, "250 2.0.0");
+    expect(&c.cmd("RSET").await, "250");
     expect(&c.cmd("STARTTLS").await, "220 2.0.0");
 }
 
