@@ -1035,6 +1035,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dsn_parameters_are_carried_in_the_job() {
+        let fake = Fake::default();
+        let mut s = session(&fake, Port::Mx, false);
+        transcript(
+            &mut s,
+            "
+            C: EHLO c                                                         S: 250-mx.test
+            C: MAIL FROM:<x@remote.test> RET=HDRS ENVID=QQ314159 SMTPUTF8      S: 250
+            C: RCPT TO:<alice@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.org  S: 250
+            C: RCPT TO:<bob@example.org> NOTIFY=NEVER                          S: 250
+            C: DATA                                                           S: 354
+            D: x
+            D: .                                                              S: 250 2.0.0
+            ",
+        )
+        .await;
+        let queued = fake.queued.lock().unwrap();
+        let env = &queued[0].0;
+        assert_eq!((env.ret.as_str(), env.envid.as_str(), env.smtputf8), ("HDRS", "QQ314159", true));
+        assert_eq!(env.recipients[0].notify, 2 | 4);
+        assert!(env.recipients[0].orcpt.contains("alice@example.org"), "{:?}", env.recipients[0]);
+        assert_eq!(env.recipients[1].notify, 1);
+        assert_eq!(env.recipients[1].orcpt, "");
+    }
+
+    #[tokio::test]
     async fn ehlo_advertises_extensions() {
         let fake = Fake::default();
         let mut s = session(&fake, Port::Mx, false);

@@ -102,7 +102,9 @@ async fn storage_down_during_delivery_is_retried_with_backoff() {
 
 #[tokio::test]
 async fn thousand_messages_from_twenty_connections_arrive_exactly_once() {
-    let mail = Mail::start().await;
+    // The write path only: SPF/DMARC here would just wait on the test's
+    // unanswered DNS server.
+    let mail = Mail::start_with(|c| c.inbound_auth.enabled = false).await;
     let started = Instant::now();
     let addr = mail.mx();
     let mut tasks = Vec::new();
