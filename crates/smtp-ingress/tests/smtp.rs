@@ -403,3 +403,21 @@ async fn idle_timeout_and_shutdown_say_421() {
     let (_, reply) = tokio::join!(stop, c.reply());
     expect(&reply, "421 4.3.2");
 }
+
+#[tokio::test]
+async fn queue_unavailable_gives_451() {
+    let mail = Mail::start().await;
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO c").await, "250");
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<alice@example.org>").await, "250");
+    // The stream disappears: JetStream cannot acknowledge the job.
+    let js = async_nats::jetstream::new(mail.env.nats().await);
+    js.delete_stream(mail.queue_config().stream).await.expect("delete stream");
+    expect(&c.cmd("DATA").await, "354");
+    c.send(b"Subject: no queue\r\n\r\nx\r\n.\r\n").await;
+    expect(&c.reply().await, "451 4.3.0");
+    // The session goes on.
+    expect(&c.cmd("NOOP").await, "250");
+    assert_eq!(mail.inbox_count(&mail.alice).await, 0);
+}
