@@ -109,8 +109,8 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
     let s1 = shutdown.clone();
     let s2 = shutdown.clone();
     let task = tokio::spawn(async move {
-        let a = service_router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), s1.cancelled_owned());
-        let b = admin_router.serve_with_incoming_shutdown(TcpListenerStream::new(admin_listener), s2.cancelled_owned());
+        let a = service_router.serve_with_incoming_shutdown(no_delay(listener), s1.cancelled_owned());
+        let b = admin_router.serve_with_incoming_shutdown(no_delay(admin_listener), s2.cancelled_owned());
         let (ra, rb) = tokio::join!(a, b);
         ra?;
         rb?;
@@ -118,6 +118,20 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
     });
     tracing::info!(%addr, %admin_addr, "storage serving");
     Ok(RunningStorage { addr, admin_addr, store, task })
+}
+
+/// Accepted sockets with Nagle's algorithm off. tonic's own `tcp_nodelay`
+/// only applies to listeners it binds itself; without this every small gRPC
+/// reply waits ~40 ms for the client's delayed ACK.
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 fn check_admin_token(token: Option<&str>, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
