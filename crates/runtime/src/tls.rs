@@ -73,18 +73,34 @@ pub fn generate_self_signed(hostname: &str) -> Result<(String, String), TlsError
     Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
 }
 
+/// The development certificate and its key live in one PEM file, created
+/// atomically: several services started at once (scripts/up.sh) share it,
+/// and none may read a half-written file or a key that belongs to another
+/// process's certificate.
 fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsError> {
-    let cert = dir.join("self-signed.crt");
-    let key = dir.join("self-signed.key");
-    if cert.exists() && key.exists() {
-        return Ok((cert, key));
+    let pair = dir.join("self-signed.crt");
+    if pair.exists() {
+        return Ok((pair.clone(), pair));
     }
     std::fs::create_dir_all(dir).map_err(|e| TlsError::Read { path: dir.into(), source: e })?;
     let (cert_pem, key_pem) = generate_self_signed(hostname)?;
-    std::fs::write(&cert, cert_pem).map_err(|e| TlsError::Read { path: cert.clone(), source: e })?;
-    std::fs::write(&key, key_pem).map_err(|e| TlsError::Read { path: key.clone(), source: e })?;
-    tracing::warn!(cert = %cert.display(), "no TLS certificate configured; generated a self-signed one");
-    Ok((cert, key))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".self-signed.{}.{n}.tmp", std::process::id()));
+    let io = |path: &Path, e: std::io::Error| TlsError::Read { path: path.into(), source: e };
+    std::fs::write(&tmp, format!("{cert_pem}{key_pem}")).map_err(|e| io(&tmp, e))?;
+    // hard_link fails if the file exists: the first writer wins, the others
+    // use its pair.
+    match std::fs::hard_link(&tmp, &pair) {
+        Ok(()) => tracing::warn!(cert = %pair.display(), "no TLS certificate configured; generated a self-signed one"),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&pair, e));
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+    Ok((pair.clone(), pair))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -102,6 +118,24 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_starting_together_share_one_consistent_pair() {
+        crate::init_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TlsSettings { self_signed_dir: dir.path().into(), ..Default::default() };
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let s = settings.clone();
+                std::thread::spawn(move || server_config(&s).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().expect("every concurrent start gets a usable certificate");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("self-signed.crt")]);
+    }
 
     #[test]
     fn self_signed_is_generated_once_and_reused() {
