@@ -18,8 +18,12 @@ pub struct JobState {
     pub recipients: Vec<String>,
     /// Remote recipients already handed to the relay stream.
     pub relayed: bool,
-    /// Recipients that failed permanently (bounces are issue 4).
+    /// Recipients that failed permanently.
     pub failed: Vec<String>,
+    /// Local recipients whose permanent failure was already reported to the
+    /// sender by a DSN (so a retried job does not bounce twice).
+    #[serde(default)]
+    pub bounced: Vec<String>,
     /// Relay jobs (key `<queue_id>.relay`): the entry belongs to the
     /// outbound relay; `recipients` are the remote ones still pending and
     /// `last_error` is the far side's last response.

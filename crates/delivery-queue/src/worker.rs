@@ -16,6 +16,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::config::{OverQuota, QueueConfig};
+use crate::relay::DsnSender;
 use crate::state::JobState;
 
 /// The result of one attempt.
@@ -34,7 +35,11 @@ pub struct Worker {
     jetstream: jetstream::Context,
     relay_subject: String,
     over_quota: OverQuota,
+    dsn: DsnSender,
 }
+
+/// A permanent local failure: (recipient, RFC 3463 status, diagnostic).
+type Failure = (String, String, String);
 
 /// RFC 5321 §4.4 / RFC 9228: per-recipient trace fields, prepended by storage.
 pub fn header_prefix(mail_from: &str, recipient: &str) -> Vec<u8> {
@@ -56,7 +61,8 @@ impl Worker {
     pub fn new(channel: Channel, jetstream: jetstream::Context, config: &QueueConfig) -> Worker {
         Worker {
             directory: DirectoryClient::new(channel.clone()),
-            messages: MessagesClient::new(channel),
+            messages: MessagesClient::new(channel.clone()),
+            dsn: DsnSender::new(channel, jetstream.clone(), config),
             jetstream,
             relay_subject: config.relay_subject.clone(),
             over_quota: config.over_quota,
@@ -69,13 +75,14 @@ impl Worker {
         let mut target_rcpt: Vec<String> = Vec::new();
         let mut seen_accounts = HashSet::new();
         let mut remote: Vec<qpb::Recipient> = Vec::new();
+        let mut failures: Vec<Failure> = Vec::new();
         for rcpt in &job.recipients {
             let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: rcpt.address.clone() });
             mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
             let resolved = match self.directory.clone().resolve_recipient(req).await {
                 Ok(r) => r.into_inner(),
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    fail(state, &rcpt.address, "malformed address");
+                    fail(state, &mut failures, &rcpt.address, "5.1.3", "malformed address");
                     continue;
                 }
                 Err(s) => {
@@ -102,7 +109,9 @@ impl Worker {
                     }
                 }
                 Kind::NotLocal => remote.push(rcpt.clone()),
-                Kind::UnknownUser | Kind::Unspecified => fail(state, &rcpt.address, "no such user"),
+                Kind::UnknownUser | Kind::Unspecified => {
+                    fail(state, &mut failures, &rcpt.address, "5.1.1", "no such user")
+                }
             }
         }
 
@@ -121,10 +130,16 @@ impl Worker {
                             DeliveryStatus::OverQuota if self.over_quota == OverQuota::Temporary => {
                                 temporary.push(format!("{rcpt}: over quota"));
                             }
-                            DeliveryStatus::OverQuota => fail(state, rcpt, "over quota"),
-                            DeliveryStatus::NoSuchAccount => fail(state, rcpt, "no such account"),
-                            DeliveryStatus::NoSuchMailbox => fail(state, rcpt, "no such mailbox"),
-                            DeliveryStatus::AccountDisabled => fail(state, rcpt, "account disabled"),
+                            DeliveryStatus::OverQuota => fail(state, &mut failures, rcpt, "5.2.2", "over quota"),
+                            DeliveryStatus::NoSuchAccount => {
+                                fail(state, &mut failures, rcpt, "5.1.1", "no such account")
+                            }
+                            DeliveryStatus::NoSuchMailbox => {
+                                fail(state, &mut failures, rcpt, "5.2.0", "no such mailbox")
+                            }
+                            DeliveryStatus::AccountDisabled => {
+                                fail(state, &mut failures, rcpt, "5.2.1", "account disabled")
+                            }
                             DeliveryStatus::Unspecified => temporary.push(format!("{rcpt}: unknown result")),
                         }
                     }
@@ -138,6 +153,19 @@ impl Worker {
             match self.hand_to_relay(job, remote).await {
                 Ok(()) => state.relayed = true,
                 Err(e) => temporary.push(e),
+            }
+        }
+
+        // RFC 3464 / RFC 3461: tell the sender about recipients that failed
+        // for good (NOTIFY and the null sender are honoured by DsnSender).
+        // Only once per recipient, even if the job is retried for others.
+        let unreported: Vec<Failure> = failures.into_iter().filter(|(r, _, _)| !state.bounced.contains(r)).collect();
+        if !unreported.is_empty() {
+            match self.dsn.bounce_failures(job, &unreported).await {
+                Ok(()) => state.bounced.extend(unreported.into_iter().map(|(r, _, _)| r)),
+                // The DSN could not be queued: retry the job; delivered
+                // recipients are skipped by their delivery keys.
+                Err(e) => temporary.push(format!("bounce: {e}")),
             }
         }
 
@@ -161,10 +189,9 @@ impl Worker {
     }
 }
 
-fn fail(state: &mut JobState, recipient: &str, why: &str) {
-    // Bounces (RFC 3464 DSN) are issue 4; until then the failure is logged
-    // and kept in the job state.
+fn fail(state: &mut JobState, failures: &mut Vec<Failure>, recipient: &str, status: &str, why: &str) {
     tracing::warn!(recipient, reason = why, "recipient failed permanently");
+    failures.push((recipient.to_string(), status.to_string(), format!("550 {status} {why}")));
     let entry = format!("{recipient}: {why}");
     if !state.failed.contains(&entry) {
         state.failed.push(entry);

@@ -162,3 +162,39 @@ async fn over_quota_is_retried_until_space_is_freed() {
     admin.set_quota(pb::SetQuotaRequest { address: "bob@example.org".into(), quota_bytes: 0 }).await.expect("quota");
     mail.wait_inbox(&mail.bob, 1, WAIT).await;
 }
+
+#[tokio::test]
+async fn a_permanent_local_failure_is_bounced_to_the_sender_once() {
+    let mut mail = Mail::start().await;
+    // Over quota as a permanent failure (RFC 3463 5.2.2) instead of retrying.
+    mail.stop_queue().await;
+    let mut config = mail.queue_config();
+    config.over_quota = delivery_queue::config::OverQuota::Permanent;
+    let token = tokio_util::sync::CancellationToken::new();
+    let running = delivery_queue::run(config, token.clone()).await.expect("delivery-queue starts");
+    mail.queue = Some((running, token));
+
+    let mut admin = mail.env.admin().await;
+    admin.set_quota(pb::SetQuotaRequest { address: "bob@example.org".into(), quota_bytes: 10 }).await.expect("quota");
+    send(&mail, "alice@example.org", &["bob@example.org"], "does not fit").await;
+
+    let inbox = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    let dsn = String::from_utf8_lossy(&inbox[0]);
+    for expected in [
+        "Return-Path: <>",
+        "multipart/report",
+        "report-type=delivery-status",
+        "Final-Recipient: rfc822; bob@example.org",
+        "Action: failed",
+        "Status: 5.2.2",
+        "Diagnostic-Code: smtp; 550 5.2.2 over quota",
+        "Subject: does not fit",
+    ] {
+        assert!(dsn.contains(expected), "DSN lacks {expected:?}:\n{dsn}");
+    }
+    assert_eq!(mail.inbox_count(&mail.bob).await, 0);
+    // The bounce comes from <>, so it is never bounced in turn, and the job
+    // is finished: no second DSN arrives.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(mail.inbox_count(&mail.alice).await, 1);
+}
