@@ -8,7 +8,6 @@ use sqlx::Row;
 use super::expunge::remove_messages;
 use super::{
     MAILBOX_COLUMNS, UidSet, add_usage, allocate_uids, lock_account, mailbox_by_id, mailbox_by_name, u32_of, u64_of,
-    uid_set_condition,
 };
 use crate::Store;
 use crate::error::{StorageError, StorageResult};
@@ -37,20 +36,7 @@ impl Store {
         let sql = format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = ANY($1) ORDER BY id FOR UPDATE");
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&ids).fetch_all(&mut *tx).await?;
 
-        set.resolve_star(&mut tx, source.id).await?;
-        let (lo, hi) = set.bounds();
-        let sql = format!(
-            "SELECT m.uid, m.size FROM messages m WHERE m.mailbox_id = $1 AND {} ORDER BY m.uid",
-            uid_set_condition(2, 3, 4, 5)
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(source.id)
-            .bind(lo)
-            .bind(hi)
-            .bind(&set.starts)
-            .bind(&set.ends)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = set.select_messages(&mut tx, source.id, "m.uid, m.size", "").await?;
         let uids: Vec<i64> = rows.iter().map(|r| r.get("uid")).collect();
         let bytes: i64 = rows.iter().map(|r| r.get::<i64, _>("size")).sum();
         let mut response = pb::CopyResponse {

@@ -5,7 +5,7 @@ use mailfleet_proto::storage::v1 as pb;
 use pb::mail_event::Kind;
 use sqlx::{PgConnection, Row};
 
-use super::{UidSet, add_usage, bump_modseq, lock_account, mailbox_by_id, u32_of, u64_of, uid_set_condition};
+use super::{UidSet, add_usage, bump_modseq, lock_account, mailbox_by_id, u32_of, u64_of};
 use crate::Store;
 use crate::error::{StorageError, StorageResult};
 
@@ -64,20 +64,9 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?
         } else {
-            set.resolve_star(&mut tx, mailbox.id).await?;
-            let (lo, hi) = set.bounds();
-            let sql = format!(
-                "SELECT m.uid FROM messages m WHERE m.mailbox_id = $1 AND {} {} ORDER BY m.uid",
-                uid_set_condition(2, 3, 4, 5),
-                if req.ignore_deleted_flag { "" } else { "AND '\\Deleted' = ANY(m.flags)" }
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(mailbox.id)
-                .bind(lo)
-                .bind(hi)
-                .bind(&set.starts)
-                .bind(&set.ends)
-                .fetch_all(&mut *tx)
+            // POP3's UPDATE state removes exactly the listed messages.
+            let only_deleted = if req.ignore_deleted_flag { "" } else { "AND '\\Deleted' = ANY(m.flags)" };
+            set.select_messages(&mut tx, mailbox.id, "m.uid", only_deleted)
                 .await?
                 .iter()
                 .map(|r| r.get::<i64, _>("uid"))

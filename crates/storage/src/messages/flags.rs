@@ -8,7 +8,7 @@ use pb::mail_event::Kind;
 use pb::store_flags_request::Operation;
 use sqlx::Row;
 
-use super::{UidSet, bump_modseq, mailbox_by_id, u32_of, u64_of, uid_set_condition};
+use super::{UidSet, bump_modseq, mailbox_by_id, u32_of, u64_of};
 use crate::Store;
 use crate::error::{StorageError, StorageResult};
 
@@ -108,20 +108,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Flag-only change: the mailbox row lock alone serialises it.
         let mailbox = mailbox_by_id(&mut tx, req.account_id, req.mailbox_id, true).await?;
-        set.resolve_star(&mut tx, mailbox.id).await?;
-        let (lo, hi) = set.bounds();
-        let sql = format!(
-            "SELECT m.uid, m.flags, m.modseq FROM messages m WHERE m.mailbox_id = $1 AND {} ORDER BY m.uid",
-            uid_set_condition(2, 3, 4, 5)
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(mailbox.id)
-            .bind(lo)
-            .bind(hi)
-            .bind(&set.starts)
-            .bind(&set.ends)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = set.select_messages(&mut tx, mailbox.id, "m.uid, m.flags, m.modseq", "").await?;
 
         let mut modified = Vec::new();
         let mut changes: Vec<(i64, Vec<String>)> = Vec::new();

@@ -242,6 +242,32 @@ impl UidSet {
         let hi = self.ends.iter().copied().max().unwrap_or(MAX_UID);
         (lo, hi)
     }
+
+    /// `columns` (over alias `m`) of the messages of `mailbox_id` in this
+    /// set, ascending UID, after resolving `*`. `extra` is a further SQL
+    /// condition written in the code, never client input.
+    pub(crate) async fn select_messages(
+        &mut self,
+        conn: &mut PgConnection,
+        mailbox_id: i64,
+        columns: &str,
+        extra: &str,
+    ) -> StorageResult<Vec<PgRow>> {
+        self.resolve_star(conn, mailbox_id).await?;
+        let (lo, hi) = self.bounds();
+        let sql = format!(
+            "SELECT {columns} FROM messages m WHERE m.mailbox_id = $1 AND {} {extra} ORDER BY m.uid",
+            uid_set_condition(2, 3, 4, 5)
+        );
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(mailbox_id)
+            .bind(lo)
+            .bind(hi)
+            .bind(&self.starts)
+            .bind(&self.ends)
+            .fetch_all(conn)
+            .await?)
+    }
 }
 
 /// SQL condition on alias `m` matching a UidSet bound at `$lo, $hi, $starts, $ends`.
