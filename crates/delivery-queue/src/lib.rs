@@ -23,7 +23,6 @@ use tonic::transport::Channel;
 use tracing::Instrument;
 
 pub use config::QueueConfig;
-use state::JobState;
 use worker::{Outcome, Worker};
 
 #[derive(Debug, thiserror::Error)]
@@ -198,13 +197,14 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
         };
         tracing::Span::current().record("queue_id", job.queue_id.as_str());
         // Earlier attempts may have handed remote recipients to the relay.
-        let mut state = if attempts > 1 {
-            match kv.get(&job.queue_id).await {
-                Ok(Some(v)) => JobState::from_json(&v).unwrap_or_default(),
-                _ => JobState::default(),
+        let mut state = match state::load(kv, &job.queue_id, attempts).await {
+            Ok(state) => state,
+            Err(err) => {
+                let delay = worker::backoff(attempts, config.retry_initial, config.retry_max);
+                tracing::warn!(error = %err, delay = ?delay, "cannot read the job's state; will retry");
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                return;
             }
-        } else {
-            JobState::default()
         };
         match worker.attempt(&job, &mut state).await {
             Outcome::Done => {

@@ -49,3 +49,18 @@ impl JobState {
         serde_json::from_slice(data).ok()
     }
 }
+
+/// The state earlier attempts of a job left under `key` (none on the first
+/// attempt). `Err` when the bucket cannot be read: the caller must retry
+/// the job later, because acting on an empty state would send again to
+/// recipients already done, hand them to the relay again or bounce twice.
+pub async fn load(kv: &async_nats::jetstream::kv::Store, key: &str, attempts: u64) -> Result<JobState, String> {
+    if attempts <= 1 {
+        return Ok(JobState::default());
+    }
+    match kv.get(key).await {
+        Ok(Some(v)) => Ok(JobState::from_json(&v).unwrap_or_default()),
+        Ok(None) => Ok(JobState::default()),
+        Err(err) => Err(err.to_string()),
+    }
+}

@@ -360,13 +360,14 @@ impl Relay {
             };
             tracing::Span::current().record("queue_id", job.queue_id.as_str());
             let key = state_key(&job.queue_id);
-            let mut state = if attempts > 1 {
-                match self.kv.get(&key).await {
-                    Ok(Some(v)) => JobState::from_json(&v).unwrap_or_default(),
-                    _ => JobState::default(),
+            let mut state = match crate::state::load(&self.kv, &key, attempts).await {
+                Ok(state) => state,
+                Err(err) => {
+                    let delay = self.config.schedule.delay(attempts);
+                    tracing::warn!(error = %err, delay = ?delay, "cannot read the relay state; will retry");
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    return;
                 }
-            } else {
-                JobState::default()
             };
             // A long attempt (slow far side, waiting for a destination
             // slot) keeps telling JetStream it is alive, so the job is not
