@@ -197,7 +197,7 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
         };
         tracing::Span::current().record("queue_id", job.queue_id.as_str());
         // Earlier attempts may have handed remote recipients to the relay.
-        let mut state = match state::load(kv, &job.queue_id, attempts).await {
+        let mut state = match state::load(kv, &job.queue_id, state::resumed(&msg, attempts)).await {
             Ok(state) => state,
             Err(err) => {
                 let delay = worker::backoff(attempts, config.retry_initial, config.retry_max);

@@ -4,8 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The value stored under `<queue_id>` (JSON).
+/// The value stored under `<queue_id>` (JSON). Missing fields take their
+/// defaults, so entries written by older versions still read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct JobState {
     pub queue_id: String,
     /// Sequence of the job's message in the queue stream.
@@ -50,12 +52,21 @@ impl JobState {
     }
 }
 
-/// The state earlier attempts of a job left under `key` (none on the first
-/// attempt). `Err` when the bucket cannot be read: the caller must retry
+/// Header on a job that `mailctl queue retry` republished: its delivery
+/// count starts again at 1, but earlier attempts left state to resume from.
+pub const RESUME_HEADER: &str = "Mailfleet-Resume";
+
+/// Did earlier attempts of this message's job leave state behind?
+pub fn resumed(msg: &async_nats::jetstream::Message, attempts: u64) -> bool {
+    attempts > 1 || msg.headers.as_ref().is_some_and(|h| h.get(RESUME_HEADER).is_some())
+}
+
+/// The state earlier attempts of a job left under `key` (none unless
+/// `resumed`). `Err` when the bucket cannot be read: the caller must retry
 /// the job later, because acting on an empty state would send again to
 /// recipients already done, hand them to the relay again or bounce twice.
-pub async fn load(kv: &async_nats::jetstream::kv::Store, key: &str, attempts: u64) -> Result<JobState, String> {
-    if attempts <= 1 {
+pub async fn load(kv: &async_nats::jetstream::kv::Store, key: &str, resumed: bool) -> Result<JobState, String> {
+    if !resumed {
         return Ok(JobState::default());
     }
     match kv.get(key).await {

@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use clap::{Args, Subcommand};
+use delivery_queue::state::{JobState, RESUME_HEADER};
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 
 #[derive(Args)]
 pub struct QueueArgs {
@@ -33,25 +33,6 @@ pub enum QueueCmd {
     Retry { queue_id: String },
     /// Remove a job from the queue (it will not be delivered).
     Delete { queue_id: String },
-}
-
-/// Mirror of delivery-queue's `state::JobState` (JSON in the bucket).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct JobState {
-    pub queue_id: String,
-    pub stream_seq: u64,
-    pub attempts: u64,
-    pub next_retry: u64,
-    pub last_error: String,
-    pub mail_from: String,
-    pub recipients: Vec<String>,
-    pub relayed: bool,
-    pub failed: Vec<String>,
-    /// Entry of the outbound relay (key `<queue_id>.relay`).
-    pub remote: bool,
-    /// The stream `stream_seq` refers to; empty = the queue stream.
-    pub stream: String,
 }
 
 struct Queue {
@@ -83,7 +64,7 @@ async fn open(args: &QueueArgs) -> anyhow::Result<Queue> {
 async fn state(q: &Queue, queue_id: &str) -> anyhow::Result<JobState> {
     let value =
         q.kv.get(queue_id).await?.with_context(|| format!("no queued job {queue_id} with a recorded failure"))?;
-    Ok(serde_json::from_slice(&value)?)
+    JobState::from_json(&value).with_context(|| format!("unreadable state for {queue_id}"))
 }
 
 fn when(unix: u64) -> String {
@@ -120,11 +101,14 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             let old = stream.get_raw_message(s.stream_seq).await.context("the job is no longer in the stream")?;
             let mut headers = old.headers.clone();
             headers.insert("Nats-Msg-Id", format!("{queue_id}.retry.{}", s.attempts).as_str());
+            // The copy starts at delivery count 1: tell the worker to resume
+            // from the recorded state (recipients already done, bounced...).
+            headers.insert(RESUME_HEADER, "1");
             let ack = q.js.publish_with_headers(old.subject.to_string(), headers, old.payload.clone()).await?.await?;
             stream.delete_message(s.stream_seq).await.context("removing the waiting copy")?;
             s.stream_seq = ack.sequence;
             s.next_retry = 0;
-            q.kv.put(queue_id, serde_json::to_vec(&s)?.into()).await?;
+            q.kv.put(queue_id, s.to_json().into()).await?;
             println!("retrying {queue_id} now");
         }
         QueueCmd::Delete { queue_id } => {

@@ -41,7 +41,7 @@ async fn list_retry_and_delete_queued_jobs() {
     let kv = js.get_key_value(bucket.clone()).await.expect("bucket");
     let ack = js.publish(subject.clone(), "job-bytes".into()).await.expect("publish").await.expect("ack");
     let state = format!(
-        r#"{{"queue_id":"Q1","stream_seq":{},"attempts":3,"next_retry":{},"last_error":"deliver: Unavailable: storage down","mail_from":"x@remote.test","recipients":["bob@example.org"]}}"#,
+        r#"{{"queue_id":"Q1","stream_seq":{},"attempts":3,"next_retry":{},"last_error":"deliver: Unavailable: storage down","mail_from":"x@remote.test","recipients":["bob@example.org"],"relayed":true,"bounced":["carol@example.org"],"done":["dave@remote.test"]}}"#,
         ack.sequence,
         u64::MAX / 2
     );
@@ -69,6 +69,16 @@ async fn list_retry_and_delete_queued_jobs() {
     assert_eq!(state.messages, 1);
     let copy = stream.get_raw_message(state.last_sequence).await.expect("copy");
     assert_eq!(&copy.payload[..], b"job-bytes");
+    // The copy starts over at delivery count 1: it is marked so the worker
+    // resumes from the recorded progress, and that progress is kept intact
+    // (otherwise done recipients would get the mail again).
+    assert!(copy.headers.get(delivery_queue::state::RESUME_HEADER).is_some());
+    let kept = delivery_queue::state::JobState::from_json(&kv.get("Q1").await.expect("get").expect("state"))
+        .expect("state parses");
+    assert!(kept.relayed);
+    assert_eq!(kept.bounced, vec!["carol@example.org"]);
+    assert_eq!(kept.done, vec!["dave@remote.test"]);
+    assert_eq!(kept.stream_seq, state.last_sequence);
 
     let (ok, out) = run(&["delete", "Q1"]);
     assert!(ok, "{out}");

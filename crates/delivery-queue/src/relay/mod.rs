@@ -360,7 +360,7 @@ impl Relay {
             };
             tracing::Span::current().record("queue_id", job.queue_id.as_str());
             let key = state_key(&job.queue_id);
-            let mut state = match crate::state::load(&self.kv, &key, attempts).await {
+            let mut state = match crate::state::load(&self.kv, &key, crate::state::resumed(&msg, attempts)).await {
                 Ok(state) => state,
                 Err(err) => {
                     let delay = self.config.schedule.delay(attempts);
