@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mailfleet_runtime::proxy::ProxyProtocol;
 use mailfleet_runtime::tls::TlsSettings;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,18 @@ pub struct IngressConfig {
     pub enforce_sender_ownership: bool,
     pub timeouts: Timeouts,
     pub inbound_auth: InboundAuthConfig,
+    /// PROXY protocol v1/v2 from a load balancer, on every listener: which
+    /// peers may (and then must) send it. Off by default.
+    pub proxy_protocol: ProxyProtocol,
+    /// How long a trusted load balancer gets to send its PROXY header.
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
+    /// Plain-HTTP `GET /healthz` endpoint (200 while accepting mail); unset: none.
+    pub health_listen: Option<SocketAddr>,
+    /// On shutdown, how long a transaction already in DATA/BDAT gets to
+    /// finish and receive its real reply before it is cut off with 421.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 /// JetStream names shared with delivery-queue.
@@ -134,6 +147,12 @@ impl Default for IngressConfig {
             enforce_sender_ownership: true,
             timeouts: Timeouts::default(),
             inbound_auth: InboundAuthConfig::default(),
+            proxy_protocol: ProxyProtocol::default(),
+            proxy_header_timeout: mailfleet_runtime::proxy::DEFAULT_HEADER_TIMEOUT,
+            health_listen: None,
+            // A 25 MiB message over a slow link needs a while; compose's
+            // stop_grace_period must be longer than this.
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

@@ -1,5 +1,12 @@
-//! The connection driver: listeners, TLS, timeouts, limits. Bytes in, the
-//! session decides, replies out. The only module that does I/O.
+//! The connection driver: listeners, the PROXY header of a trusted load
+//! balancer, TLS, timeouts, limits, graceful shutdown. Bytes in, the session
+//! decides, replies out. The only module that does I/O.
+//!
+//! Shutdown has two stages. `shutdown` (SIGTERM): listeners close, a session
+//! waiting for a command is told `421 4.3.2` (RFC 5321 §3.8) and closed, but
+//! a message already in DATA or between BDAT chunks keeps being read and gets
+//! its real reply (then the 421). `hard` (the grace period ran out): reads of
+//! message text stop too, with the same 421; the client retries the message.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field};
 
+use mailfleet_runtime::proxy;
+
 use crate::codec::{CommandReader, LineReader, Parsed, Reply};
 use crate::config::IngressConfig;
+use crate::metrics::Metrics;
 use crate::session::{Backend, Body, Next, Policy, Port, Session, Step, TlsInfo};
 
 /// Which listener accepted the connection.
@@ -37,14 +47,36 @@ pub struct Shared<B> {
     pub config: Arc<IngressConfig>,
     pub backend: B,
     pub tls: TlsAcceptor,
+    /// Stop accepting; idle sessions get 421.
     pub shutdown: CancellationToken,
+    /// The shutdown grace period is over: messages still being read get 421.
+    pub hard: CancellationToken,
     pub tracker: TaskTracker,
+    /// Reads the PROXY header from trusted load balancers.
+    pub proxy: proxy::Acceptor,
+    pub metrics: Metrics,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl<B> Shared<B> {
-    pub fn new(config: Arc<IngressConfig>, backend: B, tls: TlsAcceptor, shutdown: CancellationToken) -> Shared<B> {
-        Shared { config, backend, tls, shutdown, tracker: TaskTracker::new(), per_ip: Mutex::new(HashMap::new()) }
+    pub fn new(
+        config: Arc<IngressConfig>,
+        backend: B,
+        tls: TlsAcceptor,
+        proxy: proxy::Acceptor,
+        shutdown: CancellationToken,
+    ) -> Shared<B> {
+        Shared {
+            config,
+            backend,
+            tls,
+            shutdown,
+            hard: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            proxy,
+            metrics: Metrics::new(),
+            per_ip: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -94,16 +126,37 @@ pub async fn accept_loop<B: Backend + Clone + 'static>(listener: TcpListener, ki
             }
         };
         let _ = stream.set_nodelay(true);
-        let span = tracing::info_span!("conn", proto = "smtp", listener = ?kind, %peer, user = field::Empty);
+        // `peer` is the TCP peer (the load balancer, when there is one);
+        // `client` the real client, from the PROXY header.
+        let span = tracing::info_span!(
+            "conn", proto = "smtp", listener = ?kind, %peer, client = field::Empty, user = field::Empty
+        );
         let shared2 = shared.clone();
         shared.tracker.spawn(
             async move {
-                let Some(slot) = take_slot(&shared2, peer.ip()) else {
-                    let mut stream = stream;
-                    let _ = stream.write_all(b"421 4.7.0 Too many connections from your address\r\n").await;
+                let (stream, client) = match shared2.proxy.accept(stream, peer).await {
+                    Ok(x) => x,
+                    Err(err) => {
+                        // A trusted balancer that sends no valid header: close
+                        // without a greeting (there is no client to talk to).
+                        tracing::warn!(error = %err, "PROXY header refused; closing");
+                        shared2.metrics.rejected("proxy_header");
+                        return;
+                    }
+                };
+                tracing::Span::current().record("client", field::display(client));
+                // Limits count real clients, not the balancer.
+                let Some(slot) = take_slot(&shared2, client.ip()) else {
+                    shared2.metrics.rejected("per_ip_limit");
+                    if kind != Listener::Submissions {
+                        let mut stream = stream;
+                        let _ = stream.write_all(b"421 4.7.0 Too many connections from your address\r\n").await;
+                    }
                     return;
                 };
-                connection(shared2, stream, peer, kind).await;
+                shared2.metrics.connection_opened(kind);
+                connection(&shared2, stream, client, kind).await;
+                shared2.metrics.connection_closed();
                 drop(slot);
             }
             .instrument(span),
@@ -237,9 +290,11 @@ impl Conn {
     }
 }
 
-async fn connection<B: Backend + Clone>(shared: Arc<Shared<B>>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
+/// One session; `peer` is the real client (PROXY header applied), used for
+/// the loopback exception, SPF and the `Received:` field.
+async fn connection<B: Backend + Clone>(shared: &Shared<B>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
     let (io, tls) = if kind == Listener::Submissions {
-        match handshake(&shared, stream).await {
+        match handshake(shared, stream).await {
             Some(Io::Tls(s)) => {
                 let info = tls_info(&s);
                 (Io::Tls(s), Some(info))
@@ -268,24 +323,51 @@ async fn connection<B: Backend + Clone>(shared: Arc<Shared<B>>, stream: TcpStrea
     };
     let session = Session::new(policy, shared.backend.clone(), peer.ip(), tls);
     let conn = Conn { io, inbuf: Vec::with_capacity(READ_CHUNK), pos: 0, out: Vec::new() };
-    match run(&shared, session, conn).await {
+    match run(shared, session, conn, kind).await {
         Ok(()) => {}
         Err(err) => tracing::debug!(error = %err, "connection ended with an I/O error"),
     }
 }
 
-async fn run<B: Backend>(shared: &Shared<B>, mut session: Session<B>, mut conn: Conn) -> std::io::Result<()> {
+/// Whether `input`, before any command, is the start of a PROXY header
+/// (v1 text or the v2 signature) from a peer not trusted to send one.
+fn starts_like_proxy_header(input: &[u8]) -> bool {
+    input.starts_with(b"PROXY ") || input.starts_with(&proxy::V2_SIGNATURE[..4])
+}
+
+async fn run<B: Backend>(
+    shared: &Shared<B>,
+    mut session: Session<B>,
+    mut conn: Conn,
+    kind: Listener,
+) -> std::io::Result<()> {
     let config = &shared.config;
-    let shutdown = &shared.shutdown;
     let mut commands = CommandReader::default();
     let mut lines = LineReader::default();
     // The message being received (DATA, or BDAT chunks so far).
     let mut message: Vec<u8> = Vec::new();
+    let mut first_command = true;
+    let mut auth_failures_reported = 0;
     conn.push(&[session.greeting()]);
     let mut next = Next::Command;
     loop {
         let step: Step = match next {
             Next::Command => {
+                // A BDAT transfer in progress is a message being received:
+                // its remaining chunks are read until the grace period ends.
+                let stop = if session.in_chunked_transfer() { &shared.hard } else { &shared.shutdown };
+                if stop.is_cancelled() {
+                    // RFC 5321 §3.8: tell the client before closing.
+                    conn.push(&[session.shutdown_reply()]);
+                    return conn.flush().await;
+                }
+                if first_command && starts_like_proxy_header(conn.pending()) {
+                    // Only configured load balancers may name another client.
+                    tracing::info!("PROXY header from an untrusted peer; closing");
+                    shared.metrics.rejected("proxy_header");
+                    conn.push(&[Reply::new(554, [5, 7, 0], "PROXY header not accepted from your address")]);
+                    return conn.flush().await;
+                }
                 let mut it = conn.pending().iter();
                 let before = it.len();
                 let parsed = commands.next(&mut it);
@@ -293,6 +375,7 @@ async fn run<B: Backend>(shared: &Shared<B>, mut session: Session<B>, mut conn: 
                 conn.consume(used);
                 match parsed {
                     Some(Parsed::Command(cmd)) => {
+                        first_command = false;
                         let verb = cmd.name();
                         let step = session.command(cmd).instrument(tracing::debug_span!("cmd", verb)).await;
                         if !session.in_transaction() {
@@ -303,9 +386,12 @@ async fn run<B: Backend>(shared: &Shared<B>, mut session: Session<B>, mut conn: 
                         }
                         step
                     }
-                    Some(Parsed::Error(reply)) => Step { replies: vec![reply], next: Next::Command },
+                    Some(Parsed::Error(reply)) => {
+                        first_command = false;
+                        Step { replies: vec![reply], next: Next::Command }
+                    }
                     None => {
-                        match conn.fill(config.timeouts.command, shutdown).await? {
+                        match conn.fill(config.timeouts.command, stop).await? {
                             Input::More => {}
                             Input::Eof => return Ok(()),
                             Input::Timeout => {
@@ -330,11 +416,15 @@ async fn run<B: Backend>(shared: &Shared<B>, mut session: Session<B>, mut conn: 
                 match line {
                     Some(line) => session.auth_line(line).await,
                     None => {
-                        match conn.fill(config.timeouts.command, shutdown).await? {
+                        match conn.fill(config.timeouts.command, &shared.shutdown).await? {
                             Input::More => {}
                             Input::Eof => return Ok(()),
-                            Input::Timeout | Input::Shutdown => {
+                            Input::Timeout => {
                                 conn.push(&[session.timeout_reply()]);
+                                return conn.flush().await;
+                            }
+                            Input::Shutdown => {
+                                conn.push(&[session.shutdown_reply()]);
                                 return conn.flush().await;
                             }
                         }
@@ -344,21 +434,27 @@ async fn run<B: Backend>(shared: &Shared<B>, mut session: Session<B>, mut conn: 
             }
             Next::Data => {
                 conn.flush().await?;
-                let body = match read_data(&mut conn, config, shutdown, std::mem::take(&mut message)).await? {
+                // Shutdown does not interrupt a message being received; only
+                // the end of the grace period does.
+                let body = match read_data(&mut conn, config, &shared.hard, std::mem::take(&mut message)).await? {
                     Some(body) => body,
                     None => {
-                        conn.push(&[session.timeout_reply()]);
+                        conn.push(&[cut_off_reply(shared, &session)]);
                         return conn.flush().await;
                     }
                 };
-                session.end_of_data(body).await
+                let step = session.end_of_data(body).await;
+                if step.replies.first().map(Reply::code) == Some(250) {
+                    shared.metrics.message_received(kind);
+                }
+                step
             }
             Next::Bdat { size, last } => {
                 let max = config.max_message_size;
                 let too_large = message.len().saturating_add(size) > max;
                 let keep = if too_large { None } else { Some(&mut message) };
-                if !read_exact(&mut conn, config, shutdown, size, keep).await? {
-                    conn.push(&[session.timeout_reply()]);
+                if !read_exact(&mut conn, config, &shared.hard, size, keep).await? {
+                    conn.push(&[cut_off_reply(shared, &session)]);
                     return conn.flush().await;
                 }
                 if too_large {
@@ -366,14 +462,18 @@ async fn run<B: Backend>(shared: &Shared<B>, mut session: Session<B>, mut conn: 
                     message = Vec::new();
                     session.end_of_data(Body::TooLarge).await
                 } else if last {
-                    session.end_of_data(Body::Complete(std::mem::take(&mut message))).await
+                    let step = session.end_of_data(Body::Complete(std::mem::take(&mut message))).await;
+                    if step.replies.first().map(Reply::code) == Some(250) {
+                        shared.metrics.message_received(kind);
+                    }
+                    step
                 } else {
                     Step { replies: vec![session.bdat_chunk_received(size)], next: Next::Command }
                 }
             }
             Next::DiscardBdat { size } => {
-                if !read_exact(&mut conn, config, shutdown, size, None).await? {
-                    conn.push(&[session.timeout_reply()]);
+                if !read_exact(&mut conn, config, &shared.hard, size, None).await? {
+                    conn.push(&[cut_off_reply(shared, &session)]);
                     return conn.flush().await;
                 }
                 Step { replies: vec![], next: Next::Command }
@@ -401,12 +501,26 @@ async fn run<B: Backend>(shared: &Shared<B>, mut session: Session<B>, mut conn: 
                 return conn.flush().await;
             }
         };
+        let failures = session.auth_failures();
+        if failures > auth_failures_reported {
+            shared.metrics.auth_failed(failures - auth_failures_reported);
+            auth_failures_reported = failures;
+        }
+        if step.replies.iter().any(|r| r.code() == 451) {
+            // 451 4.3.0: storage or the queue did not answer.
+            shared.metrics.dependency_unavailable();
+        }
         conn.push(&step.replies);
         next = step.next;
         if next == Next::Close {
             return conn.flush().await;
         }
     }
+}
+
+/// Message text stopped arriving in time, or the shutdown grace period ran out.
+fn cut_off_reply<B: Backend>(shared: &Shared<B>, session: &Session<B>) -> Reply {
+    if shared.hard.is_cancelled() { session.shutdown_reply() } else { session.timeout_reply() }
 }
 
 /// Read message text up to `<CRLF>.<CRLF>` (dot-unstuffed by smtp-proto's

@@ -253,6 +253,17 @@ impl<B: Backend> Session<B> {
         matches!(self.state, State::Mail(_))
     }
 
+    /// A BDAT transfer has begun (RFC 3030 §2): the chunks that follow
+    /// belong to a message in progress, which shutdown lets finish.
+    pub fn in_chunked_transfer(&self) -> bool {
+        matches!(&self.state, State::Mail(txn) if txn.chunking)
+    }
+
+    /// Failed AUTH attempts on this connection so far.
+    pub fn auth_failures(&self) -> u32 {
+        self.auth_failures
+    }
+
     pub fn user(&self) -> Option<&AuthUser> {
         self.user.as_ref()
     }

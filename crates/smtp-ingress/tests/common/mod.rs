@@ -291,6 +291,30 @@ impl Raw {
         raw
     }
 
+    /// A connection on which something (a PROXY header) was already sent;
+    /// the greeting has not been read yet.
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw { stream, buf: Vec::new() }
+    }
+
+    /// Whatever the server sends until it closes the connection (a reset,
+    /// when it closed with our input unread, counts as closing).
+    pub async fn rest(&mut self) -> String {
+        let mut rest = std::mem::take(&mut self.buf);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline.into(), self.stream.read(&mut chunk))
+                .await
+                .expect("server closes within 30 s")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+
     pub async fn send(&mut self, data: &[u8]) {
         self.stream.write_all(data).await.expect("write");
     }

@@ -1,0 +1,174 @@
+//! Running smtp-ingress behind a load balancer and restarting it: PROXY
+//! protocol, the health endpoint and graceful shutdown, end to end against
+//! storage, JetStream and delivery-queue on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Mail, Raw, expect, strip_trace};
+use mailfleet_runtime::proxy::{ProxyProtocol, encode_v2};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Connect as a load balancer does: a PROXY v2 header naming `client` first.
+async fn connect_proxied(addr: SocketAddr, client: &str) -> Raw {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(&encode_v2(client.parse().expect("client address"), addr)).await.expect("header");
+    let mut raw = Raw::from_stream(tcp);
+    expect(&raw.reply().await, "220 ");
+    raw
+}
+
+async fn http_get(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect to health");
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+#[tokio::test]
+async fn message_in_data_finishes_during_shutdown_and_idle_sessions_get_421() {
+    let mut mail = Mail::start().await;
+    let mx = mail.mx();
+    let mut idle = Raw::connect(mx).await;
+    expect(&idle.cmd("EHLO idle.test").await, "250");
+
+    let mut sending = Raw::connect(mx).await;
+    expect(&sending.cmd("EHLO busy.test").await, "250");
+    expect(&sending.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&sending.cmd("RCPT TO:<alice@example.org>").await, "250");
+    expect(&sending.cmd("DATA").await, "354");
+    sending.send(b"Subject: sent across a restart\r\n\r\nfirst half\r\n").await;
+
+    let mut chunked = Raw::connect(mx).await;
+    expect(&chunked.cmd("EHLO chunks.test").await, "250");
+    expect(&chunked.cmd("MAIL FROM:<y@remote.test>").await, "250");
+    expect(&chunked.cmd("RCPT TO:<bob@example.org>").await, "250");
+    chunked.send(b"BDAT 26\r\nSubject: chunked restart\r\n").await;
+    expect(&chunked.reply().await, "250 2.0.0 26 octets");
+
+    // SIGTERM.
+    let (running, token) = mail.ingress.take().expect("ingress running");
+    token.cancel();
+
+    // RFC 5321 §3.8: the idle session is told, and closed.
+    expect(&idle.reply().await, "421 4.3.2");
+    assert_eq!(idle.rest().await, "");
+    // No new connections once the listener is closed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(mx).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "listener still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The message in DATA completes and gets its real reply, then the 421.
+    sending.send(b"second half\r\n.\r\n").await;
+    expect(&sending.reply().await, "250 2.0.0 Ok: queued as ");
+    expect(&sending.reply().await, "421 4.3.2");
+    // So does the BDAT transfer that had begun.
+    chunked.send(b"BDAT 13 LAST\r\n\r\nchunk two\r\n").await;
+    expect(&chunked.reply().await, "250 2.0.0 Ok: queued as ");
+    expect(&chunked.reply().await, "421 4.3.2");
+
+    tokio::time::timeout(WAIT, running.task).await.expect("ingress stops once sessions are done").expect("task");
+    let alice = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    assert!(
+        String::from_utf8_lossy(&alice[0])
+            .ends_with("Subject: sent across a restart\r\n\r\nfirst half\r\nsecond half\r\n")
+    );
+    let bob = mail.wait_inbox(&mail.bob, 1, WAIT).await;
+    assert!(String::from_utf8_lossy(&bob[0]).ends_with("Subject: chunked restart\r\n\r\nchunk two\r\n"));
+}
+
+#[tokio::test]
+async fn a_message_still_arriving_after_the_grace_period_gets_421_and_is_not_delivered() {
+    let mut mail = Mail::start_with(|c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let mut slow = Raw::connect(mail.mx()).await;
+    expect(&slow.cmd("EHLO slow.test").await, "250");
+    expect(&slow.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&slow.cmd("RCPT TO:<alice@example.org>").await, "250");
+    expect(&slow.cmd("DATA").await, "354");
+    slow.send(b"Subject: never finished\r\n\r\n").await;
+
+    mail.stop_ingress().await;
+    // The client was told to retry; nothing half-received was stored.
+    expect(&slow.reply().await, "421 4.3.2");
+    assert_eq!(slow.rest().await, "");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mail.inbox_count(&mail.alice).await, 0);
+    assert_eq!(mail.stream_len(&mail.queue_config().stream).await, 0);
+}
+
+#[tokio::test]
+async fn proxy_v2_from_a_trusted_balancer_names_the_client_in_received() {
+    let mail = Mail::start_with(|c| {
+        c.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["127.0.0.0/8".into()] };
+        c.proxy_header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut c = connect_proxied(mail.mx(), "203.0.113.7:40025").await;
+    expect(&c.cmd("EHLO client.example.net").await, "250");
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<alice@example.org>").await, "250");
+    expect(&c.cmd("DATA").await, "354");
+    let original = b"Subject: through the balancer\r\n\r\nhello\r\n";
+    c.send(original).await;
+    expect(&c.cmd(".").await, "250 2.0.0");
+    expect(&c.cmd("QUIT").await, "221");
+
+    let inbox = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    let trace = strip_trace(&inbox[0], original);
+    // RFC 5321 §4.4: the address the client connected from, not the balancer's.
+    assert!(trace.contains("Received: from client.example.net ([203.0.113.7])\r\n"), "{trace}");
+    assert!(!trace.contains("127.0.0.1"), "{trace}");
+
+    // Submission listeners read the header too; the remote client is not
+    // on loopback, so no AUTH in clear text for it.
+    let mut sub = connect_proxied(mail.submission(), "198.51.100.3:50000").await;
+    let ehlo = sub.cmd("EHLO laptop").await;
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+
+    // A trusted peer must send a header: without one it is closed before
+    // any greeting, after proxy_header_timeout.
+    let mut bare = Raw::from_stream(TcpStream::connect(mail.mx()).await.expect("connect"));
+    bare.send(b"EHLO sneaky\r\n").await;
+    assert_eq!(bare.rest().await, "", "no greeting without a PROXY header");
+    let mut silent = Raw::from_stream(TcpStream::connect(mail.mx()).await.expect("connect"));
+    assert_eq!(silent.rest().await, "");
+}
+
+#[tokio::test]
+async fn proxy_header_from_an_untrusted_peer_is_refused() {
+    let mail = Mail::start_with(|c| {
+        c.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["192.0.2.0/24".into()] };
+    })
+    .await;
+    for header in [
+        encode_v2("203.0.113.7:1".parse().expect("addr"), mail.mx()),
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 1 25\r\n".to_vec(),
+    ] {
+        let mut c = Raw::connect(mail.mx()).await;
+        c.send(&header).await;
+        c.send(b"EHLO after.header\r\n").await;
+        expect(&c.reply().await, "554 5.7.0");
+        assert_eq!(c.rest().await, "");
+    }
+    // An ordinary client from the same untrusted address is served.
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO plain").await, "250");
+}
+
+#[tokio::test]
+async fn health_endpoint_serves_until_shutdown() {
+    let mut mail = Mail::start_with(|c| c.health_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let health = mail.ingress.as_ref().and_then(|(r, _)| r.health_addr).expect("health endpoint configured");
+    let ok = http_get(health).await;
+    assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
+    mail.stop_ingress().await;
+    assert!(TcpStream::connect(health).await.is_err(), "health endpoint closed on shutdown");
+}
