@@ -9,6 +9,7 @@ pub mod expunge;
 pub mod fetch;
 pub mod flags;
 pub mod idle;
+pub mod list;
 pub mod mailbox;
 pub mod quota;
 pub mod search;

@@ -8,13 +8,15 @@ use base64::Engine;
 use imap_codec::fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer};
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::auth::AuthenticateData;
-use imap_codec::imap_types::command::Command;
 use imap_codec::imap_types::core::{LiteralMode, Tag};
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{
     Code, CodeOther, CommandContinuationRequest, Greeting, GreetingKind, Response, Status,
 };
 use imap_codec::{AuthenticateDataCodec, CommandCodec, GreetingCodec, IdleDoneCodec, ResponseCodec, encode::Encoder};
+
+pub mod ext;
+pub use ext::{ClientBody, ClientCommand};
 
 /// What the next complete client message is expected to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +42,8 @@ pub enum Input {
         tag: Option<Tag<'static>>,
         sync: bool,
     },
-    Command(Command<'static>),
+    /// A command; `ClientBody::Bad` when an extension form is malformed.
+    Command(ClientCommand),
     AuthData(AuthenticateData<'static>),
     IdleDone,
     /// A complete message that does not parse: BAD, and the session goes on.
@@ -147,9 +150,19 @@ impl Framer {
         }
         match mode {
             Mode::Command => match self.frag.decode_message(&CommandCodec::new()) {
-                Ok(cmd) => Input::Command(cmd.into_static()),
+                Ok(cmd) => Input::Command(ClientCommand::from(cmd.into_static())),
                 Err(DecodeMessageError::MessageTooLong { .. }) => malformed(true),
-                Err(_) => malformed(false),
+                // Forms imap-codec does not know (RFC 5258, 4731, 6154, 6855).
+                Err(_) => match ext::parse(self.frag.message_bytes()) {
+                    Some(Ok(cmd)) => Input::Command(cmd),
+                    Some(Err(e)) => match self.frag.decode_tag() {
+                        Some(tag) => {
+                            Input::Command(ClientCommand { tag: tag.into_static(), body: ClientBody::Bad(e.0) })
+                        }
+                        None => malformed(false),
+                    },
+                    None => malformed(false),
+                },
             },
             Mode::AuthData => match self.frag.decode_message(&AuthenticateDataCodec::new()) {
                 Ok(data) => Input::AuthData(data.into_static()),
@@ -243,22 +256,34 @@ pub fn code(atom: &'static str) -> Code<'static> {
 #[error("mailbox name is not valid modified UTF-7 (RFC 3501 §5.1.3)")]
 pub struct BadMailboxName;
 
-/// The storage name of a mailbox argument: INBOX canonical, modified UTF-7
-/// decoded (RFC 3501 §5.1.3).
-pub fn mailbox_name(mailbox: &Mailbox<'_>) -> Result<String, BadMailboxName> {
+/// The storage name of a mailbox argument: INBOX canonical; modified
+/// UTF-7 decoded (RFC 3501 §5.1.3) unless the client enabled UTF-8 names
+/// (RFC 6855 §3, RFC 9051 §5.1), where names are taken as sent.
+pub fn mailbox_name(mailbox: &Mailbox<'_>, utf8: bool) -> Result<String, BadMailboxName> {
     match mailbox {
         Mailbox::Inbox => Ok("INBOX".into()),
         Mailbox::Other(other) => {
-            let raw = std::str::from_utf8(other.inner().as_ref()).map_err(|_| BadMailboxName)?;
-            let name = decode_mutf7(raw)?;
+            let raw = std::str::from_utf8(other.as_ref()).map_err(|_| BadMailboxName)?;
+            // Modified UTF-7 is pure ASCII: 8-bit text can only be UTF-8.
+            let name = if utf8 || !raw.is_ascii() { raw.to_string() } else { decode_mutf7(raw)? };
             if name.eq_ignore_ascii_case("INBOX") { Ok("INBOX".into()) } else { Ok(name) }
         }
     }
 }
 
-/// A storage name as an IMAP mailbox (modified UTF-7 encoded).
-pub fn wire_mailbox(name: &str) -> Mailbox<'static> {
-    Mailbox::try_from(encode_mutf7(name)).unwrap_or(Mailbox::Inbox)
+/// A storage name as an IMAP mailbox: modified UTF-7, or UTF-8 in a
+/// quoted string once the client enabled UTF-8 names (RFC 6855 §3).
+pub fn wire_mailbox(name: &str, utf8: bool) -> Mailbox<'static> {
+    use imap_codec::imap_types::core::{AString, IString};
+    use imap_codec::imap_types::extensions::utf8::QuotedUtf8;
+    if utf8
+        && !name.is_ascii()
+        && let Ok(q) = QuotedUtf8::try_from(name.to_string())
+    {
+        return Mailbox::from(AString::String(IString::QuotedUtf8(q)));
+    }
+    let wire = if utf8 { name.to_string() } else { encode_mutf7(name) };
+    Mailbox::try_from(wire).unwrap_or(Mailbox::Inbox)
 }
 
 fn mutf7_engine() -> base64::engine::GeneralPurpose {

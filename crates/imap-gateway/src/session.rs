@@ -7,12 +7,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
-use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::{Atom, Tag};
+use imap_codec::imap_types::mailbox::ListMailbox;
 use imap_codec::imap_types::response::{Capability, Code, Data, Response};
 
 use crate::cmd;
-use crate::codec::{self, StatusKindArg};
+use crate::codec::ext::ExtBody;
+use crate::codec::{self, ClientBody, ClientCommand, StatusKindArg};
 use crate::store::{Account, MailStore, StoreError};
 
 /// What the driver does after sending a reply.
@@ -119,8 +121,15 @@ impl Done {
 /// outputs (FETCH over many messages or big bodies) go to the driver in
 /// chunks while the command runs, so they are never all in memory.
 pub struct Out {
-    responses: Vec<Response<'static>>,
+    items: Vec<Item>,
     sink: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+/// One untagged response: a value imap-types models, or wire bytes
+/// formatted here for responses it does not (ESEARCH, extended LIST).
+enum Item {
+    Response(Response<'static>),
+    Raw(Vec<u8>),
 }
 
 /// Responses buffered before a chunk is handed to the driver.
@@ -128,33 +137,55 @@ const CHUNK_RESPONSES: usize = 64;
 
 impl Out {
     pub fn new(sink: Option<mpsc::Sender<Vec<u8>>>) -> Out {
-        Out { responses: Vec::new(), sink }
+        Out { items: Vec::new(), sink }
     }
 
     pub fn push(&mut self, response: Response<'static>) {
-        self.responses.push(response);
+        self.items.push(Item::Response(response));
+    }
+
+    /// A complete untagged response line (CRLF included) in wire form.
+    /// Delivered through the sink: `Session::handle_streaming` with a sink
+    /// (as the driver always calls it) sends these in order.
+    pub fn push_raw(&mut self, line: Vec<u8>) {
+        self.items.push(Item::Raw(line));
     }
 
     pub fn extend(&mut self, responses: impl IntoIterator<Item = Response<'static>>) {
-        self.responses.extend(responses);
+        self.items.extend(responses.into_iter().map(Item::Response));
+    }
+
+    fn has_raw(&self) -> bool {
+        self.items.iter().any(|i| matches!(i, Item::Raw(_)))
     }
 
     /// Send what has accumulated when it is large, or now with `force`
     /// (after a body). `false` when the client is gone.
     pub async fn flush(&mut self, force: bool) -> bool {
         let Some(sink) = &self.sink else { return true };
-        if self.responses.is_empty() || (!force && self.responses.len() < CHUNK_RESPONSES) {
+        if self.items.is_empty() || (!force && self.items.len() < CHUNK_RESPONSES) {
             return true;
         }
         let mut chunk = Vec::new();
-        for r in self.responses.drain(..) {
-            chunk.extend(codec::encode(&r));
+        for item in self.items.drain(..) {
+            match item {
+                Item::Response(r) => chunk.extend(codec::encode(&r)),
+                Item::Raw(bytes) => chunk.extend(bytes),
+            }
         }
         sink.send(chunk).await.is_ok()
     }
 
+    /// The responses not yet sent. Raw lines are only ever sent through a
+    /// sink (see `push_raw`); without one they are dropped here.
     pub fn into_responses(self) -> Vec<Response<'static>> {
-        self.responses
+        self.items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Response(r) => Some(r),
+                Item::Raw(_) => None,
+            })
+            .collect()
     }
 }
 
@@ -234,6 +265,8 @@ pub struct Session<S: MailStore> {
     pub(crate) qresync: bool,
     /// COMPRESS=DEFLATE is active (RFC 4978 §3: only once).
     pub(crate) compressed: bool,
+    /// UTF8=ACCEPT enabled (RFC 6855 §3): mailbox names are UTF-8 on the wire.
+    pub(crate) utf8: bool,
 }
 
 impl<S: MailStore> Session<S> {
@@ -247,6 +280,7 @@ impl<S: MailStore> Session<S> {
             condstore: false,
             qresync: false,
             compressed: false,
+            utf8: false,
         }
     }
 
@@ -302,21 +336,40 @@ impl<S: MailStore> Session<S> {
             Capability::Quota,
             Capability::QuotaRes(imap_codec::imap_types::extensions::quota::Resource::Storage),
             Capability::from(Atom::try_from("CHILDREN").expect("static atom")),
+            Capability::Utf8(imap_codec::imap_types::extensions::utf8::Utf8Kind::Accept),
         ]);
+        // RFC 5258, RFC 5819, RFC 6154, RFC 4731.
+        for atom in ["LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH"] {
+            caps.push(Capability::from(Atom::try_from(atom).expect("static atom")));
+        }
         caps
     }
 
-    /// Handle one command, all responses in the reply.
-    pub async fn handle(&mut self, command: Command<'static>) -> Reply {
+    /// Handle one command, all responses in the reply. Responses
+    /// imap-types cannot model (ESEARCH, extended LIST) need a sink: use
+    /// `handle_streaming` for those.
+    pub async fn handle(&mut self, command: impl Into<ClientCommand>) -> Reply {
         self.handle_streaming(command, None).await
     }
 
     /// Handle one command (RFC 3501 §6). The dispatch table: one line each.
     /// With a `sink`, large outputs are streamed through it before the reply.
-    pub async fn handle_streaming(&mut self, command: Command<'static>, sink: Option<mpsc::Sender<Vec<u8>>>) -> Reply {
-        let Command { tag, body } = command;
-        let name = body.name();
+    pub async fn handle_streaming(
+        &mut self,
+        command: impl Into<ClientCommand>,
+        sink: Option<mpsc::Sender<Vec<u8>>>,
+    ) -> Reply {
+        let ClientCommand { tag, body } = command.into();
         let mut out = Out::new(sink);
+        let body = match body {
+            ClientBody::Std(body) => body,
+            ClientBody::Ext(ext) => {
+                let result = self.handle_ext(&tag, ext, &mut out).await;
+                return self.finish_with_sync(tag, result, out, true).await;
+            }
+            ClientBody::Bad(text) => return self.finish(tag, Err(ImapError::bad(text)), out),
+        };
+        let name = body.name();
         // RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH (sequence
         // numbers must not shift under the client's feet).
         let expunge_ok =
@@ -337,7 +390,11 @@ impl<S: MailStore> Session<S> {
             CommandBody::Enable { capabilities } => cmd::mailbox::enable(self, capabilities, &mut out),
             CommandBody::Namespace => cmd::mailbox::namespace(self, &mut out),
             CommandBody::List { reference, mailbox_wildcard } => {
-                cmd::mailbox::list(self, reference, mailbox_wildcard, false, &mut out).await
+                let pattern = match &mailbox_wildcard {
+                    ListMailbox::Token(t) => t.as_ref().to_vec(),
+                    ListMailbox::String(s) => s.as_ref().to_vec(),
+                };
+                cmd::list::list(self, codec::ext::list_of_std(&reference, &pattern), &mut out).await
             }
             CommandBody::Lsub { reference, mailbox_wildcard } => {
                 cmd::mailbox::list(self, reference, mailbox_wildcard, true, &mut out).await
@@ -345,7 +402,7 @@ impl<S: MailStore> Session<S> {
             CommandBody::Status { mailbox, item_names } => {
                 cmd::mailbox::status(self, mailbox, &item_names, &mut out).await
             }
-            CommandBody::Create { mailbox } => cmd::mailbox::create(self, mailbox).await,
+            CommandBody::Create { mailbox } => cmd::mailbox::create(self, mailbox, vec![]).await,
             CommandBody::Delete { mailbox } => cmd::mailbox::delete(self, mailbox).await,
             CommandBody::Rename { from, to } => cmd::mailbox::rename(self, from, to).await,
             CommandBody::Subscribe { mailbox } => cmd::mailbox::subscribe(self, mailbox, true).await,
@@ -388,6 +445,37 @@ impl<S: MailStore> Session<S> {
         {
             let ext = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
             cmd::select::sync(&*self.store, account, mailbox, expunge_ok, ext, &mut out).await;
+        }
+        self.finish_with_sync(tag, result, out, false).await
+    }
+
+    /// The command forms imap-codec does not parse (`codec::ext`).
+    async fn handle_ext(&mut self, tag: &Tag<'static>, body: ExtBody, out: &mut Out) -> CmdResult {
+        match body {
+            ExtBody::List(list) => cmd::list::list(self, list, out).await,
+            ExtBody::Search { uid, options, charset, criteria } => {
+                cmd::search::esearch(self, tag, &options, charset, criteria, uid, out).await
+            }
+            ExtBody::Create { mailbox, special_use } => cmd::mailbox::create(self, mailbox, special_use).await,
+            ExtBody::AppendUtf8 { mailbox, flags, date, message } => {
+                // RFC 6855 §4: the UTF8 data item only after ENABLE UTF8=ACCEPT.
+                if !self.utf8 {
+                    return Err(ImapError::bad("ENABLE UTF8=ACCEPT first"));
+                }
+                cmd::append::append_bytes(self, mailbox, flags, date, message).await
+            }
+        }
+    }
+
+    /// Pending mailbox updates for extension commands (SEARCH must not
+    /// report EXPUNGE, RFC 3501 §7.4.1), then raw lines out, then the reply.
+    async fn finish_with_sync(&mut self, tag: Tag<'static>, result: CmdResult, mut out: Out, ext: bool) -> Reply {
+        if ext && let State::Selected { account, mailbox } = &mut self.state {
+            let flags = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
+            cmd::select::sync(&*self.store, account, mailbox, false, flags, &mut out).await;
+        }
+        if out.has_raw() {
+            out.flush(true).await;
         }
         self.finish(tag, result, out)
     }

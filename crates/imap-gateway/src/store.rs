@@ -71,7 +71,13 @@ pub trait MailStore: Send + Sync + 'static {
         name: &str,
         select: bool,
     ) -> impl Future<Output = StoreResult<pb::MailboxInfo>> + Send;
-    fn create_mailbox(&self, account: i64, name: &str) -> impl Future<Output = StoreResult<pb::MailboxInfo>> + Send;
+    /// `special_use`: RFC 6154 attributes such as "\\Sent" (CREATE … USE).
+    fn create_mailbox(
+        &self,
+        account: i64,
+        name: &str,
+        special_use: &[String],
+    ) -> impl Future<Output = StoreResult<pb::MailboxInfo>> + Send;
     fn rename_mailbox(
         &self,
         account: i64,

@@ -20,12 +20,24 @@ pub async fn append<S: MailStore>(
     date: Option<DateTime>,
     message: LiteralOrLiteral8<'static>,
 ) -> CmdResult {
-    let account = s.need_auth()?;
-    let name = name_arg(&mailbox)?;
     let bytes = match message {
-        LiteralOrLiteral8::Literal(l) => l.as_ref().to_vec(),
+        LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
         LiteralOrLiteral8::Literal8(_) => return Err(ImapError::no(Some("CANNOT"), "BINARY is not supported")),
     };
+    append_bytes(s, mailbox, flags, date, bytes).await
+}
+
+/// Store one message (plain APPEND, or RFC 6855 §4 `UTF8 (~{n}…)`, whose
+/// 8-bit headers storage keeps as they are).
+pub async fn append_bytes<S: MailStore>(
+    s: &mut Session<S>,
+    mailbox: Mailbox<'static>,
+    flags: Vec<Flag<'static>>,
+    date: Option<DateTime>,
+    bytes: Vec<u8>,
+) -> CmdResult {
+    let account = s.need_auth()?;
+    let name = name_arg(&mailbox, s.utf8)?;
     let header = pb::AppendHeader {
         account_id: account.id,
         mailbox: name,

@@ -52,11 +52,12 @@ pub async fn copy<S: MailStore>(
 ) -> CmdResult {
     let store = s.store.clone();
     let qresync = s.qresync;
+    let utf8 = s.utf8;
     let (account, mailbox) = s.need_selected()?;
     if is_move {
         need_writable(mailbox)?;
     }
-    let destination = name_arg(&destination)?;
+    let destination = name_arg(&destination, utf8)?;
     let targets: Vec<u32> = resolve(mailbox, &set, uid)?.into_iter().map(|(_, u)| u).collect();
     let verb = if is_move { "MOVE" } else { "COPY" };
     if targets.is_empty() {

@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use imap_codec::imap_types::core::{Atom, IString, QuotedChar, Vec1};
 use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::extensions::namespace::Namespace;
+use imap_codec::imap_types::extensions::utf8::Utf8Kind;
 use imap_codec::imap_types::flag::FlagNameAttribute;
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::response::{Data, Response};
@@ -16,21 +17,24 @@ use crate::codec::{self, mailbox_name, wire_mailbox};
 use crate::session::{CmdResult, Done, ImapError, Out, Session, State};
 use crate::store::{MailStore, StoreError};
 
+/// RFC 6154 §2 special-use attributes (storage accepts the same seven).
+pub const SPECIAL_USE: [&str; 7] = ["\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"];
+
 /// The single hierarchy delimiter (storage.proto: "/").
 pub const DELIMITER: char = '/';
 
-pub(crate) fn name_arg(mailbox: &Mailbox<'_>) -> Result<String, ImapError> {
-    let name = mailbox_name(mailbox).map_err(|e| ImapError::bad(e.to_string()))?;
+pub(crate) fn name_arg(mailbox: &Mailbox<'_>, utf8: bool) -> Result<String, ImapError> {
+    let name = mailbox_name(mailbox, utf8).map_err(|e| ImapError::bad(e.to_string()))?;
     // RFC 3501 §6.3.3: a trailing delimiter only says "I want children".
     Ok(name.trim_end_matches(DELIMITER).to_string())
 }
 
-fn attr(atom: &str) -> Option<FlagNameAttribute<'static>> {
+pub(crate) fn attr(atom: &str) -> Option<FlagNameAttribute<'static>> {
     Atom::try_from(atom.to_string()).ok().map(FlagNameAttribute::from)
 }
 
-/// RFC 5161 §3.1: ENABLED lists what this command newly enabled;
-/// CONDSTORE (RFC 7162 §3.1) is the one extension that can be enabled.
+/// RFC 5161 §3.1: ENABLED lists what this command newly enabled:
+/// CONDSTORE, QRESYNC (RFC 7162) and UTF8=ACCEPT (RFC 6855 §3).
 pub fn enable<S: MailStore>(s: &mut Session<S>, caps: Vec1<CapabilityEnable<'static>>, out: &mut Out) -> CmdResult {
     s.need_auth()?;
     let mut enabled = Vec::new();
@@ -42,6 +46,9 @@ pub fn enable<S: MailStore>(s: &mut Session<S>, caps: Vec1<CapabilityEnable<'sta
             // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
             s.qresync = true;
             s.condstore = true;
+            enabled.push(cap);
+        } else if cap == CapabilityEnable::Utf8(Utf8Kind::Accept) && !s.utf8 {
+            s.utf8 = true;
             enabled.push(cap);
         }
     }
@@ -73,7 +80,7 @@ pub fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
     }
 }
 
-fn matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     // RFC 3501 §5.1: INBOX is case-insensitive.
     let n: Vec<char> = name.chars().collect();
@@ -158,7 +165,7 @@ pub async fn list<S: MailStore>(
         }
     }
     for (name, items) in entries {
-        let mailbox = wire_mailbox(&name);
+        let mailbox = wire_mailbox(&name, s.utf8);
         out.push(Response::Data(if lsub {
             Data::Lsub { items, delimiter, mailbox }
         } else {
@@ -201,8 +208,20 @@ pub async fn status<S: MailStore>(
     out: &mut Out,
 ) -> CmdResult {
     let account = s.need_auth()?;
-    let name = name_arg(&mailbox)?;
+    let name = name_arg(&mailbox, s.utf8)?;
     let info = s.store.get_mailbox(account.id, &name, false).await?;
+    let items = status_items(s, &account, &info, names).await?;
+    out.push(Response::Data(Data::Status { mailbox: wire_mailbox(&info.name, s.utf8), items: items.into() }));
+    Done::ok("STATUS completed")
+}
+
+/// The STATUS data items of one mailbox (RFC 3501 §6.3.10; also LIST-STATUS, RFC 5819).
+pub(crate) async fn status_items<S: MailStore>(
+    s: &mut Session<S>,
+    account: &crate::store::Account,
+    info: &mailfleet_proto::storage::v1::MailboxInfo,
+    names: &[StatusDataItemName],
+) -> Result<Vec<StatusDataItem>, ImapError> {
     let mut items = Vec::new();
     for n in names {
         items.push(match n {
@@ -215,9 +234,9 @@ pub async fn status<S: MailStore>(
                 StatusDataItem::UidValidity(NonZeroU32::new(info.uid_validity).unwrap_or(NonZeroU32::MIN))
             }
             StatusDataItemName::Unseen => StatusDataItem::Unseen(info.unseen),
-            StatusDataItemName::Deleted => StatusDataItem::Deleted(deleted(s, &account, &info, false).await?.0),
+            StatusDataItemName::Deleted => StatusDataItem::Deleted(deleted(s, account, info, false).await?.0),
             StatusDataItemName::DeletedStorage => {
-                StatusDataItem::DeletedStorage(deleted(s, &account, &info, true).await?.1)
+                StatusDataItem::DeletedStorage(deleted(s, account, info, true).await?.1)
             }
             // RFC 8438: the mailbox's total size in octets.
             StatusDataItemName::Size => StatusDataItem::Size(info.size),
@@ -228,14 +247,13 @@ pub async fn status<S: MailStore>(
             }
         });
     }
-    out.push(Response::Data(Data::Status { mailbox: wire_mailbox(&info.name), items: items.into() }));
-    Done::ok("STATUS completed")
+    Ok(items)
 }
 
-/// RFC 3501 §6.3.3.
-pub async fn create<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>) -> CmdResult {
+/// RFC 3501 §6.3.3, with RFC 6154 §3 USE attributes.
+pub async fn create<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>, special_use: Vec<String>) -> CmdResult {
     let account = s.need_auth()?;
-    let name = name_arg(&mailbox)?;
+    let name = name_arg(&mailbox, s.utf8)?;
     if name == "INBOX" {
         return Err(ImapError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
     }
@@ -243,14 +261,22 @@ pub async fn create<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>) -> 
     if name.is_empty() || name.contains(['%', '*']) {
         return Err(ImapError::no(Some("CANNOT"), "Invalid mailbox name"));
     }
-    s.store.create_mailbox(account.id, &name).await?;
+    // RFC 6154 §3: an attribute the server does not know is [USEATTR].
+    if let Some(unknown) = special_use.iter().find(|u| !SPECIAL_USE.contains(&u.as_str())) {
+        return Err(ImapError::no(Some("USEATTR"), format!("Unknown special-use attribute {unknown}")));
+    }
+    s.store.create_mailbox(account.id, &name, &special_use).await.map_err(|e| match e {
+        // Storage refuses what it cannot keep (e.g. a duplicate \All).
+        StoreError::Invalid(m) if !special_use.is_empty() => ImapError::no(Some("USEATTR"), m),
+        other => other.into(),
+    })?;
     Done::ok("CREATE completed")
 }
 
 /// RFC 3501 §6.3.4.
 pub async fn delete<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>) -> CmdResult {
     let account = s.need_auth()?;
-    let name = name_arg(&mailbox)?;
+    let name = name_arg(&mailbox, s.utf8)?;
     if name == "INBOX" {
         return Err(ImapError::no(Some("CANNOT"), "INBOX cannot be deleted"));
     }
@@ -266,7 +292,7 @@ pub async fn delete<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>) -> 
 /// RFC 3501 §6.3.5.
 pub async fn rename<S: MailStore>(s: &Session<S>, from: Mailbox<'static>, to: Mailbox<'static>) -> CmdResult {
     let account = s.need_auth()?;
-    let (from, to) = (name_arg(&from)?, name_arg(&to)?);
+    let (from, to) = (name_arg(&from, s.utf8)?, name_arg(&to, s.utf8)?);
     if to == "INBOX" {
         return Err(ImapError::no(Some("ALREADYEXISTS"), "INBOX always exists"));
     }
@@ -277,7 +303,7 @@ pub async fn rename<S: MailStore>(s: &Session<S>, from: Mailbox<'static>, to: Ma
 /// RFC 3501 §6.3.6/§6.3.7.
 pub async fn subscribe<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>, on: bool) -> CmdResult {
     let account = s.need_auth()?;
-    let name = name_arg(&mailbox)?;
+    let name = name_arg(&mailbox, s.utf8)?;
     match s.store.set_subscribed(account.id, &name, on).await {
         Ok(()) => {}
         // RFC 3501 §6.3.7: unsubscribing a name that is gone is fine.

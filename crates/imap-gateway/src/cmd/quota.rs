@@ -40,13 +40,13 @@ pub async fn get_quota<S: MailStore>(s: &Session<S>, name: AString<'static>, out
 /// RFC 9208 §4.1.2: the roots of a mailbox and their quotas.
 pub async fn get_quota_root<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>, out: &mut Out) -> CmdResult {
     let account = s.need_auth()?;
-    let name = name_arg(&mailbox)?;
+    let name = name_arg(&mailbox, s.utf8)?;
     let info = s.store.get_mailbox(account.id, &name, false).await?;
     let quota = s.store.get_quota(account.id).await?;
     let data = quota_data(&quota);
     // An account without a limit has no quota root.
     let roots = if data.is_some() { vec![root()] } else { vec![] };
-    out.push(Response::Data(Data::QuotaRoot { mailbox: wire_mailbox(&info.name), roots }));
+    out.push(Response::Data(Data::QuotaRoot { mailbox: wire_mailbox(&info.name, s.utf8), roots }));
     out.extend(data);
     Done::ok("GETQUOTAROOT completed")
 }

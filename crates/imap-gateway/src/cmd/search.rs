@@ -3,7 +3,7 @@
 
 use std::num::{NonZeroU32, NonZeroU64};
 
-use imap_codec::imap_types::core::{AString, Charset, Vec1};
+use imap_codec::imap_types::core::{AString, Charset, Tag, Vec1};
 use imap_codec::imap_types::datetime::NaiveDate;
 use imap_codec::imap_types::response::{Data, Response};
 use imap_codec::imap_types::search::SearchKey;
@@ -11,6 +11,7 @@ use mailfleet_proto::storage::v1 as pb;
 use pb::search_key::Key;
 
 use super::select::resolve;
+use crate::codec::ext::SearchReturn;
 use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session};
 use crate::store::{MailStore, uid_ranges};
 
@@ -105,13 +106,18 @@ fn has_modseq(k: &SearchKey<'_>) -> bool {
     }
 }
 
-pub async fn search<S: MailStore>(
+/// What a search found: UIDs of messages this session knows (ascending),
+/// with their sequence numbers, and the highest MODSEQ when asked for.
+struct Found {
+    hits: Vec<(u32, u32)>,
+    modseq: Option<NonZeroU64>,
+}
+
+async fn run<S: MailStore>(
     s: &mut Session<S>,
     charset: Option<Charset<'static>>,
     criteria: Vec1<SearchKey<'static>>,
-    uid: bool,
-    out: &mut Out,
-) -> CmdResult {
+) -> Result<Found, ImapError> {
     let store = s.store.clone();
     let uses_modseq = criteria.as_ref().iter().any(has_modseq);
     if uses_modseq {
@@ -139,16 +145,113 @@ pub async fn search<S: MailStore>(
         if keys.len() == 1 { keys.into_iter().next() } else { Some(key(Key::And(pb::SearchKeyList { keys }))) };
     let req = pb::SearchRequest { account_id: account.id, mailbox_id: mailbox.id, criteria };
     let found = store.search(req).await?;
-    // Only messages this session knows of (the map), reported as UIDs or sequence numbers.
-    let hits: Vec<NonZeroU32> = found
-        .uids
-        .iter()
-        .filter_map(|u| mailbox.seq_of(*u).map(|seq| if uid { *u } else { seq }))
-        .filter_map(NonZeroU32::new)
-        .collect();
+    // Only messages this session knows of (the map).
+    let hits: Vec<(u32, u32)> = found.uids.iter().filter_map(|u| mailbox.seq_of(*u).map(|seq| (seq, *u))).collect();
     // RFC 7162 §3.1.5: with MODSEQ in the criteria, the highest MODSEQ of
-    // the matches follows the numbers.
+    // the matches is reported.
     let modseq = if uses_modseq && !hits.is_empty() { NonZeroU64::new(found.highest_modseq) } else { None };
-    out.push(Response::Data(Data::Search(hits, modseq)));
+    Ok(Found { hits, modseq })
+}
+
+pub async fn search<S: MailStore>(
+    s: &mut Session<S>,
+    charset: Option<Charset<'static>>,
+    criteria: Vec1<SearchKey<'static>>,
+    uid: bool,
+    out: &mut Out,
+) -> CmdResult {
+    let found = run(s, charset, criteria).await?;
+    let hits: Vec<NonZeroU32> =
+        found.hits.iter().filter_map(|&(seq, u)| NonZeroU32::new(if uid { u } else { seq })).collect();
+    out.push(Response::Data(Data::Search(hits, found.modseq)));
     Done::ok("SEARCH completed")
+}
+
+/// Numbers as an IMAP sequence set, runs collapsed ("1:3,5").
+fn set_string(numbers: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        let mut end = start;
+        while i + 1 < numbers.len() && numbers[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = numbers[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `* ESEARCH (TAG "t") [UID] [MIN n] [MAX n] [COUNT n] [ALL set] [MODSEQ n]`
+/// (RFC 4731 §3.1, §4; MODSEQ from RFC 7162 §3.1.5).
+pub fn esearch_line(tag: &str, uid: bool, options: &SearchReturn, numbers: &[u32], modseq: Option<u64>) -> Vec<u8> {
+    // A tag is ASTRING-CHAR without "+": nothing to escape in a quoted string.
+    let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    // RFC 4731 §3.1: MIN, MAX and ALL are left out when nothing matched.
+    if let (true, Some(min)) = (options.min, numbers.first()) {
+        line.push_str(&format!(" MIN {min}"));
+    }
+    if let (true, Some(max)) = (options.max, numbers.last()) {
+        line.push_str(&format!(" MAX {max}"));
+    }
+    if options.count {
+        line.push_str(&format!(" COUNT {}", numbers.len()));
+    }
+    if options.all && !numbers.is_empty() {
+        line.push_str(&format!(" ALL {}", set_string(numbers)));
+    }
+    if let Some(m) = modseq {
+        line.push_str(&format!(" MODSEQ {m}"));
+    }
+    line.push_str("\r\n");
+    line.into_bytes()
+}
+
+/// SEARCH RETURN (…) answered with ESEARCH (RFC 4731 §3.1).
+pub async fn esearch<S: MailStore>(
+    s: &mut Session<S>,
+    tag: &Tag<'static>,
+    options: &SearchReturn,
+    charset: Option<Charset<'static>>,
+    criteria: Vec1<SearchKey<'static>>,
+    uid: bool,
+    out: &mut Out,
+) -> CmdResult {
+    if options.save {
+        // SEARCHRES (RFC 5182) is not offered: "$" cannot be used later.
+        return Err(ImapError::bad("SEARCH RETURN (SAVE) is not supported"));
+    }
+    let found = run(s, charset, criteria).await?;
+    let numbers: Vec<u32> = found.hits.iter().map(|&(seq, u)| if uid { u } else { seq }).collect();
+    out.push_raw(esearch_line(tag.inner(), uid, options, &numbers, found.modseq.map(NonZeroU64::get)));
+    Done::ok("SEARCH completed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esearch_lines() {
+        let all = SearchReturn { min: true, max: true, all: true, count: true, save: false };
+        assert_eq!(
+            esearch_line("a1", true, &all, &[2, 3, 4, 7, 9, 10], None),
+            b"* ESEARCH (TAG \"a1\") UID MIN 2 MAX 10 COUNT 6 ALL 2:4,7,9:10\r\n"
+        );
+        assert_eq!(esearch_line("a2", false, &all, &[], None), b"* ESEARCH (TAG \"a2\") COUNT 0\r\n");
+        let count = SearchReturn { count: true, ..Default::default() };
+        assert_eq!(esearch_line("t", false, &count, &[5], Some(9)), b"* ESEARCH (TAG \"t\") COUNT 1 MODSEQ 9\r\n");
+    }
 }

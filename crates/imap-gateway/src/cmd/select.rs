@@ -44,7 +44,7 @@ pub async fn select<S: MailStore>(
     out: &mut Out,
 ) -> CmdResult {
     let account = s.need_auth()?;
-    let name = name_arg(&mailbox)?;
+    let name = name_arg(&mailbox, s.utf8)?;
     let mut resync = None;
     for p in parameters {
         match p {

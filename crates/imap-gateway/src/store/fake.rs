@@ -28,6 +28,8 @@ struct Mbox {
     messages: BTreeMap<u32, Msg>,
     /// Expunged UIDs with the MODSEQ of their removal (QRESYNC).
     vanished: Vec<(u32, u64)>,
+    /// RFC 6154 attributes given at CREATE.
+    special_use: Vec<String>,
 }
 
 #[derive(Default)]
@@ -104,6 +106,7 @@ impl FakeStore {
             subscribed: false,
             messages: BTreeMap::new(),
             vanished: Vec::new(),
+            special_use: Vec::new(),
         };
         let info = info(&key.1, &mb, false);
         d.mailboxes.insert(key, mb);
@@ -146,6 +149,7 @@ fn info(name: &str, mb: &Mbox, has_children: bool) -> pb::MailboxInfo {
         size: mb.messages.values().map(|m| m.raw.len() as u64).sum(),
         has_children,
         first_unseen_uid: unseen.first().copied().unwrap_or(0),
+        special_use: mb.special_use.clone(),
         ..Default::default()
     }
 }
@@ -267,12 +271,17 @@ impl MailStore for FakeStore {
         Ok(out)
     }
 
-    async fn create_mailbox(&self, account: i64, name: &str) -> StoreResult<pb::MailboxInfo> {
+    async fn create_mailbox(&self, account: i64, name: &str, special_use: &[String]) -> StoreResult<pb::MailboxInfo> {
         self.check()?;
         if name.is_empty() || name.starts_with('/') || name.contains("//") {
             return Err(StoreError::Invalid(name.into()));
         }
-        self.create(account, name)
+        let mut info = self.create(account, name)?;
+        if let Some(mb) = self.lock().mailboxes.get_mut(&(account, canonical(name))) {
+            mb.special_use = special_use.to_vec();
+            info.special_use = mb.special_use.clone();
+        }
+        Ok(info)
     }
 
     async fn rename_mailbox(&self, account: i64, from: &str, to: &str) -> StoreResult<pb::MailboxInfo> {

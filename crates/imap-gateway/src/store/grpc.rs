@@ -53,8 +53,9 @@ impl MailStore for GrpcStore {
         Ok(self.mailboxes.clone().get_mailbox(req).await?.into_inner())
     }
 
-    async fn create_mailbox(&self, account: i64, name: &str) -> StoreResult<pb::MailboxInfo> {
-        let req = pb::CreateMailboxRequest { account_id: account, name: name.into(), special_use: vec![] };
+    async fn create_mailbox(&self, account: i64, name: &str, special_use: &[String]) -> StoreResult<pb::MailboxInfo> {
+        let req =
+            pb::CreateMailboxRequest { account_id: account, name: name.into(), special_use: special_use.to_vec() };
         Ok(self.mailboxes.clone().create_mailbox(req).await?.into_inner())
     }
 
