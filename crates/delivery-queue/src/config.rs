@@ -1,5 +1,6 @@
 //! delivery-queue configuration (`delivery-queue.toml`, env `MAILFLEET_QUEUE_*`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,12 @@ pub struct QueueConfig {
     pub over_quota: OverQuota,
     /// Outbound relay of remote recipients (issue 4).
     pub relay: crate::relay::RelayConfig,
+    /// Plain-HTTP `GET /healthz` endpoint (200 while consuming); unset: none.
+    pub health_listen: Option<SocketAddr>,
+    /// On shutdown, how long jobs already started get to finish (ack after
+    /// storage committed) before they are given back for redelivery.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 /// What an over-quota mailbox means for the delivery.
@@ -64,6 +71,10 @@ impl Default for QueueConfig {
             retry_max: Duration::from_secs(3600),
             over_quota: OverQuota::Temporary,
             relay: crate::relay::RelayConfig::default(),
+            health_listen: None,
+            // Local deliveries take milliseconds; relay attempts may take
+            // longer and are given back (redelivered) when they do.
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

@@ -5,17 +5,24 @@
 //! delivery (delivery keys make a redelivered job harmless); a temporary
 //! failure naks it with a growing delay, so nothing is dropped and nothing
 //! busy-loops. Remote recipients go to the `MAIL_RELAY` stream for the relay.
+//!
+//! On shutdown ([`pull`]) no new job is pulled, jobs already started finish
+//! within `shutdown_grace`, and anything else is handed back for redelivery.
 
 pub mod config;
+pub mod metrics;
+pub mod pull;
 pub mod relay;
 pub mod state;
 pub mod worker;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
-use futures::StreamExt;
 use mailfleet_proto::queue::v1 as qpb;
+use mailfleet_runtime::health::{self, Health};
 use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +40,12 @@ pub enum QueueError {
     Nats(String),
     #[error("DNS resolver: {0}")]
     Resolver(String),
+    #[error("binding the health endpoint {addr}: {source}")]
+    HealthBind { addr: SocketAddr, source: std::io::Error },
 }
+
+/// How often the queue depth gauge is sampled from the consumers.
+const DEPTH_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 fn nats_err(e: impl std::fmt::Display) -> QueueError {
     QueueError::Nats(e.to_string())
@@ -74,8 +86,10 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &QueueConfig) -> Re
 }
 
 /// A running delivery-queue; `task` ends after shutdown once in-flight jobs
-/// are finished.
+/// are finished (or given back after the grace period).
 pub struct RunningQueue {
+    /// `GET /healthz` endpoint, when configured.
+    pub health_addr: Option<SocketAddr>,
     pub task: JoinHandle<()>,
 }
 
@@ -129,47 +143,75 @@ pub async fn run(config: QueueConfig, shutdown: CancellationToken) -> Result<Run
         false => None,
     };
     let worker = Worker::new(channel, js.clone(), &config);
+    let health = Health::new();
+    let health_addr = match config.health_listen {
+        Some(addr) => Some(
+            health::serve(addr, health.clone(), shutdown.clone())
+                .await
+                .map_err(|source| QueueError::HealthBind { addr, source })?
+                .addr,
+        ),
+        None => None,
+    };
+    let sampler = tokio::spawn(sample_depth(js, config.clone(), worker.metrics.clone(), shutdown.clone()));
+    health.set_serving(true);
+    tracing::info!(health_addr = ?health_addr, stream = %config.stream, "delivery-queue consuming");
     let task = tokio::spawn(async move {
-        consume(consumer, worker, kv, config, shutdown).await;
+        let (concurrency, grace) = (config.concurrency, config.shutdown_grace);
+        let ctx = Arc::new(Ctx { worker, kv, config });
+        pull::consume(consumer, concurrency, grace, shutdown, "queue", move |msg| {
+            let ctx = ctx.clone();
+            async move { handle(&ctx.worker, &ctx.kv, &ctx.config, msg).await }
+        })
+        .await;
+        health.set_serving(false);
         if let Some(relay) = relay {
             let _ = relay.await;
         }
+        let _ = sampler.await;
+        tracing::info!("delivery-queue stopped");
     });
-    Ok(RunningQueue { task })
+    Ok(RunningQueue { health_addr, task })
 }
 
-async fn consume(
-    consumer: PullConsumer,
+struct Ctx {
     worker: Worker,
     kv: kv::Store,
     config: QueueConfig,
+}
+
+/// Every few seconds, record how many jobs each consumer has not yet
+/// acknowledged (waiting plus in flight) as `mailfleet.queue.depth`.
+async fn sample_depth(
+    js: jetstream::Context,
+    config: QueueConfig,
+    metrics: metrics::Metrics,
     shutdown: CancellationToken,
 ) {
-    while !shutdown.is_cancelled() {
-        let messages = match consumer.stream().max_messages_per_batch(config.concurrency.max(1)).messages().await {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot pull from the queue; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        };
-        // Stops pulling at shutdown; jobs already started run to completion.
-        messages
-            .take_until(shutdown.cancelled())
-            .for_each_concurrent(config.concurrency.max(1), |msg| {
-                let (worker, kv, config) = (&worker, &kv, &config);
-                async move {
-                    match msg {
-                        Ok(msg) => handle(worker, kv, config, msg).await,
-                        Err(err) => tracing::debug!(error = %err, "pull stream error"),
-                    }
-                }
-            })
-            .await;
+    let mut targets = vec![(config.stream.clone(), config.consumer.clone())];
+    if config.relay.enabled {
+        targets.push((config.relay_stream.clone(), config.relay.consumer.clone()));
     }
+    let mut tick = tokio::time::interval(DEPTH_SAMPLE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (stream, consumer) in &targets {
+            match consumer_depth(&js, stream, consumer).await {
+                Ok(depth) => metrics.depth(stream, depth),
+                Err(err) => tracing::debug!(error = %err, %stream, "cannot sample the queue depth"),
+            }
+        }
+    }
+}
+
+async fn consumer_depth(js: &jetstream::Context, stream: &str, consumer: &str) -> Result<u64, QueueError> {
+    let stream = js.get_stream(stream).await.map_err(nats_err)?;
+    let mut consumer: PullConsumer = stream.get_consumer(consumer).await.map_err(nats_err)?;
+    let info = consumer.info().await.map_err(nats_err)?;
+    Ok(info.num_pending + info.num_ack_pending as u64)
 }
 
 fn now_unix() -> u64 {
@@ -200,6 +242,7 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
         let mut state = match state::load(kv, &job.queue_id, state::resumed(&msg, attempts)).await {
             Ok(state) => state,
             Err(err) => {
+                worker.metrics.nats_unavailable();
                 let delay = worker::backoff(attempts, config.retry_initial, config.retry_max);
                 tracing::warn!(error = %err, delay = ?delay, "cannot read the job's state; will retry");
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
@@ -208,6 +251,12 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
         };
         match worker.attempt(&job, &mut state).await {
             Outcome::Done => {
+                if let Some(at) = &job.received_at {
+                    let received = UNIX_EPOCH
+                        + Duration::from_secs(u64::try_from(at.seconds).unwrap_or(0))
+                        + Duration::from_nanos(u64::try_from(at.nanos).unwrap_or(0));
+                    worker.metrics.job_done(SystemTime::now().duration_since(received).unwrap_or_default());
+                }
                 if let Err(err) = msg.double_ack().await {
                     // Redelivery is harmless (delivery keys), so just log.
                     tracing::warn!(error = %err, "ack failed; the job may be redelivered");

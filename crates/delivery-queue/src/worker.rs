@@ -16,6 +16,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::config::{OverQuota, QueueConfig};
+use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::relay::DsnSender;
 use crate::state::JobState;
 
@@ -36,6 +37,7 @@ pub struct Worker {
     relay_subject: String,
     over_quota: OverQuota,
     dsn: DsnSender,
+    pub metrics: Metrics,
 }
 
 /// A permanent local failure: (recipient, RFC 3463 status, diagnostic).
@@ -66,6 +68,7 @@ impl Worker {
             jetstream,
             relay_subject: config.relay_subject.clone(),
             over_quota: config.over_quota,
+            metrics: Metrics::new(),
         }
     }
 
@@ -76,6 +79,8 @@ impl Worker {
         let mut seen_accounts = HashSet::new();
         let mut remote: Vec<qpb::Recipient> = Vec::new();
         let mut failures: Vec<Failure> = Vec::new();
+        // Recipients left for a later attempt (for the outcome metric).
+        let mut deferred = 0usize;
         for rcpt in &job.recipients {
             let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: rcpt.address.clone() });
             mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
@@ -86,7 +91,9 @@ impl Worker {
                     continue;
                 }
                 Err(s) => {
+                    self.metrics.storage_unavailable();
                     temporary.push(format!("resolving {}: {}", rcpt.address, s.message()));
+                    deferred += 1;
                     continue;
                 }
             };
@@ -122,13 +129,17 @@ impl Worker {
                 internal_date: job.received_at,
             });
             mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+            let target_count = req.get_ref().targets.len();
             match self.messages.clone().deliver(req).await {
                 Ok(resp) => {
                     for (result, rcpt) in resp.into_inner().results.iter().zip(&target_rcpt) {
                         match result.status() {
-                            DeliveryStatus::Delivered | DeliveryStatus::Duplicate => {}
+                            DeliveryStatus::Delivered => self.metrics.outcome(DeliveryOutcome::Delivered, 1),
+                            // Delivered by an earlier attempt; counted then.
+                            DeliveryStatus::Duplicate => {}
                             DeliveryStatus::OverQuota if self.over_quota == OverQuota::Temporary => {
                                 temporary.push(format!("{rcpt}: over quota"));
+                                deferred += 1;
                             }
                             DeliveryStatus::OverQuota => fail(state, &mut failures, rcpt, "5.2.2", "over quota"),
                             DeliveryStatus::NoSuchAccount => {
@@ -140,19 +151,34 @@ impl Worker {
                             DeliveryStatus::AccountDisabled => {
                                 fail(state, &mut failures, rcpt, "5.2.1", "account disabled")
                             }
-                            DeliveryStatus::Unspecified => temporary.push(format!("{rcpt}: unknown result")),
+                            DeliveryStatus::Unspecified => {
+                                temporary.push(format!("{rcpt}: unknown result"));
+                                deferred += 1;
+                            }
                         }
                     }
                 }
                 // Storage down or failing: keep everything for a retry.
-                Err(s) => temporary.push(format!("deliver: {}: {}", s.code(), s.message())),
+                Err(s) => {
+                    self.metrics.storage_unavailable();
+                    temporary.push(format!("deliver: {}: {}", s.code(), s.message()));
+                    deferred += target_count;
+                }
             }
         }
 
         if !remote.is_empty() && !state.relayed {
+            let count = remote.len();
             match self.hand_to_relay(job, remote).await {
-                Ok(()) => state.relayed = true,
-                Err(e) => temporary.push(e),
+                Ok(()) => {
+                    state.relayed = true;
+                    self.metrics.outcome(DeliveryOutcome::Relayed, count);
+                }
+                Err(e) => {
+                    self.metrics.nats_unavailable();
+                    temporary.push(e);
+                    deferred += count;
+                }
             }
         }
 
@@ -162,13 +188,17 @@ impl Worker {
         let unreported: Vec<Failure> = failures.into_iter().filter(|(r, _, _)| !state.bounced.contains(r)).collect();
         if !unreported.is_empty() {
             match self.dsn.bounce_failures(job, &unreported).await {
-                Ok(()) => state.bounced.extend(unreported.into_iter().map(|(r, _, _)| r)),
+                Ok(()) => {
+                    self.metrics.outcome(DeliveryOutcome::Bounced, unreported.len());
+                    state.bounced.extend(unreported.into_iter().map(|(r, _, _)| r));
+                }
                 // The DSN could not be queued: retry the job; delivered
                 // recipients are skipped by their delivery keys.
                 Err(e) => temporary.push(format!("bounce: {e}")),
             }
         }
 
+        self.metrics.outcome(DeliveryOutcome::Deferred, deferred);
         if temporary.is_empty() { Outcome::Done } else { Outcome::Retry(temporary.join("; ")) }
     }
 

@@ -172,3 +172,102 @@ async fn health_endpoint_serves_until_shutdown() {
     mail.stop_ingress().await;
     assert!(TcpStream::connect(health).await.is_err(), "health endpoint closed on shutdown");
 }
+
+/// Jobs of the queue's consumer delivered to a worker and not yet
+/// acknowledged (in flight, NAKed, or waiting out ack_wait).
+async fn queue_in_flight(mail: &Mail) -> usize {
+    let config = mail.queue_config();
+    let js = async_nats::jetstream::new(mail.env.nats().await);
+    let stream = js.get_stream(&config.stream).await.expect("stream");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&config.consumer).await.expect("consumer");
+    consumer.info().await.expect("consumer info").num_ack_pending
+}
+
+async fn send_pipelined(mail: &Mail, connections: usize, per_connection: usize) {
+    let addr = mail.mx();
+    let mut tasks = Vec::new();
+    for conn in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::connect(addr).await;
+            expect(&c.cmd("EHLO load.test").await, "250");
+            for n in 0..per_connection {
+                c.send(b"MAIL FROM:<load@remote.test>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n").await;
+                expect(&c.reply().await, "250");
+                expect(&c.reply().await, "250");
+                expect(&c.reply().await, "354");
+                c.send(format!("Subject: restart {conn}-{n}\r\n\r\nx\r\n.\r\n").as_bytes()).await;
+                expect(&c.reply().await, "250 2.0.0");
+            }
+            expect(&c.cmd("QUIT").await, "221");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+}
+
+#[tokio::test]
+async fn queue_stopped_with_jobs_in_flight_loses_and_duplicates_nothing() {
+    const TOTAL: usize = 200;
+    let mut mail = Mail::start_with(|c| c.inbound_auth.enabled = false).await;
+    mail.stop_queue().await;
+    send_pipelined(&mail, 10, TOTAL / 10).await;
+    let stream = mail.queue_config().stream;
+    assert_eq!(mail.stream_len(&stream).await, TOTAL as u64);
+
+    // Stop the worker while it is busy (SIGTERM during a backlog).
+    mail.start_queue().await;
+    mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    mail.stop_queue().await;
+
+    // Every job that left the stream (was acked) is in the mailbox: acked
+    // only after storage committed.
+    let delivered = mail.inbox_count(&mail.alice).await;
+    let waiting = mail.stream_len(&stream).await as usize;
+    assert_eq!(delivered + waiting, TOTAL, "delivered {delivered} + waiting {waiting}");
+
+    // The next worker delivers the rest, each message exactly once; within
+    // WAIT, so none was left to wait out the 5-minute ack_wait.
+    mail.start_queue().await;
+    let inbox = mail.wait_inbox(&mail.alice, TOTAL, WAIT).await;
+    let mut subjects: Vec<String> = inbox
+        .iter()
+        .filter_map(|m| {
+            String::from_utf8_lossy(m).lines().find(|l| l.starts_with("Subject: restart")).map(str::to_string)
+        })
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!((inbox.len(), subjects.len()), (TOTAL, TOTAL), "every message exactly once");
+}
+
+#[tokio::test]
+async fn a_job_stuck_past_the_grace_period_is_given_back_at_once() {
+    let mut mail = Mail::start().await;
+    mail.stop_queue().await;
+    send_pipelined(&mail, 1, 1).await;
+
+    // A storage that accepts connections and never answers: the delivery hangs.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = mail.queue_config();
+    config.storage_url = format!("http://{}", black_hole.local_addr().expect("addr"));
+    config.shutdown_grace = Duration::from_millis(300);
+    let token = tokio_util::sync::CancellationToken::new();
+    let stuck = delivery_queue::run(config, token.clone()).await.expect("delivery-queue starts");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queue_in_flight(&mail).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    tokio::time::timeout(WAIT, stuck.task).await.expect("stops after the grace period").expect("task");
+    assert_eq!(mail.stream_len(&mail.queue_config().stream).await, 1, "the job is still queued");
+
+    // ack_wait is 5 minutes: delivery within WAIT shows the job was given
+    // back (NAK) rather than left to time out.
+    mail.start_queue().await;
+    let inbox = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    assert_eq!(inbox.len(), 1);
+    drop(black_hole);
+}

@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use mailfleet_proto::queue::v1 as qpb;
 use mailfleet_proto::storage::v1 as pb;
 use pb::messages_client::MessagesClient;
@@ -287,35 +286,16 @@ pub async fn start(
         pool: Pool::default(),
         limits: Mutex::new(HashMap::new()),
     });
-    Ok(tokio::spawn(consume(consumer, relay, shutdown)))
+    Ok(tokio::spawn(consume(consumer, relay, config.shutdown_grace, shutdown)))
 }
 
-async fn consume(consumer: PullConsumer, relay: Arc<Relay>, shutdown: CancellationToken) {
+async fn consume(consumer: PullConsumer, relay: Arc<Relay>, grace: Duration, shutdown: CancellationToken) {
     let concurrency = relay.config.concurrency.max(1);
-    while !shutdown.is_cancelled() {
-        let messages = match consumer.stream().max_messages_per_batch(concurrency).messages().await {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot pull from the relay stream; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        };
-        messages
-            .take_until(shutdown.cancelled())
-            .for_each_concurrent(concurrency, |msg| {
-                let relay = relay.clone();
-                async move {
-                    match msg {
-                        Ok(msg) => relay.handle(msg).await,
-                        Err(err) => tracing::debug!(error = %err, "relay pull stream error"),
-                    }
-                }
-            })
-            .await;
-    }
+    crate::pull::consume(consumer, concurrency, grace, shutdown, "relay", move |msg| {
+        let relay = relay.clone();
+        async move { relay.handle(msg).await }
+    })
+    .await;
 }
 
 /// Now, from the system clock (chrono's `clock` feature is not enabled).
