@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 /// How long one pull request waits on the server for jobs. Also the longest
 /// shutdown waits for an idle consumer's outstanding request to end.
-pub const PULL_EXPIRES: Duration = Duration::from_secs(3);
+pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Pull and run jobs until `shutdown`, `concurrency` at a time; returns
 /// once every started job finished or was given back (see the module doc).
