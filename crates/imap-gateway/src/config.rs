@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mailfleet_runtime::proxy::ProxyProtocol;
 use mailfleet_runtime::tls::TlsSettings;
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,18 @@ pub struct ImapConfig {
     /// Pause after a failed login, slowing password guessing.
     #[serde(with = "humantime_serde")]
     pub bad_login_delay: Duration,
+    /// PROXY protocol v1/v2 from a load balancer, on both listeners: which
+    /// peers may (and then must) send it. Off by default.
+    pub proxy_protocol: ProxyProtocol,
+    /// How long a trusted load balancer gets to send its PROXY header.
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
+    /// Plain-HTTP `GET /healthz` endpoint (200 while serving); unset: none.
+    pub health_listen: Option<SocketAddr>,
+    /// On shutdown, how long sessions get to finish the command they are
+    /// running before the process stops waiting for them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ImapConfig {
@@ -74,6 +87,10 @@ impl Default for ImapConfig {
             command_burst: 400,
             max_bad_logins: 3,
             bad_login_delay: Duration::from_secs(1),
+            proxy_protocol: ProxyProtocol::default(),
+            proxy_header_timeout: mailfleet_runtime::proxy::DEFAULT_HEADER_TIMEOUT,
+            health_listen: None,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -109,5 +126,21 @@ mod tests {
         let from_env: ImapConfig = mailfleet_runtime::config::load(Some(&path), "MF_IMAP_TEST_A_").unwrap();
         assert_eq!(from_env.idle_timeout, Duration::from_secs(45 * 60));
         assert_eq!(from_env.storage_url, "http://10.0.0.1:50051");
+    }
+
+    #[test]
+    fn proxy_protocol_and_health_from_the_environment_as_compose_sets_them() {
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("MF_IMAP_TEST_B_PROXY_PROTOCOL__ENABLED", "true");
+            std::env::set_var("MF_IMAP_TEST_B_PROXY_PROTOCOL__TRUSTED", "172.29.0.0/24,10.0.0.0/8");
+            std::env::set_var("MF_IMAP_TEST_B_HEALTH_LISTEN", "0.0.0.0:8143");
+            std::env::set_var("MF_IMAP_TEST_B_SHUTDOWN_GRACE", "20s");
+        }
+        let c: ImapConfig = mailfleet_runtime::config::load(None, "MF_IMAP_TEST_B_").unwrap();
+        assert_eq!(c.proxy_protocol.trusted_networks().unwrap().len(), 2);
+        assert_eq!(c.health_listen, Some("0.0.0.0:8143".parse().unwrap()));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(20));
+        assert!(!ImapConfig::default().proxy_protocol.enabled);
     }
 }

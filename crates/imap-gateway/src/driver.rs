@@ -1,5 +1,10 @@
-//! The only I/O code: listeners, TLS (implicit and STARTTLS), timeouts,
-//! limits, shutdown. Bytes go to the codec, commands to the session.
+//! The only I/O code: listeners, the PROXY header of a trusted load
+//! balancer, TLS (implicit and STARTTLS), timeouts, limits, metrics,
+//! shutdown. Bytes go to the codec, commands to the session.
+//!
+//! Shutdown: listeners close; each session finishes the command it is
+//! running, then gets `* BYE` (RFC 3501 §7.1.5) instead of its next command;
+//! an idling session (IDLE, or waiting for input) gets it at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,10 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field, info_span};
 
+use mailfleet_runtime::proxy;
+
 use crate::codec::{self, Framer, Input, Mode, StatusKindArg};
 use crate::compress::Deflate;
 use crate::config::ImapConfig;
 use crate::events::{AccountFeed, EventHub};
+use crate::metrics::Metrics;
 use crate::session::{Context, Reply, Session, Then};
 use crate::store::MailStore;
 
@@ -116,6 +124,9 @@ pub struct Shared<S: MailStore> {
     pub store: Arc<S>,
     pub tls: Option<TlsAcceptor>,
     pub events: Arc<EventHub>,
+    /// Reads the PROXY header from trusted load balancers.
+    pub proxy: proxy::Acceptor,
+    pub metrics: Metrics,
 }
 
 /// Resolves when the account's feed has news; never without a feed.
@@ -152,10 +163,24 @@ pub async fn accept_loop<S: MailStore>(
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let span = info_span!("conn", proto = "imap", %peer, tls = implicit_tls, user = field::Empty);
+        // `peer` is the TCP peer (the load balancer, when there is one);
+        // `client` the real client, from the PROXY header.
+        let span = info_span!(
+            "conn", proto = "imap", %peer, client = field::Empty, tls = implicit_tls, user = field::Empty
+        );
         tracker.spawn(
             async move {
                 let _ = tcp.set_nodelay(true);
+                let (tcp, client) = match shared.proxy.accept(tcp, peer).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // A trusted balancer that sends no valid header: close.
+                        tracing::warn!(error = %e, "PROXY header refused; closing");
+                        shared.metrics.rejected("proxy_header");
+                        return;
+                    }
+                };
+                tracing::Span::current().record("client", field::display(client));
                 let stream = if implicit_tls {
                     let Some(acceptor) = shared.tls.clone() else { return };
                     match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
@@ -165,13 +190,21 @@ pub async fn accept_loop<S: MailStore>(
                 } else {
                     Stream::new(Io::Plain(tcp))
                 };
-                if let Err(e) = connection(stream, peer, implicit_tls, &shared, shutdown).await {
+                shared.metrics.connection_opened(implicit_tls);
+                if let Err(e) = connection(stream, client, implicit_tls, &shared, shutdown).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                shared.metrics.connection_closed();
             }
             .instrument(span),
         );
     }
+}
+
+/// Whether the first bytes of a connection are the start of a PROXY header
+/// (v1 text or the v2 signature), i.e. a peer not trusted to send one tried.
+fn starts_like_proxy_header(input: &[u8]) -> bool {
+    input.starts_with(b"PROXY ") || input.starts_with(&proxy::V2_SIGNATURE[..4])
 }
 
 async fn send(stream: &mut Stream, responses: &[Response<'static>]) -> std::io::Result<()> {
@@ -182,6 +215,7 @@ async fn send(stream: &mut Stream, responses: &[Response<'static>]) -> std::io::
     stream.write_all(&buf).await
 }
 
+/// One session; `peer` is the real client (PROXY header applied).
 async fn connection<S: MailStore>(
     mut stream: Stream,
     peer: SocketAddr,
@@ -206,6 +240,7 @@ async fn connection<S: MailStore>(
     // The autologout clock runs from the client's last input, whatever we
     // sent meanwhile (IDLE updates do not keep a dead client alive).
     let mut last_input = tokio::time::Instant::now();
+    let mut first_input = true;
     // Held while logged in: keeps the account's NATS subscription alive.
     let mut _feed: Option<Arc<AccountFeed>> = None;
     let mut events: Option<watch::Receiver<u64>> = None;
@@ -215,6 +250,12 @@ async fn connection<S: MailStore>(
     stream.write_all(&codec::encode_greeting(Some(caps), "Mailfleet IMAP ready")).await?;
 
     loop {
+        // Shutdown: no new command after the one that just finished, even
+        // if the client pipelined more (RFC 3501 §7.1.5 BYE).
+        if shutdown.is_cancelled() && mode == Mode::Command {
+            send(&mut stream, &[codec::bye(None, "Server shutting down")]).await?;
+            return Ok(());
+        }
         let authenticated = session.account().is_some();
         let limit = if authenticated { config.max_literal } else { config.max_literal_unauthenticated };
         let reply: Reply = match framer.next(mode, limit) {
@@ -237,7 +278,17 @@ async fn connection<S: MailStore>(
                             return Ok(());
                         }
                         Ok(Ok(0)) => return Ok(()),
-                        Ok(Ok(_)) => last_input = tokio::time::Instant::now(),
+                        Ok(Ok(n)) => {
+                            if first_input && starts_like_proxy_header(buf.get(..n).unwrap_or_default()) {
+                                // Only configured load balancers may name another client.
+                                tracing::info!("PROXY header from an untrusted peer; closing");
+                                shared.metrics.rejected("proxy_header");
+                                send(&mut stream, &[codec::bye(None, "PROXY header not accepted from your address")]).await?;
+                                return Ok(());
+                            }
+                            first_input = false;
+                            last_input = tokio::time::Instant::now();
+                        }
                         Ok(Err(e)) => return Err(e),
                     },
                     _ = shutdown.cancelled() => {
@@ -270,7 +321,9 @@ async fn connection<S: MailStore>(
                 if let Some(wait) = pace.take() {
                     tokio::time::sleep(wait).await;
                 }
-                let span = info_span!("cmd", verb = cmd.body.name(), tag = cmd.tag.inner());
+                let name = cmd.body.name();
+                let started = std::time::Instant::now();
+                let span = info_span!("cmd", verb = name, tag = cmd.tag.inner());
                 // Large outputs are written while the command still runs;
                 // the bounded channel holds the session back to the
                 // client's pace.
@@ -286,12 +339,15 @@ async fn connection<S: MailStore>(
                 };
                 let (reply, written) = tokio::join!(session.handle_streaming(cmd, Some(tx)).instrument(span), drain);
                 written?;
+                shared.metrics.command(name, started.elapsed());
                 reply
             }
             Input::AuthData(data) => session.auth_data(data).await,
             Input::IdleDone => session.idle_done().await,
         };
         if reply.delay {
+            // The session asks for the pause exactly after a failed login.
+            shared.metrics.auth_failed();
             tokio::time::sleep(config.bad_login_delay).await;
         }
         framer.shrink();

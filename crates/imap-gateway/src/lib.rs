@@ -2,8 +2,9 @@
 //!
 //! - [`codec`]: bytes ↔ commands/responses (imap-codec), no I/O;
 //! - [`session`] + [`cmd`]: the RFC state machine over a [`store::MailStore`];
-//! - [`driver`]: sockets, TLS, timeouts, limits;
-//! - [`config`]: the `ImapConfig`.
+//! - [`driver`]: sockets, PROXY protocol, TLS, timeouts, limits, shutdown;
+//! - [`config`]: the `ImapConfig`;
+//! - [`metrics`]: OpenTelemetry instruments.
 
 pub mod cmd;
 pub mod codec;
@@ -11,6 +12,7 @@ pub mod compress;
 pub mod config;
 pub mod driver;
 pub mod events;
+pub mod metrics;
 pub mod session;
 pub mod store;
 
@@ -26,7 +28,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::driver::Shared;
 use crate::events::EventHub;
+use crate::metrics::Metrics;
 use crate::store::grpc::GrpcStore;
+use mailfleet_runtime::health::{self, Health};
+use mailfleet_runtime::proxy::{self, ProxyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -36,12 +41,17 @@ pub enum ServeError {
     Tls(#[from] mailfleet_runtime::tls::TlsError),
     #[error("storage URL: {0}")]
     Storage(#[from] tonic::transport::Error),
+    #[error("proxy_protocol: {0}")]
+    Proxy(#[from] ProxyError),
 }
 
 /// A running gateway: where it listens, and the task that ends after shutdown.
 pub struct RunningImap {
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    /// `GET /healthz` endpoint, when configured.
+    pub health_addr: Option<SocketAddr>,
+    /// Ends after shutdown, once sessions said BYE (or the grace period ran out).
     pub task: JoinHandle<()>,
 }
 
@@ -59,6 +69,7 @@ pub async fn serve_with_store<S: store::MailStore>(
     events: Arc<EventHub>,
     shutdown: CancellationToken,
 ) -> Result<RunningImap, ServeError> {
+    let proxy = proxy::Acceptor::new(&config.proxy_protocol, config.proxy_header_timeout)?;
     let tls = TlsAcceptor::from(mailfleet_runtime::tls::server_config(&config.tls)?);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
@@ -70,20 +81,38 @@ pub async fn serve_with_store<S: store::MailStore>(
         None => None,
     };
     let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let shared = Arc::new(Shared { config, store, tls: Some(tls), events });
+    let health = Health::new();
+    let health_addr = match config.health_listen {
+        Some(a) => Some(
+            health::serve(a, health.clone(), shutdown.clone())
+                .await
+                .map_err(|source| ServeError::Bind { addr: a, source })?
+                .addr,
+        ),
+        None => None,
+    };
+    let grace = config.shutdown_grace;
+    let proxy_enabled = config.proxy_protocol.enabled;
+    let shared = Arc::new(Shared { config, store, tls: Some(tls), events, proxy, metrics: Metrics::new() });
     let tracker = TaskTracker::new();
     let mut loops =
         vec![tokio::spawn(driver::accept_loop(listener, false, shared.clone(), shutdown.clone(), tracker.clone()))];
     if let Some(l) = tls_listener {
         loops.push(tokio::spawn(driver::accept_loop(l, true, shared, shutdown.clone(), tracker.clone())));
     }
-    tracing::info!(%addr, ?tls_addr, "imap-gateway listening");
+    health.set_serving(true);
+    tracing::info!(%addr, ?tls_addr, ?health_addr, proxy_protocol = proxy_enabled, "imap-gateway listening");
     let task = tokio::spawn(async move {
         for l in loops {
             let _ = l.await;
         }
+        health.set_serving(false);
+        // Sessions finish their command and say BYE.
         tracker.close();
-        tracker.wait().await;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "sessions still busy after the shutdown grace period; stopping anyway");
+        }
+        tracing::info!("imap-gateway stopped");
     });
-    Ok(RunningImap { addr, tls_addr, task })
+    Ok(RunningImap { addr, tls_addr, health_addr, task })
 }
