@@ -3,8 +3,11 @@
 //! shutdown. Bytes go to the codec, commands to the session.
 //!
 //! Shutdown: listeners close; each session finishes the command it is
-//! running, then gets `* BYE` (RFC 3501 §7.1.5) instead of its next command;
-//! an idling session (IDLE, or waiting for input) gets it at once.
+//! running — including one still arriving, such as an APPEND literal being
+//! uploaded — then gets `* BYE` (RFC 3501 §7.1.5) instead of its next
+//! command; an idling session (IDLE, or waiting for a command) gets it at
+//! once. When the grace period ends (`Shared::hard`), whatever is left gets
+//! the BYE too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,6 +130,8 @@ pub struct Shared<S: MailStore> {
     /// Reads the PROXY header from trusted load balancers.
     pub proxy: proxy::Acceptor,
     pub metrics: Metrics,
+    /// The shutdown grace period is over: commands still arriving are cut off.
+    pub hard: CancellationToken,
 }
 
 /// Resolves when the account's feed has news; never without a feed.
@@ -241,6 +246,8 @@ async fn connection<S: MailStore>(
     // sent meanwhile (IDLE updates do not keep a dead client alive).
     let mut last_input = tokio::time::Instant::now();
     let mut first_input = true;
+    // A command is being received (e.g. an APPEND literal): shutdown lets it finish.
+    let mut in_flight = false;
     // Held while logged in: keeps the account's NATS subscription alive.
     let mut _feed: Option<Arc<AccountFeed>> = None;
     let mut events: Option<watch::Receiver<u64>> = None;
@@ -250,16 +257,23 @@ async fn connection<S: MailStore>(
     stream.write_all(&codec::encode_greeting(Some(caps), "Mailfleet IMAP ready")).await?;
 
     loop {
+        let authenticated = session.account().is_some();
+        let limit = if authenticated { config.max_literal } else { config.max_literal_unauthenticated };
+        let input = framer.next(mode, limit);
         // Shutdown: no new command after the one that just finished, even
-        // if the client pipelined more (RFC 3501 §7.1.5 BYE).
-        if shutdown.is_cancelled() && mode == Mode::Command {
+        // if the client pipelined more (RFC 3501 §7.1.5 BYE); only one whose
+        // upload began before shutdown may still complete.
+        if shutdown.is_cancelled() && !in_flight && matches!(input, Input::Command(_) | Input::ContinueLiteral) {
             send(&mut stream, &[codec::bye(None, "Server shutting down")]).await?;
             return Ok(());
         }
-        let authenticated = session.account().is_some();
-        let limit = if authenticated { config.max_literal } else { config.max_literal_unauthenticated };
-        let reply: Reply = match framer.next(mode, limit) {
+        let reply: Reply = match input {
             Input::NeedMore => {
+                // Part of a command is buffered: it was sent before shutdown
+                // if shutdown has not happened yet.
+                if !framer.is_idle() && !shutdown.is_cancelled() {
+                    in_flight = true;
+                }
                 // RFC 3501 §5.4: autologout after at least 30 minutes idle.
                 let timeout = if authenticated { config.idle_timeout } else { config.login_timeout };
                 let idling = mode == Mode::IdleDone;
@@ -291,7 +305,13 @@ async fn connection<S: MailStore>(
                         }
                         Ok(Err(e)) => return Err(e),
                     },
-                    _ = shutdown.cancelled() => {
+                    // A command partly received (an APPEND upload) is in
+                    // flight: it may finish until the grace period ends.
+                    _ = shutdown.cancelled(), if !in_flight || idling => {
+                        send(&mut stream, &[codec::bye(None, "Server shutting down")]).await?;
+                        return Ok(());
+                    }
+                    _ = shared.hard.cancelled() => {
                         send(&mut stream, &[codec::bye(None, "Server shutting down")]).await?;
                         return Ok(());
                     }
@@ -299,6 +319,7 @@ async fn connection<S: MailStore>(
                 continue;
             }
             Input::ContinueLiteral => {
+                in_flight = true;
                 send(&mut stream, &[codec::continuation("Ready for literal data")]).await?;
                 continue;
             }
@@ -352,6 +373,7 @@ async fn connection<S: MailStore>(
         }
         framer.shrink();
         send(&mut stream, &reply.responses).await?;
+        in_flight = false;
         if !user_recorded && let Some(account) = session.account() {
             tracing::Span::current().record("user", account.address.as_str());
             user_recorded = true;

@@ -33,6 +33,10 @@ use crate::store::grpc::GrpcStore;
 use mailfleet_runtime::health::{self, Health};
 use mailfleet_runtime::proxy::{self, ProxyError};
 
+/// After the grace period, sessions cut off still get this long to finish a
+/// storage call already under way and write their BYE.
+const CUT_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("binding {addr}: {source}")]
@@ -93,7 +97,16 @@ pub async fn serve_with_store<S: store::MailStore>(
     };
     let grace = config.shutdown_grace;
     let proxy_enabled = config.proxy_protocol.enabled;
-    let shared = Arc::new(Shared { config, store, tls: Some(tls), events, proxy, metrics: Metrics::new() });
+    let hard = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        tls: Some(tls),
+        events,
+        proxy,
+        metrics: Metrics::new(),
+        hard: hard.clone(),
+    });
     let tracker = TaskTracker::new();
     let mut loops =
         vec![tokio::spawn(driver::accept_loop(listener, false, shared.clone(), shutdown.clone(), tracker.clone()))];
@@ -110,7 +123,11 @@ pub async fn serve_with_store<S: store::MailStore>(
         // Sessions finish their command and say BYE.
         tracker.close();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(?grace, "sessions still busy after the shutdown grace period; stopping anyway");
+            tracing::warn!(?grace, "sessions still busy after the shutdown grace period; cutting them off");
+            hard.cancel();
+            if tokio::time::timeout(CUT_OFF_WAIT, tracker.wait()).await.is_err() {
+                tracing::warn!("sessions still busy; stopping anyway");
+            }
         }
         tracing::info!("imap-gateway stopped");
     });

@@ -205,3 +205,58 @@ async fn proxy_header_from_an_untrusted_peer_is_refused() {
     let mut c = Imap::connect(addr).await;
     c.login().await;
 }
+
+#[tokio::test]
+async fn an_append_being_uploaded_at_shutdown_completes_and_is_stored() {
+    let env = TestEnv::start().await;
+    env.add_account(USER, PASS).await;
+    let gw = start(&env, |_| {}).await;
+    let mut c = Imap::connect(gw.running.addr).await;
+    c.login().await;
+    let message = b"Subject: uploaded across a restart\r\n\r\nhello\r\n";
+    let started = c.cmd("a", &format!("APPEND INBOX {{{}}}", message.len())).await;
+    assert!(started.last().is_some_and(|l| l.starts_with('+')), "{started:?}");
+    c.send(&message[..10]).await;
+
+    gw.shutdown.cancel();
+    // The upload goes on: the tagged OK (the message is committed), then BYE.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(&message[10..]).await;
+    c.send(b"\r\n").await;
+    let ok = c.line().await;
+    assert!(ok.starts_with("a OK"), "{ok}");
+    let bye = c.line().await;
+    assert!(bye.starts_with("* BYE "), "{bye}");
+    assert_eq!(c.line().await, "<EOF>");
+    tokio::time::timeout(WAIT, gw.running.task).await.expect("gateway stops").expect("task");
+
+    // The next gateway sees it.
+    let gw2 = start(&env, |_| {}).await;
+    let mut c = Imap::connect(gw2.running.addr).await;
+    c.login().await;
+    let select = c.cmd("s", "SELECT INBOX").await;
+    assert!(select.iter().any(|l| l == "* 1 EXISTS"), "{select:?}");
+}
+
+#[tokio::test]
+async fn an_upload_still_running_after_the_grace_period_gets_bye_and_is_not_stored() {
+    let env = TestEnv::start().await;
+    env.add_account(USER, PASS).await;
+    let gw = start(&env, |c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let mut c = Imap::connect(gw.running.addr).await;
+    c.login().await;
+    let started = c.cmd("a", "APPEND INBOX {100}").await;
+    assert!(started.last().is_some_and(|l| l.starts_with('+')), "{started:?}");
+    c.send(b"Subject: never finished\r\n").await;
+    gw.shutdown.cancel();
+    let bye = c.line().await;
+    assert!(bye.starts_with("* BYE "), "{bye}");
+    assert_eq!(c.line().await, "<EOF>");
+    tokio::time::timeout(WAIT, gw.running.task).await.expect("gateway stops").expect("task");
+
+    let gw2 = start(&env, |_| {}).await;
+    let mut c = Imap::connect(gw2.running.addr).await;
+    c.login().await;
+    let select = c.cmd("s", "SELECT INBOX").await;
+    assert!(select.iter().any(|l| l == "* 0 EXISTS"), "{select:?}");
+}
