@@ -2,6 +2,7 @@
 
 pub mod any;
 pub mod append;
+pub mod binary;
 pub mod auth;
 pub mod bodystructure;
 pub mod copy;
@@ -13,4 +14,5 @@ pub mod list;
 pub mod mailbox;
 pub mod quota;
 pub mod search;
+pub mod searchres;
 pub mod select;

@@ -156,9 +156,11 @@ impl Framer {
                 Err(_) => match ext::parse(self.frag.message_bytes()) {
                     Some(Ok(cmd)) => Input::Command(cmd),
                     Some(Err(e)) => match self.frag.decode_tag() {
-                        Some(tag) => {
-                            Input::Command(ClientCommand { tag: tag.into_static(), body: ClientBody::Bad(e.0) })
-                        }
+                        Some(tag) => Input::Command(ClientCommand {
+                            tag: tag.into_static(),
+                            body: ClientBody::Bad(e.0),
+                            saved: false,
+                        }),
                         None => malformed(false),
                     },
                     None => malformed(false),

@@ -155,6 +155,14 @@ impl Out {
         self.items.extend(responses.into_iter().map(Item::Response));
     }
 
+    /// Drop queued responses (not yet sent) that `keep` refuses.
+    pub fn retain(&mut self, keep: impl Fn(&Response<'static>) -> bool) {
+        self.items.retain(|i| match i {
+            Item::Response(r) => keep(r),
+            Item::Raw(_) => true,
+        });
+    }
+
     fn has_raw(&self) -> bool {
         self.items.iter().any(|i| matches!(i, Item::Raw(_)))
     }
@@ -203,6 +211,8 @@ pub struct Selected {
     /// Messages this session sees as \Recent (RFC 3501 §2.3.2).
     pub recent: BTreeSet<u32>,
     pub highest_modseq: u64,
+    /// UIDs saved by SEARCH RETURN (SAVE), named "$" (RFC 5182 §2.1).
+    pub saved: Vec<u32>,
 }
 
 impl Selected {
@@ -267,6 +277,8 @@ pub struct Session<S: MailStore> {
     pub(crate) compressed: bool,
     /// UTF8=ACCEPT enabled (RFC 6855 §3): mailbox names are UTF-8 on the wire.
     pub(crate) utf8: bool,
+    /// IMAP4rev2 enabled (RFC 9051 §6.3.1): no \Recent, ESEARCH answers.
+    pub(crate) rev2: bool,
 }
 
 impl<S: MailStore> Session<S> {
@@ -281,6 +293,7 @@ impl<S: MailStore> Session<S> {
             qresync: false,
             compressed: false,
             utf8: false,
+            rev2: false,
         }
     }
 
@@ -307,7 +320,13 @@ impl<S: MailStore> Session<S> {
 
     /// Capabilities for the current state; only complete extensions appear.
     pub fn capabilities(&self) -> Vec<Capability<'static>> {
-        let mut caps = vec![Capability::Imap4Rev1, Capability::LiteralPlus, Capability::SaslIr];
+        // RFC 9051 §6.1.1: IMAP4rev2 next to IMAP4rev1; rev2 after ENABLE.
+        let mut caps = vec![
+            Capability::Imap4Rev1,
+            Capability::from(Atom::try_from("IMAP4rev2").expect("static atom")),
+            Capability::LiteralPlus,
+            Capability::SaslIr,
+        ];
         if !self.ctx.tls && self.ctx.starttls_available && matches!(self.state, State::NotAuthenticated { .. }) {
             caps.push(Capability::StartTls);
         }
@@ -339,7 +358,8 @@ impl<S: MailStore> Session<S> {
             Capability::Utf8(imap_codec::imap_types::extensions::utf8::Utf8Kind::Accept),
         ]);
         // RFC 5258, RFC 5819, RFC 6154, RFC 4731.
-        for atom in ["LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH"] {
+        caps.push(Capability::Binary);
+        for atom in ["LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES"] {
             caps.push(Capability::from(Atom::try_from(atom).expect("static atom")));
         }
         caps
@@ -359,17 +379,37 @@ impl<S: MailStore> Session<S> {
         command: impl Into<ClientCommand>,
         sink: Option<mpsc::Sender<Vec<u8>>>,
     ) -> Reply {
-        let ClientCommand { tag, body } = command.into();
+        let ClientCommand { tag, body, saved } = command.into();
         let mut out = Out::new(sink);
-        let body = match body {
+        let mut body = match body {
             ClientBody::Std(body) => body,
-            ClientBody::Ext(ext) => {
+            ClientBody::Ext(mut ext) => {
+                if saved {
+                    match (&self.state, &mut ext) {
+                        (State::Selected { mailbox, .. }, ExtBody::Search { criteria, .. }) => {
+                            cmd::searchres::rewrite_criteria(mailbox, criteria);
+                        }
+                        _ => return self.finish(tag, Err(ImapError::bad("$ needs a selected mailbox")), out),
+                    }
+                }
                 let result = self.handle_ext(&tag, ext, &mut out).await;
                 return self.finish_with_sync(tag, result, out, true).await;
             }
             ClientBody::Bad(text) => return self.finish(tag, Err(ImapError::bad(text)), out),
         };
         let name = body.name();
+        // RFC 5182 §2.1: "$" is the saved search result.
+        if saved {
+            let rewritten = match &self.state {
+                State::Selected { mailbox, .. } => cmd::searchres::rewrite(mailbox, &mut body),
+                _ => return self.finish(tag, Err(ImapError::bad("$ needs a selected mailbox")), out),
+            };
+            if let cmd::searchres::Rewritten::Empty = rewritten {
+                return self
+                    .finish_with_sync(tag, Done::ok(format!("{name} completed (no messages)")), out, true)
+                    .await;
+            }
+        }
         // RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH (sequence
         // numbers must not shift under the client's feet).
         let expunge_ok =
@@ -394,7 +434,10 @@ impl<S: MailStore> Session<S> {
                     ListMailbox::Token(t) => t.as_ref().to_vec(),
                     ListMailbox::String(s) => s.as_ref().to_vec(),
                 };
-                cmd::list::list(self, codec::ext::list_of_std(&reference, &pattern), &mut out).await
+                let mut list = codec::ext::list_of_std(&reference, &pattern);
+                // RFC 9051 §6.3.9: rev2 LIST has the RFC 5258 semantics.
+                list.extended = self.rev2 && !pattern.is_empty();
+                cmd::list::list(self, list, &mut out).await
             }
             CommandBody::Lsub { reference, mailbox_wildcard } => {
                 cmd::mailbox::list(self, reference, mailbox_wildcard, true, &mut out).await
@@ -435,6 +478,11 @@ impl<S: MailStore> Session<S> {
             CommandBody::GetQuota { root } => cmd::quota::get_quota(self, root, &mut out).await,
             CommandBody::GetQuotaRoot { mailbox } => cmd::quota::get_quota_root(self, mailbox, &mut out).await,
             CommandBody::SetQuota { .. } => cmd::quota::set_quota(self),
+            // RFC 9051 §6.4.4: rev2 answers SEARCH with ESEARCH (ALL).
+            CommandBody::Search { charset, criteria, uid } if self.rev2 => {
+                let all = codec::ext::SearchReturn { all: true, ..Default::default() };
+                cmd::search::esearch(self, &tag, &all, charset, criteria, uid, &mut out).await
+            }
             CommandBody::Search { charset, criteria, uid } => {
                 cmd::search::search(self, charset, criteria, uid, &mut out).await
             }
@@ -445,6 +493,9 @@ impl<S: MailStore> Session<S> {
         {
             let ext = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
             cmd::select::sync(&*self.store, account, mailbox, expunge_ok, ext, &mut out).await;
+            if self.rev2 {
+                forget_recent(mailbox, &mut out);
+            }
         }
         self.finish_with_sync(tag, result, out, false).await
     }
@@ -473,6 +524,9 @@ impl<S: MailStore> Session<S> {
         if ext && let State::Selected { account, mailbox } = &mut self.state {
             let flags = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
             cmd::select::sync(&*self.store, account, mailbox, false, flags, &mut out).await;
+            if self.rev2 {
+                forget_recent(mailbox, &mut out);
+            }
         }
         if out.has_raw() {
             out.flush(true).await;
@@ -510,6 +564,9 @@ impl<S: MailStore> Session<S> {
         if let State::Selected { account, mailbox } = &mut self.state {
             let ext = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
             cmd::select::sync(&*self.store, account, mailbox, true, ext, &mut out).await;
+            if self.rev2 {
+                forget_recent(mailbox, &mut out);
+            }
         }
         out.into_responses()
     }
@@ -585,6 +642,12 @@ impl<S: MailStore> Session<S> {
             _ => Err(ImapError::bad("No mailbox selected")),
         }
     }
+}
+
+/// RFC 9051 Appendix E: rev2 has no \Recent flag and no RECENT response.
+fn forget_recent(mailbox: &mut Selected, out: &mut Out) {
+    mailbox.recent.clear();
+    out.retain(|r| !matches!(r, Response::Data(Data::Recent(_))));
 }
 
 /// Untagged capability data (RFC 3501 §7.2.1).

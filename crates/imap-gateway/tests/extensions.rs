@@ -62,7 +62,7 @@ async fn esearch_return_options() {
         C: a9 SEARCH RETURN (MIN
         S: a9 BAD Syntax error in option list
         C: b1 SEARCH RETURN (SAVE) ALL
-        S: b1 BAD SEARCH RETURN (SAVE) is not supported
+        S: b1 OK SEARCH completed
         C: b2 SEARCH RETURN (COUNT) CHARSET KOI8-R ALL
         S: b2 NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset
         C: b3 SEARCH UNSEEN
@@ -238,6 +238,216 @@ async fn utf8_accept() {
         C: b3 LIST "" &-weird
         S: * LIST (\HasNoChildren) "/" &-weird
         S: b3 OK LIST completed
+        "#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn binary_fetch() {
+    let (gw, store) = gateway().await;
+    let b64 = b"Subject: b64\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8g\r\nd29ybGQ=\r\n";
+    let qp = b"Subject: qp\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9=\r\n au lait\r\n";
+    let nul = b"Subject: nul\r\nContent-Transfer-Encoding: BASE64\r\n\r\nAAEC\r\n";
+    let odd = b"Subject: odd\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n";
+    for m in [&b64[..], &qp[..], &nul[..], &odd[..]] {
+        store.add_message(1, "INBOX", m, &[]);
+    }
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 EXAMINE INBOX
+        S: * FLAGS ...
+        S: * 4 EXISTS
+        S: * 0 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ()] ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 5] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a1 OK [READ-ONLY] EXAMINE completed
+        C: a2 FETCH 1:2 (BINARY.SIZE[1] BINARY.PEEK[1])
+        S: * 1 FETCH (BINARY.SIZE[1] 11 BINARY[1] {11}
+        S: hello world)
+        S: * 2 FETCH (BINARY.SIZE[1] 15 BINARY[1] {15}
+        S: café au lait
+        S: )
+        S: a2 OK FETCH completed
+        C: a3 FETCH 3 BINARY.PEEK[1]
+        S: * 3 FETCH (BINARY[1] ~{3}
+        S: ...
+        S: a3 OK FETCH completed
+        C: a4 FETCH 4 BINARY.PEEK[1]
+        S: a4 NO [UNKNOWN-CTE] Cannot decode x-uuencode
+        C: a5 FETCH 1 BINARY.PEEK[1]<6.100>
+        S: * 1 FETCH (BINARY[1] {5}
+        S: world)
+        S: a5 OK FETCH completed
+        C: a6 FETCH 3 BINARY.SIZE[]
+        S: * 3 FETCH (BINARY.SIZE[] 57)
+        S: a6 OK FETCH completed
+        C: a7 FETCH 1 BINARY[1.2]
+        S: a7 NO [UNAVAILABLE] Body structure not available
+        C: a8 FETCH 1 BINARY[HEADER]
+        S: a8 BAD Syntax error
+        "#,
+    )
+    .await;
+    // BINARY (not .PEEK) sets \Seen like BODY[] (RFC 3516 §4.2).
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 SELECT INBOX
+        S: * FLAGS ...
+        S: * 4 EXISTS
+        S: * 4 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 5] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a1 OK [READ-WRITE] SELECT completed
+        C: a2 FETCH 1 BINARY[1]
+        S: * 1 FETCH (BINARY[1] {11}
+        S: hello world FLAGS (\Seen \Recent))
+        S: a2 OK FETCH completed
+        C+: a3 APPEND INBOX ~{2+}
+        C: ab
+        S: * 5 EXISTS
+        S: * 5 RECENT
+        S: a3 OK [APPENDUID ...] APPEND completed
+        "#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn searchres_saved_result() {
+    let (gw, store) = gateway().await;
+    for n in 1..=5 {
+        let flags: &[&str] = if n % 2 == 0 { &["\\Seen"] } else { &[] };
+        store.add_message(1, "INBOX", &msg(n), flags);
+    }
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 FETCH $ FLAGS
+        S: a1 BAD $ needs a selected mailbox
+        C: a2 EXAMINE INBOX
+        S: * FLAGS ...
+        S: * 5 EXISTS
+        S: * 0 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ()] ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 6] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a2 OK [READ-ONLY] EXAMINE completed
+        C: a3 FETCH $ FLAGS
+        S: a3 OK FETCH completed (no messages)
+        C: a4 SEARCH $
+        S: * SEARCH
+        S: a4 OK SEARCH completed
+        C: a5 SEARCH RETURN (SAVE) UNSEEN
+        S: a5 OK SEARCH completed
+        C: a6 FETCH $ (FLAGS)
+        S: * 1 FETCH (FLAGS ())
+        S: * 3 FETCH (FLAGS ())
+        S: * 5 FETCH (FLAGS ())
+        S: a6 OK FETCH completed
+        C: a7 UID SEARCH $ SUBJECT "note 3"
+        S: * SEARCH 3
+        S: a7 OK SEARCH completed
+        C: a8 SEARCH RETURN (SAVE MAX) SEEN
+        S: * ESEARCH (TAG "a8") MAX 4
+        S: a8 OK SEARCH completed
+        C: a9 UID FETCH $ UID
+        S: * 4 FETCH (UID 4)
+        S: a9 OK FETCH completed
+        C: b1 SEARCH OR $ 1 NOT SUBJECT $
+        S: * SEARCH 1 4
+        S: b1 OK SEARCH completed
+        C: b2 SEARCH RETURN (SAVE) CHARSET KOI8-R ALL
+        S: b2 NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset
+        C: b3 FETCH $ FLAGS
+        S: b3 OK FETCH completed (no messages)
+        C: b4 SEARCH RETURN (SAVE) ALL
+        S: b4 OK SEARCH completed
+        C: b5 EXAMINE INBOX
+        S: * OK [CLOSED] ...
+        S: * FLAGS ...
+        S: * 5 EXISTS
+        S: * 0 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ()] ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 6] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: b5 OK [READ-ONLY] EXAMINE completed
+        C: b6 SEARCH $
+        S: * SEARCH
+        S: b6 OK SEARCH completed
+        "#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn imap4rev2_session() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", &msg(1), &[]);
+    store.add_message(1, "INBOX", &msg(2), &["\\Seen"]);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 ENABLE IMAP4rev2
+        S: * ENABLED IMAP4rev2
+        S: a1 OK ENABLE completed
+        C: a2 CREATE "Données/été"
+        S: a2 OK CREATE completed
+        C: a3 LIST "" %
+        S: * LIST (\NonExistent \HasChildren) "/" "Données"
+        S: * LIST (\HasNoChildren) "/" INBOX
+        S: a3 OK LIST completed
+        C: a4 SELECT INBOX
+        S: * FLAGS ...
+        S: * 2 EXISTS
+        S: * LIST () "/" INBOX
+        S: * OK [PERMANENTFLAGS ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 3] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a4 OK [READ-WRITE] SELECT completed
+        C: a5 FETCH 1:* FLAGS
+        S: * 1 FETCH (FLAGS ())
+        S: * 2 FETCH (FLAGS (\Seen))
+        S: a5 OK FETCH completed
+        C: a6 SEARCH UNSEEN
+        S: * ESEARCH (TAG "a6") ALL 1
+        S: a6 OK SEARCH completed
+        C: a7 UID SEARCH RETURN (COUNT) ALL
+        S: * ESEARCH (TAG "a7") UID COUNT 2
+        S: a7 OK SEARCH completed
+        C: a8 SEARCH DELETED
+        S: * ESEARCH (TAG "a8")
+        S: a8 OK SEARCH completed
+        C: a9 STATUS INBOX (MESSAGES DELETED SIZE)
+        S: * STATUS INBOX (MESSAGES 2 DELETED 0 SIZE ...)
+        S: a9 OK STATUS completed
+        C: b1 NOOP
+        S: b1 OK NOOP completed
         "#,
     )
     .await;

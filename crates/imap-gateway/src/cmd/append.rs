@@ -22,7 +22,8 @@ pub async fn append<S: MailStore>(
 ) -> CmdResult {
     let bytes = match message {
         LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
-        LiteralOrLiteral8::Literal8(_) => return Err(ImapError::no(Some("CANNOT"), "BINARY is not supported")),
+        // RFC 3516 §4.4: binary content in a literal8 is stored as sent.
+        LiteralOrLiteral8::Literal8(l) => l.data.into_owned(),
     };
     append_bytes(s, mailbox, flags, date, bytes).await
 }

@@ -79,7 +79,7 @@ enum Source {
 /// The part at `path` (RFC 3501 §6.4.5 part numbers): parts of a multipart
 /// are numbered from 1; a non-multipart body is its own part 1; inside a
 /// message/rfc822 part the numbering continues in the enclosed body.
-fn find_part<'a>(top: &'a pb::BodyPart, path: &[NonZeroU32]) -> Option<&'a pb::BodyPart> {
+pub(crate) fn find_part<'a>(top: &'a pb::BodyPart, path: &[NonZeroU32]) -> Option<&'a pb::BodyPart> {
     let mut cur = top;
     for (i, n) in path.iter().enumerate() {
         let idx = n.get() as usize - 1;
@@ -178,7 +178,7 @@ pub fn filter_header(raw: &[u8], names: &[String], not: bool) -> Vec<u8> {
     out
 }
 
-async fn section_bytes<S: MailStore>(
+pub(crate) async fn section_bytes<S: MailStore + ?Sized>(
     store: &S,
     account: i64,
     mailbox: i64,
@@ -302,6 +302,10 @@ async fn message_items<S: MailStore>(
                     MessageDataItem::BodyStructure(body_structure(part, true))
                 }
             }
+            // RFC 3516 / RFC 9051 §6.4.5, in cmd/binary.rs.
+            binary if super::binary::is_binary(binary) => {
+                super::binary::item(store, account_id, mailbox_id, meta, binary).await?
+            }
             other => return Err(ImapError::bad(format!("FETCH item {other:?} is not supported"))),
         });
     }
@@ -385,7 +389,7 @@ pub async fn fetch<S: MailStore>(
                 | Section::HeaderFields(None, _)
                 | Section::HeaderFieldsNot(None, _)
         ),
-        _ => false,
+        binary => super::binary::needs_structure(binary),
     });
     // RFC 3501 §6.4.5: BODY[...], RFC822 and RFC822.TEXT set \Seen.
     let sets_seen = !mailbox.read_only
@@ -395,7 +399,7 @@ pub async fn fetch<S: MailStore>(
                 MessageDataItemName::BodyExt { peek: false, .. }
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Text
-            )
+            ) || super::binary::sets_seen(i)
         });
     let list = |uids: &[u32]| pb::ListMessagesRequest {
         account_id: account.id,
@@ -412,7 +416,7 @@ pub async fn fetch<S: MailStore>(
                 | MessageDataItemName::Rfc822
                 | MessageDataItemName::Rfc822Header
                 | MessageDataItemName::Rfc822Text
-        )
+        ) || super::binary::is_binary(i)
     });
     let mut metas = store.list_messages(list(&uids)).await?;
     let mut seen_now: BTreeSet<u32> = BTreeSet::new();

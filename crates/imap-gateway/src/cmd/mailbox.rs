@@ -34,7 +34,7 @@ pub(crate) fn attr(atom: &str) -> Option<FlagNameAttribute<'static>> {
 }
 
 /// RFC 5161 §3.1: ENABLED lists what this command newly enabled:
-/// CONDSTORE, QRESYNC (RFC 7162) and UTF8=ACCEPT (RFC 6855 §3).
+/// CONDSTORE, QRESYNC (RFC 7162), UTF8=ACCEPT (RFC 6855 §3) and IMAP4rev2.
 pub fn enable<S: MailStore>(s: &mut Session<S>, caps: Vec1<CapabilityEnable<'static>>, out: &mut Out) -> CmdResult {
     s.need_auth()?;
     let mut enabled = Vec::new();
@@ -48,6 +48,11 @@ pub fn enable<S: MailStore>(s: &mut Session<S>, caps: Vec1<CapabilityEnable<'sta
             s.condstore = true;
             enabled.push(cap);
         } else if cap == CapabilityEnable::Utf8(Utf8Kind::Accept) && !s.utf8 {
+            s.utf8 = true;
+            enabled.push(cap);
+        } else if cap.to_string().eq_ignore_ascii_case("IMAP4rev2") && !s.rev2 {
+            // RFC 9051 §6.3.1; rev2 mailbox names are UTF-8 (§5.1).
+            s.rev2 = true;
             s.utf8 = true;
             enabled.push(cap);
         }

@@ -229,13 +229,28 @@ pub async fn esearch<S: MailStore>(
     uid: bool,
     out: &mut Out,
 ) -> CmdResult {
+    let found = match run(s, charset, criteria).await {
+        Ok(found) => found,
+        Err(e) => {
+            // RFC 5182 §2.1: a failed SEARCH ... SAVE leaves "$" empty.
+            if options.save
+                && let Ok((_, mailbox)) = s.need_selected()
+            {
+                mailbox.saved.clear();
+            }
+            return Err(e);
+        }
+    };
     if options.save {
-        // SEARCHRES (RFC 5182) is not offered: "$" cannot be used later.
-        return Err(ImapError::bad("SEARCH RETURN (SAVE) is not supported"));
+        let uids: Vec<u32> = found.hits.iter().map(|&(_, u)| u).collect();
+        let (_, mailbox) = s.need_selected()?;
+        mailbox.saved = super::searchres::to_save(options, &uids);
     }
-    let found = run(s, charset, criteria).await?;
-    let numbers: Vec<u32> = found.hits.iter().map(|&(seq, u)| if uid { u } else { seq }).collect();
-    out.push_raw(esearch_line(tag.inner(), uid, options, &numbers, found.modseq.map(NonZeroU64::get)));
+    // RFC 5182 §2.1: with SAVE alone there is no ESEARCH response.
+    if options.min || options.max || options.all || options.count {
+        let numbers: Vec<u32> = found.hits.iter().map(|&(seq, u)| if uid { u } else { seq }).collect();
+        out.push_raw(esearch_line(tag.inner(), uid, options, &numbers, found.modseq.map(NonZeroU64::get)));
+    }
     Done::ok("SEARCH completed")
 }
 

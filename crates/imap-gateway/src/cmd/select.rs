@@ -78,9 +78,11 @@ pub async fn select<S: MailStore>(
         name: info.name.clone(),
         read_only,
         uid_validity: uids.uid_validity.max(info.uid_validity),
-        recent: info.recent_uids.iter().copied().collect(),
+        // RFC 9051 Appendix E: no \Recent in rev2.
+        recent: if s.rev2 { Default::default() } else { info.recent_uids.iter().copied().collect() },
         uids: uids.uids,
         highest_modseq: uids.highest_modseq,
+        saved: Vec::new(),
     };
     let mut perm: Vec<FlagPerm<'static>> = Vec::new();
     if !read_only {
@@ -89,8 +91,19 @@ pub async fn select<S: MailStore>(
     }
     out.push(Response::Data(Data::Flags(flags)));
     out.push(Response::Data(Data::Exists(selected.exists())));
-    out.push(Response::Data(Data::Recent(selected.recent.len() as u32)));
-    if let Some(seq) = selected.seq_of(info.first_unseen_uid)
+    if s.rev2 {
+        // RFC 9051 §6.3.2: a LIST response with the mailbox name (no
+        // RECENT, no [UNSEEN] in rev2).
+        out.push(Response::Data(Data::List {
+            items: vec![],
+            delimiter: Some(imap_codec::imap_types::core::QuotedChar::unvalidated(super::mailbox::DELIMITER)),
+            mailbox: codec::wire_mailbox(&info.name, true),
+        }));
+    } else {
+        out.push(Response::Data(Data::Recent(selected.recent.len() as u32)));
+    }
+    if !s.rev2
+        && let Some(seq) = selected.seq_of(info.first_unseen_uid)
         && let Ok(code) = Code::unseen(seq)
     {
         out.push(codec::status(None, StatusKindArg::Ok, Some(code), &format!("Message {seq} is first unseen")));

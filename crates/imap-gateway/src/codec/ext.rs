@@ -25,7 +25,15 @@ use imap_codec::imap_types::status::StatusDataItemName;
 pub struct ClientCommand {
     pub tag: Tag<'static>,
     pub body: ClientBody,
+    /// The command used "$" (RFC 5182 §2.1), parsed as `SAVED_PLACEHOLDER`
+    /// for the session to replace with the saved search result.
+    pub saved: bool,
 }
+
+/// Stands for "$" in a parsed sequence set. UID 4294967295 is legal but
+/// never reached in practice; it only takes this meaning in a command that
+/// was sent with "$".
+pub const SAVED_PLACEHOLDER: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 pub enum ClientBody {
@@ -51,7 +59,7 @@ impl ClientBody {
 
 impl From<Command<'static>> for ClientCommand {
     fn from(c: Command<'static>) -> Self {
-        ClientCommand { tag: c.tag, body: ClientBody::Std(c.body) }
+        ClientCommand { tag: c.tag, body: ClientBody::Std(c.body), saved: false }
     }
 }
 
@@ -260,6 +268,61 @@ fn utf8(bytes: &[u8]) -> Result<String, ExtError> {
 /// refused. `None`: not one of them (the caller answers `Syntax error`);
 /// `Some(Err)`: one of them, malformed (BAD with that text).
 pub fn parse(msg: &[u8]) -> Option<Result<ClientCommand, ExtError>> {
+    if let Some(substituted) = substitute_saved(msg) {
+        let parsed = match decode_std(&substituted) {
+            Some(cmd) => Some(Ok(ClientCommand::from(cmd))),
+            None => parse_forms(&substituted),
+        };
+        return parsed.map(|r| r.map(|c| ClientCommand { saved: true, ..c }));
+    }
+    parse_forms(msg)
+}
+
+/// Search keys whose next argument is a string (RFC 3501 §6.4.4), where a
+/// "$" is text, not the saved result.
+const STRING_KEYS: [&str; 10] =
+    ["BCC", "BODY", "CC", "FROM", "KEYWORD", "SUBJECT", "TEXT", "TO", "UNKEYWORD", "HEADER"];
+
+/// The message with each "$" that stands for a sequence set (RFC 5182
+/// §2.1: FETCH, STORE, COPY, MOVE, UID EXPUNGE and SEARCH) replaced by
+/// `SAVED_PLACEHOLDER`; `None` when there is none.
+fn substitute_saved(msg: &[u8]) -> Option<Vec<u8>> {
+    let toks = tokenize(msg).ok()?;
+    let mut verb = 1;
+    if toks.get(1).is_some_and(|t| is_atom(t, "UID")) {
+        verb = 2;
+    }
+    let verb_tok = toks.get(verb)?;
+    let is_dollar = |t: &Spanned| matches!(&t.tok, Tok::Atom(a) if a == b"$");
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    if ["FETCH", "STORE", "COPY", "MOVE", "EXPUNGE"].iter().any(|v| is_atom(verb_tok, v)) {
+        if let Some(t) = toks.get(verb + 1).filter(|t| is_dollar(t)) {
+            spans.push((t.start, t.end));
+        }
+    } else if is_atom(verb_tok, "SEARCH") {
+        for (i, t) in toks.iter().enumerate().skip(verb + 1) {
+            let after = |n: usize| i >= n && STRING_KEYS.iter().any(|k| is_atom(&toks[i - n], k));
+            let header_value = i >= 2 && is_atom(&toks[i - 2], "HEADER");
+            if is_dollar(t) && !after(1) && !header_value {
+                spans.push((t.start, t.end));
+            }
+        }
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(msg.len() + 16);
+    let mut at = 0;
+    for (start, end) in spans {
+        out.extend_from_slice(&msg[at..start]);
+        out.extend_from_slice(SAVED_PLACEHOLDER.to_string().as_bytes());
+        at = end;
+    }
+    out.extend_from_slice(&msg[at..]);
+    Some(out)
+}
+
+fn parse_forms(msg: &[u8]) -> Option<Result<ClientCommand, ExtError>> {
     let toks = tokenize(msg).ok()?;
     let tag_tok = toks.first()?;
     let Tok::Atom(tag_bytes) = &tag_tok.tok else { return None };
@@ -278,7 +341,7 @@ pub fn parse(msg: &[u8]) -> Option<Result<ClientCommand, ExtError>> {
     } else {
         return None;
     };
-    Some(result.map(|body| ClientCommand { tag, body: ClientBody::Ext(body) }))
+    Some(result.map(|body| ClientCommand { tag, body: ClientBody::Ext(body), saved: false }))
 }
 
 /// RFC 5258 §6:
@@ -588,6 +651,25 @@ mod tests {
         assert_eq!(message, b"hello");
         assert_eq!(flags, vec![Flag::Seen]);
         assert_eq!(ext_err("a APPEND INBOX UTF8 ({5}\r\nhello)\r\n"), "Syntax error in APPEND UTF8");
+    }
+
+    #[test]
+    fn saved_result_dollar() {
+        let c = parse(b"a UID FETCH $ (FLAGS)\r\n").expect("parsed").expect("ok");
+        assert!(c.saved);
+        let ClientBody::Std(CommandBody::Fetch { sequence_set, uid: true, .. }) = c.body else { panic!() };
+        use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+        assert!(
+            matches!(sequence_set.0.as_ref(), [Sequence::Single(SeqOrUid::Value(n))] if n.get() == SAVED_PLACEHOLDER)
+        );
+        let c = parse(b"a SEARCH RETURN (SAVE) $ SUBJECT $\r\n").expect("parsed").expect("ok");
+        assert!(c.saved);
+        let ClientBody::Ext(ExtBody::Search { criteria, options, .. }) = c.body else { panic!() };
+        assert!(options.save);
+        assert_eq!(criteria.as_ref().len(), 2);
+        assert!(matches!(&criteria.as_ref()[1], SearchKey::Subject(s) if s.as_ref() == b"$"));
+        assert!(parse(b"a COPY 1 $\r\n").is_none());
+        assert!(parse(b"a STORE $ +FLAGS (\\Seen)\r\n").expect("parsed").expect("ok").saved);
     }
 
     #[test]
