@@ -25,9 +25,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long one pull request waits on the server for jobs. Also the longest
-/// shutdown waits for an idle consumer's outstanding request to end.
+/// How long one pull request waits on the server for jobs. Also about the
+/// longest shutdown waits for an idle consumer's outstanding request to end.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// After shutdown, a pull request is taken as over this long after its
+/// expiry even if the server's 408 never arrives (nats-server 2.9 does not
+/// always send it); the server delivers nothing for an expired request.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
 
 /// Pull and run jobs until `shutdown`, `concurrency` at a time; returns
 /// once every started job finished or was given back (see the module doc).
@@ -47,6 +51,8 @@ pub async fn consume<H, F>(
     let abandon = CancellationToken::new();
     loop {
         let first = tokio::select! {
+            // Checked first: a free slot must not win over shutdown.
+            biased;
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
@@ -57,6 +63,7 @@ pub async fn consume<H, F>(
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
+        let request_over = tokio::time::Instant::now() + PULL_EXPIRES + EXPIRY_MARGIN;
         let mut batch = match consumer.batch().max_messages(permits.len()).expires(PULL_EXPIRES).messages().await {
             Ok(batch) => batch,
             Err(err) => {
@@ -70,7 +77,17 @@ pub async fn consume<H, F>(
         };
         // Read the batch to its end even after shutdown: a job the server
         // already sent us must not wait out ack_wait.
-        while let Some(msg) = batch.next().await {
+        let request_expired = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep_until(request_over).await;
+        };
+        tokio::pin!(request_expired);
+        loop {
+            let msg = tokio::select! {
+                msg = batch.next() => msg,
+                _ = &mut request_expired => None,
+            };
+            let Some(msg) = msg else { break };
             let msg = match msg {
                 Ok(msg) => msg,
                 Err(err) => {
