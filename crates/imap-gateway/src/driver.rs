@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imap_codec::imap_types::auth::AuthenticateData;
-use imap_codec::imap_types::response::{Code, Response};
+use imap_codec::imap_types::response::{Code, Response, Status, StatusKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -206,6 +206,12 @@ pub async fn accept_loop<S: MailStore>(
     }
 }
 
+/// A tagged `NO [UNAVAILABLE]` (RFC 5530 §3): storage did not answer.
+fn is_unavailable(response: &Response<'static>) -> bool {
+    matches!(response, Response::Status(Status::Tagged(t))
+        if t.body.kind == StatusKind::No && t.body.code == Some(codec::code("UNAVAILABLE")))
+}
+
 /// Whether the first bytes of a connection are the start of a PROXY header
 /// (v1 text or the v2 signature), i.e. a peer not trusted to send one tried.
 fn starts_like_proxy_header(input: &[u8]) -> bool {
@@ -372,6 +378,9 @@ async fn connection<S: MailStore>(
             tokio::time::sleep(config.bad_login_delay).await;
         }
         framer.shrink();
+        if reply.responses.iter().any(is_unavailable) {
+            shared.metrics.dependency_unavailable();
+        }
         send(&mut stream, &reply.responses).await?;
         in_flight = false;
         if !user_recorded && let Some(account) = session.account() {

@@ -30,6 +30,10 @@ pub struct Metrics {
     /// `mailfleet.imap.connections.rejected`: refused before the greeting
     /// (`reason` = proxy_header).
     rejected: Counter<u64>,
+    /// `mailfleet.errors`: commands answered `NO [UNAVAILABLE]` because
+    /// storage did not answer (`error.type` = dependency_unavailable), a name
+    /// shared by every service.
+    errors: Counter<u64>,
 }
 
 impl Metrics {
@@ -67,6 +71,11 @@ impl Metrics {
                 .with_unit("{connection}")
                 .with_description("IMAP connections refused before the greeting")
                 .build(),
+            errors: meter
+                .u64_counter("mailfleet.errors")
+                .with_unit("{error}")
+                .with_description("Requests that failed because a dependency was unavailable")
+                .build(),
         }
     }
 
@@ -92,6 +101,10 @@ impl Metrics {
 
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    pub fn dependency_unavailable(&self) {
+        self.errors.add(1, &[KeyValue::new("error.type", "dependency_unavailable")]);
     }
 }
 

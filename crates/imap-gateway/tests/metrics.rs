@@ -96,7 +96,7 @@ async fn connections_commands_and_auth_failures_are_exported() {
     }
     let guard = mailfleet_runtime::telemetry::init("imap-gateway");
 
-    let env = TestEnv::start().await;
+    let mut env = TestEnv::start().await;
     env.add_account("metrics@example.org", "right-password").await;
     let mut gw = common::Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
     let mut c = common::Client::connect(gw.addr).await;
@@ -107,6 +107,10 @@ async fn connections_commands_and_auth_failures_are_exported() {
     assert!(right.last().is_some_and(|l| l.starts_with("b OK")), "{right:?}");
     let select = c.cmd("c", "SELECT INBOX").await;
     assert!(select.last().is_some_and(|l| l.starts_with("c OK")), "{select:?}");
+    // Storage goes away: the client is told to come back later.
+    env.stop_storage().await;
+    let status = c.cmd("e", "STATUS INBOX (MESSAGES)").await;
+    assert!(status.last().is_some_and(|l| l.starts_with("e NO [UNAVAILABLE]")), "{status:?}");
     let logout = c.cmd("d", "LOGOUT").await;
     assert!(logout.last().is_some_and(|l| l.starts_with("d OK")), "{logout:?}");
     assert_eq!(c.line().await, "<EOF>");
@@ -122,6 +126,7 @@ async fn connections_commands_and_auth_failures_are_exported() {
         ("mailfleet.imap.commands{imap.command=LOGIN}", 2),
         ("mailfleet.imap.commands{imap.command=SELECT}", 1),
         ("mailfleet.imap.command.duration{imap.command=LOGIN}", 2),
+        ("mailfleet.errors{error.type=dependency_unavailable}", 1),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
