@@ -78,3 +78,21 @@ impl Default for QueueConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_keys_from_the_environment_as_compose_sets_them() {
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("MF_QUEUE_TEST_OPS_HEALTH_LISTEN", "0.0.0.0:8026");
+            std::env::set_var("MF_QUEUE_TEST_OPS_SHUTDOWN_GRACE", "1m");
+        }
+        let c: QueueConfig = mailfleet_runtime::config::load(None, "MF_QUEUE_TEST_OPS_").expect("config loads");
+        assert_eq!(c.health_listen, Some("0.0.0.0:8026".parse().expect("addr")));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(QueueConfig::default().health_listen, None);
+    }
+}

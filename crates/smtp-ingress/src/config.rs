@@ -156,3 +156,25 @@ impl Default for IngressConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_keys_from_the_environment_as_compose_sets_them() {
+        // SAFETY: the variable names are unique to this test.
+        unsafe {
+            std::env::set_var("MF_SMTP_TEST_OPS_PROXY_PROTOCOL__ENABLED", "true");
+            std::env::set_var("MF_SMTP_TEST_OPS_PROXY_PROTOCOL__TRUSTED", "172.29.0.0/24,10.0.0.0/8");
+            std::env::set_var("MF_SMTP_TEST_OPS_HEALTH_LISTEN", "0.0.0.0:8025");
+            std::env::set_var("MF_SMTP_TEST_OPS_SHUTDOWN_GRACE", "45s");
+        }
+        let c: IngressConfig = mailfleet_runtime::config::load(None, "MF_SMTP_TEST_OPS_").expect("config loads");
+        assert_eq!(c.proxy_protocol.trusted_networks().expect("CIDRs").len(), 2);
+        assert_eq!(c.health_listen, Some("0.0.0.0:8025".parse().expect("addr")));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(45));
+        let defaults = IngressConfig::default();
+        assert!(!defaults.proxy_protocol.enabled && defaults.health_listen.is_none());
+    }
+}
