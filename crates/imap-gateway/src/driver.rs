@@ -36,6 +36,8 @@ use crate::store::MailStore;
 
 /// Read buffer per connection.
 const READ_CHUNK: usize = 8 * 1024;
+/// A TLS handshake (implicit or after STARTTLS) that takes longer is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum Io {
     Plain(TcpStream),
@@ -188,7 +190,7 @@ pub async fn accept_loop<S: MailStore>(
                 tracing::Span::current().record("client", field::display(client));
                 let stream = if implicit_tls {
                     let Some(acceptor) = shared.tls.clone() else { return };
-                    match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => Stream::new(Io::Tls(Box::new(tls))),
                         _ => return,
                     }
@@ -409,7 +411,12 @@ async fn connection<S: MailStore>(
                 let (Io::Plain(tcp), Some(acceptor)) = (stream.io, shared.tls.clone()) else {
                     return Ok(());
                 };
-                stream = Stream::new(Io::Tls(Box::new(acceptor.accept(tcp).await?)));
+                // A client that never finishes the handshake must not hold
+                // the connection (and a shutdown) forever.
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                stream = Stream::new(Io::Tls(Box::new(tls)));
                 session.tls_started();
                 // RFC 3501 §6.2.1 / RFC 7817 §3: anything the client sent
                 // before the handshake is discarded (no command injection).
