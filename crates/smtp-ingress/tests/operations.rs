@@ -164,12 +164,25 @@ async fn proxy_header_from_an_untrusted_peer_is_refused() {
 }
 
 #[tokio::test]
-async fn health_endpoint_serves_until_shutdown() {
+async fn health_endpoints_serve_until_shutdown() {
     let mut mail = Mail::start_with(|c| c.health_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
     let health = mail.ingress.as_ref().and_then(|(r, _)| r.health_addr).expect("health endpoint configured");
     let ok = http_get(health).await;
     assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
     mail.stop_ingress().await;
+    assert!(TcpStream::connect(health).await.is_err(), "health endpoint closed on shutdown");
+
+    // delivery-queue has one too.
+    mail.stop_queue().await;
+    let mut config = mail.queue_config();
+    config.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let token = tokio_util::sync::CancellationToken::new();
+    let queue = delivery_queue::run(config, token.clone()).await.expect("delivery-queue starts");
+    let health = queue.health_addr.expect("health endpoint configured");
+    let ok = http_get(health).await;
+    assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
+    token.cancel();
+    tokio::time::timeout(WAIT, queue.task).await.expect("queue stops").expect("task");
     assert!(TcpStream::connect(health).await.is_err(), "health endpoint closed on shutdown");
 }
 
