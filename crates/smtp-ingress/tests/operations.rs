@@ -231,14 +231,21 @@ async fn queue_stopped_with_jobs_in_flight_loses_and_duplicates_nothing() {
 
     // Stop the worker while it is busy (SIGTERM during a backlog).
     mail.start_queue().await;
-    mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queue_in_flight(&mail).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "worker never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = std::time::Instant::now();
     mail.stop_queue().await;
+    let stop_took = stopping.elapsed();
 
     // Every job that left the stream (was acked) is in the mailbox: acked
     // only after storage committed.
     let delivered = mail.inbox_count(&mail.alice).await;
     let waiting = mail.stream_len(&stream).await as usize;
     assert_eq!(delivered + waiting, TOTAL, "delivered {delivered} + waiting {waiting}");
+    eprintln!("queue stopped in {stop_took:?} with {delivered} delivered and {waiting} waiting");
 
     // The next worker delivers the rest, each message exactly once; within
     // WAIT, so none was left to wait out the 5-minute ack_wait.
