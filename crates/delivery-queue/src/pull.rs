@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 /// longest shutdown waits for an idle consumer's outstanding request to end.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// After shutdown, a pull request is taken as over this long after its
-/// expiry even if the server's 408 never arrives (nats-server 2.9 does not
-/// always send it); the server delivers nothing for an expired request.
+/// expiry even if the server's 408 status never reaches us (lost in a
+/// reconnect); the server delivers nothing for an expired request.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
 
 /// Pull and run jobs until `shutdown`, `concurrency` at a time; returns
