@@ -177,3 +177,65 @@ async fn append_utf8_with_real_storage() {
     let got = c.cmd("f", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] ENVELOPE)").await;
     assert!(got.iter().any(|l| l == "Subject: Grüße"), "{got:?}");
 }
+
+#[tokio::test]
+async fn imap4rev2_binary_and_searchres_with_imaplib() {
+    imaplib(
+        r#"
+import imaplib, sys, base64
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice@example.org", "secret-pw")
+typ, caps = m.capability()
+for c in (b"IMAP4rev2", b"BINARY", b"SEARCHRES"):
+    assert c in caps[0].split(), caps
+blob = bytes(range(256)) * 3
+b64 = base64.encodebytes(blob).replace(b"\n", b"\r\n")
+msg = (b"From: bob@example.org\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n"
+       b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+       b"Gr=C3=BC=C3=9Fe aus K=C3=B6ln, eine sehr lange Zeile die weich umbrochen =\r\nwird.\r\n"
+       b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+       + b64 + b"--XX--\r\n")
+typ, data = m.append("INBOX", None, None, msg)
+assert typ == "OK", data
+m.append("INBOX", r"(\Seen)", None, b"Subject: plain\r\n\r\nplain body\r\n")
+typ, data = m._simple_command("ENABLE", "IMAP4rev2")
+assert typ == "OK" and m.untagged_responses.pop("ENABLED") == [b"IMAP4rev2"], data
+typ, data = m.select("INBOX")
+assert typ == "OK", data
+assert "RECENT" not in m.untagged_responses, m.untagged_responses
+assert m.untagged_responses.pop("LIST") == [b'() "/" INBOX'], m.untagged_responses
+typ, data = m.fetch("1", "(BINARY.SIZE[2] BINARY.PEEK[2] BINARY.PEEK[1] BODY.PEEK[2])")
+assert typ == "OK", data
+head = data[0][0]
+assert head.startswith(b"1 (BINARY.SIZE[2] 768 BINARY[2] ~{768}"), head
+assert data[0][1] == blob, len(data[0][1])
+# The CRLF before a boundary belongs to the boundary (RFC 2046 §5.1.1).
+assert data[1][1] == "Grüße aus Köln, eine sehr lange Zeile die weich umbrochen wird.".encode(), data[1]
+assert data[2][1] == b64[:-2], data[2]
+typ, data = m.fetch("1", "(FLAGS)")
+assert data == [b"1 (FLAGS ())"], data
+typ, data = m.fetch("1", "(BINARY[1])")
+assert b"\\Seen" in data[1], data
+typ, data = m.search(None, "UNSEEN")
+assert data == [None], data
+# Both are \Seen now: ESEARCH with only the tag (RFC 4731 §3.1).
+esearch = m.untagged_responses.pop("ESEARCH")
+assert len(esearch) == 1 and esearch[0].startswith(b"(TAG ") and b"ALL" not in esearch[0], esearch
+typ, data = m.search(None, "SEEN")
+esearch = m.untagged_responses.pop("ESEARCH")
+assert esearch[0].endswith(b" ALL 1:2"), esearch
+typ, data = m._simple_command("SEARCH", "RETURN", "(SAVE)", "SUBJECT", "plain")
+assert typ == "OK" and "ESEARCH" not in m.untagged_responses, m.untagged_responses
+typ, data = m.fetch("$", "(UID BINARY.SIZE[1])")
+assert data == [b"2 (UID 2 BINARY.SIZE[1] 12)"], data
+typ, data = m.uid("STORE", "$", "+FLAGS", r"(\Flagged)")
+assert typ == "OK", data
+typ, data = m.status("INBOX", "(MESSAGES DELETED SIZE)")
+assert data[0].startswith(b"INBOX (MESSAGES 2 DELETED 0 SIZE "), data
+m.logout()
+print("ok")
+"#,
+    )
+    .await;
+}
