@@ -124,6 +124,17 @@ pub async fn run(config: QueueConfig, shutdown: CancellationToken) -> Result<Run
         )
         .await
         .map_err(|e| QueueError::Nats(format!("consumer {}: {e}", config.consumer)))?;
+    // Bound before the relay starts, so a failure leaves nothing running.
+    let health = Health::new();
+    let health_addr = match config.health_listen {
+        Some(addr) => Some(
+            health::serve(addr, health.clone(), shutdown.clone())
+                .await
+                .map_err(|source| QueueError::HealthBind { addr, source })?
+                .addr,
+        ),
+        None => None,
+    };
     let relay = match config.relay.enabled {
         true => {
             let resolver =
@@ -143,16 +154,6 @@ pub async fn run(config: QueueConfig, shutdown: CancellationToken) -> Result<Run
         false => None,
     };
     let worker = Worker::new(channel, js.clone(), &config);
-    let health = Health::new();
-    let health_addr = match config.health_listen {
-        Some(addr) => Some(
-            health::serve(addr, health.clone(), shutdown.clone())
-                .await
-                .map_err(|source| QueueError::HealthBind { addr, source })?
-                .addr,
-        ),
-        None => None,
-    };
     let sampler = tokio::spawn(sample_depth(js, config.clone(), worker.metrics.clone(), shutdown.clone()));
     health.set_serving(true);
     tracing::info!(health_addr = ?health_addr, stream = %config.stream, "delivery-queue consuming");

@@ -81,7 +81,8 @@ pub async fn serve(config: IngressConfig, shutdown: CancellationToken) -> Result
         health_addr: None,
         task: tokio::spawn(async {}),
     };
-    let mut loops = Vec::new();
+    // Everything is bound before anything runs, so a failure leaves nothing behind.
+    let mut listeners = Vec::new();
     for (addr, kind) in [
         (config.mx_listen, Listener::Mx),
         (config.submission_listen, Listener::Submission),
@@ -90,13 +91,12 @@ pub async fn serve(config: IngressConfig, shutdown: CancellationToken) -> Result
         let Some(addr) = addr else { continue };
         let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
         let bound = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-        tracing::info!(%bound, listener = ?kind, "smtp-ingress listening");
         match kind {
             Listener::Mx => running.mx_addr = Some(bound),
             Listener::Submission => running.submission_addr = Some(bound),
             Listener::Submissions => running.submissions_addr = Some(bound),
         }
-        loops.push(tokio::spawn(driver::accept_loop(listener, kind, shared.clone())));
+        listeners.push((listener, kind, bound));
     }
     let health = Health::new();
     if let Some(addr) = config.health_listen {
@@ -104,6 +104,11 @@ pub async fn serve(config: IngressConfig, shutdown: CancellationToken) -> Result
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
         running.health_addr = Some(server.addr);
+    }
+    let mut loops = Vec::new();
+    for (listener, kind, bound) in listeners {
+        tracing::info!(%bound, listener = ?kind, "smtp-ingress listening");
+        loops.push(tokio::spawn(driver::accept_loop(listener, kind, shared.clone())));
     }
     health.set_serving(true);
     tracing::info!(
