@@ -282,10 +282,16 @@ async fn binary_fetch() {
         S: a3 OK FETCH completed
         C: a4 FETCH 4 BINARY.PEEK[1]
         S: a4 NO [UNKNOWN-CTE] Cannot decode x-uuencode
-        C: a5 FETCH 1 BINARY.PEEK[1]<6.100>
-        S: * 1 FETCH (BINARY[1] {5}
-        S: world)
+        C: a5 FETCH 1 (UID BINARY.PEEK[1]<6.100> BINARY.SIZE[1])
+        S: * 1 FETCH (UID 1 BINARY[1]<6> {5}
+        S: world BINARY.SIZE[1] 11)
         S: a5 OK FETCH completed
+        C: a51 FETCH 1:2 BINARY.PEEK[1]<0.5>
+        S: * 1 FETCH (BINARY[1]<0> {5}
+        S: hello)
+        S: * 2 FETCH (BINARY[1]<0> {5}
+        S: café)
+        S: a51 OK FETCH completed
         C: a6 FETCH 3 BINARY.SIZE[]
         S: * 3 FETCH (BINARY.SIZE[] 57)
         S: a6 OK FETCH completed

@@ -11,8 +11,11 @@ use imap_codec::imap_types::extensions::binary::Literal8;
 use imap_codec::imap_types::fetch::{MessageDataItem, MessageDataItemName, Part, Section};
 use mailfleet_proto::storage::v1 as pb;
 
+use imap_codec::imap_types::response::{Data, Response};
+
 use super::fetch::{find_part, section_bytes};
-use crate::session::ImapError;
+use crate::codec;
+use crate::session::{ImapError, Out};
 use crate::store::MailStore;
 
 /// A BINARY item (RFC 3516 §4.2).
@@ -60,6 +63,60 @@ pub async fn item<S: MailStore + ?Sized>(
         }
         _ => Err(ImapError::bad("not a BINARY item")),
     }
+}
+
+/// Queue one FETCH response. imap-types has no origin for BINARY data, but
+/// a partial BINARY answer carries one (RFC 9051 §7.5.2: `"BINARY"
+/// section-binary ["<" number ">"]`): such a response is formatted here,
+/// item by item, with `<origin>` after the section.
+pub fn push_fetch(
+    out: &mut Out,
+    seq: u32,
+    data: Vec<MessageDataItem<'static>>,
+    names: &[MessageDataItemName<'static>],
+) {
+    // The origin of each BINARY item in `data`, matched to the requested
+    // items in order by section.
+    let mut partials: Vec<(&Vec<NonZeroU32>, u32)> = names
+        .iter()
+        .filter_map(|n| match n {
+            MessageDataItemName::Binary { section, partial: Some((origin, _)), .. } => Some((section, *origin)),
+            _ => None,
+        })
+        .collect();
+    if partials.is_empty() {
+        if let Ok(d) = Data::fetch(seq, data) {
+            out.push(Response::Data(d));
+        }
+        return;
+    }
+    let prefix = format!("* {seq} FETCH (");
+    let mut line = prefix.clone().into_bytes();
+    for item in data {
+        let origin = match &item {
+            MessageDataItem::Binary { section, .. } => {
+                partials.iter().position(|(s, _)| *s == section).map(|at| partials.remove(at).1)
+            }
+            _ => None,
+        };
+        let Ok(one) = Data::fetch(seq, vec![item]) else { continue };
+        let bytes = codec::encode(&Response::Data(one));
+        // `* seq FETCH (` item `)\r\n`
+        let Some(mut body) = bytes.get(prefix.len()..bytes.len().saturating_sub(3)).map(<[u8]>::to_vec) else {
+            continue;
+        };
+        if let Some(origin) = origin
+            && let Some(close) = body.iter().position(|b| *b == b']')
+        {
+            body.splice(close + 1..close + 1, format!("<{origin}>").into_bytes());
+        }
+        if line.len() > prefix.len() {
+            line.push(b' ');
+        }
+        line.extend(body);
+    }
+    line.extend_from_slice(b")\r\n");
+    out.push_raw(line);
 }
 
 /// A literal, or a literal8 when the data holds NUL (RFC 3516 §4.2).

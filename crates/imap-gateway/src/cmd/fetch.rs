@@ -470,9 +470,8 @@ pub async fn fetch<S: MailStore>(
     let width = if has_body && small { FETCH_CONCURRENCY } else { 1 };
     let mut messages = futures::stream::iter(futures).buffered(width);
     while let Some((seq, data)) = messages.next().await {
-        if let Ok(d) = Data::fetch(seq, data?) {
-            out.push(Response::Data(d));
-        }
+        // A partial BINARY item needs its <origin> (cmd/binary.rs).
+        super::binary::push_fetch(out, seq, data?, items);
         // Bodies go out at once, metadata in chunks.
         if !out.flush(has_body).await {
             return Err(ImapError::bad("Client went away"));

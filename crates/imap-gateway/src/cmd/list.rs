@@ -43,8 +43,9 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
     };
     let reference = if cmd.reference.eq_ignore_ascii_case("INBOX") { "INBOX".into() } else { decode(&cmd.reference)? };
     let delimiter = Some(QuotedChar::unvalidated(DELIMITER));
-    if !cmd.extended && cmd.patterns.iter().all(String::is_empty) {
-        // RFC 3501 §6.3.8: an empty pattern asks for the delimiter and root.
+    if matches!(cmd.patterns.as_slice(), [p] if p.is_empty()) {
+        // RFC 3501 §6.3.8 / RFC 9051 §6.3.9: an empty pattern asks for the
+        // delimiter and root.
         out.push(Response::Data(Data::List {
             items: vec![FlagNameAttribute::Noselect],
             delimiter,

@@ -672,6 +672,35 @@ mod tests {
         assert!(parse(b"a STORE $ +FLAGS (\\Seen)\r\n").expect("parsed").expect("ok").saved);
     }
 
+    proptest::proptest! {
+        /// Any bytes, and any splice of the extension forms, parse or fail
+        /// without panicking.
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn spliced_forms_never_panic(seed in 0usize..8, cut in 0usize..80, junk in "[ ()\\\"{}~$0-9A-Z%*+\r\n]{0,12}") {
+            let forms = [
+                "a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"a\" b%) RETURN (CHILDREN STATUS (MESSAGES))\r\n",
+                "a UID SEARCH RETURN (MIN SAVE) $ FROM {3}\r\nbob\r\n",
+                "a CREATE Sent (USE (\\Sent))\r\n",
+                "a APPEND INBOX (\\Seen) UTF8 (~{5}\r\nhello)\r\n",
+                "a UID FETCH $ (FLAGS)\r\n",
+                "a SEARCH OR $ 1 HEADER X $\r\n",
+                "a LIST \"\" ({1}\r\n* \"x\")\r\n",
+                "a STORE $ +FLAGS (\\Seen)\r\n",
+            ];
+            let form = forms[seed].as_bytes();
+            let at = cut.min(form.len());
+            let mut bytes = form[..at].to_vec();
+            bytes.extend_from_slice(junk.as_bytes());
+            bytes.extend_from_slice(&form[at..]);
+            let _ = parse(&bytes);
+        }
+    }
+
     #[test]
     fn no_panic_on_garbage() {
         for line in [
