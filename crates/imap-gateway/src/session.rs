@@ -1,5 +1,6 @@
-//! The IMAP4rev1 state machine (RFC 3501 §3): one command in, responses
-//! out, storage behind the `MailStore` trait. No sockets here.
+//! The IMAP4rev1 state machine (RFC 3501 §3; IMAP4rev2, RFC 9051, after
+//! ENABLE): one command in, responses out, storage behind the `MailStore`
+//! trait. No sockets here.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -357,7 +358,7 @@ impl<S: MailStore> Session<S> {
             Capability::from(Atom::try_from("CHILDREN").expect("static atom")),
             Capability::Utf8(imap_codec::imap_types::extensions::utf8::Utf8Kind::Accept),
         ]);
-        // RFC 5258, RFC 5819, RFC 6154, RFC 4731.
+        // RFC 3516; RFC 5258, RFC 5819, RFC 6154, RFC 4731, RFC 5182.
         caps.push(Capability::Binary);
         for atom in ["LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES"] {
             caps.push(Capability::from(Atom::try_from(atom).expect("static atom")));

@@ -100,7 +100,7 @@ pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     false
 }
 
-/// RFC 3501 §6.3.8 LIST and §6.3.9 LSUB.
+/// RFC 3501 §6.3.9 LSUB (LIST, with RFC 5258, is in `cmd/list.rs`).
 pub async fn list<S: MailStore>(
     s: &Session<S>,
     reference: Mailbox<'static>,
