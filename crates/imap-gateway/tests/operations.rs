@@ -219,8 +219,13 @@ async fn an_append_being_uploaded_at_shutdown_completes_and_is_stored() {
     c.send(&message[..10]).await;
 
     gw.shutdown.cancel();
+    // Shutdown is under way once the listener is gone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(gw.running.addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "listener still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The upload goes on: the tagged OK (the message is committed), then BYE.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     c.send(&message[10..]).await;
     c.send(b"\r\n").await;
     let ok = c.line().await;
