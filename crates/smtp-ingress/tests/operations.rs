@@ -133,6 +133,31 @@ async fn proxy_v2_from_a_trusted_balancer_names_the_client_in_received() {
     let ehlo = sub.cmd("EHLO laptop").await;
     assert!(!ehlo.contains("AUTH"), "{ehlo}");
 
+    // Implicit TLS (RFC 8314): the header comes first, then the handshake.
+    let tls_session = r#"
+import socket, ssl, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(bytes.fromhex(sys.argv[2]))
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(s)
+f = t.makefile("rb")
+print(f.readline().decode().strip())
+t.sendall(b"EHLO laptop\r\n")
+while True:
+    line = f.readline().decode().strip()
+    print(line)
+    if line[3:4] == " ":
+        break
+"#;
+    let submissions = mail.submissions();
+    let header: String = encode_v2("198.51.100.4:50001".parse().expect("addr"), submissions)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = mail.python(tls_session, &[submissions.port().to_string(), header]).await;
+    assert!(out.starts_with("220 mx.example.org "), "{out}");
+    assert!(out.contains("250-AUTH PLAIN LOGIN") || out.contains("250 AUTH PLAIN LOGIN"), "{out}");
+
     // A trusted peer must send a header: without one it is closed before
     // any greeting, after proxy_header_timeout.
     let mut bare = Raw::from_stream(TcpStream::connect(mail.mx()).await.expect("connect"));
