@@ -58,7 +58,10 @@ pub async fn item<S: MailStore + ?Sized>(
             Ok(MessageDataItem::Binary { section: section.clone(), value: nstring8(data) })
         }
         MessageDataItemName::BinarySize { section } => {
-            let size = decoded(store, account, mailbox, meta, section).await?.len();
+            let size = match known_size(meta, section) {
+                Some(size) => size,
+                None => decoded(store, account, mailbox, meta, section).await?.len() as u64,
+            };
             Ok(MessageDataItem::BinarySize { section: section.clone(), size: u32::try_from(size).unwrap_or(u32::MAX) })
         }
         _ => Err(ImapError::bad("not a BINARY item")),
@@ -117,6 +120,20 @@ pub fn push_fetch(
     }
     line.extend_from_slice(b")\r\n");
     out.push_raw(line);
+}
+
+/// The decoded size without reading the part, when nothing needs decoding:
+/// the whole message (BINARY[]), or a 7bit/8bit/binary part whose length
+/// storage recorded.
+fn known_size(meta: &pb::MessageMeta, section: &[NonZeroU32]) -> Option<u64> {
+    if section.is_empty() {
+        return Some(meta.size);
+    }
+    let part = find_part(meta.body_structure.as_ref()?, section)?;
+    let identity = matches!(part.encoding.to_ascii_lowercase().as_str(), "" | "7bit" | "8bit" | "binary")
+        || part.media_type == "multipart"
+        || part.media_type == "message";
+    identity.then_some(part.body_length)
 }
 
 /// A literal, or a literal8 when the data holds NUL (RFC 3516 §4.2).
@@ -278,6 +295,29 @@ mod tests {
     fn identity_and_unknown() {
         assert_eq!(decode("8bit", b"a\r\nb").expect("ok"), b"a\r\nb");
         assert!(matches!(decode("x-uuencode", b""), Err(ImapError::No(..))));
+    }
+
+    #[test]
+    fn size_without_reading_when_nothing_to_decode() {
+        let part = |encoding: &str, len: u64| pb::BodyPart {
+            media_type: "text".into(),
+            media_subtype: "plain".into(),
+            encoding: encoding.into(),
+            body_length: len,
+            ..Default::default()
+        };
+        let top = pb::BodyPart {
+            media_type: "multipart".into(),
+            media_subtype: "mixed".into(),
+            parts: vec![part("7BIT", 10), part("BASE64", 20)],
+            ..Default::default()
+        };
+        let meta = pb::MessageMeta { size: 99, body_structure: Some(top), ..Default::default() };
+        let n = |v: u32| NonZeroU32::new(v).expect("non-zero");
+        assert_eq!(known_size(&meta, &[]), Some(99));
+        assert_eq!(known_size(&meta, &[n(1)]), Some(10));
+        assert_eq!(known_size(&meta, &[n(2)]), None);
+        assert_eq!(known_size(&meta, &[n(3)]), None);
     }
 
     #[test]
