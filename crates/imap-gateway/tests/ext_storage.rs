@@ -204,7 +204,10 @@ assert typ == "OK" and m.untagged_responses.pop("ENABLED") == [b"IMAP4rev2"], da
 typ, data = m.select("INBOX")
 assert typ == "OK", data
 assert "RECENT" not in m.untagged_responses, m.untagged_responses
-assert m.untagged_responses.pop("LIST") == [b'() "/" INBOX'], m.untagged_responses
+assert m.untagged_responses.pop("LIST") == [b'(\\HasNoChildren) "/" INBOX'], m.untagged_responses
+typ, data = m.select("Sent", readonly=True)
+assert m.untagged_responses.pop("LIST") == [b'(\\Sent \\HasNoChildren) "/" Sent'], m.untagged_responses
+m.select("INBOX")
 typ, data = m.fetch("1", "(BINARY.SIZE[2] BINARY.PEEK[2] BINARY.PEEK[1] BODY.PEEK[2])")
 assert typ == "OK", data
 head = data[0][0]

@@ -92,10 +92,13 @@ pub async fn select<S: MailStore>(
     out.push(Response::Data(Data::Flags(flags)));
     out.push(Response::Data(Data::Exists(selected.exists())));
     if s.rev2 {
-        // RFC 9051 §6.3.2: a LIST response with the mailbox name (no
-        // RECENT, no [UNSEEN] in rev2).
+        // RFC 9051 §6.3.2: a LIST response with the mailbox name and
+        // accurate attributes (no RECENT, no [UNSEEN] in rev2).
+        let mut items: Vec<_> =
+            info.special_use.iter().filter_map(|u| super::mailbox::attr(u.trim_start_matches('\\'))).collect();
+        items.extend(super::mailbox::attr(if info.has_children { "HasChildren" } else { "HasNoChildren" }));
         out.push(Response::Data(Data::List {
-            items: vec![],
+            items,
             delimiter: Some(imap_codec::imap_types::core::QuotedChar::unvalidated(super::mailbox::DELIMITER)),
             mailbox: codec::wire_mailbox(&info.name, true),
         }));
