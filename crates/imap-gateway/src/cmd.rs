@@ -2,8 +2,8 @@
 
 pub mod any;
 pub mod append;
-pub mod binary;
 pub mod auth;
+pub mod binary;
 pub mod bodystructure;
 pub mod copy;
 pub mod expunge;

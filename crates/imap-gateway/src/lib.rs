@@ -98,15 +98,8 @@ pub async fn serve_with_store<S: store::MailStore>(
     let grace = config.shutdown_grace;
     let proxy_enabled = config.proxy_protocol.enabled;
     let hard = CancellationToken::new();
-    let shared = Arc::new(Shared {
-        config,
-        store,
-        tls: Some(tls),
-        events,
-        proxy,
-        metrics: Metrics::new(),
-        hard: hard.clone(),
-    });
+    let shared =
+        Arc::new(Shared { config, store, tls: Some(tls), events, proxy, metrics: Metrics::new(), hard: hard.clone() });
     let tracker = TaskTracker::new();
     let mut loops =
         vec![tokio::spawn(driver::accept_loop(listener, false, shared.clone(), shutdown.clone(), tracker.clone()))];
