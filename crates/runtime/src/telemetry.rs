@@ -9,6 +9,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic::codegen::http;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -126,6 +127,47 @@ impl Extractor for MetadataExtractor<'_> {
 pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
+}
+
+/// The server span of one gRPC call, named and tagged after the OTel RPC
+/// semantic conventions (`rpc.system`, `rpc.service`, `rpc.method`; name
+/// `package.Service/Method`), child of the caller's W3C trace context.
+/// For `tonic::transport::Server::trace_fn`, so every RPC gets one.
+pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path().trim_start_matches('/');
+    // Health probes every few seconds would only bury the mail in noise.
+    if path.starts_with("grpc.health.") {
+        return tracing::Span::none();
+    }
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+    );
+    let cx = TraceContextPropagator::new().extract(&HttpExtractor(request.headers()));
+    let _ = span.set_parent(cx);
+    span
+}
+
+struct HttpExtractor<'a>(&'a http::HeaderMap);
+impl Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// A gRPC request carrying the current span's trace context.
+pub fn grpc_request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    inject_grpc(request.metadata_mut());
+    request
 }
 
 /// Make `span` a child of the trace context found in incoming gRPC metadata.

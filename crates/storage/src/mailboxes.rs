@@ -14,13 +14,11 @@ use pb::mail_event::Kind;
 use pb::mailboxes_server::Mailboxes;
 use sqlx::{PgConnection, Row};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::Store;
 use crate::error::{StorageError, StorageResult, is_unique_violation};
 use crate::messages::{
-    MAILBOX_COLUMNS, MailboxRow, add_usage, allocate_uids, bump_modseq, lock_account, mailbox_by_name, rpc_span,
-    u32_of, u64_of,
+    MAILBOX_COLUMNS, MailboxRow, add_usage, allocate_uids, bump_modseq, lock_account, mailbox_by_name, u32_of, u64_of,
 };
 
 pub struct MailboxesService(pub Arc<Store>);
@@ -444,45 +442,38 @@ impl Mailboxes for MailboxesService {
         &self,
         req: Request<pb::ListMailboxesRequest>,
     ) -> Result<Response<pb::ListMailboxesResponse>, Status> {
-        let span = rpc_span("ListMailboxes", &req);
-        Ok(Response::new(self.0.list_mailboxes(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.list_mailboxes(req.get_ref()).await?))
     }
     async fn get_mailbox(&self, req: Request<pb::GetMailboxRequest>) -> Result<Response<pb::MailboxInfo>, Status> {
-        let span = rpc_span("GetMailbox", &req);
-        Ok(Response::new(self.0.get_mailbox(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.get_mailbox(req.get_ref()).await?))
     }
     async fn create_mailbox(
         &self,
         req: Request<pb::CreateMailboxRequest>,
     ) -> Result<Response<pb::MailboxInfo>, Status> {
-        let span = rpc_span("CreateMailbox", &req);
-        Ok(Response::new(self.0.create_mailbox(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.create_mailbox(req.get_ref()).await?))
     }
     async fn rename_mailbox(
         &self,
         req: Request<pb::RenameMailboxRequest>,
     ) -> Result<Response<pb::MailboxInfo>, Status> {
-        let span = rpc_span("RenameMailbox", &req);
-        Ok(Response::new(self.0.rename_mailbox(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.rename_mailbox(req.get_ref()).await?))
     }
     async fn delete_mailbox(
         &self,
         req: Request<pb::DeleteMailboxRequest>,
     ) -> Result<Response<pb::DeleteMailboxResponse>, Status> {
-        let span = rpc_span("DeleteMailbox", &req);
-        self.0.delete_mailbox(req.get_ref()).instrument(span).await?;
+        self.0.delete_mailbox(req.get_ref()).await?;
         Ok(Response::new(pb::DeleteMailboxResponse {}))
     }
     async fn set_subscribed(
         &self,
         req: Request<pb::SetSubscribedRequest>,
     ) -> Result<Response<pb::SetSubscribedResponse>, Status> {
-        let span = rpc_span("SetSubscribed", &req);
-        self.0.set_subscribed(req.get_ref()).instrument(span).await?;
+        self.0.set_subscribed(req.get_ref()).await?;
         Ok(Response::new(pb::SetSubscribedResponse {}))
     }
     async fn get_quota(&self, req: Request<pb::GetQuotaRequest>) -> Result<Response<pb::QuotaInfo>, Status> {
-        let span = rpc_span("GetQuota", &req);
-        Ok(Response::new(self.0.get_quota(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.get_quota(req.get_ref()).await?))
     }
 }

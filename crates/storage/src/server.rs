@@ -89,6 +89,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
 
     let max = config.max_message_size as usize + 1024 * 1024;
     let service_router = Server::builder()
+        .trace_fn(mailfleet_runtime::telemetry::grpc_server_span)
         .add_service(health_service.clone())
         .add_service(DirectoryServer::new(DirectoryService(store.clone())))
         .add_service(MailboxesServer::new(MailboxesService(store.clone())))
@@ -101,6 +102,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
 
     let token = config.admin_token.clone();
     let admin_router = Server::builder()
+        .trace_fn(mailfleet_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
         .add_service(AdminServer::with_interceptor(AdminService(store.clone()), move |req: tonic::Request<()>| {
             check_admin_token(token.as_deref(), req)

@@ -31,7 +31,6 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 
 use crate::Store;
 use crate::error::{StorageError, StorageResult};
@@ -327,76 +326,55 @@ pub(crate) fn u64_of(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// A server span per RPC, child of the caller's trace (W3C traceparent in
-/// the gRPC metadata), so one message can be followed across services; the
-/// events published inside it carry the same trace context.
-pub(crate) fn rpc_span<T>(rpc: &'static str, req: &Request<T>) -> tracing::Span {
-    let span = tracing::info_span!("storage.rpc", rpc, otel.kind = "server");
-    mailfleet_runtime::telemetry::link_grpc(&span, req.metadata());
-    span
-}
-
 #[tonic::async_trait]
 impl Messages for MessagesService {
     async fn append(&self, req: Request<Streaming<pb::AppendRequest>>) -> Result<Response<pb::AppendResponse>, Status> {
-        let span = rpc_span("Append", &req);
-        Ok(Response::new(self.0.append(req.into_inner()).instrument(span).await?))
+        Ok(Response::new(self.0.append(req.into_inner()).await?))
     }
     async fn put_blob(
         &self,
         req: Request<Streaming<pb::PutBlobRequest>>,
     ) -> Result<Response<pb::PutBlobResponse>, Status> {
-        let span = rpc_span("PutBlob", &req);
-        Ok(Response::new(self.0.put_blob(req.into_inner()).instrument(span).await?))
+        Ok(Response::new(self.0.put_blob(req.into_inner()).await?))
     }
     async fn deliver(&self, req: Request<pb::DeliverRequest>) -> Result<Response<pb::DeliverResponse>, Status> {
-        let span = rpc_span("Deliver", &req);
-        Ok(Response::new(self.0.deliver(req.into_inner()).instrument(span).await?))
+        Ok(Response::new(self.0.deliver(req.into_inner()).await?))
     }
     type FetchStream = BoxStream<pb::FetchChunk>;
     async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
-        let span = rpc_span("Fetch", &req);
-        Ok(Response::new(self.0.clone().fetch(req.into_inner()).instrument(span).await?))
+        Ok(Response::new(self.0.clone().fetch(req.into_inner()).await?))
     }
     type FetchBlobStream = BoxStream<pb::FetchChunk>;
     async fn fetch_blob(&self, req: Request<pb::FetchBlobRequest>) -> Result<Response<Self::FetchBlobStream>, Status> {
-        let span = rpc_span("FetchBlob", &req);
-        Ok(Response::new(self.0.fetch_blob(req.into_inner()).instrument(span).await?))
+        Ok(Response::new(self.0.fetch_blob(req.into_inner()).await?))
     }
     type ListMessagesStream = BoxStream<pb::MessageMeta>;
     async fn list_messages(
         &self,
         req: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<Self::ListMessagesStream>, Status> {
-        let span = rpc_span("ListMessages", &req);
-        Ok(Response::new(self.0.clone().list_messages(req.into_inner()).instrument(span).await?))
+        Ok(Response::new(self.0.clone().list_messages(req.into_inner()).await?))
     }
     async fn list_uids(&self, req: Request<pb::ListUidsRequest>) -> Result<Response<pb::ListUidsResponse>, Status> {
-        let span = rpc_span("ListUids", &req);
-        Ok(Response::new(self.0.list_uids(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.list_uids(req.get_ref()).await?))
     }
     async fn store_flags(
         &self,
         req: Request<pb::StoreFlagsRequest>,
     ) -> Result<Response<pb::StoreFlagsResponse>, Status> {
-        let span = rpc_span("StoreFlags", &req);
-        Ok(Response::new(self.0.store_flags(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.store_flags(req.get_ref()).await?))
     }
     async fn copy(&self, req: Request<pb::CopyRequest>) -> Result<Response<pb::CopyResponse>, Status> {
-        let span = rpc_span("Copy", &req);
-        Ok(Response::new(self.0.copy_messages(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.copy_messages(req.get_ref()).await?))
     }
     async fn expunge(&self, req: Request<pb::ExpungeRequest>) -> Result<Response<pb::ExpungeResponse>, Status> {
-        let span = rpc_span("Expunge", &req);
-        Ok(Response::new(self.0.expunge(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.expunge(req.get_ref()).await?))
     }
     async fn changes(&self, req: Request<pb::ChangesRequest>) -> Result<Response<pb::ChangesResponse>, Status> {
-        let span = rpc_span("Changes", &req);
-        Ok(Response::new(self.0.changes(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.changes(req.get_ref()).await?))
     }
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
-        let span = rpc_span("Search", &req);
-        Ok(Response::new(self.0.search(req.get_ref()).instrument(span).await?))
+        Ok(Response::new(self.0.search(req.get_ref()).await?))
     }
 }
 
