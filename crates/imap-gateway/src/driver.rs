@@ -29,7 +29,7 @@ use mailfleet_runtime::proxy;
 use crate::codec::{self, Framer, Input, Mode, StatusKindArg};
 use crate::compress::Deflate;
 use crate::config::ImapConfig;
-use crate::events::{AccountFeed, EventHub};
+use crate::events::{AccountFeed, EventHub, Signal};
 use crate::metrics::Metrics;
 use crate::session::{Context, Reply, Session, Then};
 use crate::store::MailStore;
@@ -137,7 +137,7 @@ pub struct Shared<S: MailStore> {
 }
 
 /// Resolves when the account's feed has news; never without a feed.
-async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+async fn changed(rx: &mut Option<watch::Receiver<Signal>>) {
     match rx {
         Some(rx) => {
             if rx.changed().await.is_err() {
@@ -258,7 +258,7 @@ async fn connection<S: MailStore>(
     let mut in_flight = false;
     // Held while logged in: keeps the account's NATS subscription alive.
     let mut _feed: Option<Arc<AccountFeed>> = None;
-    let mut events: Option<watch::Receiver<u64>> = None;
+    let mut events: Option<watch::Receiver<Signal>> = None;
 
     // RFC 3501 §7.1.1 greeting, with capabilities to save a round trip.
     let caps = Code::Capability(session.capabilities().try_into().map_err(|_| std::io::Error::other("capabilities"))?);
@@ -287,8 +287,14 @@ async fn connection<S: MailStore>(
                 let idling = mode == Mode::IdleDone;
                 tokio::select! {
                     _ = changed(&mut events), if idling => {
-                        let updates = session.idle_update().await;
-                        send(&mut stream, &updates).await?;
+                        // A consumer span in the trace of the change that
+                        // storage announced (OTel messaging conventions).
+                        let span = info_span!("mail.events process", otel.kind = "consumer", messaging.system = "nats");
+                        if let Some(headers) = events.as_ref().and_then(|rx| rx.borrow().headers.clone()) {
+                            mailfleet_runtime::telemetry::link_nats(&span, &headers);
+                        }
+                        let updates = session.idle_update().instrument(span.clone()).await;
+                        send(&mut stream, &updates).instrument(span).await?;
                     }
                     _ = tokio::time::sleep(config.idle_poll_interval), if idling => {
                         let updates = session.idle_update().await;

@@ -13,14 +13,24 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Events of one account; the value counts events seen.
+/// The latest event of an account, as the sessions see it.
+#[derive(Debug, Clone, Default)]
+pub struct Signal {
+    /// Events seen so far.
+    pub count: u64,
+    /// The headers of the latest event: its W3C trace context, so the
+    /// IDLE push it causes joins the trace of the change (e.g. a delivery).
+    pub headers: Option<async_nats::HeaderMap>,
+}
+
+/// Events of one account.
 pub struct AccountFeed {
-    rx: watch::Receiver<u64>,
+    rx: watch::Receiver<Signal>,
     task: JoinHandle<()>,
 }
 
 impl AccountFeed {
-    pub fn receiver(&self) -> watch::Receiver<u64> {
+    pub fn receiver(&self) -> watch::Receiver<Signal> {
         self.rx.clone()
     }
 }
@@ -64,7 +74,7 @@ impl EventHub {
             return Some(feed);
         }
         feeds.retain(|_, w| w.strong_count() > 0);
-        let (tx, rx) = watch::channel(0u64);
+        let (tx, rx) = watch::channel(Signal::default());
         let subject = format!("{}.{account}", self.prefix);
         let task = tokio::spawn(async move {
             let mut sub = match client.subscribe(subject.clone()).await {
@@ -76,7 +86,10 @@ impl EventHub {
             };
             while let Some(msg) = sub.next().await {
                 match MailEvent::decode(msg.payload.as_ref()) {
-                    Ok(_) => tx.send_modify(|n| *n += 1),
+                    Ok(_) => tx.send_modify(|signal| {
+                        signal.count += 1;
+                        signal.headers = msg.headers.clone();
+                    }),
                     Err(e) => tracing::debug!(error = %e, "undecodable mail event"),
                 }
             }

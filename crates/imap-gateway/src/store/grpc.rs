@@ -7,6 +7,8 @@ use pb::mailboxes_client::MailboxesClient;
 use pb::messages_client::MessagesClient;
 use tonic::transport::{Channel, Endpoint};
 
+use mailfleet_runtime::telemetry::grpc_request as traced;
+
 use super::{Account, MailStore, StoreError, StoreResult};
 
 /// Append streams the message in chunks of this size.
@@ -36,7 +38,7 @@ impl GrpcStore {
 impl MailStore for GrpcStore {
     async fn authenticate(&self, username: &str, password: &str) -> StoreResult<Account> {
         let req = pb::AuthenticateRequest { username: username.into(), password: password.into() };
-        let a = self.directory.clone().authenticate(req).await?.into_inner();
+        let a = self.directory.clone().authenticate(traced(req)).await?.into_inner();
         if a.disabled {
             return Err(StoreError::Disabled);
         }
@@ -45,34 +47,34 @@ impl MailStore for GrpcStore {
 
     async fn list_mailboxes(&self, account: i64, with_status: bool) -> StoreResult<pb::ListMailboxesResponse> {
         let req = pb::ListMailboxesRequest { account_id: account, with_status };
-        Ok(self.mailboxes.clone().list_mailboxes(req).await?.into_inner())
+        Ok(self.mailboxes.clone().list_mailboxes(traced(req)).await?.into_inner())
     }
 
     async fn get_mailbox(&self, account: i64, name: &str, select: bool) -> StoreResult<pb::MailboxInfo> {
         let req = pb::GetMailboxRequest { account_id: account, name: name.into(), select };
-        Ok(self.mailboxes.clone().get_mailbox(req).await?.into_inner())
+        Ok(self.mailboxes.clone().get_mailbox(traced(req)).await?.into_inner())
     }
 
     async fn create_mailbox(&self, account: i64, name: &str, special_use: &[String]) -> StoreResult<pb::MailboxInfo> {
         let req =
             pb::CreateMailboxRequest { account_id: account, name: name.into(), special_use: special_use.to_vec() };
-        Ok(self.mailboxes.clone().create_mailbox(req).await?.into_inner())
+        Ok(self.mailboxes.clone().create_mailbox(traced(req)).await?.into_inner())
     }
 
     async fn rename_mailbox(&self, account: i64, from: &str, to: &str) -> StoreResult<pb::MailboxInfo> {
         let req = pb::RenameMailboxRequest { account_id: account, from: from.into(), to: to.into() };
-        Ok(self.mailboxes.clone().rename_mailbox(req).await?.into_inner())
+        Ok(self.mailboxes.clone().rename_mailbox(traced(req)).await?.into_inner())
     }
 
     async fn delete_mailbox(&self, account: i64, name: &str) -> StoreResult<()> {
         let req = pb::DeleteMailboxRequest { account_id: account, name: name.into() };
-        self.mailboxes.clone().delete_mailbox(req).await?;
+        self.mailboxes.clone().delete_mailbox(traced(req)).await?;
         Ok(())
     }
 
     async fn set_subscribed(&self, account: i64, name: &str, subscribed: bool) -> StoreResult<()> {
         let req = pb::SetSubscribedRequest { account_id: account, name: name.into(), subscribed };
-        self.mailboxes.clone().set_subscribed(req).await?;
+        self.mailboxes.clone().set_subscribed(traced(req)).await?;
         Ok(())
     }
 
@@ -83,16 +85,16 @@ impl MailStore for GrpcStore {
                 .chunks(APPEND_CHUNK)
                 .map(|c| pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(c.to_vec())) }),
         );
-        Ok(self.messages.clone().append(futures::stream::iter(parts)).await?.into_inner())
+        Ok(self.messages.clone().append(traced(futures::stream::iter(parts))).await?.into_inner())
     }
 
     async fn list_uids(&self, account: i64, mailbox: i64) -> StoreResult<pb::ListUidsResponse> {
         let req = pb::ListUidsRequest { account_id: account, mailbox_id: mailbox };
-        Ok(self.messages.clone().list_uids(req).await?.into_inner())
+        Ok(self.messages.clone().list_uids(traced(req)).await?.into_inner())
     }
 
     async fn list_messages(&self, req: pb::ListMessagesRequest) -> StoreResult<Vec<pb::MessageMeta>> {
-        let mut stream = self.messages.clone().list_messages(req).await?.into_inner();
+        let mut stream = self.messages.clone().list_messages(traced(req)).await?.into_inner();
         let mut out = Vec::new();
         while let Some(meta) = stream.next().await {
             out.push(meta?);
@@ -101,7 +103,7 @@ impl MailStore for GrpcStore {
     }
 
     async fn fetch(&self, req: pb::FetchRequest) -> StoreResult<Vec<u8>> {
-        let mut stream = self.messages.clone().fetch(req).await?.into_inner();
+        let mut stream = self.messages.clone().fetch(traced(req)).await?.into_inner();
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk?.data);
@@ -110,26 +112,26 @@ impl MailStore for GrpcStore {
     }
 
     async fn store_flags(&self, req: pb::StoreFlagsRequest) -> StoreResult<pb::StoreFlagsResponse> {
-        Ok(self.messages.clone().store_flags(req).await?.into_inner())
+        Ok(self.messages.clone().store_flags(traced(req)).await?.into_inner())
     }
 
     async fn copy(&self, req: pb::CopyRequest) -> StoreResult<pb::CopyResponse> {
-        Ok(self.messages.clone().copy(req).await?.into_inner())
+        Ok(self.messages.clone().copy(traced(req)).await?.into_inner())
     }
 
     async fn expunge(&self, req: pb::ExpungeRequest) -> StoreResult<pb::ExpungeResponse> {
-        Ok(self.messages.clone().expunge(req).await?.into_inner())
+        Ok(self.messages.clone().expunge(traced(req)).await?.into_inner())
     }
 
     async fn search(&self, req: pb::SearchRequest) -> StoreResult<pb::SearchResponse> {
-        Ok(self.messages.clone().search(req).await?.into_inner())
+        Ok(self.messages.clone().search(traced(req)).await?.into_inner())
     }
 
     async fn changes(&self, req: pb::ChangesRequest) -> StoreResult<pb::ChangesResponse> {
-        Ok(self.messages.clone().changes(req).await?.into_inner())
+        Ok(self.messages.clone().changes(traced(req)).await?.into_inner())
     }
 
     async fn get_quota(&self, account: i64) -> StoreResult<pb::QuotaInfo> {
-        Ok(self.mailboxes.clone().get_quota(pb::GetQuotaRequest { account_id: account }).await?.into_inner())
+        Ok(self.mailboxes.clone().get_quota(traced(pb::GetQuotaRequest { account_id: account })).await?.into_inner())
     }
 }
