@@ -224,7 +224,17 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
         Ok(info) => (info.delivered.max(1) as u64, info.stream_sequence),
         Err(_) => (1, 0),
     };
-    let span = tracing::info_span!("job", queue_id = tracing::field::Empty, attempts);
+    // A consumer span (OTel messaging conventions), child of the publish
+    // in smtp-ingress through the trace context in the message headers.
+    let span = tracing::info_span!(
+        "job",
+        otel.name = %format!("process {}", config.subject),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = %config.subject,
+        queue_id = tracing::field::Empty,
+        attempts
+    );
     if let Some(headers) = &msg.headers {
         mailfleet_runtime::telemetry::link_nats(&span, headers);
     }

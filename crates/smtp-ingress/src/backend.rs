@@ -14,6 +14,7 @@ use pb::directory_client::DirectoryClient;
 use pb::messages_client::MessagesClient;
 use prost::Message;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::config::{IngressConfig, QueueNames};
 use crate::inbound::InboundVerifier;
@@ -180,19 +181,33 @@ impl Backend for GrpcBackend {
             smtputf8: envelope.smtputf8,
             body_type: envelope.body_type.into(),
         };
-        let mut headers = async_nats::HeaderMap::new();
-        // Deduplicates a retried publish (JetStream duplicate window).
-        headers.insert("Nats-Msg-Id", envelope.queue_id.as_str());
-        mailfleet_runtime::telemetry::inject_nats(&mut headers);
-        let ack = self
-            .jetstream
-            .publish_with_headers(self.subject.clone(), headers, job.encode_to_vec().into())
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("publish: {e}")))?;
-        tokio::time::timeout(Duration::from_secs(10), ack)
-            .await
-            .map_err(|_| BackendError::Unavailable("publish ack timed out".into()))?
-            .map_err(|e| BackendError::Unavailable(format!("publish ack: {e}")))?;
+        // A producer span (OTel messaging conventions): the job's consumer
+        // in delivery-queue becomes its child through the headers.
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {}", self.subject),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %self.subject,
+            messaging.message.id = %envelope.queue_id,
+        );
+        async {
+            let mut headers = async_nats::HeaderMap::new();
+            // Deduplicates a retried publish (JetStream duplicate window).
+            headers.insert("Nats-Msg-Id", envelope.queue_id.as_str());
+            mailfleet_runtime::telemetry::inject_nats(&mut headers);
+            let ack = self
+                .jetstream
+                .publish_with_headers(self.subject.clone(), headers, job.encode_to_vec().into())
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("publish: {e}")))?;
+            tokio::time::timeout(Duration::from_secs(10), ack)
+                .await
+                .map_err(|_| BackendError::Unavailable("publish ack timed out".into()))?
+                .map_err(|e| BackendError::Unavailable(format!("publish ack: {e}")))
+        }
+        .instrument(span)
+        .await?;
         // The blob is now referenced by a durable job. If step 2 failed the
         // blob stays unreferenced and `mailctl blobs sweep` removes it later.
         Ok(())

@@ -129,7 +129,8 @@ pub async fn accept_loop<B: Backend + Clone + 'static>(listener: TcpListener, ki
         // `peer` is the TCP peer (the load balancer, when there is one);
         // `client` the real client, from the PROXY header.
         let span = tracing::info_span!(
-            "conn", proto = "smtp", listener = ?kind, %peer, client = field::Empty, user = field::Empty
+            "conn", otel.name = "smtp session", otel.kind = "server", proto = "smtp", listener = ?kind, %peer,
+            client = field::Empty, user = field::Empty
         );
         let shared2 = shared.clone();
         shared.tracker.spawn(
