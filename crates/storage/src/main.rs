@@ -22,27 +22,60 @@ enum Command {
     Serve,
     /// Create the database if needed, apply migrations, and exit.
     Migrate,
+    /// Ask a running storage for its gRPC health (grpc.health.v1); exit 0
+    /// when it is SERVING. The compose healthcheck runs this.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        url: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     mailfleet_runtime::init_crypto();
-    let _telemetry = mailfleet_runtime::telemetry::init("storage");
     let cli = Cli::parse();
-    let config: StorageConfig = mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_STORAGE_")
-        .context("loading configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
+        // No telemetry for a probe that compose runs every few seconds.
+        Command::Health { url } => health(&url).await,
+        command => run(cli.config, command).await,
+    }
+}
+
+async fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
+    let _telemetry = mailfleet_runtime::telemetry::init("storage");
+    let config: StorageConfig =
+        mailfleet_runtime::config::load(config.as_deref(), "MAILFLEET_STORAGE_").context("loading configuration")?;
+    match command {
         Command::Migrate => {
             storage::server::ensure_database(&config.database_url).await.context("creating database")?;
             let pool = sqlx::PgPool::connect(&config.database_url).await.context("connecting to Postgres")?;
             storage::MIGRATOR.run(&pool).await.context("applying migrations")?;
             println!("migrations applied to {}", config.database_url);
         }
-        Command::Serve => {
+        Command::Serve | Command::Health { .. } => {
             let shutdown = mailfleet_runtime::shutdown::on_signal();
             let running = storage::serve(config, shutdown).await.context("starting storage")?;
             running.task.await.context("storage task")??;
         }
     }
     Ok(())
+}
+
+/// One health check with a short deadline: a hung storage is unhealthy too.
+async fn health(url: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
+        let reply = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
+        anyhow::Ok(reply.into_inner().status())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            println!("SERVING");
+            Ok(())
+        }
+        Ok(Ok(status)) => anyhow::bail!("storage at {url} is {}", status.as_str_name()),
+        Ok(Err(e)) => Err(e.context(format!("asking {url}"))),
+        Err(_) => anyhow::bail!("storage at {url} did not answer within 3 s"),
+    }
 }
