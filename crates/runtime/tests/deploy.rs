@@ -1,8 +1,8 @@
 //! Keeps the deployment files valid by construction (there is no Docker
 //! engine here): `docker-compose config` must accept docker-compose.yml,
 //! scaled services must be scalable (no fixed container name, no host port),
-//! the load balancer must publish every standard mail port and pass PROXY v2
-//! to compose services, and the dashboard must be valid JSON. HAProxy's own
+//! the load balancer must publish every standard mail port, pass PROXY v2 to
+//! every gateway and check its /healthz, and the dashboard must be valid JSON. HAProxy's own
 //! `haproxy -c` runs too when the binary is installed.
 //!
 //! It lives with the runtime crate because the mechanisms it deploys (PROXY
@@ -68,13 +68,51 @@ fn compose_file_is_valid_and_scalable() {
     for port in MAIL_PORTS {
         assert!(lb.contains(&format!("published: {port}\n")), "lb publishes {port}");
     }
-    // PROXY trust is the edge network's subnet, and the gateways are on it.
-    let pop3 = service_block(&config, "pop3-gateway").join("\n");
-    assert!(pop3.contains("MAILFLEET_POP3_PROXY_PROTOCOL__ENABLED: \"true\""), "{pop3}");
-    assert!(pop3.contains("MAILFLEET_POP3_PROXY_PROTOCOL__TRUSTED: 172.29.0.0/24"), "{pop3}");
-    assert!(pop3.contains("edge"), "pop3-gateway joins the edge network");
+    // Every gateway reads PROXY headers, trusted from the edge network's
+    // subnet only, joins that network and serves /healthz on the port
+    // deploy/haproxy.cfg checks.
+    for (service, prefix, health) in
+        [("smtp-ingress", "SMTP", 8025), ("imap-gateway", "IMAP", 8143), ("pop3-gateway", "POP3", 8110)]
+    {
+        let block = service_block(&config, service).join("\n");
+        assert!(block.contains(&format!("MAILFLEET_{prefix}_PROXY_PROTOCOL__ENABLED: \"true\"")), "{block}");
+        assert!(block.contains(&format!("MAILFLEET_{prefix}_PROXY_PROTOCOL__TRUSTED: 172.29.0.0/24")), "{block}");
+        assert!(block.contains(&format!("MAILFLEET_{prefix}_HEALTH_LISTEN: 0.0.0.0:{health}")), "{block}");
+        assert!(block.contains(&format!("127.0.0.1 {health}")), "{service}: compose healthcheck asks /healthz");
+        assert!(block.contains("edge"), "{service} joins the edge network");
+        assert!(block.contains("OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317"), "{block}");
+    }
     assert!(config.contains("- subnet: 172.29.0.0/24"), "edge subnet");
-    assert!(pop3.contains("OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317"), "{pop3}");
+    // Storage is checked with the gRPC health service, through its own binary.
+    let storage = service_block(&config, "storage").join("\n");
+    assert!(storage.contains("- health"), "{storage}");
+    // Docker's default 10 s before SIGKILL is shorter than shutdown_grace.
+    for s in SCALED.iter().chain(&["storage"]) {
+        let block = service_block(&config, s).join("\n");
+        assert!(block.contains("stop_grace_period: 45s"), "{s}: stop_grace_period");
+    }
+}
+
+#[test]
+fn the_tls_override_mounts_certificates_into_every_gateway() {
+    if !has("docker-compose") {
+        eprintln!("docker-compose not installed (scripts/test.sh installs it); skipping");
+        return;
+    }
+    let tls = root().join("deploy/compose.tls.yml");
+    let config = compose(&["-f", tls.to_str().expect("utf-8 path"), "config"]);
+    for (service, prefix) in [("smtp-ingress", "SMTP"), ("imap-gateway", "IMAP"), ("pop3-gateway", "POP3")] {
+        let block = service_block(&config, service).join("\n");
+        assert!(
+            block.contains(&format!("MAILFLEET_{prefix}_TLS__CERT_FILE: /etc/mailfleet/tls/fullchain.pem")),
+            "{block}"
+        );
+        assert!(
+            block.contains(&format!("MAILFLEET_{prefix}_TLS__KEY_FILE: /etc/mailfleet/tls/privkey.pem")),
+            "{block}"
+        );
+        assert!(block.contains("deploy/tls:/etc/mailfleet/tls:ro"), "{service} mounts deploy/tls: {block}");
+    }
 }
 
 #[test]
@@ -84,11 +122,17 @@ fn haproxy_sends_proxy_v2_to_compose_services() {
     let templates: Vec<&str> = cfg.lines().map(str::trim).filter(|l| l.starts_with("server-template")).collect();
     assert_eq!(templates.len(), MAIL_PORTS.len(), "one backend per mail port");
     for t in &templates {
-        // Only gateways that read PROXY headers get them (pop3-gateway so
-        // far); sending one to a service that does not parse it breaks it.
-        assert_eq!(t.contains("send-proxy-v2"), t.contains(" pop3-gateway:"), "{t}");
-        assert!(SCALED.iter().any(|s| t.contains(&format!(" {s}:"))), "{t} targets a compose service");
+        // Every gateway reads PROXY headers and is health-checked on the
+        // /healthz port compose configures for it.
+        assert!(t.contains("send-proxy-v2"), "{t}");
+        let health = [(" smtp-ingress:", 8025), (" imap-gateway:", 8143), (" pop3-gateway:", 8110)]
+            .iter()
+            .find(|(s, _)| t.contains(s))
+            .map(|(_, port)| *port)
+            .unwrap_or_else(|| panic!("{t} targets a gateway"));
+        assert!(t.contains(&format!("check port {health}")), "{t}");
     }
+    assert_eq!(cfg.matches("option httpchk GET /healthz").count(), MAIL_PORTS.len(), "every backend checks /healthz");
     if has("haproxy") {
         let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().expect("run haproxy -c");
         assert!(out.status.success(), "haproxy -c:\n{}", String::from_utf8_lossy(&out.stderr));
