@@ -149,19 +149,23 @@ impl TestEnv {
 
     /// Create the domain if needed, then the account.
     pub async fn add_account(&self, address: &str, password: &str) -> pb::Account {
-        let mut admin = self.admin().await;
-        let domain = address.rsplit_once('@').map(|(_, d)| d).expect("address has a domain");
-        match admin.add_domain(pb::AddDomainRequest { name: domain.into() }).await {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-            Err(s) => panic!("add domain: {s}"),
-        }
-        admin
-            .add_account(pb::AddAccountRequest { address: address.into(), password: password.into(), quota_bytes: 0 })
-            .await
-            .expect("add account")
-            .into_inner()
+        add_account(&mut self.admin().await, address, password).await
     }
+}
+
+/// Through the Admin API: create the domain if needed, then the account.
+pub async fn add_account(admin: &mut AdminClient<Channel>, address: &str, password: &str) -> pb::Account {
+    let domain = address.rsplit_once('@').map(|(_, d)| d).expect("address has a domain");
+    match admin.add_domain(pb::AddDomainRequest { name: domain.into() }).await {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+        Err(s) => panic!("add domain: {s}"),
+    }
+    admin
+        .add_account(pb::AddAccountRequest { address: address.into(), password: password.into(), quota_bytes: 0 })
+        .await
+        .expect("add account")
+        .into_inner()
 }
 
 impl Drop for TestEnv {
@@ -169,26 +173,30 @@ impl Drop for TestEnv {
         if let Some((_, token)) = &self.storage {
             token.cancel();
         }
-        // Drop the database from a separate thread and runtime: Drop cannot
-        // await, and the test's runtime may be shutting down.
-        let db = self.db_name.clone();
-        let base = pg_base_url();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        drop_database(&self.db_name);
+    }
+}
+
+/// Drop a test database (and end its connections). Runs on a thread and
+/// runtime of its own, so it can be called from `Drop`, which cannot await
+/// and may run while the test's runtime shuts down.
+pub fn drop_database(db: &str) {
+    let db = db.to_string();
+    let base = pg_base_url();
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async move {
+            let Ok(opts) = base.parse::<PgConnectOptions>() else {
                 return;
             };
-            rt.block_on(async move {
-                let Ok(opts) = base.parse::<PgConnectOptions>() else {
-                    return;
-                };
-                if let Ok(mut conn) = opts.connect().await {
-                    let _ =
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
-                            .execute(&mut conn)
-                            .await;
-                }
-            });
-        })
-        .join();
-    }
+            if let Ok(mut conn) = opts.connect().await {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
+    })
+    .join();
 }

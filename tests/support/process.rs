@@ -1,0 +1,323 @@
+//! Service processes: start, SIGTERM, restart, with logs kept per process.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mailfleet_proto::storage::v1::admin_client::AdminClient;
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// How long a process gets to come up or to exit.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The directory holding the workspace's binaries: this test runs from
+/// `target/<profile>/deps/`, the binaries sit in `target/<profile>/`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the suite with `cargo test --workspace` (scripts/test.sh), which builds every service",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; the service binds it next).
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Wait until something accepts connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until `GET /healthz` on `addr` answers 200.
+pub async fn wait_healthy(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            if answer.starts_with(b"HTTP/1.0 200") {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr} never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One service process. Its configuration (environment) stays the same
+/// across restarts, so it comes back on the same ports.
+pub struct Service {
+    pub name: String,
+    binary: &'static str,
+    env: BTreeMap<String, String>,
+    child: Option<Child>,
+    log: PathBuf,
+    /// Named listening addresses ("mx", "imap", "health", ...).
+    pub ports: BTreeMap<&'static str, SocketAddr>,
+    /// Address whose /healthz says the process is ready (else: the first port).
+    ready: Option<SocketAddr>,
+}
+
+impl Service {
+    pub fn port(&self, name: &str) -> SocketAddr {
+        *self.ports.get(name).unwrap_or_else(|| panic!("{} has no port {name}", self.name))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+
+    /// Start the process and wait until it serves.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already runs", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(binary(self.binary))
+            .envs(&self.env)
+            .env_remove("MAILFLEET_STORAGE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", self.name));
+        self.child = Some(child);
+        match self.ready {
+            Some(health) => wait_healthy(health).await,
+            None => {
+                for addr in self.ports.values() {
+                    wait_listening(*addr).await;
+                }
+            }
+        }
+    }
+
+    /// SIGTERM (what `docker compose stop` sends) and wait for exit status 0.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = child.id().expect("running child has a pid");
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -TERM {pid}");
+        let status = tokio::time::timeout(WAIT, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {WAIT:?} of SIGTERM", self.name))
+            .expect("wait");
+        assert!(status.success(), "{} exited with {status}; log:\n{}", self.name, self.log_tail());
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start().await;
+    }
+
+    /// The last lines the process wrote (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Names that keep one test's data apart from every other run's.
+pub struct System {
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    db_name: String,
+    pub nats_url: String,
+    pub events_prefix: String,
+    /// OTLP/gRPC endpoint every service exports to, when set.
+    pub otlp: Option<String>,
+    pub storage: Option<Service>,
+}
+
+impl System {
+    pub fn new(otlp: Option<String>) -> System {
+        let id = mailfleet_testkit::unique();
+        let db_name = format!("mf_sys_{id}");
+        let base = mailfleet_testkit::pg_base_url();
+        let database_url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{db_name}"),
+            None => panic!("MAILFLEET_TEST_PG must be a URL with a database"),
+        };
+        System {
+            events_prefix: format!("s{id}.events"),
+            database_url,
+            db_name,
+            nats_url: mailfleet_testkit::nats_url(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            otlp,
+            id,
+            storage: None,
+        }
+    }
+
+    fn service(&self, name: &str, binary: &'static str, prefix: &str, ports: &[(&'static str, &str)]) -> Service {
+        let mut env = BTreeMap::new();
+        let mut named = BTreeMap::new();
+        for (port, key) in ports {
+            let addr = free_port();
+            named.insert(*port, addr);
+            env.insert(format!("{prefix}{key}"), addr.to_string());
+        }
+        env.insert("RUST_LOG".into(), "info".into());
+        match &self.otlp {
+            Some(endpoint) => {
+                env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone());
+                // Spans leave quickly; metrics are not what these tests read.
+                env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into());
+                env.insert("OTEL_METRIC_EXPORT_INTERVAL".into(), "600000".into());
+                env.insert("OTEL_SERVICE_INSTANCE_ID".into(), name.into());
+            }
+            None => {
+                env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), String::new());
+            }
+        }
+        let ready = named.get("health").copied();
+        Service {
+            name: name.to_string(),
+            binary,
+            env,
+            child: None,
+            log: self.dir.path().join(format!("{name}.log")),
+            ports: named,
+            ready,
+        }
+    }
+
+    fn queue_names(&self, prefix: &str, env: &mut BTreeMap<String, String>) {
+        let id = &self.id;
+        env.insert(format!("{prefix}STREAM"), format!("S{id}_QUEUE"));
+        env.insert(format!("{prefix}SUBJECT"), format!("s{id}.queue.jobs"));
+    }
+
+    /// A service's storage and NATS addresses, and where its development
+    /// certificate goes (shared by the gateways of one test).
+    fn connect_to_storage_and_nats(&self, s: &mut Service, prefix: &str) {
+        s.env.insert(format!("{prefix}STORAGE_URL"), self.storage_url());
+        s.env.insert(format!("{prefix}NATS_URL"), self.nats_url.clone());
+        s.env.insert(format!("{prefix}TLS__SELF_SIGNED_DIR"), self.dir.path().join("tls").display().to_string());
+    }
+
+    pub fn storage_url(&self) -> String {
+        format!("http://{}", self.storage.as_ref().expect("storage started").port("grpc"))
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.storage.as_ref().expect("storage started").port("admin"))
+    }
+
+    /// Storage with a database of its own (it creates it and migrates).
+    pub async fn start_storage(&mut self) {
+        let mut s =
+            self.service("storage", "storage", "MAILFLEET_STORAGE_", &[("grpc", "LISTEN"), ("admin", "ADMIN_LISTEN")]);
+        s.env.insert("MAILFLEET_STORAGE_DATABASE_URL".into(), self.database_url.clone());
+        s.env.insert("MAILFLEET_STORAGE_NATS_URL".into(), self.nats_url.clone());
+        s.env.insert("MAILFLEET_STORAGE_EVENTS_PREFIX".into(), self.events_prefix.clone());
+        s.env.insert("MAILFLEET_STORAGE_BLOB_DIR".into(), self.dir.path().join("blobs").display().to_string());
+        s.start().await;
+        self.storage = Some(s);
+    }
+
+    pub fn storage(&mut self) -> &mut Service {
+        self.storage.as_mut().expect("storage started")
+    }
+
+    /// A delivery-queue replica (replicas share the durable consumer).
+    pub async fn start_queue(&self, name: &str) -> Service {
+        let mut s = self.service(name, "delivery-queue", "MAILFLEET_QUEUE_", &[("health", "HEALTH_LISTEN")]);
+        self.queue_names("MAILFLEET_QUEUE_", &mut s.env);
+        let id = &self.id;
+        s.env.insert("MAILFLEET_QUEUE_STORAGE_URL".into(), self.storage_url());
+        s.env.insert("MAILFLEET_QUEUE_NATS_URL".into(), self.nats_url.clone());
+        s.env.insert("MAILFLEET_QUEUE_CONSUMER".into(), format!("d{id}"));
+        s.env.insert("MAILFLEET_QUEUE_RELAY_STREAM".into(), format!("S{id}_RELAY"));
+        s.env.insert("MAILFLEET_QUEUE_RELAY_SUBJECT".into(), format!("s{id}.relay.jobs"));
+        s.env.insert("MAILFLEET_QUEUE_STATE_BUCKET".into(), format!("S{id}_STATE"));
+        // Retries come quickly in a test (storage restarts).
+        s.env.insert("MAILFLEET_QUEUE_RETRY_INITIAL".into(), "1s".into());
+        s.env.insert("MAILFLEET_QUEUE_RETRY_MAX".into(), "2s".into());
+        s.start().await;
+        s
+    }
+
+    pub async fn start_smtp(&self, name: &str) -> Service {
+        let mut s = self.service(
+            name,
+            "smtp-ingress",
+            "MAILFLEET_SMTP_",
+            &[
+                ("mx", "MX_LISTEN"),
+                ("submission", "SUBMISSION_LISTEN"),
+                ("submissions", "SUBMISSIONS_LISTEN"),
+                ("health", "HEALTH_LISTEN"),
+            ],
+        );
+        self.queue_names("MAILFLEET_SMTP_QUEUE__", &mut s.env);
+        s.env.insert("MAILFLEET_SMTP_HOSTNAME".into(), format!("{name}.mailfleet.test"));
+        // No DNS on a test machine: SPF/DKIM/DMARC lookups would only wait.
+        s.env.insert("MAILFLEET_SMTP_INBOUND_AUTH__ENABLED".into(), "false".into());
+        self.connect_to_storage_and_nats(&mut s, "MAILFLEET_SMTP_");
+        s.start().await;
+        s
+    }
+
+    pub async fn start_imap(&self, name: &str) -> Service {
+        let mut s = self.service(
+            name,
+            "imap-gateway",
+            "MAILFLEET_IMAP_",
+            &[("imap", "LISTEN"), ("imaps", "TLS_LISTEN"), ("health", "HEALTH_LISTEN")],
+        );
+        s.env.insert("MAILFLEET_IMAP_EVENTS_PREFIX".into(), self.events_prefix.clone());
+        self.connect_to_storage_and_nats(&mut s, "MAILFLEET_IMAP_");
+        s.start().await;
+        s
+    }
+
+    pub async fn start_pop3(&self, name: &str) -> Service {
+        let mut s = self.service(
+            name,
+            "pop3-gateway",
+            "MAILFLEET_POP3_",
+            &[("pop3", "LISTEN"), ("pop3s", "TLS_LISTEN"), ("health", "HEALTH_LISTEN")],
+        );
+        s.env.insert("MAILFLEET_POP3_HOSTNAME".into(), format!("{name}.mailfleet.test"));
+        self.connect_to_storage_and_nats(&mut s, "MAILFLEET_POP3_");
+        s.start().await;
+        s
+    }
+
+    /// Create the domain if needed, then the account, through the Admin API.
+    pub async fn add_account(&self, address: &str, password: &str) {
+        let mut admin = AdminClient::connect(self.admin_url()).await.expect("admin API");
+        mailfleet_testkit::add_account(&mut admin, address, password).await;
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        // Processes die with their handles (kill_on_drop); storage first
+        // goes so that the database can be dropped.
+        self.storage = None;
+        mailfleet_testkit::drop_database(&self.db_name);
+    }
+}
