@@ -214,6 +214,13 @@ pub struct Selected {
     pub highest_modseq: u64,
     /// UIDs saved by SEARCH RETURN (SAVE), named "$" (RFC 5182 §2.1).
     pub saved: Vec<u32>,
+    /// Expunged elsewhere, not yet reported: RFC 3501 §7.4.1 forbids
+    /// EXPUNGE during FETCH, STORE and SEARCH.
+    pub pending_expunges: BTreeSet<u32>,
+    /// Flag changes this session made and already reported (UID → MODSEQ),
+    /// so the next sync does not report them twice; anything else that
+    /// changed meanwhile is still reported.
+    pub own_changes: std::collections::HashMap<u32, u64>,
 }
 
 impl Selected {

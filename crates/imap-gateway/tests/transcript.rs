@@ -863,3 +863,43 @@ async fn starttls_discards_pipelined_plaintext() {
     assert!(!got[0].contains("STARTTLS"), "{got:?}");
     assert_eq!(got[1], "c OK CAPABILITY completed");
 }
+
+/// Another session's change is reported even when this session's own STORE
+/// raised the MODSEQ past it in the meantime; our own change is reported
+/// once; an expunge made elsewhere waits until it may be sent (RFC 3501
+/// §7.4.1: not during FETCH, STORE or SEARCH).
+#[tokio::test]
+async fn concurrent_changes_are_reported_once_and_expunges_wait_for_their_moment() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", MSG1, &["\\Seen"]);
+    store.add_message(1, "INBOX", MSG2, &["\\Seen"]);
+    let mut a = common::Client::connect(gw.addr).await;
+    let mut b = common::Client::connect(gw.addr).await;
+    for c in [&mut a, &mut b] {
+        c.line().await;
+        c.cmd("x1", "LOGIN alice@example.org pw").await;
+        c.cmd("x2", "SELECT INBOX").await;
+    }
+    assert_eq!(b.cmd("b1", "STORE 1 +FLAGS.SILENT (\\Flagged)").await, vec!["b1 OK STORE completed"]);
+    // A's STORE comes after B's: A hears of B's change and of its own, each once.
+    let mut got = a.cmd("a1", "STORE 2 +FLAGS (\\Answered)").await;
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "* 1 FETCH (FLAGS (\\Flagged \\Seen \\Recent))",
+            "* 2 FETCH (FLAGS (\\Answered \\Seen \\Recent))",
+            "a1 OK STORE completed"
+        ]
+    );
+    assert_eq!(a.cmd("a2", "NOOP").await, vec!["a2 OK NOOP completed"]);
+    // B expunges message 1: A's FETCH must not report it, A's NOOP does.
+    b.cmd("b2", "STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    assert_eq!(b.cmd("b3", "EXPUNGE").await, vec!["* 1 EXPUNGE", "b3 OK EXPUNGE completed"]);
+    let fetched = a.cmd("a3", "FETCH 2 (UID)").await;
+    assert_eq!(fetched, vec!["* 2 FETCH (UID 2)", "a3 OK FETCH completed"]);
+    let searched = a.cmd("a4", "SEARCH ALL").await;
+    assert_eq!(searched, vec!["* SEARCH 2", "a4 OK SEARCH completed"]);
+    assert_eq!(a.cmd("a5", "NOOP").await, vec!["* 1 EXPUNGE", "a5 OK NOOP completed"]);
+    assert_eq!(a.cmd("a6", "FETCH 1 (UID)").await, vec!["* 1 FETCH (UID 2)", "a6 OK FETCH completed"]);
+}

@@ -432,7 +432,8 @@ pub async fn fetch<S: MailStore>(
                 unchanged_since: None,
             };
             let stored = store.store_flags(req).await?;
-            mailbox.highest_modseq = mailbox.highest_modseq.max(stored.highest_modseq);
+            // Reported with this FETCH (RFC 3501 §6.4.5), not again by the sync.
+            mailbox.own_changes.extend(stored.updated.iter().map(|m| (m.uid, m.modseq)));
             for m in metas.iter_mut().filter(|m| unseen.contains(&m.uid)) {
                 m.flags.push("\\Seen".into());
                 if let Some(u) = stored.updated.iter().find(|u| u.uid == m.uid) {

@@ -54,10 +54,9 @@ pub async fn store<S: MailStore>(
         unchanged_since,
     };
     let stored = store.store_flags(req).await?;
-    // Our own change needs no second report from the after-command sync.
-    // todo(RFC 7162): track modseqs per message so a concurrent change made
-    // elsewhere in the same instant is not folded into ours.
-    mailbox.highest_modseq = mailbox.highest_modseq.max(stored.highest_modseq);
+    // Our own change is answered here (or not wanted: .SILENT); the sync
+    // after the command skips exactly these MODSEQs, nothing else.
+    mailbox.own_changes.extend(stored.updated.iter().map(|m| (m.uid, m.modseq)));
     if response == StoreResponse::Answer {
         // RFC 3501 §6.4.6: the new flags of every message, changed or not.
         let req = pb::ListMessagesRequest {

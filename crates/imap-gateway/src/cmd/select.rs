@@ -15,7 +15,7 @@ use mailfleet_proto::storage::v1 as pb;
 use super::mailbox::name_arg;
 use crate::codec::{self, StatusKindArg};
 use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session, State};
-use crate::store::{Account, MailStore, uid_ranges};
+use crate::store::{Account, MailStore};
 
 /// The five system flags a client may set (RFC 3501 §2.3.2).
 fn system_flags() -> Vec<Flag<'static>> {
@@ -83,6 +83,8 @@ pub async fn select<S: MailStore>(
         uids: uids.uids,
         highest_modseq: uids.highest_modseq,
         saved: Vec::new(),
+        pending_expunges: BTreeSet::new(),
+        own_changes: Default::default(),
     };
     let mut perm: Vec<FlagPerm<'static>> = Vec::new();
     if !read_only {
@@ -220,6 +222,11 @@ pub fn report_expunges(mailbox: &mut Selected, uids: &[u32], qresync: bool, out:
 /// Bring the session's view up to date with storage and tell the client:
 /// EXISTS for new messages, EXPUNGE for removed ones (only when allowed),
 /// FETCH FLAGS for flag changes made elsewhere (RFC 3501 §7.3.1, §7.4).
+///
+/// One `Changes` call asks storage for what changed after the MODSEQ the
+/// session has seen (RFC 7162 bookkeeping): cheap when nothing changed,
+/// whatever the mailbox's size. Expunges that may not be reported yet
+/// (during FETCH, STORE, SEARCH) wait in `pending_expunges`.
 /// A failure here is logged, not reported: the command's own result stands.
 pub async fn sync<S: MailStore + ?Sized>(
     store: &S,
@@ -229,20 +236,29 @@ pub async fn sync<S: MailStore + ?Sized>(
     ext: Ext,
     out: &mut Out,
 ) {
-    let now = match store.list_uids(account.id, mailbox.id).await {
-        Ok(now) => now,
+    let req = pb::ChangesRequest {
+        account_id: account.id,
+        mailbox_id: mailbox.id,
+        since_modseq: mailbox.highest_modseq,
+        include_vanished: true,
+    };
+    let changes = match store.changes(req).await {
+        Ok(changes) => changes,
         Err(e) => {
             tracing::warn!(error = %e, "mailbox sync failed");
             return;
         }
     };
-    let present: BTreeSet<u32> = now.uids.iter().copied().collect();
-    if expunge_ok {
-        let gone: Vec<u32> = mailbox.uids.iter().copied().filter(|u| !present.contains(u)).collect();
+    let last = mailbox.uids.last().copied().unwrap_or(0);
+    mailbox.pending_expunges.extend(changes.vanished.iter().copied().filter(|u| *u <= last));
+    if expunge_ok && !mailbox.pending_expunges.is_empty() {
+        let gone: Vec<u32> = std::mem::take(&mut mailbox.pending_expunges).into_iter().collect();
         report_expunges(mailbox, &gone, ext.qresync, out);
     }
-    let last = mailbox.uids.last().copied().unwrap_or(0);
-    let new: Vec<u32> = now.uids.iter().copied().filter(|u| *u > last).collect();
+    // RFC 3501 §2.3.1.1: new messages have UIDs above every known one;
+    // one that came and went before this sync is not announced.
+    let vanished: BTreeSet<u32> = changes.vanished.iter().copied().collect();
+    let new: Vec<u32> = changes.changed.iter().map(|m| m.uid).filter(|u| *u > last && !vanished.contains(u)).collect();
     if !new.is_empty() {
         mailbox.uids.extend(new);
         out.push(Response::Data(Data::Exists(mailbox.exists())));
@@ -259,34 +275,22 @@ pub async fn sync<S: MailStore + ?Sized>(
             }
         }
     }
-    if now.highest_modseq > mailbox.highest_modseq {
-        let req = pb::ListMessagesRequest {
-            account_id: account.id,
-            mailbox_id: mailbox.id,
-            uids: uid_ranges(&mailbox.uids),
-            changed_since: mailbox.highest_modseq,
-            ..Default::default()
-        };
-        match store.list_messages(req).await {
-            Ok(changed) => {
-                for m in changed {
-                    // Messages just announced by EXISTS need no FLAGS push.
-                    if m.uid > last {
-                        continue;
-                    }
-                    if let Some(seq) = mailbox.seq_of(m.uid) {
-                        // RFC 7162 §3.2.4: with QRESYNC, updates carry the UID.
-                        let items = flag_items(&m, mailbox.recent.contains(&m.uid), ext.qresync, ext.condstore);
-                        if let Ok(data) = Data::fetch(seq, items) {
-                            out.push(Response::Data(data));
-                        }
-                    }
-                }
-                mailbox.highest_modseq = now.highest_modseq;
+    for m in changes.changed.iter().filter(|m| m.uid <= last) {
+        // Our own STORE (or \Seen by FETCH) was reported when it was made.
+        if mailbox.own_changes.get(&m.uid) == Some(&m.modseq) {
+            continue;
+        }
+        if let Some(seq) = mailbox.seq_of(m.uid) {
+            // RFC 7162 §3.2.4: with QRESYNC, updates carry the UID.
+            let meta = pb::MessageMeta { uid: m.uid, flags: m.flags.clone(), modseq: m.modseq, ..Default::default() };
+            let items = flag_items(&meta, mailbox.recent.contains(&m.uid), ext.qresync, ext.condstore);
+            if let Ok(data) = Data::fetch(seq, items) {
+                out.push(Response::Data(data));
             }
-            Err(e) => tracing::warn!(error = %e, "flag sync failed"),
         }
     }
+    mailbox.own_changes.clear();
+    mailbox.highest_modseq = mailbox.highest_modseq.max(changes.highest_modseq);
 }
 
 /// The items of a flag update: FLAGS, the UID for UID commands (RFC 3501

@@ -10,6 +10,18 @@ use crate::error::StorageResult;
 impl Store {
     pub(crate) async fn changes(&self, req: &pb::ChangesRequest) -> StorageResult<pb::ChangesResponse> {
         let since = i64::try_from(req.since_modseq).unwrap_or(i64::MAX);
+        // The common case after an IMAP command: nothing changed. One
+        // indexed row answers it, without a transaction.
+        let mut conn = self.pool.acquire().await?;
+        let current = mailbox_by_id(&mut conn, req.account_id, req.mailbox_id, false).await?;
+        drop(conn);
+        if current.highest_modseq <= since {
+            return Ok(pb::ChangesResponse {
+                changed: Vec::new(),
+                vanished: Vec::new(),
+                highest_modseq: u64_of(current.highest_modseq),
+            });
+        }
         // One snapshot: the changes and the HIGHESTMODSEQ agree.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
