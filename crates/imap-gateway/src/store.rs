@@ -50,6 +50,9 @@ impl From<tonic::Status> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The chunks of a `fetch_ranges` answer, in request order.
+pub type RangeStream = futures::stream::BoxStream<'static, StoreResult<pb::RangeChunk>>;
+
 /// An authenticated account as the session sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -103,6 +106,8 @@ pub trait MailStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<pb::MessageMeta>>> + Send;
     /// Raw bytes `offset..offset+length` (to the end when `length` is None).
     fn fetch(&self, req: pb::FetchRequest) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+    /// Byte ranges of many messages in one call, answered in order.
+    fn fetch_ranges(&self, req: pb::FetchRangesRequest) -> impl Future<Output = StoreResult<RangeStream>> + Send;
     fn store_flags(
         &self,
         req: pb::StoreFlagsRequest,

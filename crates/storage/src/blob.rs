@@ -17,6 +17,17 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn writer(&self) -> std::io::Result<Box<dyn BlobWriter>>;
     /// Read `[offset, offset+len)` (or to the end).
     async fn reader(&self, id: &str, offset: u64, len: Option<u64>) -> std::io::Result<Pin<Box<dyn AsyncRead + Send>>>;
+    /// Read several small ranges `(id, offset, len)` whole, in order. The
+    /// default goes through `reader`; a store can do better in one go.
+    async fn read_many(&self, ranges: Vec<(String, u64, u64)>) -> std::io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(ranges.len());
+        for (id, offset, len) in ranges {
+            let mut data = Vec::with_capacity(len as usize);
+            self.reader(&id, offset, Some(len)).await?.read_to_end(&mut data).await?;
+            out.push(data);
+        }
+        Ok(out)
+    }
     async fn exists(&self, id: &str) -> std::io::Result<bool>;
     async fn delete(&self, id: &str) -> std::io::Result<()>;
     /// Every blob id with its age in seconds (for the sweeper).
@@ -81,6 +92,31 @@ impl BlobStore for FsBlobStore {
             Some(n) => Box::pin(file.take(n)),
             None => Box::pin(file),
         })
+    }
+
+    /// One blocking task for the whole batch: tokio's async file reads
+    /// hop to a worker thread for every call, which dominated the cost of
+    /// serving many small messages.
+    async fn read_many(&self, ranges: Vec<(String, u64, u64)>) -> std::io::Result<Vec<Vec<u8>>> {
+        let paths = ranges
+            .into_iter()
+            .map(|(id, offset, len)| Ok((self.path_of(&id)?, offset, len)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            paths
+                .into_iter()
+                .map(|(path, offset, len)| {
+                    let mut file = std::fs::File::open(path)?;
+                    file.seek(std::io::SeekFrom::Start(offset))?;
+                    let mut data = Vec::with_capacity(len as usize);
+                    file.take(len).read_to_end(&mut data)?;
+                    Ok(data)
+                })
+                .collect()
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     async fn exists(&self, id: &str) -> std::io::Result<bool> {

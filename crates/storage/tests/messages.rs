@@ -446,3 +446,88 @@ async fn append_stream_must_start_with_its_header() {
     let inbox = ctx.mailbox("INBOX").await;
     assert_eq!(inbox.messages, 0);
 }
+
+/// FetchRanges: the octets of many messages in one call, in request order;
+/// a range over the per-recipient prefix and the blob; a big range in
+/// several chunks; an expunged message marked missing; another account's
+/// mailbox refused.
+#[tokio::test]
+async fn fetch_ranges_answers_many_messages_in_order() {
+    let mut ctx = setup().await;
+    let inbox = ctx.mailbox("INBOX").await;
+    let small: Vec<Vec<u8>> = (1..=300).map(message).collect();
+    for raw in &small {
+        ctx.append("INBOX", raw, &[]).await;
+    }
+    let big: Vec<u8> = [b"Subject: big\r\n\r\n".to_vec(), vec![b'x'; 3 * 1024 * 1024], b"\r\n".to_vec()].concat();
+    let big_uid = ctx.append("INBOX", &big, &[]).await.uid;
+    let prefix = b"Return-Path: <a@b.example>\r\nDelivered-To: alice@example.com\r\n".to_vec();
+    let blob = ctx.put_blob(&small[0]).await;
+    let delivered = ctx
+        .messages
+        .deliver(pb::DeliverRequest {
+            blob_id: blob.blob_id,
+            targets: vec![target(ctx.account.id, "ranges:alice", "", &prefix)],
+            internal_date: None,
+        })
+        .await
+        .expect("deliver")
+        .into_inner()
+        .results[0]
+        .uid;
+    // Message 2 goes away before the call.
+    ctx.messages
+        .expunge(pb::ExpungeRequest {
+            account_id: ctx.account.id,
+            mailbox_id: inbox.id,
+            uids: vec![range(2, 2)],
+            ignore_deleted_flag: true,
+        })
+        .await
+        .expect("expunge");
+
+    let r = |uid: u32, offset: u64, length: Option<u64>| pb::ByteRange { uid, offset, length };
+    let mut ranges: Vec<pb::ByteRange> = (1..=300).map(|uid| r(uid, 0, None)).collect();
+    ranges.push(r(big_uid, 10, None));
+    ranges.push(r(delivered, prefix.len() as u64 - 4, Some(8)));
+    ranges.push(r(1, 5, Some(7)));
+    ranges.push(r(1, 1_000_000, Some(5)));
+    let req = pb::FetchRangesRequest { account_id: ctx.account.id, mailbox_id: inbox.id, ranges: ranges.clone() };
+    let mut stream = ctx.messages.fetch_ranges(req.clone()).await.expect("fetch_ranges").into_inner();
+    let mut got: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let mut chunks_of_big = 0;
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        assert_eq!(chunk.index as usize, got.len(), "ranges come in request order");
+        if chunk.index == 300 {
+            chunks_of_big += 1;
+        }
+        if chunk.missing {
+            assert!(chunk.last && chunk.data.is_empty());
+            got.push(None);
+            continue;
+        }
+        current.extend_from_slice(&chunk.data);
+        if chunk.last {
+            got.push(Some(std::mem::take(&mut current)));
+        }
+    }
+    assert_eq!(got.len(), ranges.len());
+    for (i, raw) in small.iter().enumerate() {
+        if i == 1 {
+            assert_eq!(got[i], None, "the expunged message is marked missing");
+        } else {
+            assert_eq!(got[i].as_deref(), Some(raw.as_slice()), "message {}", i + 1);
+        }
+    }
+    assert_eq!(got[300].as_deref(), Some(&big[10..]));
+    assert!(chunks_of_big > 1, "a big range streams in several chunks");
+    assert_eq!(got[301].as_deref(), Some([&prefix[prefix.len() - 4..], &small[0][..4]].concat().as_slice()));
+    assert_eq!(got[302].as_deref(), Some(&small[0][5..12]));
+    assert_eq!(got[303].as_deref(), Some(&b""[..]), "a range past the end is empty");
+
+    // Someone else's mailbox: refused before anything is read.
+    let mallory = ctx.add_account("mallory").await;
+    let refused = ctx.messages.fetch_ranges(pb::FetchRangesRequest { account_id: mallory.id, ..req }).await;
+    assert_eq!(refused.expect_err("cross-account").code(), Code::NotFound);
+}

@@ -19,12 +19,11 @@ use super::bodystructure::body_structure;
 use super::select::{fetch_flags, resolve, sequence_set};
 use crate::session::Selected;
 use crate::session::{CmdResult, Done, ImapError, Out, Session};
-use crate::store::{MailStore, uid_ranges};
+use crate::store::{MailStore, RangeStream, StoreError, uid_ranges};
 
-/// Messages whose body sections are read concurrently.
-const FETCH_CONCURRENCY: usize = 8;
-/// Larger messages are fetched one at a time.
-const CONCURRENT_BODY_LIMIT: u64 = 1024 * 1024;
+/// Messages, and byte ranges, whose octets one FetchRanges call reads.
+const FETCH_BATCH_MESSAGES: usize = 500;
+const FETCH_BATCH_RANGES: usize = 2000;
 
 fn nstring(s: Option<&str>) -> NString<'static> {
     NString(s.and_then(|s| IString::try_from(s.to_string()).ok()))
@@ -178,6 +177,72 @@ pub fn filter_header(raw: &[u8], names: &[String], not: bool) -> Vec<u8> {
     out
 }
 
+/// The octets one FETCH item needs, planned before any are read, so that
+/// a whole FETCH reads its bodies in few storage calls.
+pub(crate) enum Octets {
+    /// Nothing (an empty section, or a partial beyond its end).
+    Empty,
+    /// This range of the message, as is.
+    Range(pb::ByteRange),
+    /// A header range filtered by field names (RFC 3501 §6.4.5), then the
+    /// partial applied to the filtered octets.
+    Fields { range: pb::ByteRange, names: Vec<String>, not: bool, partial: Option<(u32, NonZeroU32)> },
+}
+
+impl Octets {
+    fn range(&self) -> Option<&pb::ByteRange> {
+        match self {
+            Octets::Empty => None,
+            Octets::Range(r) | Octets::Fields { range: r, .. } => Some(r),
+        }
+    }
+
+    /// The item's octets from the range's raw octets.
+    fn finish(self, raw: Vec<u8>) -> Vec<u8> {
+        match self {
+            Octets::Empty => Vec::new(),
+            Octets::Range(_) => raw,
+            Octets::Fields { names, not, partial, .. } => {
+                let data = filter_header(&raw, &names, not);
+                match partial {
+                    Some((origin, count)) => {
+                        let start = (origin as usize).min(data.len());
+                        let end = start.saturating_add(count.get() as usize).min(data.len());
+                        data[start..end].to_vec()
+                    }
+                    None => data,
+                }
+            }
+        }
+    }
+}
+
+/// Where a section's octets are (`<origin.octets>` applied, RFC 3501 §6.4.5).
+pub(crate) fn plan_section(
+    meta: &pb::MessageMeta,
+    section: &Option<Section<'_>>,
+    partial: Option<(u32, NonZeroU32)>,
+) -> Result<Octets, ImapError> {
+    let range = |offset: u64, length: u64| pb::ByteRange { uid: meta.uid, offset, length: Some(length) };
+    Ok(match source(meta, section)? {
+        Source::Range { offset, length } => {
+            let end = length.map_or(meta.size, |l| (offset + l).min(meta.size));
+            let (offset, end) = match partial {
+                Some((origin, count)) => {
+                    let start = (offset + u64::from(origin)).min(end);
+                    (start, (start + u64::from(count.get())).min(end))
+                }
+                None => (offset, end),
+            };
+            if offset >= end { Octets::Empty } else { Octets::Range(range(offset, end - offset)) }
+        }
+        Source::Fields { offset, length, names, not } => {
+            Octets::Fields { range: range(offset, length), names, not, partial }
+        }
+    })
+}
+
+/// One section of one message, read by itself (BINARY decoding).
 pub(crate) async fn section_bytes<S: MailStore + ?Sized>(
     store: &S,
     account: i64,
@@ -186,40 +251,55 @@ pub(crate) async fn section_bytes<S: MailStore + ?Sized>(
     section: &Option<Section<'_>>,
     partial: Option<(u32, NonZeroU32)>,
 ) -> Result<Vec<u8>, ImapError> {
-    let fetch = |offset: u64, length: Option<u64>| pb::FetchRequest {
-        account_id: account,
-        mailbox_id: mailbox,
-        uid: meta.uid,
-        offset,
-        length,
-    };
-    match source(meta, section)? {
-        Source::Range { offset, length } => {
-            let end = length.map_or(meta.size, |l| (offset + l).min(meta.size));
-            let (offset, end) = match partial {
-                // RFC 3501 §6.4.5: <origin.octets> of the section.
-                Some((origin, count)) => {
-                    let start = (offset + u64::from(origin)).min(end);
-                    (start, (start + u64::from(count.get())).min(end))
-                }
-                None => (offset, end),
+    let plan = plan_section(meta, section, partial)?;
+    let raw = match plan.range() {
+        Some(r) => {
+            let req = pb::FetchRequest {
+                account_id: account,
+                mailbox_id: mailbox,
+                uid: meta.uid,
+                offset: r.offset,
+                length: r.length,
             };
-            if offset >= end {
-                return Ok(Vec::new());
-            }
-            Ok(store.fetch(fetch(offset, Some(end - offset))).await?)
+            store.fetch(req).await?
         }
-        Source::Fields { offset, length, names, not } => {
-            let raw = store.fetch(fetch(offset, Some(length))).await?;
-            let data = filter_header(&raw, &names, not);
-            Ok(match partial {
-                Some((origin, count)) => {
-                    let start = (origin as usize).min(data.len());
-                    let end = start.saturating_add(count.get() as usize).min(data.len());
-                    data[start..end].to_vec()
-                }
-                None => data,
-            })
+        None => Vec::new(),
+    };
+    Ok(plan.finish(raw))
+}
+
+/// The octets each item of `items` needs, in item order (BINARY items
+/// read their own: they are decoded per part).
+fn plan_items(meta: &pb::MessageMeta, items: &[MessageDataItemName<'static>]) -> Result<Vec<Octets>, ImapError> {
+    let mut plans = Vec::new();
+    for item in items {
+        let plan = match item {
+            MessageDataItemName::BodyExt { section, partial, .. } => plan_section(meta, section, *partial)?,
+            MessageDataItemName::Rfc822 => plan_section(meta, &None, None)?,
+            MessageDataItemName::Rfc822Header => plan_section(meta, &Some(Section::Header(None)), None)?,
+            MessageDataItemName::Rfc822Text => plan_section(meta, &Some(Section::Text(None)), None)?,
+            _ => continue,
+        };
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// The next range of a `fetch_ranges` answer, whole; `None` when the
+/// message is gone.
+async fn next_range(stream: &mut RangeStream, index: u32) -> Result<Option<Vec<u8>>, ImapError> {
+    let mut data = Vec::new();
+    loop {
+        let chunk = stream.next().await.ok_or_else(|| StoreError::Unavailable("range stream ended early".into()))??;
+        if chunk.index != index {
+            return Err(StoreError::Unavailable(format!("range {} answered out of order", chunk.index)).into());
+        }
+        if chunk.missing {
+            return Ok(None);
+        }
+        data.extend_from_slice(&chunk.data);
+        if chunk.last {
+            return Ok(Some(data));
         }
     }
 }
@@ -248,6 +328,7 @@ fn internal_date(meta: &pb::MessageMeta) -> Option<DateTime> {
 }
 
 /// The FETCH items of one message (RFC 3501 §7.4.2).
+/// `octets` holds what `plan_items` planned, read, in item order.
 #[allow(clippy::too_many_arguments)] // the message and the request's context
 async fn message_items<S: MailStore>(
     store: &S,
@@ -255,11 +336,13 @@ async fn message_items<S: MailStore>(
     mailbox_id: i64,
     meta: &pb::MessageMeta,
     items: &[MessageDataItemName<'static>],
+    mut octets: std::vec::IntoIter<Vec<u8>>,
     recent: bool,
     seen_now: bool,
     condstore: bool,
 ) -> Result<Vec<MessageDataItem<'static>>, ImapError> {
     let mut data: Vec<MessageDataItem<'static>> = Vec::new();
+    let mut next = || octets.next().unwrap_or_default();
     for item in items {
         data.push(match item {
             MessageDataItemName::Uid => MessageDataItem::Uid(NonZeroU32::new(meta.uid).unwrap_or(NonZeroU32::MIN)),
@@ -275,23 +358,14 @@ async fn message_items<S: MailStore>(
             MessageDataItemName::Envelope => {
                 MessageDataItem::Envelope(envelope(meta.envelope.as_ref().unwrap_or(&pb::Envelope::default())))
             }
-            MessageDataItemName::BodyExt { section, partial, .. } => {
-                let bytes = section_bytes(store, account_id, mailbox_id, meta, section, *partial).await?;
-                MessageDataItem::BodyExt {
-                    section: section.clone(),
-                    origin: partial.map(|(o, _)| o),
-                    data: literal(bytes),
-                }
-            }
-            MessageDataItemName::Rfc822 => {
-                MessageDataItem::Rfc822(literal(section_bytes(store, account_id, mailbox_id, meta, &None, None).await?))
-            }
-            MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(literal(
-                section_bytes(store, account_id, mailbox_id, meta, &Some(Section::Header(None)), None).await?,
-            )),
-            MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(literal(
-                section_bytes(store, account_id, mailbox_id, meta, &Some(Section::Text(None)), None).await?,
-            )),
+            MessageDataItemName::BodyExt { section, partial, .. } => MessageDataItem::BodyExt {
+                section: section.clone(),
+                origin: partial.map(|(o, _)| o),
+                data: literal(next()),
+            },
+            MessageDataItemName::Rfc822 => MessageDataItem::Rfc822(literal(next())),
+            MessageDataItemName::Rfc822Header => MessageDataItem::Rfc822Header(literal(next())),
+            MessageDataItemName::Rfc822Text => MessageDataItem::Rfc822Text(literal(next())),
             MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
                 let Some(part) = meta.body_structure.as_ref() else {
                     return Err(ImapError::no(Some("UNAVAILABLE"), "Body structure not available"));
@@ -447,35 +521,68 @@ pub async fn fetch<S: MailStore>(
     let jobs: Vec<(u32, bool, &pb::MessageMeta)> =
         metas.iter().filter_map(|m| Some((mailbox.seq_of(m.uid)?, mailbox.recent.contains(&m.uid), m))).collect();
     let (account_id, mailbox_id, items) = (account.id, mailbox.id, &items);
-    let seen_now = &seen_now;
-    let store = &*store;
-    // Body sections are read from storage a few at a time (order kept), so
-    // one slow round trip does not stall the whole FETCH.
-    // Boxed with one named lifetime: a closure returning borrowing futures
-    // would trip the compiler's higher-ranked `Send` check in the driver.
-    type ItemsFuture<'a> = std::pin::Pin<
-        Box<dyn std::future::Future<Output = (u32, Result<Vec<MessageDataItem<'static>>, ImapError>)> + Send + 'a>,
-    >;
-    let futures: Vec<ItemsFuture<'_>> = jobs
-        .into_iter()
-        .map(|(seq, recent, meta)| -> ItemsFuture<'_> {
+    // Bodies are read in batches: one FetchRanges call streams the octets
+    // of many messages, in order, while the responses go out.
+    let mut pending = jobs.as_slice();
+    while !pending.is_empty() {
+        let mut plans = Vec::new();
+        let mut ranges = Vec::new();
+        for (_, _, meta) in pending {
+            if plans.len() >= FETCH_BATCH_MESSAGES || ranges.len() >= FETCH_BATCH_RANGES {
+                break;
+            }
+            let plan = plan_items(meta, items)?;
+            ranges.extend(plan.iter().filter_map(Octets::range).cloned());
+            plans.push(plan);
+        }
+        let (batch, rest) = pending.split_at(plans.len());
+        pending = rest;
+        let mut stream = if ranges.is_empty() {
+            None
+        } else {
+            Some(store.fetch_ranges(pb::FetchRangesRequest { account_id, mailbox_id, ranges }).await?)
+        };
+        let mut index = 0u32;
+        for ((seq, recent, meta), plan) in batch.iter().zip(plans) {
+            let mut octets = Vec::with_capacity(plan.len());
+            let mut gone = false;
+            for octet in plan {
+                let raw = match (octet.range(), stream.as_mut()) {
+                    (Some(_), Some(stream)) => {
+                        let got = next_range(stream, index).await?;
+                        index += 1;
+                        got.unwrap_or_else(|| {
+                            gone = true;
+                            Vec::new()
+                        })
+                    }
+                    _ => Vec::new(),
+                };
+                octets.push(octet.finish(raw));
+            }
+            // Expunged since ListMessages: skipped like the others.
+            if gone {
+                continue;
+            }
             let seen = seen_now.contains(&meta.uid);
-            Box::pin(async move {
-                (seq, message_items(store, account_id, mailbox_id, meta, items, recent, seen, condstore).await)
-            })
-        })
-        .collect();
-    // Concurrency only for small messages: a body is held whole in memory
-    // until sent (todo: stream big literals straight from storage).
-    let small = metas.iter().all(|m| m.size <= CONCURRENT_BODY_LIMIT);
-    let width = if has_body && small { FETCH_CONCURRENCY } else { 1 };
-    let mut messages = futures::stream::iter(futures).buffered(width);
-    while let Some((seq, data)) = messages.next().await {
-        // A partial BINARY item needs its <origin> (cmd/binary.rs).
-        super::binary::push_fetch(out, seq, data?, items);
-        // Bodies go out at once, metadata in chunks.
-        if !out.flush(has_body).await {
-            return Err(ImapError::bad("Client went away"));
+            let data = message_items(
+                &*store,
+                account_id,
+                mailbox_id,
+                meta,
+                items,
+                octets.into_iter(),
+                *recent,
+                seen,
+                condstore,
+            )
+            .await?;
+            // A partial BINARY item needs its <origin> (cmd/binary.rs).
+            super::binary::push_fetch(out, *seq, data, items);
+            // Bodies go out at once, metadata in chunks.
+            if !out.flush(has_body).await {
+                return Err(ImapError::bad("Client went away"));
+            }
         }
     }
     Done::ok("FETCH completed")

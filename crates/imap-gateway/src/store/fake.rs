@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use mailfleet_proto::storage::v1 as pb;
 
-use super::{Account, MailStore, StoreError, StoreResult, in_ranges};
+use super::{Account, MailStore, RangeStream, StoreError, StoreResult, in_ranges};
 
 #[derive(Debug, Clone)]
 struct Msg {
@@ -384,6 +384,26 @@ impl MailStore for FakeStore {
             };
             Ok(m.raw[start..end].to_vec())
         })
+    }
+
+    async fn fetch_ranges(&self, req: pb::FetchRangesRequest) -> StoreResult<RangeStream> {
+        let chunks = self.with_mailbox_id(req.account_id, req.mailbox_id, |mb| {
+            Ok(req
+                .ranges
+                .iter()
+                .enumerate()
+                .map(|(index, r)| {
+                    let index = index as u32;
+                    let Some(m) = mb.messages.get(&r.uid) else {
+                        return Ok(pb::RangeChunk { index, data: Vec::new(), last: true, missing: true });
+                    };
+                    let start = (r.offset as usize).min(m.raw.len());
+                    let end = r.length.map_or(m.raw.len(), |l| start.saturating_add(l as usize).min(m.raw.len()));
+                    Ok(pb::RangeChunk { index, data: m.raw[start..end].to_vec(), last: true, missing: false })
+                })
+                .collect::<Vec<_>>())
+        })?;
+        Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
     async fn store_flags(&self, req: pb::StoreFlagsRequest) -> StoreResult<pb::StoreFlagsResponse> {

@@ -9,7 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use mailfleet_runtime::telemetry::grpc_request as traced;
 
-use super::{Account, MailStore, StoreError, StoreResult};
+use super::{Account, MailStore, RangeStream, StoreError, StoreResult};
 
 /// Append streams the message in chunks of this size.
 const APPEND_CHUNK: usize = 64 * 1024;
@@ -109,6 +109,11 @@ impl MailStore for GrpcStore {
             out.extend_from_slice(&chunk?.data);
         }
         Ok(out)
+    }
+
+    async fn fetch_ranges(&self, req: pb::FetchRangesRequest) -> StoreResult<RangeStream> {
+        let stream = self.messages.clone().fetch_ranges(traced(req)).await?.into_inner();
+        Ok(Box::pin(stream.map(|chunk| chunk.map_err(StoreError::from))))
     }
 
     async fn store_flags(&self, req: pb::StoreFlagsRequest) -> StoreResult<pb::StoreFlagsResponse> {

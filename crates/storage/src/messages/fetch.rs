@@ -2,6 +2,7 @@
 //! range of that concatenation, in ~64 KiB chunks and never the whole
 //! message in memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mailfleet_proto::storage::v1 as pb;
@@ -17,6 +18,56 @@ use crate::Store;
 use crate::error::{StorageError, StorageResult};
 
 const CHUNK: usize = 64 * 1024;
+/// FetchRanges reads small ranges together, in groups of up to this many
+/// octets or ranges, and streams a larger range by itself.
+const GROUP_OCTETS: u64 = 1024 * 1024;
+const GROUP_RANGES: usize = 128;
+/// Ranges one FetchRanges call may ask for.
+const MAX_RANGES: usize = 10_000;
+
+type RangeSender = mpsc::Sender<Result<pb::RangeChunk, Status>>;
+
+/// The window `[start, end)` of a message of `total` octets.
+fn window(total: u64, offset: u64, length: Option<u64>) -> (u64, u64) {
+    let start = offset.min(total);
+    let end = match length {
+        Some(len) => start.saturating_add(len).min(total),
+        None => total,
+    };
+    (start, end)
+}
+
+/// One range of a FetchRanges call, resolved: the prefix octets it covers
+/// and the blob window after them.
+struct Planned {
+    index: u32,
+    prefix: Vec<u8>,
+    blob: Option<(String, u64, u64)>,
+}
+
+impl Planned {
+    fn blob_len(&self) -> u64 {
+        self.blob.as_ref().map_or(0, |(_, _, len)| *len)
+    }
+}
+
+/// Send `data` as the chunks of range `index`, the last one marked.
+async fn send_range(tx: &RangeSender, index: u32, prefix: &[u8], data: &[u8]) -> bool {
+    let mut all = Vec::with_capacity(prefix.len() + data.len());
+    all.extend_from_slice(prefix);
+    all.extend_from_slice(data);
+    let mut pieces = all.chunks(CHUNK).peekable();
+    if pieces.peek().is_none() {
+        return tx.send(Ok(pb::RangeChunk { index, data: Vec::new(), last: true, missing: false })).await.is_ok();
+    }
+    while let Some(piece) = pieces.next() {
+        let chunk = pb::RangeChunk { index, data: piece.to_vec(), last: pieces.peek().is_none(), missing: false };
+        if tx.send(Ok(chunk)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
 
 type ChunkSender = mpsc::Sender<Result<pb::FetchChunk, Status>>;
 
@@ -67,11 +118,7 @@ impl Store {
         let total = u64_of(row.get("size"));
 
         // The requested window [start, end) of prefix || blob.
-        let start = req.offset.min(total);
-        let end = match req.length {
-            Some(len) => start.saturating_add(len).min(total),
-            None => total,
-        };
+        let (start, end) = window(total, req.offset, req.length);
         let plen = prefix.len() as u64;
         // Open the blob before answering so a missing blob is an error
         // status, not a truncated stream.
@@ -105,6 +152,148 @@ impl Store {
             }
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    /// Many ranges in one call: one query for every message, blobs read in
+    /// groups (one blocking task each), chunks streamed in request order.
+    pub(crate) async fn fetch_ranges(
+        self: Arc<Self>,
+        req: pb::FetchRangesRequest,
+    ) -> StorageResult<BoxStream<pb::RangeChunk>> {
+        if req.ranges.len() > MAX_RANGES {
+            return Err(StorageError::InvalidArgument(format!("at most {MAX_RANGES} ranges per call")));
+        }
+        let mut conn = self.pool.acquire().await?;
+        mailbox_by_id(&mut conn, req.account_id, req.mailbox_id, false).await?;
+        let uids: Vec<i64> = req.ranges.iter().map(|r| i64::from(r.uid)).collect();
+        let rows = sqlx::query(
+            "SELECT uid, blob_id, header_prefix, size FROM messages WHERE mailbox_id = $1 AND uid = ANY($2)",
+        )
+        .bind(req.mailbox_id)
+        .bind(&uids)
+        .fetch_all(&mut *conn)
+        .await?;
+        drop(conn);
+        let mut messages: HashMap<i64, (String, Vec<u8>, u64)> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            messages.insert(row.get("uid"), (row.get("blob_id"), row.get("header_prefix"), u64_of(row.get("size"))));
+        }
+        let planned: Vec<Option<Planned>> = req
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(index, range)| {
+                let (blob_id, prefix, total) = messages.get(&i64::from(range.uid))?;
+                let (start, end) = window(*total, range.offset, range.length);
+                let plen = prefix.len() as u64;
+                let head = prefix[start.min(plen) as usize..end.min(plen) as usize].to_vec();
+                let from = start.max(plen) - plen;
+                let blob = (end > plen).then(|| (blob_id.clone(), from, end - plen - from));
+                Some(Planned { index: index as u32, prefix: head, blob })
+            })
+            .collect();
+
+        let (tx, rx) = mpsc::channel(8);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut group: Vec<Planned> = Vec::new();
+            let mut group_octets = 0u64;
+            for (index, plan) in planned.into_iter().enumerate() {
+                let Some(plan) = plan else {
+                    if !store.send_group(&tx, std::mem::take(&mut group)).await {
+                        return;
+                    }
+                    group_octets = 0;
+                    let missing = pb::RangeChunk { index: index as u32, data: Vec::new(), last: true, missing: true };
+                    if tx.send(Ok(missing)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                if plan.blob_len() > GROUP_OCTETS {
+                    // A big range streams by itself, never whole in memory.
+                    if !store.send_group(&tx, std::mem::take(&mut group)).await || !store.stream_range(&tx, plan).await
+                    {
+                        return;
+                    }
+                    group_octets = 0;
+                    continue;
+                }
+                group_octets += plan.blob_len();
+                group.push(plan);
+                if group_octets >= GROUP_OCTETS || group.len() >= GROUP_RANGES {
+                    if !store.send_group(&tx, std::mem::take(&mut group)).await {
+                        return;
+                    }
+                    group_octets = 0;
+                }
+            }
+            store.send_group(&tx, group).await;
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    /// Read a group of small ranges together and send them in order.
+    async fn send_group(&self, tx: &RangeSender, group: Vec<Planned>) -> bool {
+        if group.is_empty() {
+            return true;
+        }
+        let reads: Vec<(String, u64, u64)> = group.iter().filter_map(|p| p.blob.clone()).collect();
+        let mut data = match self.blobs.read_many(reads).await {
+            Ok(data) => data.into_iter(),
+            Err(e) => {
+                let _ = tx.send(Err(StorageError::Blob(e).into())).await;
+                return false;
+            }
+        };
+        for plan in group {
+            let body = if plan.blob.is_some() { data.next().unwrap_or_default() } else { Vec::new() };
+            if !send_range(tx, plan.index, &plan.prefix, &body).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One big range: its prefix octets, then the blob in chunks.
+    async fn stream_range(&self, tx: &RangeSender, plan: Planned) -> bool {
+        let Some((blob_id, from, len)) = plan.blob else { return true };
+        let mut reader = match self.blobs.reader(&blob_id, from, Some(len)).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(StorageError::Blob(e).into())).await;
+                return false;
+            }
+        };
+        let index = plan.index;
+        if !plan.prefix.is_empty() {
+            let head = pb::RangeChunk { index, data: plan.prefix, last: false, missing: false };
+            if tx.send(Ok(head)).await.is_err() {
+                return false;
+            }
+        }
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let mut filled = 0;
+            while filled < CHUNK {
+                match reader.read(&mut buf[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => {
+                        let _ = tx.send(Err(StorageError::Blob(e).into())).await;
+                        return false;
+                    }
+                }
+            }
+            let last = filled < CHUNK;
+            let chunk = pb::RangeChunk { index, data: buf[..filled].to_vec(), last, missing: false };
+            if tx.send(Ok(chunk)).await.is_err() {
+                return false;
+            }
+            if last {
+                return true;
+            }
+        }
     }
 
     pub(crate) async fn fetch_blob(&self, req: pb::FetchBlobRequest) -> StorageResult<BoxStream<pb::FetchChunk>> {

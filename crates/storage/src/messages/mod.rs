@@ -340,6 +340,13 @@ impl Messages for MessagesService {
     async fn deliver(&self, req: Request<pb::DeliverRequest>) -> Result<Response<pb::DeliverResponse>, Status> {
         Ok(Response::new(self.0.deliver(req.into_inner()).await?))
     }
+    type FetchRangesStream = BoxStream<pb::RangeChunk>;
+    async fn fetch_ranges(
+        &self,
+        req: Request<pb::FetchRangesRequest>,
+    ) -> Result<Response<Self::FetchRangesStream>, Status> {
+        Ok(Response::new(self.0.clone().fetch_ranges(req.into_inner()).await?))
+    }
     type FetchStream = BoxStream<pb::FetchChunk>;
     async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         Ok(Response::new(self.0.clone().fetch(req.into_inner()).await?))
