@@ -165,6 +165,10 @@ pub struct IdleArgs {
     /// or imap,imap-login for Dovecot).
     #[arg(long, value_delimiter = ',', required = true)]
     pub process_name: Vec<String>,
+    /// Only count processes that are these PIDs or descend from them (e.g.
+    /// the Dovecot master), when another instance runs under the same names.
+    #[arg(long, value_delimiter = ',')]
+    pub process_root: Vec<u32>,
     /// Connections being opened at once during the ramp-up.
     #[arg(long, default_value_t = 200)]
     pub ramp: u32,

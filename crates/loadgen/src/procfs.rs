@@ -18,11 +18,19 @@ pub struct Memory {
     pub pss_bytes: u64,
 }
 
-/// Sums the memory of every process whose `comm` is one of `names`.
+/// Sums the memory of every process whose `comm` is one of `names` and,
+/// if `within` is given, that descends from (or is) one of those PIDs.
 /// Processes that vanish while being read are skipped.
-pub fn memory_by_name(proc_root: &Path, names: &[String]) -> io::Result<Memory> {
+pub fn memory_by_name(proc_root: &Path, names: &[String], within: Option<&[u32]>) -> io::Result<Memory> {
+    let allowed = match within {
+        Some(roots) => Some(descendants(&process_table(proc_root)?, roots)?),
+        None => None,
+    };
     let mut total = Memory::default();
     for pid in pids(proc_root)? {
+        if allowed.as_ref().is_some_and(|a| !a.contains(&pid)) {
+            continue;
+        }
         let dir = proc_root.join(pid.to_string());
         let Ok(comm) = fs::read_to_string(dir.join("comm")) else { continue };
         if !names.iter().any(|n| n == comm.trim_end_matches('\n')) {
@@ -78,37 +86,47 @@ impl Cpu {
 /// children used, so short-lived workers (Postfix's smtpd, cleanup, …)
 /// count as long as their parent is in a tree.
 pub fn tree_cpu(proc_root: &Path, roots: &[u32]) -> io::Result<Cpu> {
-    let mut stats = BTreeMap::new();
+    let table = process_table(proc_root)?;
+    let tree = descendants(&table, roots)?;
+    let mut cpu = Cpu::default();
+    for stat in tree.iter().filter_map(|pid| table.get(pid)) {
+        cpu.ticks += stat.ticks;
+        cpu.processes += 1;
+    }
+    Ok(cpu)
+}
+
+/// The stat of every process that could be read.
+fn process_table(proc_root: &Path) -> io::Result<BTreeMap<u32, Stat>> {
+    let mut table = BTreeMap::new();
     for pid in pids(proc_root)? {
         if let Ok(text) = fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))
             && let Some(stat) = parse_stat(&text)
         {
-            stats.insert(pid, stat);
+            table.insert(pid, stat);
         }
     }
+    Ok(table)
+}
+
+/// `roots` and every process below them; a root that does not exist is
+/// an error (a wrong PID would silently measure nothing).
+fn descendants(table: &BTreeMap<u32, Stat>, roots: &[u32]) -> io::Result<BTreeSet<u32>> {
+    if let Some(missing) = roots.iter().find(|r| !table.contains_key(r)) {
+        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no process {missing}")));
+    }
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (&pid, stat) in &stats {
+    for (&pid, stat) in table {
         children.entry(stat.ppid).or_default().push(pid);
     }
     let mut seen = BTreeSet::new();
-    let mut todo: Vec<u32> = roots.to_vec();
-    for &root in roots {
-        if !stats.contains_key(&root) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("no process {root}")));
-        }
-    }
-    let mut cpu = Cpu::default();
+    let mut todo = roots.to_vec();
     while let Some(pid) = todo.pop() {
-        if !seen.insert(pid) {
-            continue;
+        if seen.insert(pid) {
+            todo.extend(children.get(&pid).into_iter().flatten());
         }
-        if let Some(stat) = stats.get(&pid) {
-            cpu.ticks += stat.ticks;
-            cpu.processes += 1;
-        }
-        todo.extend(children.get(&pid).into_iter().flatten());
     }
-    Ok(cpu)
+    Ok(seen)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,8 +204,12 @@ mod tests {
         assert!(cpu.processes >= 1);
         assert!(tree_cpu(Path::new("/proc"), &[u32::MAX]).is_err());
         let comm = fs::read_to_string(format!("/proc/{me}/comm")).expect("comm");
-        let mem = memory_by_name(Path::new("/proc"), &[comm.trim().to_owned()]).expect("memory");
+        let names = [comm.trim().to_owned()];
+        let mem = memory_by_name(Path::new("/proc"), &names, None).expect("memory");
         assert!(mem.processes >= 1 && mem.rss_bytes > 0);
+        let mine = memory_by_name(Path::new("/proc"), &names, Some(&[me])).expect("memory");
+        assert_eq!(mine.processes, 1);
+        assert!(memory_by_name(Path::new("/proc"), &names, Some(&[u32::MAX])).is_err());
         assert!(clock_ticks_per_second() >= 1);
     }
 }

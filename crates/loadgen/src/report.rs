@@ -12,6 +12,9 @@ use crate::result::{Better, ScenarioResult, format_value};
 
 pub const REPORT_SCHEMA: &str = "mailfleet-loadgen-report/1";
 
+/// Parameters that naturally differ between the two systems.
+const SIDE_SPECIFIC: &[&str] = &["seed", "cpu_pids", "process_name", "process_root", "open_file_limit"];
+
 /// One figure of one result, on both sides.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
@@ -95,7 +98,7 @@ pub fn compare(mailfleet: Vec<ScenarioResult>, reference: Vec<ScenarioResult>) -
         match (m, r) {
             (Some(m), Some(r)) => {
                 for (key, mv) in &m.params {
-                    if key != "seed" && key != "cpu_pids" && key != "process_name" && r.params.get(key) != Some(mv) {
+                    if !SIDE_SPECIFIC.contains(&key.as_str()) && r.params.get(key) != Some(mv) {
                         let rv = r.params.get(key).map_or_else(|| "absent".to_owned(), Value::to_string);
                         warnings.push(format!("{name}: parameter {key} differs: mailfleet {mv}, reference {rv}"));
                     }

@@ -28,6 +28,9 @@ pub async fn run(ctx: Arc<Context>, args: &IdleArgs) -> Result<ScenarioResult, E
     let mut result = ctx.result("idle");
     result.param("connections", args.connections);
     result.param("process_name", &args.process_name);
+    if !args.process_root.is_empty() {
+        result.param("process_root", &args.process_root);
+    }
     result.param("ramp", args.ramp);
     result.param("settle_seconds", args.settle_seconds);
     let limit = procfs::raise_open_file_limit().map_err(Error::Proc)?;
@@ -38,8 +41,9 @@ pub async fn run(ctx: Arc<Context>, args: &IdleArgs) -> Result<ScenarioResult, E
         result.note(format!("open file limit {limit} is below --connections; some connections will fail"));
     }
     let deadline = ctx.deadline();
+    let within = (!args.process_root.is_empty()).then_some(args.process_root.as_slice());
     let memory = |what| {
-        procfs::memory_by_name(&ctx.proc_root, &args.process_name).map_err(Error::Proc).inspect(|m| {
+        procfs::memory_by_name(&ctx.proc_root, &args.process_name, within).map_err(Error::Proc).inspect(|m| {
             eprintln!(
                 "idle: {what}: {} processes, {} unshared, {} RSS",
                 m.processes,
