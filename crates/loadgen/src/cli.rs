@@ -22,6 +22,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Common options (any subcommand)")]
 pub struct Common {
     /// Target address: an IP literal on loopback (127.0.0.0/8, ::1) or `localhost`.
     #[arg(long, global = true, default_value = "127.0.0.1")]
@@ -29,8 +30,10 @@ pub struct Common {
     /// SMTP port (Mailfleet's dev port by default).
     #[arg(long, global = true, default_value_t = 2525)]
     pub smtp_port: u16,
+    /// IMAP port.
     #[arg(long, global = true, default_value_t = 1143)]
     pub imap_port: u16,
+    /// POP3 port.
     #[arg(long, global = true, default_value_t = 1110)]
     pub pop3_port: u16,
     /// User names (and addresses); `{}` becomes 1..=N.
@@ -111,6 +114,11 @@ pub struct SmtpArgs {
     /// Watch each recipient's INBOX over IMAP (IDLE) and time delivery (the default).
     #[arg(long, overrides_with = "no_watch")]
     pub watch: bool,
+    /// Watch by NOOP every 20 ms instead of IDLE, even if the server has
+    /// IDLE: visibility without the server's notification policy (Dovecot
+    /// holds IDLE notifications back about half a second).
+    #[arg(long)]
+    pub watch_poll: bool,
     /// Only measure SMTP acceptance.
     #[arg(long, overrides_with = "watch")]
     pub no_watch: bool,

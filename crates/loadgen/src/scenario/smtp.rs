@@ -44,6 +44,9 @@ pub async fn run(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, E
     result.param("size_max", sizes.max);
     result.param("watch", args.watching());
     result.param("pipelining", args.pipelining);
+    if args.watching() {
+        result.param("watch_poll", args.watch_poll);
+    }
     let run = run_id();
     let longest_id = format!("{run}-{}", args.messages).len();
     let corpus = Arc::new(Corpus::new(&mut ctx.rng(0), sizes, &run, ctx.users.longest_address(), Some(longest_id)));
@@ -56,13 +59,14 @@ pub async fn run(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, E
     let mut watchers = Vec::new();
     if args.watching() {
         eprintln!("smtp: setting up {recipients} IMAP watchers");
-        let setups = (1..=recipients).map(|u| Watcher::setup(ctx.imap, ctx.users.address(u), &ctx.password, &run));
+        let setups = (1..=recipients)
+            .map(|u| Watcher::setup(ctx.imap, ctx.users.address(u), &ctx.password, &run, args.watch_poll));
         let Some(setups) = until(deadline, join_all(setups)).await else {
             return Err(Error::Deadline(ctx.max_seconds, "setting up the IMAP watchers"));
         };
         for setup in setups {
             let watcher = setup?;
-            if watcher.polling {
+            if watcher.polling && !args.watch_poll {
                 result.note("server lacks IDLE: watching by NOOP every 20 ms");
             }
             watchers.push(tokio::spawn(watcher.run(seen_tx.clone(), cancel.clone())));
@@ -73,7 +77,7 @@ pub async fn run(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, E
 
     let cpu_before = ctx.cpu()?;
     eprintln!("smtp: sending {} messages over {} connections", args.messages, args.concurrency);
-    let first_send = Instant::now();
+    let spawned = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let senders: Vec<_> = (0..args.concurrency)
         .map(|w| {
@@ -100,6 +104,8 @@ pub async fn run(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, E
             }
         }
     }
+    // The first MAIL FROM written, on any connection.
+    let first_send = sent.tally.began.unwrap_or(spawned);
     let send_seconds = sent.accepted.iter().map(|(_, t)| *t).max().unwrap_or(first_send).duration_since(first_send);
     let accepted = sent.accepted.len() as u64;
     let refused: u64 = sent.tally.done("refused");
@@ -222,7 +228,12 @@ async fn send_loop(
         let to = ctx.users.address(ctx.users.round_robin(seq));
         let bench_id = format!("{run}-{seq}");
         let data = corpus.message(&mut rng, &Fields { to: &to, seq, bench_id: Some(&bench_id) }, true);
-        match client.send_mail(&args.mail_from, &to, &data, args.pipelining).await {
+        let sent = client.send_mail(&args.mail_from, &to, &data, args.pipelining).await;
+        if let Ok(t) = &sent {
+            // This connection's first MAIL FROM; merging keeps the earliest.
+            out.tally.began.get_or_insert(t.started);
+        }
+        match sent {
             Ok(t) => match t.outcome {
                 Outcome::Accepted => {
                     out.tally.ops.entry("transaction").or_default().push_ms(t.finished - t.started);
@@ -272,7 +283,7 @@ struct Watcher {
 type Seen = mpsc::UnboundedSender<(u64, Instant)>;
 
 impl Watcher {
-    async fn setup(addr: SocketAddr, user: String, password: &str, run: &str) -> Result<Self, ImapError> {
+    async fn setup(addr: SocketAddr, user: String, password: &str, run: &str, poll: bool) -> Result<Self, ImapError> {
         let mut client = ImapClient::connect(addr).await?;
         client.login(&user, password).await?;
         let selected = client.select("INBOX").await?;
@@ -281,7 +292,7 @@ impl Watcher {
             Some(next) => next.saturating_sub(1),
             None => last_uid(&mut client, selected.exists).await?,
         };
-        let polling = !client.has_capability("IDLE");
+        let polling = poll || !client.has_capability("IDLE");
         let mut watcher = Self { client, last_uid, idling: None, dirty: false, polling, prefix: format!("{run}-") };
         if !polling {
             watcher.start_idle().await?;
