@@ -13,7 +13,6 @@ use tonic::Streaming;
 use super::flags::normalize_flags;
 use super::{add_usage, allocate_uids, internal_date, lock_account, mailbox_by_name, u32_of, u64_of};
 use crate::Store;
-use crate::blob::BlobWriter;
 use crate::error::{StorageError, StorageResult};
 
 /// A broken request stream: the client is gone or sent garbage.
@@ -46,25 +45,11 @@ pub(crate) struct NewMessage<'a> {
 }
 
 impl Store {
-    /// Parse a blob the first time a message refers to it and store the
-    /// metadata on its row; later references reuse it (a delivery to many
-    /// recipients parses once). Returns the blob size. NOT_FOUND when the
-    /// blob is not in the blob store.
-    pub(crate) async fn ensure_blob_metadata(&self, blob_id: &str) -> StorageResult<i64> {
-        check_blob_id(blob_id)?;
-        let known: Option<(i64, bool)> =
-            sqlx::query_as("SELECT size, header_size IS NOT NULL FROM blobs WHERE id = $1")
-                .bind(blob_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        if let Some((size, true)) = known {
-            return Ok(size);
-        }
-        if !self.blobs.exists(blob_id).await? {
-            return Err(StorageError::NotFound(format!("unknown blob {blob_id}")));
-        }
-        let mut raw = Vec::new();
-        self.blobs.reader(blob_id, 0, None).await?.read_to_end(&mut raw).await?;
+    /// Parse a blob's MIME structure and record it on the blob's row, once
+    /// per blob: a delivery to many recipients, or the same content stored
+    /// again, reuses it. The upsert also takes the row lock, which waits for
+    /// a sweep deciding about this blob. Returns the blob size.
+    pub(crate) async fn record_blob(&self, blob_id: &str, raw: bytes::Bytes) -> StorageResult<i64> {
         let size = raw.len() as i64;
         let parsed = tokio::task::spawn_blocking(move || crate::mime::parse(&raw))
             .await
@@ -72,10 +57,13 @@ impl Store {
         sqlx::query(
             "INSERT INTO blobs (id, size, envelope, body_structure, header_size, sent_date, header_text, body_text)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size, envelope = EXCLUDED.envelope,
-                body_structure = EXCLUDED.body_structure, header_size = EXCLUDED.header_size,
-                sent_date = EXCLUDED.sent_date, header_text = EXCLUDED.header_text, body_text = EXCLUDED.body_text
-             WHERE blobs.header_size IS NULL",
+             ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size,
+                envelope = COALESCE(blobs.envelope, EXCLUDED.envelope),
+                body_structure = COALESCE(blobs.body_structure, EXCLUDED.body_structure),
+                header_size = COALESCE(blobs.header_size, EXCLUDED.header_size),
+                sent_date = CASE WHEN blobs.header_size IS NULL THEN EXCLUDED.sent_date ELSE blobs.sent_date END,
+                header_text = COALESCE(blobs.header_text, EXCLUDED.header_text),
+                body_text = COALESCE(blobs.body_text, EXCLUDED.body_text)",
         )
         .bind(blob_id)
         .bind(size)
@@ -88,6 +76,18 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(size)
+    }
+
+    /// For a blob stored before its metadata was recorded at arrival: read
+    /// it back and record it. NOT_FOUND when the blob is not in the store.
+    pub(crate) async fn ensure_blob_metadata(&self, blob_id: &str) -> StorageResult<i64> {
+        check_blob_id(blob_id)?;
+        if !self.blobs.exists(blob_id).await? {
+            return Err(StorageError::NotFound(format!("unknown blob {blob_id}")));
+        }
+        let mut raw = Vec::new();
+        self.blobs.reader(blob_id, 0, None).await?.read_to_end(&mut raw).await?;
+        self.record_blob(blob_id, raw.into()).await
     }
 
     /// Inside the transaction that will point a message at `blob_id`: take
@@ -106,47 +106,48 @@ impl Store {
         Ok(())
     }
 
-    /// Stream the request's data chunks into a new blob, enforcing the size
-    /// limit and (early) the quota. Returns (blob id, size).
+    /// Receive the request's data chunks, enforcing the size limit and
+    /// (early) the quota, then store them as a blob. Returns the blob id and
+    /// its octets, which are parsed next (held once in memory, as the parser
+    /// needs them whole anyway).
     async fn receive_blob<T>(
         &self,
         stream: &mut Streaming<T>,
         mut chunk_of: impl FnMut(T) -> Option<Vec<u8>>,
         room: Option<u64>,
-    ) -> StorageResult<(String, u64)> {
+    ) -> StorageResult<(String, bytes::Bytes)> {
         let max = self.config.max_message_size;
-        let mut writer: Box<dyn BlobWriter> = self.blobs.writer().await?;
         let mut crlf = CrlfNormalizer::default();
+        let mut raw: Vec<u8> = Vec::new();
         while let Some(msg) = stream.message().await.map_err(stream_error)? {
-            let Some(raw) = chunk_of(msg) else {
+            let Some(data) = chunk_of(msg) else {
                 return Err(StorageError::InvalidArgument("unexpected header after data".into()));
             };
-            let chunk = crlf.normalize(&raw);
-            if writer.written() + chunk.len() as u64 > max {
+            let chunk = crlf.normalize(&data);
+            let total = (raw.len() + chunk.len()) as u64;
+            if total > max {
                 return Err(StorageError::OverQuota(format!("message larger than the limit of {max} bytes")));
             }
-            if room.is_some_and(|r| writer.written() + chunk.len() as u64 > r) {
+            if room.is_some_and(|r| total > r) {
                 return Err(StorageError::OverQuota("over quota".into()));
             }
-            writer.write(&chunk).await?;
+            raw.extend_from_slice(&chunk);
         }
-        Ok(writer.finish().await?)
+        let raw = bytes::Bytes::from(raw);
+        let id = self.blobs.put(raw.clone()).await?;
+        Ok((id, raw))
     }
 
     pub(crate) async fn put_blob(
         &self,
         mut stream: Streaming<pb::PutBlobRequest>,
     ) -> StorageResult<pb::PutBlobResponse> {
-        let (blob_id, size) = self.receive_blob(&mut stream, |m| Some(m.chunk), None).await?;
-        // The file is durable; record it (metadata stays NULL until a
-        // delivery parses it). Until a message refers to it, only the
-        // sweeper's minimum age keeps it alive.
-        sqlx::query("INSERT INTO blobs (id, size) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size")
-            .bind(&blob_id)
-            .bind(size as i64)
-            .execute(&self.pool)
-            .await?;
-        Ok(pb::PutBlobResponse { blob_id, size })
+        let (blob_id, raw) = self.receive_blob(&mut stream, |m| Some(m.chunk), None).await?;
+        // The file is durable; record it with its metadata, parsed now so
+        // that delivery only points at it. Until a message refers to it,
+        // only the sweeper's minimum age keeps it alive.
+        let size = self.record_blob(&blob_id, raw).await?;
+        Ok(pb::PutBlobResponse { blob_id, size: u64_of(size) })
     }
 
     pub(crate) async fn append(&self, mut stream: Streaming<pb::AppendRequest>) -> StorageResult<pb::AppendResponse> {
@@ -174,7 +175,7 @@ impl Store {
             .ok_or_else(|| StorageError::NotFound(format!("no mailbox {name}")))?;
         drop(conn);
 
-        let (blob_id, _) = self
+        let (blob_id, raw) = self
             .receive_blob(
                 &mut stream,
                 |m| match m.part {
@@ -184,7 +185,7 @@ impl Store {
                 room,
             )
             .await?;
-        let size = self.ensure_blob_metadata(&blob_id).await?;
+        let size = self.record_blob(&blob_id, raw).await?;
 
         let mut tx = self.pool.begin().await?;
         self.pin_blob(&mut tx, &blob_id, size).await?;
