@@ -195,6 +195,7 @@ async fn bad_uid_sets_and_cross_account_access() {
             mailbox_id: a.mailbox_id,
             since_modseq: 0,
             include_vanished: true,
+            claim_recent: true,
         })
         .await
         .unwrap_err();
@@ -530,4 +531,86 @@ async fn fetch_ranges_answers_many_messages_in_order() {
     let mallory = ctx.add_account("mallory").await;
     let refused = ctx.messages.fetch_ranges(pb::FetchRangesRequest { account_id: mallory.id, ..req }).await;
     assert_eq!(refused.expect_err("cross-account").code(), Code::NotFound);
+}
+
+/// PutBlob records the MIME metadata when the blob arrives; a blob whose
+/// row has none (stored before that was done) is parsed at its first
+/// delivery, and the message then has its envelope like any other.
+#[tokio::test]
+async fn deliver_parses_a_blob_recorded_without_metadata() {
+    let mut ctx = setup().await;
+    let raw = message(9);
+    let blob = ctx.put_blob(&raw).await;
+    let pool = &ctx.env.store().pool;
+    let parsed: bool = sqlx::query_scalar("SELECT header_size IS NOT NULL FROM blobs WHERE id = $1")
+        .bind(&blob.blob_id)
+        .fetch_one(pool)
+        .await
+        .expect("blob row");
+    assert!(parsed, "PutBlob recorded the metadata");
+    sqlx::query("UPDATE blobs SET envelope = NULL, body_structure = NULL, header_size = NULL WHERE id = $1")
+        .bind(&blob.blob_id)
+        .execute(pool)
+        .await
+        .expect("forget metadata");
+    let res = ctx
+        .messages
+        .deliver(pb::DeliverRequest {
+            blob_id: blob.blob_id.clone(),
+            targets: vec![target(ctx.account.id, "legacy:alice", "", b"")],
+            internal_date: None,
+        })
+        .await
+        .expect("deliver")
+        .into_inner()
+        .results;
+    assert_eq!(res[0].status(), D::Delivered);
+    let inbox = ctx.mailbox("INBOX").await;
+    let meta = &ctx.list(inbox.id, vec![range(res[0].uid, res[0].uid)], 0).await[0];
+    assert!(meta.envelope.as_ref().is_some_and(|e| e.subject.is_some()), "{meta:?}");
+    assert!(meta.header_size > 0);
+}
+
+/// Changes with claim_recent: new messages are \Recent for the first
+/// session that asks (RFC 3501 §2.3.2), once; an unchanged mailbox answers
+/// with its HIGHESTMODSEQ and nothing else.
+#[tokio::test]
+async fn changes_claims_recent_messages_once() {
+    let mut ctx = setup().await;
+    let inbox = ctx.mailbox("INBOX").await;
+    ctx.append("INBOX", &message(1), &[]).await;
+    // SELECT claims what is there now.
+    let selected = ctx
+        .mailboxes
+        .get_mailbox(pb::GetMailboxRequest { account_id: ctx.account.id, name: "INBOX".into(), select: true })
+        .await
+        .expect("select")
+        .into_inner();
+    assert_eq!(selected.recent_uids, vec![1]);
+    let since = selected.highest_modseq;
+    let ask = |claim_recent| pb::ChangesRequest {
+        account_id: ctx.account.id,
+        mailbox_id: inbox.id,
+        since_modseq: since,
+        include_vanished: true,
+        claim_recent,
+    };
+    let (ask_read_only, ask_claiming) = (ask(false), ask(true));
+    let quiet = ctx.messages.changes(ask_claiming).await.expect("changes").into_inner();
+    assert!(quiet.changed.is_empty() && quiet.vanished.is_empty() && quiet.recent_uids.is_empty());
+    assert_eq!(quiet.highest_modseq, since);
+
+    ctx.append("INBOX", &message(2), &[]).await;
+    ctx.append("INBOX", &message(3), &[]).await;
+    // A read-only session (EXAMINE) sees them but claims nothing.
+    let seen = ctx.messages.changes(ask_read_only).await.expect("changes").into_inner();
+    assert_eq!(seen.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(seen.recent_uids.is_empty());
+    let first = ctx.messages.changes(ask_claiming).await.expect("changes").into_inner();
+    assert_eq!(first.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(first.recent_uids, vec![2, 3]);
+    assert!(first.highest_modseq > since);
+    let second = ctx.messages.changes(ask_claiming).await.expect("changes").into_inner();
+    assert_eq!(second.changed.len(), 2, "the changes are still there for this MODSEQ");
+    assert!(second.recent_uids.is_empty(), "claimed once");
 }

@@ -8,9 +8,9 @@ use pb::mail_event::Kind;
 use sqlx::{PgConnection, Row};
 use time::OffsetDateTime;
 
-use super::append::{NewMessage, insert_message};
+use super::append::check_blob_id;
 use super::flags::normalize_flags;
-use super::{internal_date, lock_account, mailbox_by_name, u32_of, u64_of};
+use super::{internal_date, u32_of, u64_of};
 use crate::Store;
 use crate::error::{StorageError, StorageResult, is_unique_violation};
 
@@ -47,11 +47,14 @@ impl Store {
             targets.push((t, mailbox, normalize_flags(&t.flags)?));
         }
         // NOT_FOUND for an unknown blob: nothing is stored for anybody.
-        let blob_size = self.ensure_blob_metadata(&req.blob_id).await?;
+        check_blob_id(&req.blob_id)?;
+        if !self.blobs.exists(&req.blob_id).await? {
+            return Err(StorageError::NotFound(format!("unknown blob {}", req.blob_id)));
+        }
 
         let mut results = Vec::with_capacity(targets.len());
         for (target, mailbox, flags) in targets {
-            let outcome = self.deliver_one(&req.blob_id, blob_size, date, target, mailbox.as_str(), &flags).await?;
+            let outcome = self.deliver_one(&req.blob_id, date, target, mailbox.as_str(), &flags).await?;
             if let Some((mailbox_id, modseq)) = outcome.added {
                 self.events
                     .publish(
@@ -66,69 +69,77 @@ impl Store {
         Ok(pb::DeliverResponse { results })
     }
 
-    /// One target in its own transaction: the message row and the delivery
-    /// key commit together, or neither does.
+    /// One target in one statement: `mailfleet_deliver` (migration 0005)
+    /// checks the key, the blob, the account and the mailbox and stores the
+    /// message and its delivery key in one transaction, one round trip.
     async fn deliver_one(
         &self,
         blob_id: &str,
-        blob_size: i64,
         date: OffsetDateTime,
         target: &pb::DeliveryTarget,
         mailbox_name: &str,
         flags: &[String],
     ) -> StorageResult<Outcome> {
         let key = target.delivery_key.as_str();
-        if let Some(done) = previous_delivery(&mut *self.pool.acquire().await?, key).await? {
-            return Ok(done);
-        }
-        let mut tx = self.pool.begin().await?;
-        let size = blob_size + target.header_prefix.len() as i64;
-        self.pin_blob(&mut tx, blob_id, blob_size).await?;
-        let refused = |status| Ok(Outcome { result: result(key, status, 0, 0), added: None });
-        let Some(account) = lock_account(&mut tx, target.account_id).await? else {
-            return refused(DeliveryStatus::NoSuchAccount);
+        let call = || {
+            sqlx::query(
+                "SELECT o_status, o_mailbox_id, o_uid, o_modseq FROM mailfleet_deliver($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(key)
+            .bind(target.account_id)
+            .bind(mailbox_name)
+            .bind(blob_id)
+            .bind(&target.header_prefix)
+            .bind(date)
+            .bind(flags)
+            .fetch_one(&self.pool)
         };
-        // Same-key deliveries to one account serialise on the account lock:
-        // look again now that a concurrent one may have committed.
-        if let Some(done) = previous_delivery(&mut tx, key).await? {
-            return Ok(done);
+        let mut row = call().await;
+        if row.as_ref().is_ok_and(|r| r.get::<String, _>("o_status") == "unparsed") {
+            // A blob stored before metadata was recorded at arrival.
+            self.ensure_blob_metadata(blob_id).await?;
+            row = call().await;
         }
-        if account.disabled {
-            return refused(DeliveryStatus::AccountDisabled);
-        }
-        if account.check_quota(size).is_err() {
-            return refused(DeliveryStatus::OverQuota);
-        }
-        let Some(mailbox) = mailbox_by_name(&mut tx, target.account_id, mailbox_name, true).await? else {
-            return refused(DeliveryStatus::NoSuchMailbox);
-        };
-        let new = NewMessage { blob_id, header_prefix: &target.header_prefix, size, internal_date: date, flags };
-        let (uid, modseq) = insert_message(&mut tx, target.account_id, mailbox.id, &new).await?;
-        let recorded =
-            sqlx::query("INSERT INTO deliveries (delivery_key, account_id, mailbox_id, uid) VALUES ($1, $2, $3, $4)")
-                .bind(key)
-                .bind(target.account_id)
-                .bind(mailbox.id)
-                .bind(uid)
-                .execute(&mut *tx)
-                .await;
-        match recorded {
-            Ok(_) => {}
+        let row = match row {
+            Ok(row) => row,
             // A concurrent delivery with the same key committed first.
             Err(e) if is_unique_violation(&e) => {
-                drop(tx);
                 return previous_delivery(&mut *self.pool.acquire().await?, key)
                     .await?
                     .ok_or_else(|| StorageError::Internal("delivery key vanished".into()));
             }
+            Err(e) if out_of_uids(&e) => {
+                return Err(StorageError::FailedPrecondition("mailbox has run out of UIDs; recreate it".into()));
+            }
             Err(e) => return Err(e.into()),
-        }
-        tx.commit().await?;
-        Ok(Outcome {
-            result: result(key, DeliveryStatus::Delivered, mailbox.id, uid),
-            added: Some((mailbox.id, modseq)),
-        })
+        };
+        let (status, mailbox_id, uid, modseq): (String, Option<i64>, Option<i64>, Option<i64>) =
+            (row.get("o_status"), row.get("o_mailbox_id"), row.get("o_uid"), row.get("o_modseq"));
+        let (mailbox_id, uid) = (mailbox_id.unwrap_or(0), uid.unwrap_or(0));
+        let status = match status.as_str() {
+            "delivered" => {
+                return Ok(Outcome {
+                    result: result(key, DeliveryStatus::Delivered, mailbox_id, uid),
+                    added: Some((mailbox_id, modseq.unwrap_or(0))),
+                });
+            }
+            "duplicate" => DeliveryStatus::Duplicate,
+            "no_account" => DeliveryStatus::NoSuchAccount,
+            "disabled" => DeliveryStatus::AccountDisabled,
+            "over_quota" => DeliveryStatus::OverQuota,
+            "no_mailbox" => DeliveryStatus::NoSuchMailbox,
+            // Swept between the request's check and this target.
+            "no_blob" => return Err(StorageError::NotFound(format!("blob {blob_id} is gone"))),
+            other => return Err(StorageError::Internal(format!("mailfleet_deliver answered {other:?}"))),
+        };
+        let (mailbox_id, uid) = if status == DeliveryStatus::Duplicate { (mailbox_id, uid) } else { (0, 0) };
+        Ok(Outcome { result: result(key, status, mailbox_id, uid), added: None })
     }
+}
+
+/// The SQLSTATE `mailfleet_deliver` raises when a mailbox has no UID left.
+fn out_of_uids(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("MF001"))
 }
 
 async fn previous_delivery(conn: &mut PgConnection, key: &str) -> StorageResult<Option<Outcome>> {

@@ -110,21 +110,16 @@ pub(crate) async fn mailbox_by_name(
 /// The account row, locked: quota and usage counters change under it.
 #[derive(Debug, Clone)]
 pub(crate) struct AccountLock {
-    pub disabled: bool,
     pub quota_bytes: i64,
     pub used_bytes: i64,
 }
 
 pub(crate) async fn lock_account(conn: &mut PgConnection, account_id: i64) -> StorageResult<Option<AccountLock>> {
-    let row = sqlx::query("SELECT disabled, quota_bytes, used_bytes FROM accounts WHERE id = $1 FOR UPDATE")
+    let row = sqlx::query("SELECT quota_bytes, used_bytes FROM accounts WHERE id = $1 FOR UPDATE")
         .bind(account_id)
         .fetch_optional(conn)
         .await?;
-    Ok(row.map(|r| AccountLock {
-        disabled: r.get("disabled"),
-        quota_bytes: r.get("quota_bytes"),
-        used_bytes: r.get("used_bytes"),
-    }))
+    Ok(row.map(|r| AccountLock { quota_bytes: r.get("quota_bytes"), used_bytes: r.get("used_bytes") }))
 }
 
 impl AccountLock {
