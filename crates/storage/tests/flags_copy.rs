@@ -222,6 +222,7 @@ async fn move_expunges_sources_and_changes_report_vanished() {
         mailbox_id: inbox.id,
         since_modseq: since,
         include_vanished: vanished,
+        claim_recent: false,
     };
     let c = ctx.messages.changes(changes(since, true)).await.unwrap().into_inner();
     assert_eq!(c.changed.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![3]);

@@ -440,6 +440,7 @@ pub async fn fetch<S: MailStore>(
             mailbox_id: mailbox.id,
             since_modseq: changed_since,
             include_vanished: true,
+            claim_recent: false,
         };
         let gone: Vec<u32> =
             store.changes(req).await?.vanished.into_iter().filter(|u| in_set(&set, *u, mailbox)).collect();

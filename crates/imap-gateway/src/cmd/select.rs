@@ -152,6 +152,7 @@ pub async fn resync_report<S: MailStore + ?Sized>(
         mailbox_id: mailbox.id,
         since_modseq: since,
         include_vanished: true,
+        claim_recent: false,
     };
     let changes = store.changes(req).await?;
     let known = known.map(|set| {
@@ -241,6 +242,9 @@ pub async fn sync<S: MailStore + ?Sized>(
         mailbox_id: mailbox.id,
         since_modseq: mailbox.highest_modseq,
         include_vanished: true,
+        // RFC 3501 §2.3.2: the first session told of a new message sees it
+        // as \Recent; a read-write session claims it (EXAMINE does not).
+        claim_recent: !mailbox.read_only,
     };
     let changes = match store.changes(req).await {
         Ok(changes) => changes,
@@ -262,18 +266,10 @@ pub async fn sync<S: MailStore + ?Sized>(
     if !new.is_empty() {
         mailbox.uids.extend(new);
         out.push(Response::Data(Data::Exists(mailbox.exists())));
-        // RFC 3501 §2.3.2: the first session told of a new message sees it
-        // as \Recent; a read-write session claims it (EXAMINE does not).
-        if !mailbox.read_only {
-            match store.get_mailbox(account.id, &mailbox.name, true).await {
-                Ok(info) if !info.recent_uids.is_empty() => {
-                    mailbox.recent.extend(info.recent_uids);
-                    out.push(Response::Data(Data::Recent(mailbox.recent.len() as u32)));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "claiming \\Recent failed"),
-            }
-        }
+    }
+    if !changes.recent_uids.is_empty() {
+        mailbox.recent.extend(changes.recent_uids.iter().copied());
+        out.push(Response::Data(Data::Recent(mailbox.recent.len() as u32)));
     }
     for m in changes.changed.iter().filter(|m| m.uid <= last) {
         // Our own STORE (or \Seen by FETCH) was reported when it was made.

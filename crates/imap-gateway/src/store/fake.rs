@@ -511,7 +511,15 @@ impl MailStore for FakeStore {
                 vec![]
             };
             vanished.sort_unstable();
-            Ok(pb::ChangesResponse { changed, vanished, highest_modseq: mb.modseq })
+            // RFC 3501 §2.3.2: a read-write session claims \Recent.
+            let mut recent_uids = Vec::new();
+            if req.claim_recent {
+                for (uid, m) in mb.messages.iter_mut().filter(|(_, m)| m.recent) {
+                    recent_uids.push(*uid);
+                    m.recent = false;
+                }
+            }
+            Ok(pb::ChangesResponse { changed, vanished, highest_modseq: mb.modseq, recent_uids })
         })
     }
 
