@@ -48,7 +48,8 @@ async fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             storage::server::ensure_database(&config.database_url).await.context("creating database")?;
-            let pool = sqlx::PgPool::connect(&config.database_url).await.context("connecting to Postgres")?;
+            let options = storage::server::connect_options(&config.database_url).context("database_url")?;
+            let pool = sqlx::PgPool::connect_with(options).await.context("connecting to Postgres")?;
             storage::MIGRATOR.run(&pool).await.context("applying migrations")?;
             println!("migrations applied to {}", config.database_url);
         }
