@@ -106,8 +106,16 @@ impl Store {
     pub async fn resolve_recipient(&self, input: &str) -> StorageResult<pb::ResolveRecipientResponse> {
         let address = EmailAddress::parse(input)?;
         let canonical = address.without_subaddress();
-        let domain = sqlx::query("SELECT id, catch_all_account_id FROM domains WHERE name = $1")
+        // The domain and an account with exactly this address in one
+        // statement: the common case, one round trip.
+        let sql = format!(
+            "SELECT d.id AS domain_id, d.catch_all_account_id, a.* FROM domains d
+             LEFT JOIN LATERAL (SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE address = $2) a ON true
+             WHERE d.name = $1"
+        );
+        let domain = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(address.domain())
+            .bind(address.to_string())
             .fetch_optional(&self.pool)
             .await?;
         let Some(domain) = domain else {
@@ -117,21 +125,18 @@ impl Store {
                 canonical: canonical.to_string(),
             });
         };
-        let domain_id: i64 = domain.get("id");
+        let domain_id: i64 = domain.get("domain_id");
         let catch_all: Option<i64> = domain.get("catch_all_account_id");
+        let exact = domain.get::<Option<i64>, _>("id").is_some().then(|| account_from_row(&domain));
 
         // The full address first (a local part may really contain '+'),
         // then the address without its sub-address.
-        let mut candidates = vec![address.to_string()];
-        if canonical != address {
-            candidates.push(canonical.to_string());
-        }
-        let mut accounts = Vec::new();
-        for candidate in &candidates {
-            accounts = self.accounts_for_address(candidate).await?;
-            if !accounts.is_empty() {
-                break;
-            }
+        let mut accounts = match exact {
+            Some(account) => vec![account],
+            None => self.aliased_accounts(&address.to_string()).await?,
+        };
+        if accounts.is_empty() && canonical != address {
+            accounts = self.accounts_for_address(&canonical.to_string()).await?;
         }
         if accounts.is_empty() && canonical.is_postmaster() {
             // RFC 5321 §4.5.1: postmaster must always be deliverable. Without
@@ -168,6 +173,11 @@ impl Store {
         if let Some(account) = self.account_by_address(address).await? {
             return Ok(vec![account]);
         }
+        self.aliased_accounts(address).await
+    }
+
+    /// The accounts an alias with this address leads to.
+    async fn aliased_accounts(&self, address: &str) -> StorageResult<Vec<pb::Account>> {
         let rows = sqlx::query(
             "SELECT a.id, a.address, a.disabled, a.quota_bytes, a.used_bytes,
                     a.apop_secret IS NOT NULL AS has_apop, a.message_count
