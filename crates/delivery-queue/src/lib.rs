@@ -260,7 +260,9 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
                 return;
             }
         };
-        match worker.attempt(&job, &mut state).await {
+        // A first attempt may use the resolution made at receipt.
+        let first = !state::resumed(&msg, attempts);
+        match worker.attempt(&job, &mut state, first).await {
             Outcome::Done => {
                 if let Some(at) = &job.received_at {
                     let received = UNIX_EPOCH

@@ -72,7 +72,10 @@ impl Worker {
         }
     }
 
-    pub async fn attempt(&self, job: &qpb::DeliveryJob, state: &mut JobState) -> Outcome {
+    /// One attempt. On the `first` attempt, recipients that smtp-ingress
+    /// resolved when it accepted them are not looked up again; retries
+    /// resolve every address afresh (the directory may have changed).
+    pub async fn attempt(&self, job: &qpb::DeliveryJob, state: &mut JobState, first: bool) -> Outcome {
         let mut temporary: Vec<String> = Vec::new();
         let mut targets: Vec<pb::DeliveryTarget> = Vec::new();
         let mut target_rcpt: Vec<String> = Vec::new();
@@ -82,10 +85,8 @@ impl Worker {
         // Recipients left for a later attempt (for the outcome metric).
         let mut deferred = 0usize;
         for rcpt in &job.recipients {
-            let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: rcpt.address.clone() });
-            mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
-            let resolved = match self.directory.clone().resolve_recipient(req).await {
-                Ok(r) => r.into_inner(),
+            let resolved = match self.resolve(rcpt, first).await {
+                Ok(r) => r,
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
                     fail(state, &mut failures, &rcpt.address, "5.1.3", "malformed address");
                     continue;
@@ -200,6 +201,22 @@ impl Worker {
 
         self.metrics.outcome(DeliveryOutcome::Deferred, deferred);
         if temporary.is_empty() { Outcome::Done } else { Outcome::Retry(temporary.join("; ")) }
+    }
+
+    /// Where a recipient's address leads: as resolved at receipt (first
+    /// attempt), or asked from the directory.
+    async fn resolve(&self, rcpt: &qpb::Recipient, first: bool) -> Result<pb::ResolveRecipientResponse, tonic::Status> {
+        if first && !rcpt.accounts.is_empty() {
+            let accounts = rcpt
+                .accounts
+                .iter()
+                .map(|a| pb::Account { id: a.id, address: a.address.clone(), ..Default::default() })
+                .collect();
+            return Ok(pb::ResolveRecipientResponse { kind: Kind::Local as i32, accounts, canonical: String::new() });
+        }
+        let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: rcpt.address.clone() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        Ok(self.directory.clone().resolve_recipient(req).await?.into_inner())
     }
 
     /// Remote recipients go to the relay stream (consumed by the relay of

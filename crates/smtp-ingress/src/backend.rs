@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::{IngressConfig, QueueNames};
 use crate::inbound::InboundVerifier;
-use crate::session::{AuthUser, Backend, BackendError, Envelope, InboundVerdict, Resolution};
+use crate::session::{AuthUser, Backend, BackendError, Envelope, InboundVerdict, LocalAccount, Resolution};
 
 /// Chunk size of the PutBlob stream.
 const CHUNK: usize = 256 * 1024;
@@ -141,7 +141,9 @@ impl Backend for GrpcBackend {
         let resp = self.directory.clone().resolve_recipient(req).await.map_err(unavailable)?.into_inner();
         use pb::resolve_recipient_response::Kind;
         Ok(match resp.kind() {
-            Kind::Local => Resolution::Local,
+            Kind::Local => Resolution::Local(
+                resp.accounts.into_iter().map(|a| LocalAccount { id: a.id, address: a.address }).collect(),
+            ),
             Kind::NotLocal => Resolution::NotLocal,
             Kind::UnknownUser | Kind::Unspecified => Resolution::UnknownUser,
         })
@@ -170,7 +172,16 @@ impl Backend for GrpcBackend {
             recipients: envelope
                 .recipients
                 .into_iter()
-                .map(|r| qpb::Recipient { address: r.address, notify: r.notify, orcpt: r.orcpt })
+                .map(|r| qpb::Recipient {
+                    address: r.address,
+                    notify: r.notify,
+                    orcpt: r.orcpt,
+                    accounts: r
+                        .accounts
+                        .into_iter()
+                        .map(|a| qpb::LocalAccount { id: a.id, address: a.address })
+                        .collect(),
+                })
                 .collect(),
             ret: envelope.ret,
             envid: envelope.envid,

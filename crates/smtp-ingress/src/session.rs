@@ -41,7 +41,8 @@ pub struct AuthUser {
 /// Where a recipient goes, per storage's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    Local,
+    /// The accounts the address leads to (aliases expanded).
+    Local(Vec<LocalAccount>),
     UnknownUser,
     NotLocal,
 }
@@ -63,6 +64,15 @@ pub struct ForwardPath {
     /// RFC 3461 NOTIFY bit set as in `queue.proto`: NEVER=1, SUCCESS=2, FAILURE=4, DELAY=8.
     pub notify: u32,
     pub orcpt: String,
+    /// Where the address led at RCPT time; empty when it is not local.
+    pub accounts: Vec<LocalAccount>,
+}
+
+/// A local account a recipient address resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAccount {
+    pub id: i64,
+    pub address: String,
 }
 
 /// Everything about one accepted message, handed to the backend at the end
@@ -481,8 +491,12 @@ impl<B: Backend> Session<B> {
             Err(BackendError::Rejected(_)) => Resolution::UnknownUser,
             Err(BackendError::Unavailable(_)) => return Step::reply(Reply::unavailable()),
         };
+        let mut accounts = Vec::new();
         let accepted = match resolution {
-            Resolution::Local => true,
+            Resolution::Local(found) => {
+                accounts = found;
+                true
+            }
             // RFC 5321 §4.5.1: postmaster of every served domain is accepted.
             Resolution::UnknownUser if address.is_postmaster() => true,
             Resolution::UnknownUser => {
@@ -506,7 +520,7 @@ impl<B: Backend> Session<B> {
         if to.flags & RCPT_NOTIFY_DELAY != 0 {
             notify |= 8;
         }
-        txn.recipients.push(ForwardPath { address: to.address, notify, orcpt: to.orcpt.unwrap_or_default() });
+        txn.recipients.push(ForwardPath { address: to.address, notify, orcpt: to.orcpt.unwrap_or_default(), accounts });
         Step::reply(Reply::ok())
     }
 
@@ -775,7 +789,9 @@ mod tests {
             }
             let (_, domain) = address.rsplit_once('@').unwrap_or(("", ""));
             Ok(match (address.to_ascii_lowercase().as_str(), domain) {
-                ("alice@example.org" | "bob@example.org", _) => Resolution::Local,
+                ("alice@example.org" | "bob@example.org", _) => {
+                    Resolution::Local(vec![LocalAccount { id: 1, address: address.to_ascii_lowercase() }])
+                }
                 (_, "example.org") => Resolution::UnknownUser,
                 _ => Resolution::NotLocal,
             })

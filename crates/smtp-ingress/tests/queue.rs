@@ -198,3 +198,30 @@ async fn a_permanent_local_failure_is_bounced_to_the_sender_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(mail.inbox_count(&mail.alice).await, 1);
 }
+
+/// Aliases are expanded when the message is accepted (as Postfix's cleanup
+/// does): the job carries the accounts, and a first delivery attempt goes
+/// where the alias led at receipt even if it changed while the job waited.
+#[tokio::test]
+async fn aliases_are_expanded_at_receipt() {
+    let mut mail = Mail::start().await;
+    let mut admin = mail.env.admin().await;
+    let alias = |targets: &[&str]| pb::AddAliasRequest {
+        address: "desk@example.org".into(),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+    };
+    admin.add_alias(alias(&["alice@example.org"])).await.expect("alias");
+    mail.stop_queue().await;
+    send(&mail, "x@remote.test", &["desk@example.org"], "for the desk").await;
+    admin.delete_alias(pb::DeleteAliasRequest { address: "desk@example.org".into() }).await.expect("delete alias");
+    admin.add_alias(alias(&["bob@example.org"])).await.expect("alias again");
+    mail.start_queue().await;
+    mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    let stream = mail.queue_config().stream;
+    let deadline = Instant::now() + WAIT;
+    while mail.stream_len(&stream).await > 0 {
+        assert!(Instant::now() < deadline, "job not consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(mail.inbox(&mail.bob).await.is_empty(), "the alias as it was at receipt counts");
+}

@@ -870,6 +870,7 @@ impl DsnSender {
                 address: job.mail_from.clone(),
                 notify: dsn::NOTIFY_NEVER,
                 orcpt: String::new(),
+                accounts: Vec::new(),
             }],
             ret: String::new(),
             envid: String::new(),

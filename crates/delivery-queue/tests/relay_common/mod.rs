@@ -532,7 +532,7 @@ where
 }
 
 pub fn rcpt(address: &str) -> qpb::Recipient {
-    qpb::Recipient { address: address.into(), notify: 0, orcpt: String::new() }
+    qpb::Recipient { address: address.into(), notify: 0, orcpt: String::new(), accounts: Vec::new() }
 }
 
 /// A resolver sending `domain` to the scripted MX at `addr` through an MX record.
