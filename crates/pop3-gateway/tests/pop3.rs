@@ -190,7 +190,8 @@ async fn read_leave_delete_and_quit() {
     assert!(!flags(&env, acct.id, a1.mailbox_id, a1.uid).await.contains(&"\\Seen".to_string()));
     assert_eq!(c.cmd("RETR 1").await, format!("+OK {} octets\r\n", m1.len()));
     assert_eq!(c.body().await, m1);
-    assert!(flags(&env, acct.id, a1.mailbox_id, a1.uid).await.contains(&"\\Seen".to_string()));
+    assert_eq!(c.cmd("RETR 2").await, format!("+OK {} octets\r\n", m2.len()));
+    assert_eq!(c.body().await, m2);
 
     assert_eq!(c.cmd("DELE 1").await, "+OK message 1 deleted\r\n");
     assert_eq!(c.cmd("RETR 1").await, "-ERR message 1 already deleted\r\n");
@@ -198,6 +199,8 @@ async fn read_leave_delete_and_quit() {
     assert_eq!(inbox_uids(&env, acct.id, a1.mailbox_id).await, vec![a1.uid, a2.uid], "nothing removed before QUIT");
     assert_eq!(c.cmd("QUIT").await, "+OK Mailfleet POP3 server signing off (1 messages left)\r\n");
     assert!(c.eof().await);
+    // What RETR retrieved is \Seen for IMAP clients once the session ended.
+    assert!(flags(&env, acct.id, a2.mailbox_id, a2.uid).await.contains(&"\\Seen".to_string()));
     // Gone in IMAP's view too.
     assert_eq!(inbox_uids(&env, acct.id, a1.mailbox_id).await, vec![a2.uid]);
 

@@ -211,6 +211,7 @@ impl Session {
                 uid_validity: snapshot.uid_validity,
                 messages: snapshot.messages,
                 marked: BTreeSet::new(),
+                retrieved: BTreeSet::new(),
             },
             lease,
         };

@@ -89,6 +89,8 @@ pub struct Maildrop {
     pub uid_validity: u32,
     pub messages: Vec<MessageInfo>,
     pub marked: BTreeSet<MsgNum>,
+    /// UIDs retrieved with RETR that were not `\Seen`: flagged at QUIT.
+    pub retrieved: BTreeSet<u32>,
 }
 
 #[derive(Debug)]

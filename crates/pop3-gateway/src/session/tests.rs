@@ -145,15 +145,16 @@ async fn full_session_with_every_transaction_command() {
         ",
     )
     .await;
-    // RETR marks \Seen in the IMAP view; TOP does not.
-    assert_eq!(store.seen(), vec![10]);
     // TOP n 0 fetched the header octets only.
     assert_eq!(*store.fetch_lengths.lock().unwrap(), vec![None, Some(29), None]);
-    // Nothing is removed before QUIT.
+    // Nothing is removed, and no flag set, before QUIT.
     assert_eq!(store.uids(), vec![10, 20, 30]);
+    assert!(store.seen().is_empty());
     let flow = transcript(&mut s, &store, "C: QUIT\nS: +OK Mailfleet POP3 server signing off (2 messages left)").await;
     assert_eq!(flow, Flow::Close);
     assert_eq!(store.uids(), vec![10, 30]);
+    // RETR marks \Seen in the IMAP view at QUIT; TOP does not.
+    assert_eq!(store.seen(), vec![10]);
     assert!(store.locks.lock().unwrap().is_empty(), "QUIT releases the maildrop");
 }
 

@@ -128,8 +128,10 @@ impl Session {
     }
 
     /// RFC 1939 §5 RETR. The message streams from storage to the client,
-    /// stuffed on the fly. Afterwards the message is `\Seen` in the IMAP
-    /// view (Dovecot's default; TOP leaves it unseen).
+    /// stuffed on the fly. The message becomes `\Seen` in the IMAP view
+    /// when the session ends with QUIT (as Dovecot does; TOP leaves it
+    /// unseen): one flag update for the session instead of a committed
+    /// write per message retrieved.
     pub(super) async fn retr<S: MailStore, W: AsyncWrite + Unpin + Send>(
         &mut self,
         n: MsgNum,
@@ -144,14 +146,9 @@ impl Session {
         let which = Which { account_id: account.id, mailbox_id: drop.mailbox_id, uid, length: None };
         let flow = send_message(store, which, &format!("{size} octets"), Stuffer::retr(), out).await?;
         if flow == Flow::Continue && !seen {
-            match store.mark_seen(account.id, drop.mailbox_id, uid).await {
-                Ok(()) => {
-                    if let Some(m) = drop.messages.get_mut(n.index()) {
-                        m.seen = true;
-                    }
-                }
-                // The client has its message; a missing flag is not worth an error.
-                Err(e) => tracing::warn!(error = %e, uid, "setting \\Seen after RETR failed"),
+            drop.retrieved.insert(uid);
+            if let Some(m) = drop.messages.get_mut(n.index()) {
+                m.seen = true;
             }
         }
         Ok(flow)

@@ -1,7 +1,8 @@
-//! UPDATE state (RFC 1939 §6): QUIT in TRANSACTION removes the messages
-//! marked by DELE, releases the maildrop and ends the session. `+OK` is
-//! sent only once storage committed the expunge; if it fails nothing is
-//! removed and the client is told to try again later.
+//! UPDATE state (RFC 1939 §6): QUIT in TRANSACTION flags what RETR
+//! retrieved as `\Seen`, removes the messages marked by DELE, releases the
+//! maildrop and ends the session. `+OK` is sent only once storage committed
+//! the expunge; if it fails nothing is removed and the client is told to
+//! try again later.
 
 use std::io;
 
@@ -21,6 +22,14 @@ impl Session {
             return Ok(Flow::Close);
         };
         let uids: Vec<u32> = drop.marked.iter().filter_map(|n| drop.messages.get(n.index())).map(|m| m.uid).collect();
+        let seen: Vec<u32> = drop.retrieved.iter().copied().filter(|u| !uids.contains(u)).collect();
+        if !seen.is_empty()
+            && !lease.is_lost()
+            && let Err(e) = store.mark_seen(account.id, drop.mailbox_id, &seen).await
+        {
+            // The client has its messages; a missing flag is not worth an error.
+            tracing::warn!(error = %e, "setting \\Seen at QUIT failed");
+        }
         let reply = if uids.is_empty() {
             None
         } else if lease.is_lost() {

@@ -150,9 +150,9 @@ impl MailStore for FakeStore {
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
-    async fn mark_seen(&self, _a: i64, _m: i64, uid: u32) -> Result<(), StoreError> {
+    async fn mark_seen(&self, _a: i64, _m: i64, uids: &[u32]) -> Result<(), StoreError> {
         self.check()?;
-        for m in self.messages.lock().unwrap().iter_mut().filter(|m| m.uid == uid) {
+        for m in self.messages.lock().unwrap().iter_mut().filter(|m| uids.contains(&m.uid)) {
             m.seen = true;
         }
         Ok(())

@@ -170,12 +170,12 @@ impl MailStore for GrpcStore {
         Ok(Box::pin(stream.map(|chunk| chunk.map(|c| bytes::Bytes::from(c.data)).map_err(map_status))))
     }
 
-    async fn mark_seen(&self, account_id: i64, mailbox_id: i64, uid: u32) -> Result<(), StoreError> {
+    async fn mark_seen(&self, account_id: i64, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {
         MessagesClient::new(self.channel.clone())
             .store_flags(req(pb::StoreFlagsRequest {
                 account_id,
                 mailbox_id,
-                uids: vec![uid_range(uid, uid)],
+                uids: uids.iter().map(|u| uid_range(*u, *u)).collect(),
                 operation: pb::store_flags_request::Operation::Add as i32,
                 flags: vec!["\\Seen".into()],
                 unchanged_since: None,

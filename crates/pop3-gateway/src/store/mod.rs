@@ -94,12 +94,12 @@ pub trait MailStore: Send + Sync + 'static {
         uid: u32,
         length: Option<u64>,
     ) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
-    /// Add `\Seen` (what RETR does to the IMAP view).
+    /// Add `\Seen` to these messages (what RETR does to the IMAP view).
     fn mark_seen(
         &self,
         account_id: i64,
         mailbox_id: i64,
-        uid: u32,
+        uids: &[u32],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Remove these messages for good (the UPDATE state).
     fn expunge(
