@@ -372,6 +372,15 @@ async fn connection<S: MailStore>(
                     }
                     written
                 };
+                // Quiet: no change announced since the previous command (a
+                // change announced from now on counts for the next one).
+                let quiet = shared.events.live()
+                    && events.as_mut().is_some_and(|rx| {
+                        let changed = rx.has_changed().unwrap_or(true);
+                        rx.borrow_and_update();
+                        !changed
+                    });
+                session.set_quiet(quiet);
                 let (reply, written) = tokio::join!(session.handle_streaming(cmd, Some(tx)).instrument(span), drain);
                 written?;
                 shared.metrics.command(name, started.elapsed());

@@ -61,6 +61,11 @@ impl EventHub {
         EventHub { client, prefix: prefix.to_string(), feeds: Mutex::new(HashMap::new()) }
     }
 
+    /// NATS is connected now, so every change is being announced.
+    pub fn live(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
     /// A hub without NATS (tests with the in-memory store).
     pub fn disconnected() -> EventHub {
         EventHub { client: None, prefix: String::new(), feeds: Mutex::new(HashMap::new()) }

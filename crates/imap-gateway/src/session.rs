@@ -287,7 +287,16 @@ pub struct Session<S: MailStore> {
     pub(crate) utf8: bool,
     /// IMAP4rev2 enabled (RFC 9051 §6.3.1): no \Recent, ESEARCH answers.
     pub(crate) rev2: bool,
+    /// Storage announced no change of this account since the last sync
+    /// (set by the driver from the NATS feed before each command).
+    pub(crate) quiet: bool,
+    /// When the open mailbox was last brought up to date.
+    pub(crate) last_sync: std::time::Instant,
 }
+
+/// A read-only command may skip the after-command sync while storage
+/// announced nothing; this long at most, in case an event was lost.
+const QUIET_SYNC_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<S: MailStore> Session<S> {
     pub fn new(store: Arc<S>, ctx: Context) -> Session<S> {
@@ -302,7 +311,15 @@ impl<S: MailStore> Session<S> {
             compressed: false,
             utf8: false,
             rev2: false,
+            quiet: false,
+            last_sync: std::time::Instant::now(),
         }
+    }
+
+    /// Whether a change may have happened since the last command: with a
+    /// live NATS feed, `quiet` says storage announced none.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     pub fn state(&self) -> &State {
@@ -423,6 +440,22 @@ impl<S: MailStore> Session<S> {
         let expunge_ok =
             !matches!(body, CommandBody::Fetch { .. } | CommandBody::Store { .. } | CommandBody::Search { .. });
         let just_selected = matches!(body, CommandBody::Select { .. } | CommandBody::Examine { .. });
+        // Commands that change nothing need no sync while storage announced
+        // no change (every change is announced on NATS); NOOP and CHECK
+        // are the client's explicit polls and always look (RFC 3501 §6.1.2).
+        let looks_only = matches!(
+            body,
+            CommandBody::Fetch { .. }
+                | CommandBody::Search { .. }
+                | CommandBody::Status { .. }
+                | CommandBody::List { .. }
+                | CommandBody::Lsub { .. }
+                | CommandBody::Capability
+                | CommandBody::Namespace
+                | CommandBody::GetQuota { .. }
+                | CommandBody::GetQuotaRoot { .. }
+        );
+        let skip_sync = looks_only && self.quiet && self.last_sync.elapsed() < QUIET_SYNC_AT_LEAST_EVERY;
         let result = match body {
             CommandBody::Capability => cmd::any::capability(self, &mut out),
             CommandBody::Noop | CommandBody::Check => cmd::any::noop(self),
@@ -498,9 +531,11 @@ impl<S: MailStore> Session<S> {
         };
         if let State::Selected { account, mailbox } = &mut self.state
             && !just_selected
+            && !skip_sync
         {
             let ext = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
             cmd::select::sync(&*self.store, account, mailbox, expunge_ok, ext, &mut out).await;
+            self.last_sync = std::time::Instant::now();
             if self.rev2 {
                 forget_recent(mailbox, &mut out);
             }
@@ -532,6 +567,7 @@ impl<S: MailStore> Session<S> {
         if ext && let State::Selected { account, mailbox } = &mut self.state {
             let flags = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
             cmd::select::sync(&*self.store, account, mailbox, false, flags, &mut out).await;
+            self.last_sync = std::time::Instant::now();
             if self.rev2 {
                 forget_recent(mailbox, &mut out);
             }
@@ -572,6 +608,7 @@ impl<S: MailStore> Session<S> {
         if let State::Selected { account, mailbox } = &mut self.state {
             let ext = cmd::select::Ext { condstore: self.condstore, qresync: self.qresync };
             cmd::select::sync(&*self.store, account, mailbox, true, ext, &mut out).await;
+            self.last_sync = std::time::Instant::now();
             if self.rev2 {
                 forget_recent(mailbox, &mut out);
             }

@@ -132,6 +132,20 @@ async fn two_gateways_see_each_others_changes() {
     // RFC 2180 §4.1.2: the message expunged elsewhere is simply not returned.
     assert_lines(&f, &["* 1 FETCH (UID 1)", "a3 OK FETCH completed"]);
     assert_lines(&a.cmd("a4", "NOOP").await, &["* 2 EXPUNGE", "a4 OK NOOP completed"]);
+
+    // Without a NOOP: a FETCH hears of a flag changed elsewhere once
+    // storage's event for the change reached A's gateway.
+    assert_lines(&b.cmd("b6", "STORE 1 +FLAGS.SILENT (\\Flagged)").await, &["b6 OK STORE completed"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let f = a.cmd("a5", "FETCH 1 (UID)").await;
+        if f.iter().any(|l| l.contains("\\Flagged")) {
+            assert!(f.contains(&"* 1 FETCH (FLAGS (\\Answered \\Flagged \\Recent))".to_string()), "{f:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the change never reached A: {f:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
