@@ -212,6 +212,7 @@ impl Session {
                 messages: snapshot.messages,
                 marked: BTreeSet::new(),
                 retrieved: BTreeSet::new(),
+                ahead: Default::default(),
             },
             lease,
         };

@@ -91,6 +91,23 @@ pub struct Maildrop {
     pub marked: BTreeSet<MsgNum>,
     /// UIDs retrieved with RETR that were not `\Seen`: flagged at QUIT.
     pub retrieved: BTreeSet<u32>,
+    /// Messages read ahead of sequential RETRs.
+    pub ahead: ReadAhead,
+}
+
+/// Clients mostly RETR every message in order (fetchmail, Outlook, phone
+/// apps downloading a maildrop). After a RETR that follows the previous one
+/// the next messages are asked from storage in one call, the batch doubling
+/// up to `READ_AHEAD_MESSAGES` (like a file system's read-ahead), and held
+/// here until retrieved: a round trip to storage per batch, not per message.
+#[derive(Debug, Default)]
+pub struct ReadAhead {
+    /// Message index → octets.
+    pub held: std::collections::BTreeMap<usize, bytes::Bytes>,
+    /// Messages the next batch asks for (0: none yet, no sequence seen).
+    pub window: usize,
+    /// The index of the last RETR.
+    pub last: Option<usize>,
 }
 
 #[derive(Debug)]

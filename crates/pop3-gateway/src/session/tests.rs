@@ -674,3 +674,32 @@ mod fuzz {
         }
     }
 }
+
+/// RETR in order (as fetchmail or a phone app downloads a maildrop): after
+/// the second, the next messages come from storage in one call per batch,
+/// the batch doubling; a deleted message is skipped; out-of-order RETR is
+/// streamed by itself. What the client receives is the same either way.
+#[tokio::test]
+async fn sequential_retr_reads_ahead_in_growing_batches() {
+    let store = FakeStore::alice(9);
+    let mut s = logged_in(&store).await;
+    let retr = |i: u32| {
+        format!(
+            "C: RETR {i}\nS: +OK 56 octets\nS: Subject: msg {i}\nS: From: a@b\nS:\nS: line 1\nS: ..dot line\nS: line 3\nS: ."
+        )
+    };
+    transcript(&mut s, &store, &format!("C: DELE 6\nS: +OK message 6 deleted\n{}", retr(1))).await;
+    assert!(store.fetch_many_calls.lock().unwrap().is_empty(), "one RETR reads nothing ahead");
+    for i in [2, 3, 4, 5, 7, 8, 9] {
+        transcript(&mut s, &store, &retr(i)).await;
+    }
+    // Batches of 2 (RETR 2), then 4 (RETR 4, skipping the deleted 6), then
+    // up to 8 (RETR 9: the last message).
+    assert_eq!(*store.fetch_many_calls.lock().unwrap(), vec![vec![20, 30], vec![40, 50, 70, 80], vec![90]]);
+    // Only RETR 1 went through the streaming fetch.
+    assert_eq!(*store.fetch_lengths.lock().unwrap(), vec![None]);
+    // Out of order: streamed alone, and the sequence starts over.
+    transcript(&mut s, &store, &retr(3)).await;
+    assert_eq!(*store.fetch_lengths.lock().unwrap(), vec![None, None]);
+    assert_eq!(store.fetch_many_calls.lock().unwrap().len(), 3);
+}

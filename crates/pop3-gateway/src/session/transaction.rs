@@ -51,6 +51,68 @@ impl Maildrop {
     }
 }
 
+/// Messages read ahead in one storage call, and the octets held at most.
+const READ_AHEAD_MESSAGES: usize = 32;
+const READ_AHEAD_OCTETS: u64 = 2 * 1024 * 1024;
+/// Larger messages are streamed as they are sent, never held.
+const READ_AHEAD_LARGEST: u64 = 256 * 1024;
+
+impl Maildrop {
+    /// The octets of message `n` if read-ahead has (or now gets) them;
+    /// `None` when `n` is to be streamed. A RETR right after the previous
+    /// one reads the following messages too; a storage failure here only
+    /// means the message is streamed the ordinary way.
+    async fn read_ahead<S: MailStore>(&mut self, n: MsgNum, account_id: i64, store: &S) -> Option<Bytes> {
+        let index = n.index();
+        let sequential = self.ahead.last.is_some_and(|last| last + 1 == index);
+        self.ahead.last = Some(index);
+        if let Some(data) = self.ahead.held.remove(&index) {
+            return Some(data);
+        }
+        // Out of order: what was read ahead is not what the client wants.
+        self.ahead.held.clear();
+        if !sequential {
+            self.ahead.window = 0;
+            return None;
+        }
+        self.ahead.window = (self.ahead.window * 2).clamp(2, READ_AHEAD_MESSAGES);
+        let (mut batch, mut octets) = (Vec::new(), 0u64);
+        for (i, m) in self.messages.iter().enumerate().skip(index) {
+            let deleted = MsgNum::new(i as u32 + 1).is_some_and(|k| self.marked.contains(&k));
+            if deleted {
+                continue;
+            }
+            if m.size > READ_AHEAD_LARGEST || octets + m.size > READ_AHEAD_OCTETS || batch.len() >= self.ahead.window {
+                break;
+            }
+            octets += m.size;
+            batch.push((i, m.uid));
+        }
+        if batch.first().is_none_or(|(i, _)| *i != index) {
+            return None;
+        }
+        let uids: Vec<u32> = batch.iter().map(|(_, uid)| *uid).collect();
+        let fetched = match store.fetch_many(account_id, self.mailbox_id, &uids).await {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                tracing::debug!(error = %e, "read-ahead failed; streaming instead");
+                return None;
+            }
+        };
+        let mut first = None;
+        for ((i, _), data) in batch.into_iter().zip(fetched) {
+            match data {
+                Some(data) if i == index => first = Some(data),
+                Some(data) => {
+                    self.ahead.held.insert(i, data);
+                }
+                None => {}
+            }
+        }
+        first
+    }
+}
+
 impl Session {
     fn drop_mut(&mut self) -> Option<&mut Maildrop> {
         match &mut self.state {
@@ -112,6 +174,7 @@ impl Session {
         let reply = match drop.get(n) {
             Ok(_) => {
                 drop.marked.insert(n);
+                drop.ahead.held.remove(&n.index());
                 codec::ok(&format!("message {n} deleted"))
             }
             Err(e) => e,
@@ -143,8 +206,17 @@ impl Session {
             Ok(m) => (m.uid, m.size, m.seen),
             Err(e) => return write_flow(out, e).await,
         };
-        let which = Which { account_id: account.id, mailbox_id: drop.mailbox_id, uid, length: None };
-        let flow = send_message(store, which, &format!("{size} octets"), Stuffer::retr(), out).await?;
+        let status = format!("{size} octets");
+        let flow = match drop.read_ahead(n, account.id, store).await {
+            Some(data) => {
+                let stream: ByteStream = Box::pin(futures::stream::once(async move { Ok(data) }));
+                send_stream(Ok(stream), uid, &status, Stuffer::retr(), out).await?
+            }
+            None => {
+                let which = Which { account_id: account.id, mailbox_id: drop.mailbox_id, uid, length: None };
+                send_message(store, which, &status, Stuffer::retr(), out).await?
+            }
+        };
         if flow == Flow::Continue && !seen {
             drop.retrieved.insert(uid);
             if let Some(m) = drop.messages.get_mut(n.index()) {
@@ -201,10 +273,22 @@ async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
     store: &S,
     which: Which,
     status: &str,
+    stuffer: Stuffer,
+    out: &mut W,
+) -> io::Result<Flow> {
+    let stream = store.fetch(which.account_id, which.mailbox_id, which.uid, which.length).await;
+    send_stream(stream, which.uid, status, stuffer, out).await
+}
+
+/// The multi-line response of `send_message`, from a stream already asked for.
+async fn send_stream<W: AsyncWrite + Unpin + Send>(
+    stream: Result<ByteStream, StoreError>,
+    uid: u32,
+    status: &str,
     mut stuffer: Stuffer,
     out: &mut W,
 ) -> io::Result<Flow> {
-    let mut stream = match store.fetch(which.account_id, which.mailbox_id, which.uid, which.length).await {
+    let mut stream = match stream {
         Ok(s) => s,
         Err(e) => return write_flow(out, store_error(&e)).await,
     };
@@ -223,7 +307,7 @@ async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
                 out.write_all(&buf).await?;
             }
             Err(e) => {
-                tracing::warn!(error = %e, uid = which.uid, "message stream broke off; closing the connection");
+                tracing::warn!(error = %e, uid, "message stream broke off; closing the connection");
                 return Ok(Flow::Close);
             }
         }

@@ -31,6 +31,8 @@ pub struct FakeStore {
     pub stall_fetch: AtomicBool,
     /// The `length` of every fetch, in order.
     pub fetch_lengths: Mutex<Vec<Option<u64>>>,
+    /// The UIDs of every read-ahead call, in order.
+    pub fetch_many_calls: Mutex<Vec<Vec<u32>>>,
 }
 
 pub const UID_VALIDITY: u32 = 1700;
@@ -148,6 +150,16 @@ impl MailStore for FakeStore {
             return Ok(Box::pin(futures::stream::iter(first).chain(futures::stream::pending())));
         }
         Ok(Box::pin(futures::stream::iter(chunks)))
+    }
+
+    async fn fetch_many(&self, _a: i64, _m: i64, uids: &[u32]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.check()?;
+        self.fetch_many_calls.lock().unwrap().push(uids.to_vec());
+        let msgs = self.messages.lock().unwrap();
+        Ok(uids
+            .iter()
+            .map(|uid| msgs.iter().find(|m| m.uid == *uid).map(|m| Bytes::copy_from_slice(&m.data)))
+            .collect())
     }
 
     async fn mark_seen(&self, _a: i64, _m: i64, uids: &[u32]) -> Result<(), StoreError> {

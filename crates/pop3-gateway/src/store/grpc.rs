@@ -9,8 +9,10 @@ use pb::directory_client::DirectoryClient;
 use pb::locks_client::LocksClient;
 use pb::mailboxes_client::MailboxesClient;
 use pb::messages_client::MessagesClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
+
+use bytes::Bytes;
 
 use super::{Account, ByteStream, MailStore, MessageInfo, Snapshot, StoreError};
 
@@ -26,10 +28,7 @@ impl GrpcStore {
     /// Connects lazily, so the gateway starts (and answers `-ERR [SYS/TEMP]`)
     /// while storage is still down.
     pub fn new(url: &str) -> Result<GrpcStore, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = mailfleet_runtime::grpc::storage_channel(url, None)?;
         Ok(GrpcStore { channel })
     }
 }
@@ -168,6 +167,41 @@ impl MailStore for GrpcStore {
             .map_err(map_status)?
             .into_inner();
         Ok(Box::pin(stream.map(|chunk| chunk.map(|c| bytes::Bytes::from(c.data)).map_err(map_status))))
+    }
+
+    async fn fetch_many(
+        &self,
+        account_id: i64,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let ranges = uids.iter().map(|uid| pb::ByteRange { uid: *uid, offset: 0, length: None }).collect();
+        let mut stream = MessagesClient::new(self.channel.clone())
+            .fetch_ranges(req(pb::FetchRangesRequest { account_id, mailbox_id, ranges }))
+            .await
+            .map_err(map_status)?
+            .into_inner();
+        // Ranges come in request order, each in one or more chunks.
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(uids.len());
+        let mut current = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(map_status)?;
+            if chunk.index as usize != out.len() {
+                return Err(StoreError::Unavailable(format!("range {} answered out of order", chunk.index)));
+            }
+            if chunk.missing {
+                out.push(None);
+                continue;
+            }
+            current.extend_from_slice(&chunk.data);
+            if chunk.last {
+                out.push(Some(Bytes::from(std::mem::take(&mut current))));
+            }
+        }
+        if out.len() != uids.len() {
+            return Err(StoreError::Unavailable("read-ahead answer ended early".into()));
+        }
+        Ok(out)
     }
 
     async fn mark_seen(&self, account_id: i64, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {

@@ -94,6 +94,13 @@ pub trait MailStore: Send + Sync + 'static {
         uid: u32,
         length: Option<u64>,
     ) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
+    /// Whole messages at once, in order (`None`: gone), for read-ahead.
+    fn fetch_many(
+        &self,
+        account_id: i64,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send;
     /// Add `\Seen` to these messages (what RETR does to the IMAP view).
     fn mark_seen(
         &self,
