@@ -26,7 +26,7 @@ use mailfleet_runtime::health::{self, Health};
 use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+
 use tracing::Instrument;
 
 pub use config::QueueConfig;
@@ -95,11 +95,8 @@ pub struct RunningQueue {
 
 /// Start consuming; stops pulling when `shutdown` fires.
 pub async fn run(config: QueueConfig, shutdown: CancellationToken) -> Result<RunningQueue, QueueError> {
-    let channel = Channel::from_shared(config.storage_url.clone())
-        .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
-        .connect_lazy();
+    let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(120)))
+        .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(config.nats_url.as_str())

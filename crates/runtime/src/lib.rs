@@ -3,6 +3,7 @@
 //! endpoint. No service's config lives here.
 
 pub mod config;
+pub mod grpc;
 pub mod health;
 pub mod proxy;
 pub mod shutdown;

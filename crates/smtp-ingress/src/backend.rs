@@ -48,11 +48,8 @@ impl GrpcBackend {
         inbound: Option<InboundVerifier>,
     ) -> Result<GrpcBackend, ConnectError> {
         // Lazy: storage may be down at start; calls fail (→ 451) until it is back.
-        let channel = Channel::from_shared(config.storage_url.clone())
-            .map_err(|e| ConnectError::StorageUrl(config.storage_url.clone(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .connect_lazy();
+        let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(60)))
+            .map_err(|e| ConnectError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))

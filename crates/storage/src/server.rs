@@ -112,6 +112,9 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
     let max = config.max_message_size as usize + 1024 * 1024;
     let service_router = Server::builder()
         .trace_fn(mailfleet_runtime::telemetry::grpc_server_span)
+        // Messages arrive streamed (PutBlob, Append): see runtime::grpc.
+        .initial_stream_window_size(mailfleet_runtime::grpc::STREAM_WINDOW)
+        .initial_connection_window_size(mailfleet_runtime::grpc::CONNECTION_WINDOW)
         .add_service(health_service.clone())
         .add_service(DirectoryServer::new(DirectoryService(store.clone())))
         .add_service(MailboxesServer::new(MailboxesService(store.clone())))

@@ -230,11 +230,8 @@ pub async fn run(
     resolver: SharedResolver,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, QueueError> {
-    let channel = Channel::from_shared(config.storage_url.clone())
-        .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
-        .connect_lazy();
+    let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(120)))
+        .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(config.nats_url.as_str())

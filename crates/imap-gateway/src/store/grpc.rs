@@ -5,7 +5,7 @@ use mailfleet_proto::storage::v1 as pb;
 use pb::directory_client::DirectoryClient;
 use pb::mailboxes_client::MailboxesClient;
 use pb::messages_client::MessagesClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use mailfleet_runtime::telemetry::grpc_request as traced;
 
@@ -25,8 +25,7 @@ impl GrpcStore {
     /// A lazily connected client: storage being down at start-up is a
     /// temporary failure of each command (`NO [UNAVAILABLE]`), not a crash.
     pub fn connect_lazy(url: &str) -> Result<GrpcStore, tonic::transport::Error> {
-        let channel =
-            Endpoint::from_shared(url.to_string())?.connect_timeout(std::time::Duration::from_secs(5)).connect_lazy();
+        let channel = mailfleet_runtime::grpc::storage_channel(url, None)?;
         Ok(GrpcStore {
             directory: DirectoryClient::new(channel.clone()),
             mailboxes: MailboxesClient::new(channel.clone()),
