@@ -124,6 +124,8 @@ impl Done {
 pub struct Out {
     items: Vec<Item>,
     sink: Option<mpsc::Sender<Vec<u8>>>,
+    /// Body octets in `items` (see `flush_after_body`).
+    body_octets: usize,
 }
 
 /// One untagged response: a value imap-types models, or wire bytes
@@ -135,10 +137,13 @@ enum Item {
 
 /// Responses buffered before a chunk is handed to the driver.
 const CHUNK_RESPONSES: usize = 64;
+/// Body octets buffered before they are handed to the driver: a FETCH of
+/// many small bodies then goes out in few writes, not one per message.
+const CHUNK_BODY_OCTETS: usize = 64 * 1024;
 
 impl Out {
     pub fn new(sink: Option<mpsc::Sender<Vec<u8>>>) -> Out {
-        Out { items: Vec::new(), sink }
+        Out { items: Vec::new(), sink, body_octets: 0 }
     }
 
     pub fn push(&mut self, response: Response<'static>) {
@@ -183,6 +188,17 @@ impl Out {
             }
         }
         sink.send(chunk).await.is_ok()
+    }
+
+    /// After a response carrying `octets` of message bodies: send what has
+    /// accumulated once it holds enough body octets (or responses).
+    pub async fn flush_after_body(&mut self, octets: usize) -> bool {
+        self.body_octets += octets;
+        if self.body_octets < CHUNK_BODY_OCTETS {
+            return self.flush(false).await;
+        }
+        self.body_octets = 0;
+        self.flush(true).await
     }
 
     /// The responses not yet sent. Raw lines are only ever sent through a

@@ -52,10 +52,14 @@ impl Planned {
 }
 
 /// Send `data` as the chunks of range `index`, the last one marked.
-async fn send_range(tx: &RangeSender, index: u32, prefix: &[u8], data: &[u8]) -> bool {
-    let mut all = Vec::with_capacity(prefix.len() + data.len());
-    all.extend_from_slice(prefix);
-    all.extend_from_slice(data);
+async fn send_range(tx: &RangeSender, index: u32, prefix: Vec<u8>, data: Vec<u8>) -> bool {
+    // The common case, a message without prefix that fits one chunk, goes
+    // out as read, without another copy.
+    if prefix.is_empty() && data.len() <= CHUNK {
+        return tx.send(Ok(pb::RangeChunk { index, data, last: true, missing: false })).await.is_ok();
+    }
+    let mut all = prefix;
+    all.extend_from_slice(&data);
     let mut pieces = all.chunks(CHUNK).peekable();
     if pieces.peek().is_none() {
         return tx.send(Ok(pb::RangeChunk { index, data: Vec::new(), last: true, missing: false })).await.is_ok();
@@ -263,7 +267,7 @@ impl Store {
         };
         for plan in group {
             let body = if plan.blob.is_some() { data.next().unwrap_or_default() } else { Vec::new() };
-            if !send_range(tx, plan.index, &plan.prefix, &body).await {
+            if !send_range(tx, plan.index, plan.prefix, body).await {
                 return false;
             }
         }
