@@ -168,3 +168,20 @@ fn observability_files_exist_and_the_dashboard_parses() {
     // The metric the POP3 gateway emits today is on the dashboard.
     assert!(text.contains("mailfleet_pop3_active_connections") || text.contains("(smtp|imap|pop3)_active_connections"));
 }
+
+#[test]
+fn the_image_builds_every_binary_once_and_runs_unprivileged_with_a_healthcheck() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("deploy/Dockerfile");
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    // Multi-stage: a Rust build stage, then a small runtime stage.
+    let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(froms[0].contains("rust:") && froms[1].contains("-slim"), "{froms:?}");
+    for binary in ["storage", "mailctl", "smtp-ingress", "delivery-queue", "imap-gateway", "pop3-gateway"] {
+        assert!(text.contains(binary), "{binary} is built and copied");
+    }
+    // The runtime stage runs as a user of its own, and checks its health.
+    let user = lines.iter().rfind(|l| l.starts_with("USER ")).expect("USER");
+    assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
+    assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK ") && l.contains("health")), "HEALTHCHECK");
+}
