@@ -8,6 +8,7 @@ pub mod bodystructure;
 pub mod copy;
 pub mod expunge;
 pub mod fetch;
+pub mod fetch_stream;
 pub mod flags;
 pub mod idle;
 pub mod list;

@@ -490,3 +490,51 @@ async fn qresync_against_storage() {
     a.send(b"DONE\r\n").await;
     assert_eq!(a.until("a6").await.last().map(String::as_str), Some("a6 OK IDLE terminated"));
 }
+
+/// A body above the streaming threshold (here 3 MB, in a multipart message
+/// with a big attachment) is written to the client as it comes from
+/// storage; imaplib must get exactly the octets, with the other items of
+/// the response (before and after the literal) intact, and a non-PEEK fetch
+/// still reports the \Seen it set.
+#[tokio::test]
+async fn big_bodies_stream_through_with_the_other_items_intact() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let script = r#"
+import imaplib, sys, base64
+port = int(sys.argv[1])
+att = base64.encodebytes(bytes(range(256)) * 9000)
+msg = (b"From: bob@example.org\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+       b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+       + att.replace(b"\n", b"\r\n") + b"--XX--\r\n")
+assert len(msg) > 3_000_000
+m = imaplib.IMAP4("127.0.0.1", port)
+m.login("alice@example.org", "secret-pw")
+typ, data = m.append("INBOX", None, None, msg)
+assert typ == "OK", data
+m.select("INBOX")
+typ, data = m.uid("FETCH", "1", "(UID RFC822.SIZE BODY.PEEK[] FLAGS)")
+assert typ == "OK", typ
+head, body = data[0]
+assert body == msg, (len(body), len(msg))
+assert b"UID 1" in head and b"RFC822.SIZE %d" % len(msg) in head, head
+assert data[1] == b" FLAGS (\\Recent))", data[1]
+typ, data = m.fetch("1", "(BODY[2])")
+head, part = data[0]
+# RFC 2046 §5.1.1: the CRLF before a boundary belongs to the boundary.
+assert part == att.replace(b"\n", b"\r\n")[:-2], len(part)
+assert b"\\Seen" in data[1], data[1]
+typ, data = m.fetch("1", "(BODY[1])")
+assert data[0][1] == b"hello", data[0][0]
+m.logout()
+print("big ok")
+"#;
+    let port = gw.addr.port().to_string();
+    let out =
+        tokio::task::spawn_blocking(move || run(std::process::Command::new("python3").args(["-c", script, &port])))
+            .await
+            .expect("join");
+    assert!(out.contains("big ok"), "{out}");
+}

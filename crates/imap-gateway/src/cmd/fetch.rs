@@ -192,7 +192,7 @@ pub(crate) enum Octets {
 }
 
 impl Octets {
-    fn range(&self) -> Option<&pb::ByteRange> {
+    pub(crate) fn range(&self) -> Option<&pb::ByteRange> {
         match self {
             Octets::Empty => None,
             Octets::Range(r) | Octets::Fields { range: r, .. } => Some(r),
@@ -200,7 +200,7 @@ impl Octets {
     }
 
     /// The item's octets from the range's raw octets.
-    fn finish(self, raw: Vec<u8>) -> Vec<u8> {
+    pub(crate) fn finish(self, raw: Vec<u8>) -> Vec<u8> {
         match self {
             Octets::Empty => Vec::new(),
             Octets::Range(_) => raw,
@@ -289,7 +289,7 @@ fn plan_items(meta: &pb::MessageMeta, items: &[MessageDataItemName<'static>]) ->
 
 /// The next range of a `fetch_ranges` answer, whole; `None` when the
 /// message is gone.
-async fn next_range(stream: &mut RangeStream, index: u32) -> Result<Option<Vec<u8>>, ImapError> {
+pub(crate) async fn next_range(stream: &mut RangeStream, index: u32) -> Result<Option<Vec<u8>>, ImapError> {
     let mut data = Vec::new();
     loop {
         let chunk = stream.next().await.ok_or_else(|| StoreError::Unavailable("range stream ended early".into()))??;
@@ -332,7 +332,7 @@ fn internal_date(meta: &pb::MessageMeta) -> Option<DateTime> {
 /// The FETCH items of one message (RFC 3501 §7.4.2).
 /// `octets` holds what `plan_items` planned, read, in item order.
 #[allow(clippy::too_many_arguments)] // the message and the request's context
-async fn message_items<S: MailStore>(
+pub(crate) async fn message_items<S: MailStore>(
     store: &S,
     account_id: i64,
     mailbox_id: i64,
@@ -549,6 +549,26 @@ pub async fn fetch<S: MailStore>(
         };
         let mut index = 0u32;
         for ((seq, recent, meta), plan) in batch.iter().zip(plans) {
+            let seen = seen_now.contains(&meta.uid);
+            if let Some(stream) = stream.as_mut()
+                && super::fetch_stream::wants_streaming(&plan)
+                && !items.iter().any(super::binary::is_binary)
+            {
+                let m = super::fetch_stream::Message {
+                    seq: *seq,
+                    meta,
+                    account_id,
+                    mailbox_id,
+                    recent: *recent,
+                    seen_now: seen,
+                    condstore,
+                };
+                super::fetch_stream::send(&*store, m, items, plan, stream, &mut index, out).await?;
+                if !out.flush(true).await {
+                    return Err(ImapError::bad("Client went away"));
+                }
+                continue;
+            }
             let mut octets = Vec::with_capacity(plan.len());
             let mut gone = false;
             for octet in plan {
@@ -570,7 +590,6 @@ pub async fn fetch<S: MailStore>(
                 continue;
             }
             let body_octets: usize = octets.iter().map(Vec::len).sum();
-            let seen = seen_now.contains(&meta.uid);
             let data = message_items(
                 &*store,
                 account_id,
