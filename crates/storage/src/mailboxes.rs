@@ -167,28 +167,43 @@ impl Store {
     /// "the flag is only set in one session").
     pub async fn get_mailbox(&self, req: &pb::GetMailboxRequest) -> StorageResult<pb::MailboxInfo> {
         let name = parse_name(&req.name)?;
-        let mut tx = self.pool.begin().await?;
-        let Some(mb) = mailbox_by_name(&mut tx, req.account_id, name.as_str(), req.select).await? else {
-            require_account(&mut tx, req.account_id).await?;
+        let mut conn = self.pool.acquire().await?;
+        let Some(mb) = mailbox_by_name(&mut conn, req.account_id, name.as_str(), false).await? else {
+            require_account(&mut conn, req.account_id).await?;
             return Err(StorageError::NotFound(format!("no mailbox {name}")));
         };
-        let mut info = basic_info(&mut tx, &mb).await?;
-        fill_status(&mut tx, &mb, &mut info).await?;
+        let mut info = basic_info(&mut conn, &mb).await?;
+        fill_status(&mut conn, &mb, &mut info).await?;
         if req.select {
-            let recent: Vec<i64> =
-                sqlx::query_scalar("SELECT uid FROM messages WHERE mailbox_id = $1 AND uid >= $2 ORDER BY uid")
-                    .bind(mb.id)
-                    .bind(mb.recent_floor)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            sqlx::query("UPDATE mailboxes SET recent_floor = uid_next WHERE id = $1")
+            // RFC 3501 §2.3.2: SELECT claims the \Recent messages. Only when
+            // there are any, and in one statement, so the row lock lasts
+            // that statement: many sessions selecting one mailbox (a phone,
+            // a laptop, a webmail) do not queue behind each other.
+            let mut recent: Vec<i64> = Vec::new();
+            if mb.recent_floor < mb.uid_next {
+                let claimed: Option<(i64, i64)> = sqlx::query_as(
+                    "UPDATE mailboxes m SET recent_floor = m.uid_next
+                     FROM (SELECT id, recent_floor FROM mailboxes WHERE id = $1 FOR UPDATE) old
+                     WHERE m.id = old.id AND old.recent_floor < m.uid_next
+                     RETURNING old.recent_floor, m.uid_next",
+                )
                 .bind(mb.id)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await?;
+                if let Some((lo, hi)) = claimed {
+                    recent = sqlx::query_scalar(
+                        "SELECT uid FROM messages WHERE mailbox_id = $1 AND uid >= $2 AND uid < $3 ORDER BY uid",
+                    )
+                    .bind(mb.id)
+                    .bind(lo)
+                    .bind(hi)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                }
+            }
             info.recent = recent.len() as u32;
             info.recent_uids = recent.into_iter().map(u32_of).collect();
         }
-        tx.commit().await?;
         Ok(info)
     }
 

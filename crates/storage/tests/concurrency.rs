@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use mailfleet_proto::storage::v1 as pb;
 
 #[tokio::test]
 async fn concurrent_appends_get_unique_ascending_uids_and_modseqs() {
@@ -162,4 +163,42 @@ async fn mixed_writers_keep_usage_counters_exact() {
         assert!(u.uids.windows(2).all(|w| w[0] < w[1]));
         assert!(u.uids.last().is_none_or(|l| *l < u.uid_next));
     }
+}
+
+/// Many sessions SELECT one mailbox at once (a user's phone, laptop and
+/// webmail, or a reconnect storm): every SELECT answers, and each new
+/// message is \Recent for exactly one of them (RFC 3501 §2.3.2), while the
+/// mailbox is appended to at the same time.
+#[tokio::test]
+async fn concurrent_selects_claim_each_recent_message_once() {
+    let mut ctx = setup().await;
+    for i in 0..5 {
+        ctx.append("INBOX", &message(i), &[]).await;
+    }
+    let mut handles = Vec::new();
+    for _ in 0..60 {
+        let mut mailboxes = ctx.mailboxes.clone();
+        let account_id = ctx.account.id;
+        handles.push(tokio::spawn(async move {
+            let req = pb::GetMailboxRequest { account_id, name: "INBOX".into(), select: true };
+            mailboxes.get_mailbox(req).await.map(|r| r.into_inner().recent_uids)
+        }));
+    }
+    for i in 5..10 {
+        ctx.append("INBOX", &message(i), &[]).await;
+    }
+    let mut claimed: Vec<u32> = Vec::new();
+    for h in handles {
+        claimed.extend(h.await.expect("task").expect("SELECT answers"));
+    }
+    // What the SELECTs did not claim, the next one does.
+    let last = ctx
+        .mailboxes
+        .get_mailbox(pb::GetMailboxRequest { account_id: ctx.account.id, name: "INBOX".into(), select: true })
+        .await
+        .expect("select")
+        .into_inner();
+    claimed.extend(last.recent_uids);
+    claimed.sort_unstable();
+    assert_eq!(claimed, (1..=10).collect::<Vec<u32>>(), "each message recent for exactly one SELECT");
 }
