@@ -13,7 +13,10 @@ use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{
     Code, CodeOther, CommandContinuationRequest, Greeting, GreetingKind, Response, Status,
 };
-use imap_codec::{AuthenticateDataCodec, CommandCodec, GreetingCodec, IdleDoneCodec, ResponseCodec, encode::Encoder};
+use imap_codec::{
+    AuthenticateDataCodec, CommandCodec, GreetingCodec, IdleDoneCodec, ResponseCodec,
+    encode::{Encoder, Fragment},
+};
 
 pub mod ext;
 pub use ext::{ClientBody, ClientCommand};
@@ -181,6 +184,16 @@ impl Framer {
 /// Wire form of one response (literals included, as `{n}\r\n` + data).
 pub fn encode(response: &Response<'_>) -> Vec<u8> {
     ResponseCodec::new().encode(response).dump()
+}
+
+/// `encode`, appended to `out`: each fragment (a literal is one) is copied
+/// once, straight from the encoder into the output chunk.
+pub fn encode_into(response: &Response<'_>, out: &mut Vec<u8>) {
+    for fragment in ResponseCodec::new().encode(response) {
+        match fragment {
+            Fragment::Line { data } | Fragment::Literal { data, .. } => out.extend_from_slice(&data),
+        }
+    }
 }
 
 /// `* OK [CAPABILITY ...] text` (RFC 3501 §7.1.1).

@@ -183,7 +183,7 @@ impl Out {
         let mut chunk = Vec::new();
         for item in self.items.drain(..) {
             match item {
-                Item::Response(r) => chunk.extend(codec::encode(&r)),
+                Item::Response(r) => codec::encode_into(&r, &mut chunk),
                 Item::Raw(bytes) => chunk.extend(bytes),
             }
         }

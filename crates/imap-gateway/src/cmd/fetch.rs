@@ -35,10 +35,18 @@ fn nstring(s: Option<&str>) -> NString<'static> {
 /// a NUL (invalid in a message anyway) is sent as a space; the size stays.
 /// todo(RFC 3516): BINARY would carry such content unchanged.
 fn literal(mut data: Vec<u8>) -> NString<'static> {
-    for b in data.iter_mut().filter(|b| **b == 0) {
-        *b = b' ';
+    // Bodies are most of what a big FETCH sends: look for a NUL with a
+    // word-at-a-time search and touch the octets only when there is one
+    // (a per-octet loop here was a third of the gateway's CPU in a
+    // `FETCH 1:* BODY.PEEK[]`).
+    if data.contains(&0) {
+        for b in data.iter_mut().filter(|b| **b == 0) {
+            *b = b' ';
+        }
     }
-    NString(Literal::try_from(data).ok().map(IString::from))
+    // No NUL is left, which is all `Literal::validate` asks (`CHAR8`), so
+    // imap-types need not scan the octets again.
+    NString(Some(IString::from(Literal::unvalidated(data))))
 }
 
 fn addresses(list: &[pb::Address]) -> Vec<Address<'static>> {
@@ -298,6 +306,10 @@ pub(crate) async fn next_range(stream: &mut RangeStream, index: u32) -> Result<O
         }
         if chunk.missing {
             return Ok(None);
+        }
+        if chunk.last && data.is_empty() {
+            // One chunk, as most bodies come: no copy.
+            return Ok(Some(chunk.data));
         }
         data.extend_from_slice(&chunk.data);
         if chunk.last {
