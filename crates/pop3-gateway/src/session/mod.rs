@@ -100,6 +100,8 @@ pub struct Maildrop {
 /// the next messages are asked from storage in one call, the batch doubling
 /// up to `READ_AHEAD_MESSAGES` (like a file system's read-ahead), and held
 /// here until retrieved: a round trip to storage per batch, not per message.
+/// Once half of what is held has been sent, the batch after it is already
+/// asked for in the background, so a client reading on never waits for one.
 #[derive(Debug, Default)]
 pub struct ReadAhead {
     /// Message index → octets.
@@ -108,6 +110,17 @@ pub struct ReadAhead {
     pub window: usize,
     /// The index of the last RETR.
     pub last: Option<usize>,
+    /// The batch being read in the background, if any.
+    pub pending: Option<PendingBatch>,
+}
+
+/// A read-ahead batch on its way from storage (the task ends with the
+/// session: dropping this aborts it).
+#[derive(Debug)]
+pub struct PendingBatch {
+    /// The message indexes asked for, in order.
+    pub indexes: Vec<usize>,
+    pub task: tokio_util::task::AbortOnDropHandle<Result<Vec<Option<bytes::Bytes>>, crate::store::StoreError>>,
 }
 
 #[derive(Debug)]

@@ -693,8 +693,9 @@ async fn sequential_retr_reads_ahead_in_growing_batches() {
     for i in [2, 3, 4, 5, 7, 8, 9] {
         transcript(&mut s, &store, &retr(i)).await;
     }
-    // Batches of 2 (RETR 2), then 4 (RETR 4, skipping the deleted 6), then
-    // up to 8 (RETR 9: the last message).
+    // Batches of 2 (RETR 2), then 4 (asked for while RETR 3 is served,
+    // skipping the deleted 6), then up to 8 (during RETR 5: the last
+    // message).
     assert_eq!(*store.fetch_many_calls.lock().unwrap(), vec![vec![20, 30], vec![40, 50, 70, 80], vec![90]]);
     // Only RETR 1 went through the streaming fetch.
     assert_eq!(*store.fetch_lengths.lock().unwrap(), vec![None]);

@@ -51,9 +51,10 @@ impl Maildrop {
     }
 }
 
-/// Messages read ahead in one storage call, and the octets held at most.
+/// Messages read ahead in one storage call, and the octets of one batch at
+/// most (a batch held and the next on its way: twice that per session).
 const READ_AHEAD_MESSAGES: usize = 32;
-const READ_AHEAD_OCTETS: u64 = 2 * 1024 * 1024;
+const READ_AHEAD_OCTETS: u64 = 1024 * 1024;
 /// Larger messages are streamed as they are sent, never held.
 const READ_AHEAD_LARGEST: u64 = 256 * 1024;
 
@@ -66,16 +67,50 @@ impl Maildrop {
         let index = n.index();
         let sequential = self.ahead.last.is_some_and(|last| last + 1 == index);
         self.ahead.last = Some(index);
+        if !self.ahead.held.contains_key(&index)
+            && let Some(pending) = self.ahead.pending.take()
+            && pending.indexes.contains(&index)
+        {
+            // The batch asked for in the background: wait for the rest of it.
+            match pending.task.await {
+                Ok(Ok(fetched)) => self.hold(pending.indexes, fetched),
+                Ok(Err(e)) => tracing::debug!(error = %e, "read-ahead failed; streaming instead"),
+                Err(e) => tracing::debug!(error = %e, "read-ahead task ended"),
+            }
+        }
         if let Some(data) = self.ahead.held.remove(&index) {
+            self.read_on(index, account_id, store);
             return Some(data);
         }
         // Out of order: what was read ahead is not what the client wants.
         self.ahead.held.clear();
+        self.ahead.pending = None;
         if !sequential {
             self.ahead.window = 0;
             return None;
         }
         self.ahead.window = (self.ahead.window * 2).clamp(2, READ_AHEAD_MESSAGES);
+        let batch = self.batch_from(index);
+        if batch.first().is_none_or(|(i, _)| *i != index) {
+            return None;
+        }
+        let (indexes, uids): (Vec<usize>, Vec<u32>) = batch.into_iter().unzip();
+        match store.fetch_many(account_id, self.mailbox_id, uids).await {
+            Ok(fetched) => self.hold(indexes, fetched),
+            Err(e) => {
+                tracing::debug!(error = %e, "read-ahead failed; streaming instead");
+                return None;
+            }
+        }
+        let first = self.ahead.held.remove(&index);
+        self.read_on(index, account_id, store);
+        first
+    }
+
+    /// The messages one batch from `index` on asks for: (index, UID), the
+    /// deleted skipped, up to the window, the octet bound or a message too
+    /// big to hold.
+    fn batch_from(&self, index: usize) -> Vec<(usize, u32)> {
         let (mut batch, mut octets) = (Vec::new(), 0u64);
         for (i, m) in self.messages.iter().enumerate().skip(index) {
             let deleted = MsgNum::new(i as u32 + 1).is_some_and(|k| self.marked.contains(&k));
@@ -88,28 +123,33 @@ impl Maildrop {
             octets += m.size;
             batch.push((i, m.uid));
         }
-        if batch.first().is_none_or(|(i, _)| *i != index) {
-            return None;
-        }
-        let uids: Vec<u32> = batch.iter().map(|(_, uid)| *uid).collect();
-        let fetched = match store.fetch_many(account_id, self.mailbox_id, &uids).await {
-            Ok(fetched) => fetched,
-            Err(e) => {
-                tracing::debug!(error = %e, "read-ahead failed; streaming instead");
-                return None;
-            }
-        };
-        let mut first = None;
-        for ((i, _), data) in batch.into_iter().zip(fetched) {
-            match data {
-                Some(data) if i == index => first = Some(data),
-                Some(data) => {
-                    self.ahead.held.insert(i, data);
-                }
-                None => {}
+        batch
+    }
+
+    fn hold(&mut self, indexes: Vec<usize>, fetched: Vec<Option<Bytes>>) {
+        for (i, data) in indexes.into_iter().zip(fetched) {
+            if let Some(data) = data {
+                self.ahead.held.insert(i, data);
             }
         }
-        first
+    }
+
+    /// After `index` was served from what is held: once at most half a
+    /// window is left, ask for the batch after it in the background.
+    fn read_on<S: MailStore>(&mut self, index: usize, account_id: i64, store: &S) {
+        if self.ahead.pending.is_some() || self.ahead.held.len() > self.ahead.window / 2 {
+            return;
+        }
+        let from = self.ahead.held.keys().next_back().map_or(index, |last| *last) + 1;
+        self.ahead.window = (self.ahead.window * 2).clamp(2, READ_AHEAD_MESSAGES);
+        let batch = self.batch_from(from);
+        if batch.is_empty() {
+            return;
+        }
+        let (indexes, uids): (Vec<usize>, Vec<u32>) = batch.into_iter().unzip();
+        let task = tokio::spawn(store.fetch_many(account_id, self.mailbox_id, uids));
+        self.ahead.pending =
+            Some(super::PendingBatch { indexes, task: tokio_util::task::AbortOnDropHandle::new(task) });
     }
 }
 

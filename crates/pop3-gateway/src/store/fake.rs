@@ -152,14 +152,21 @@ impl MailStore for FakeStore {
         Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
-    async fn fetch_many(&self, _a: i64, _m: i64, uids: &[u32]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.check()?;
-        self.fetch_many_calls.lock().unwrap().push(uids.to_vec());
-        let msgs = self.messages.lock().unwrap();
-        Ok(uids
-            .iter()
-            .map(|uid| msgs.iter().find(|m| m.uid == *uid).map(|m| Bytes::copy_from_slice(&m.data)))
-            .collect())
+    fn fetch_many(
+        &self,
+        _a: i64,
+        _m: i64,
+        uids: Vec<u32>,
+    ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send + 'static {
+        // Answered at call time: the fake has nothing to wait for.
+        let answer = self.check().map(|()| {
+            self.fetch_many_calls.lock().unwrap().push(uids.clone());
+            let msgs = self.messages.lock().unwrap();
+            uids.iter()
+                .map(|uid| msgs.iter().find(|m| m.uid == *uid).map(|m| Bytes::copy_from_slice(&m.data)))
+                .collect()
+        });
+        std::future::ready(answer)
     }
 
     async fn mark_seen(&self, _a: i64, _m: i64, uids: &[u32]) -> Result<(), StoreError> {

@@ -169,39 +169,46 @@ impl MailStore for GrpcStore {
         Ok(Box::pin(stream.map(|chunk| chunk.map(|c| bytes::Bytes::from(c.data)).map_err(map_status))))
     }
 
-    async fn fetch_many(
+    fn fetch_many(
         &self,
         account_id: i64,
         mailbox_id: i64,
-        uids: &[u32],
-    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        uids: Vec<u32>,
+    ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send + 'static {
         let ranges = uids.iter().map(|uid| pb::ByteRange { uid: *uid, offset: 0, length: None }).collect();
-        let mut stream = MessagesClient::new(self.channel.clone())
-            .fetch_ranges(req(pb::FetchRangesRequest { account_id, mailbox_id, ranges }))
-            .await
-            .map_err(map_status)?
-            .into_inner();
-        // Ranges come in request order, each in one or more chunks.
-        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(uids.len());
-        let mut current = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(map_status)?;
-            if chunk.index as usize != out.len() {
-                return Err(StoreError::Unavailable(format!("range {} answered out of order", chunk.index)));
+        // Built now, in the caller's span, so the trace context goes along
+        // even when the future runs as a task of its own.
+        let request = req(pb::FetchRangesRequest { account_id, mailbox_id, ranges });
+        let mut client = MessagesClient::new(self.channel.clone());
+        async move {
+            let mut stream = client.fetch_ranges(request).await.map_err(map_status)?.into_inner();
+            // Ranges come in request order, each in one or more chunks.
+            let mut out: Vec<Option<Bytes>> = Vec::with_capacity(uids.len());
+            let mut current = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(map_status)?;
+                if chunk.index as usize != out.len() {
+                    return Err(StoreError::Unavailable(format!("range {} answered out of order", chunk.index)));
+                }
+                if chunk.missing {
+                    out.push(None);
+                    continue;
+                }
+                if chunk.last && current.is_empty() {
+                    // A message in one chunk, as most are: no copy.
+                    out.push(Some(Bytes::from(chunk.data)));
+                    continue;
+                }
+                current.extend_from_slice(&chunk.data);
+                if chunk.last {
+                    out.push(Some(Bytes::from(std::mem::take(&mut current))));
+                }
             }
-            if chunk.missing {
-                out.push(None);
-                continue;
+            if out.len() != uids.len() {
+                return Err(StoreError::Unavailable("read-ahead answer ended early".into()));
             }
-            current.extend_from_slice(&chunk.data);
-            if chunk.last {
-                out.push(Some(Bytes::from(std::mem::take(&mut current))));
-            }
+            Ok(out)
         }
-        if out.len() != uids.len() {
-            return Err(StoreError::Unavailable("read-ahead answer ended early".into()));
-        }
-        Ok(out)
     }
 
     async fn mark_seen(&self, account_id: i64, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {

@@ -95,12 +95,14 @@ pub trait MailStore: Send + Sync + 'static {
         length: Option<u64>,
     ) -> impl Future<Output = Result<ByteStream, StoreError>> + Send;
     /// Whole messages at once, in order (`None`: gone), for read-ahead.
+    /// The future owns what it needs, so read-ahead can run it as a task
+    /// of its own while earlier messages are being sent.
     fn fetch_many(
         &self,
         account_id: i64,
         mailbox_id: i64,
-        uids: &[u32],
-    ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send;
+        uids: Vec<u32>,
+    ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send + 'static;
     /// Add `\Seen` to these messages (what RETR does to the IMAP view).
     fn mark_seen(
         &self,
