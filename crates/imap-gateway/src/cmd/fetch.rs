@@ -318,6 +318,37 @@ pub(crate) async fn next_range(stream: &mut RangeStream, index: u32) -> Result<O
     }
 }
 
+/// A message of a FETCH: its sequence number, whether it is \Recent to
+/// this session, and its metadata.
+type FetchJob<'a> = (u32, bool, &'a pb::MessageMeta);
+
+/// Take the next batch off `pending`: its messages, each one's plan, and
+/// the ranges one FetchRanges call reads for them (`None`: nothing left).
+#[allow(clippy::type_complexity)]
+fn next_batch<'j, 'a>(
+    pending: &mut &'j [FetchJob<'a>],
+    items: &[MessageDataItemName<'static>],
+) -> Result<Option<(&'j [FetchJob<'a>], Vec<Vec<Octets>>, Vec<pb::ByteRange>)>, ImapError> {
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let mut plans = Vec::new();
+    let mut ranges = Vec::new();
+    for (_, _, meta) in pending.iter() {
+        let plan = plan_items(meta, items)?;
+        let needed = plan.iter().filter(|o| o.range().is_some()).count();
+        let full = plans.len() >= FETCH_BATCH_MESSAGES || ranges.len() + needed > FETCH_BATCH_RANGES;
+        if full && !plans.is_empty() {
+            break;
+        }
+        ranges.extend(plan.iter().filter_map(Octets::range).cloned());
+        plans.push(plan);
+    }
+    let (batch, rest) = pending.split_at(plans.len());
+    *pending = rest;
+    Ok(Some((batch, plans, ranges)))
+}
+
 /// Is `uid` in a UID set (`*` = the highest UID of the mailbox)?
 fn in_set(set: &SequenceSet, uid: u32, mailbox: &Selected) -> bool {
     use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
@@ -533,31 +564,29 @@ pub async fn fetch<S: MailStore>(
         }
     }
     // UIDs expunged elsewhere are skipped (RFC 2180 §4.1.2).
-    let jobs: Vec<(u32, bool, &pb::MessageMeta)> =
+    let jobs: Vec<FetchJob> =
         metas.iter().filter_map(|m| Some((mailbox.seq_of(m.uid)?, mailbox.recent.contains(&m.uid), m))).collect();
     let (account_id, mailbox_id, items) = (account.id, mailbox.id, &items);
     // Bodies are read in batches: one FetchRanges call streams the octets
-    // of many messages, in order, while the responses go out.
-    let mut pending = jobs.as_slice();
-    while !pending.is_empty() {
-        let mut plans = Vec::new();
-        let mut ranges = Vec::new();
-        for (_, _, meta) in pending {
-            let plan = plan_items(meta, items)?;
-            let needed = plan.iter().filter(|o| o.range().is_some()).count();
-            let full = plans.len() >= FETCH_BATCH_MESSAGES || ranges.len() + needed > FETCH_BATCH_RANGES;
-            if full && !plans.is_empty() {
-                break;
-            }
-            ranges.extend(plan.iter().filter_map(Octets::range).cloned());
-            plans.push(plan);
-        }
-        let (batch, rest) = pending.split_at(plans.len());
-        pending = rest;
-        let mut stream = if ranges.is_empty() {
-            None
+    // of many messages, in order, while the responses go out. The call for
+    // the next batch is made before this one is sent, so storage reads it
+    // meanwhile and the client never waits for a batch to start.
+    let open = |ranges: Vec<pb::ByteRange>| async {
+        if ranges.is_empty() {
+            Ok::<_, ImapError>(None)
         } else {
-            Some(store.fetch_ranges(pb::FetchRangesRequest { account_id, mailbox_id, ranges }).await?)
+            Ok(Some(store.fetch_ranges(pb::FetchRangesRequest { account_id, mailbox_id, ranges }).await?))
+        }
+    };
+    let mut pending = jobs.as_slice();
+    let mut current = match next_batch(&mut pending, items)? {
+        Some((batch, plans, ranges)) => Some((batch, plans, open(ranges).await?)),
+        None => None,
+    };
+    while let Some((batch, plans, mut stream)) = current.take() {
+        current = match next_batch(&mut pending, items)? {
+            Some((batch, plans, ranges)) => Some((batch, plans, open(ranges).await?)),
+            None => None,
         };
         let mut index = 0u32;
         for ((seq, recent, meta), plan) in batch.iter().zip(plans) {
