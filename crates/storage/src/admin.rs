@@ -129,10 +129,7 @@ impl Store {
         if alias_exists {
             return Err(StorageError::AlreadyExists(format!("{address} is already an alias")));
         }
-        let pw = password_text.to_string();
-        let hash = tokio::task::spawn_blocking(move || password::hash(&pw))
-            .await
-            .map_err(|e| StorageError::Internal(e.to_string()))??;
+        let hash = password::hash_async(password_text.to_string()).await?;
 
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
@@ -207,10 +204,7 @@ impl Store {
     pub async fn set_password(&self, address: &str, password_text: &str) -> StorageResult<pb::Account> {
         let (_, account) = self.existing_account(address).await?;
         password::check_strength(password_text, self.config.min_password_length)?;
-        let pw = password_text.to_string();
-        let hash = tokio::task::spawn_blocking(move || password::hash(&pw))
-            .await
-            .map_err(|e| StorageError::Internal(e.to_string()))??;
+        let hash = password::hash_async(password_text.to_string()).await?;
         sqlx::query("UPDATE accounts SET password_hash = $2 WHERE id = $1")
             .bind(account.id)
             .bind(hash)

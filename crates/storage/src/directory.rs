@@ -64,10 +64,7 @@ impl Store {
             None => (0, dummy_hash().to_string(), false),
         };
         // argon2 is deliberately slow: keep it off the async workers.
-        let pw = password_text.to_string();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
-            .await
-            .map_err(|e| StorageError::Internal(e.to_string()))?;
+        let ok = password::verify_async(password_text.to_string(), hash).await?;
         if !ok || id == 0 {
             return Err(StorageError::AuthFailed);
         }
