@@ -137,6 +137,18 @@ pub struct Shared<S: MailStore> {
 }
 
 /// Resolves when the account's feed has news; never without a feed.
+/// Quiet: the NATS feed is live and announced no change to this account
+/// since the previous look (a change announced from now on counts for the
+/// next one).
+fn quiet_since_last_look(hub: &EventHub, events: &mut Option<watch::Receiver<Signal>>) -> bool {
+    hub.live()
+        && events.as_mut().is_some_and(|rx| {
+            let changed = rx.has_changed().unwrap_or(true);
+            rx.borrow_and_update();
+            !changed
+        })
+}
+
 async fn changed(rx: &mut Option<watch::Receiver<Signal>>) {
     match rx {
         Some(rx) => {
@@ -372,22 +384,17 @@ async fn connection<S: MailStore>(
                     }
                     written
                 };
-                // Quiet: no change announced since the previous command (a
-                // change announced from now on counts for the next one).
-                let quiet = shared.events.live()
-                    && events.as_mut().is_some_and(|rx| {
-                        let changed = rx.has_changed().unwrap_or(true);
-                        rx.borrow_and_update();
-                        !changed
-                    });
-                session.set_quiet(quiet);
+                session.set_quiet(quiet_since_last_look(&shared.events, &mut events));
                 let (reply, written) = tokio::join!(session.handle_streaming(cmd, Some(tx)).instrument(span), drain);
                 written?;
                 shared.metrics.command(name, started.elapsed());
                 reply
             }
             Input::AuthData(data) => session.auth_data(data).await,
-            Input::IdleDone => session.idle_done().await,
+            Input::IdleDone => {
+                session.set_quiet(quiet_since_last_look(&shared.events, &mut events));
+                session.idle_done().await
+            }
         };
         if reply.delay {
             // The session asks for the pause exactly after a failed login.
@@ -414,13 +421,9 @@ async fn connection<S: MailStore>(
                 stream.deflate = Some(Box::default());
                 Mode::Command
             }
-            Then::Idle => {
-                // Only events after this point matter; the sync just ran.
-                if let Some(rx) = events.as_mut() {
-                    rx.borrow_and_update();
-                }
-                Mode::IdleDone
-            }
+            // A change announced while the IDLE command ran is still
+            // unseen on `events`, so the idle loop reports it at once.
+            Then::Idle => Mode::IdleDone,
             Then::Close => return Ok(()),
             Then::StartTls => {
                 let (Io::Plain(tcp), Some(acceptor)) = (stream.io, shared.tls.clone()) else {

@@ -462,6 +462,7 @@ impl<S: MailStore> Session<S> {
         let looks_only = matches!(
             body,
             CommandBody::Fetch { .. }
+                | CommandBody::Idle
                 | CommandBody::Search { .. }
                 | CommandBody::Status { .. }
                 | CommandBody::List { .. }
@@ -634,7 +635,13 @@ impl<S: MailStore> Session<S> {
 
     /// DONE ends IDLE with the tagged OK (RFC 2177 §3).
     pub async fn idle_done(&mut self) -> Reply {
-        let mut out = self.idle_update().await;
+        // Every change announced during IDLE was reported as it came; with
+        // none announced since, there is nothing new to look for.
+        let mut out = if self.quiet && self.last_sync.elapsed() < QUIET_SYNC_AT_LEAST_EVERY {
+            Vec::new()
+        } else {
+            self.idle_update().await
+        };
         match self.idle_tag.take() {
             Some(tag) => out.push(codec::status(Some(tag), StatusKindArg::Ok, None, "IDLE terminated")),
             None => out.push(codec::status(None, StatusKindArg::Bad, None, "Not idling")),
