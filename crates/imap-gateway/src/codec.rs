@@ -183,7 +183,9 @@ impl Framer {
 
 /// Wire form of one response (literals included, as `{n}\r\n` + data).
 pub fn encode(response: &Response<'_>) -> Vec<u8> {
-    ResponseCodec::new().encode(response).dump()
+    let mut out = Vec::new();
+    encode_into(response, &mut out);
+    out
 }
 
 /// `encode`, appended to `out`: each fragment (a literal is one) is copied

@@ -472,7 +472,7 @@ impl<S: MailStore> Session<S> {
                 | CommandBody::GetQuota { .. }
                 | CommandBody::GetQuotaRoot { .. }
         );
-        let skip_sync = looks_only && self.quiet && self.last_sync.elapsed() < QUIET_SYNC_AT_LEAST_EVERY;
+        let skip_sync = looks_only && self.nothing_announced();
         let result = match body {
             CommandBody::Capability => cmd::any::capability(self, &mut out),
             CommandBody::Noop | CommandBody::Check => cmd::any::noop(self),
@@ -633,15 +633,17 @@ impl<S: MailStore> Session<S> {
         out.into_responses()
     }
 
+    /// Storage announced no change since the last look, and the last sync
+    /// is recent enough to trust that: a sync would find nothing.
+    fn nothing_announced(&self) -> bool {
+        self.quiet && self.last_sync.elapsed() < QUIET_SYNC_AT_LEAST_EVERY
+    }
+
     /// DONE ends IDLE with the tagged OK (RFC 2177 §3).
     pub async fn idle_done(&mut self) -> Reply {
         // Every change announced during IDLE was reported as it came; with
         // none announced since, there is nothing new to look for.
-        let mut out = if self.quiet && self.last_sync.elapsed() < QUIET_SYNC_AT_LEAST_EVERY {
-            Vec::new()
-        } else {
-            self.idle_update().await
-        };
+        let mut out = if self.nothing_announced() { Vec::new() } else { self.idle_update().await };
         match self.idle_tag.take() {
             Some(tag) => out.push(codec::status(Some(tag), StatusKindArg::Ok, None, "IDLE terminated")),
             None => out.push(codec::status(None, StatusKindArg::Bad, None, "Not idling")),

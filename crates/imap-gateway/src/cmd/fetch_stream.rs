@@ -88,6 +88,31 @@ pub(crate) struct Message<'a> {
     pub condstore: bool,
 }
 
+impl Message<'_> {
+    /// One item of this message in wire form (without the `* n FETCH (`
+    /// frame), from the octets its plan read (none for metadata items).
+    async fn encode_one<S: MailStore>(
+        &self,
+        store: &S,
+        item: &MessageDataItemName<'static>,
+        octets: Vec<Vec<u8>>,
+    ) -> Result<Vec<u8>, ImapError> {
+        let data = super::fetch::message_items(
+            store,
+            self.account_id,
+            self.mailbox_id,
+            self.meta,
+            std::slice::from_ref(item),
+            octets.into_iter(),
+            self.recent,
+            false,
+            self.condstore,
+        )
+        .await?;
+        Ok(data.into_iter().flat_map(|d| encode_item(self.seq, d)).collect())
+    }
+}
+
 /// Write the FETCH response of `m`, reading its ranges from `stream`
 /// (`index` is the next range's index) and streaming the big one.
 /// `Ok(false)`: the message was expunged meanwhile and is skipped.
@@ -107,21 +132,7 @@ pub(crate) async fn send<S: MailStore>(
             line.push(b' ');
         }
         if !carries_octets(item) {
-            let one = super::fetch::message_items(
-                store,
-                m.account_id,
-                m.mailbox_id,
-                m.meta,
-                std::slice::from_ref(item),
-                Vec::new().into_iter(),
-                m.recent,
-                false,
-                m.condstore,
-            )
-            .await?;
-            for data in one {
-                line.extend(encode_item(m.seq, data));
-            }
+            line.extend(m.encode_one(store, item, Vec::new()).await?);
             continue;
         }
         let plan = plans.next().ok_or_else(|| ImapError::bad("FETCH plan does not match its items"))?;
@@ -142,21 +153,7 @@ pub(crate) async fn send<S: MailStore>(
                     }
                     None => Vec::new(),
                 };
-                let data = super::fetch::message_items(
-                    store,
-                    m.account_id,
-                    m.mailbox_id,
-                    m.meta,
-                    std::slice::from_ref(item),
-                    vec![plan.finish(raw)].into_iter(),
-                    m.recent,
-                    false,
-                    m.condstore,
-                )
-                .await?;
-                for d in data {
-                    line.extend(encode_item(m.seq, d));
-                }
+                line.extend(m.encode_one(store, item, vec![plan.finish(raw)]).await?);
                 continue;
             }
         };
