@@ -134,8 +134,11 @@ impl BlobStore for FsBlobStore {
         .map_err(std::io::Error::other)?
     }
 
+    /// A stat of a local file whose directory entry is almost always
+    /// cached: done in place, since handing it to a blocking thread (as
+    /// `tokio::fs` does) costs more than the call, on every delivery.
     async fn exists(&self, id: &str) -> std::io::Result<bool> {
-        tokio::fs::try_exists(self.path_of(id)?).await
+        std::fs::exists(self.path_of(id)?)
     }
 
     async fn delete(&self, id: &str) -> std::io::Result<()> {

@@ -29,6 +29,13 @@ pub(crate) fn check_blob_id(id: &str) -> StorageResult<()> {
     }
 }
 
+/// The MIME metadata of a message, parsed on a blocking thread.
+async fn parse_blocking(raw: bytes::Bytes) -> StorageResult<crate::mime::ParsedMessage> {
+    tokio::task::spawn_blocking(move || crate::mime::parse(&raw))
+        .await
+        .map_err(|e| StorageError::Internal(format!("MIME parser failed: {e}")))
+}
+
 /// Postgres TEXT cannot hold NUL.
 fn pg_text(s: String) -> String {
     if s.contains('\0') { s.replace('\0', "") } else { s }
@@ -47,16 +54,40 @@ pub(crate) struct NewMessage<'a> {
 impl Store {
     /// Parse a blob's MIME structure and record it on the blob's row, once
     /// per blob: a delivery to many recipients, or the same content stored
-    /// again, reuses it. The upsert also takes the row lock, which waits for
-    /// a sweep deciding about this blob. Returns the blob size.
+    /// again, reuses it. Returns the blob size.
     pub(crate) async fn record_blob(&self, blob_id: &str, raw: bytes::Bytes) -> StorageResult<i64> {
         let size = raw.len() as i64;
-        let parsed = tokio::task::spawn_blocking(move || crate::mime::parse(&raw))
-            .await
-            .map_err(|e| StorageError::Internal(format!("MIME parser failed: {e}")))?;
+        let parsed = parse_blocking(raw).await?;
+        self.record_metadata(blob_id, size, parsed).await?;
+        Ok(size)
+    }
+
+    /// Store `raw` durably and record its parsed metadata; (blob id, size).
+    /// The file write (with its fsyncs) and the MIME parse run side by
+    /// side on two blocking threads: neither waits for the other.
+    async fn store_blob(&self, raw: bytes::Bytes) -> StorageResult<(String, i64)> {
+        let size = raw.len() as i64;
+        let (id, parsed) = tokio::join!(self.blobs.put(raw.clone()), parse_blocking(raw));
+        let id = id?;
+        self.record_metadata(&id, size, parsed?).await?;
+        Ok((id, size))
+    }
+
+    /// The blob row with its metadata. The upsert also takes the row lock,
+    /// which waits for a sweep deciding about this blob.
+    ///
+    /// Committed without waiting for the WAL flush (`synchronous_commit`
+    /// off for this statement's own transaction, set by `set_config(…,
+    /// true)` in the statement itself, so it stays one round trip): the row
+    /// only caches what the durable file says, nothing is acknowledged on
+    /// it alone, and every message that points at the blob is committed
+    /// synchronously later in the WAL, which makes this row durable first.
+    /// Should a crash still lose it, the first delivery parses the file
+    /// again (`deliver`, status `no_blob`).
+    async fn record_metadata(&self, blob_id: &str, size: i64, parsed: crate::mime::ParsedMessage) -> StorageResult<()> {
         sqlx::query(
             "INSERT INTO blobs (id, size, envelope, body_structure, header_size, sent_date, header_text, body_text)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS c
              ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size,
                 envelope = COALESCE(blobs.envelope, EXCLUDED.envelope),
                 body_structure = COALESCE(blobs.body_structure, EXCLUDED.body_structure),
@@ -75,7 +106,7 @@ impl Store {
         .bind(pg_text(parsed.body_text))
         .execute(&self.pool)
         .await?;
-        Ok(size)
+        Ok(())
     }
 
     /// For a blob stored before its metadata was recorded at arrival: read
@@ -107,15 +138,14 @@ impl Store {
     }
 
     /// Receive the request's data chunks, enforcing the size limit and
-    /// (early) the quota, then store them as a blob. Returns the blob id and
-    /// its octets, which are parsed next (held once in memory, as the parser
-    /// needs them whole anyway).
-    async fn receive_blob<T>(
+    /// (early) the quota. Returns the message's octets (bare LF made CRLF),
+    /// held once in memory, as the parser needs them whole anyway.
+    async fn receive_raw<T>(
         &self,
         stream: &mut Streaming<T>,
         mut chunk_of: impl FnMut(T) -> Option<Vec<u8>>,
         room: Option<u64>,
-    ) -> StorageResult<(String, bytes::Bytes)> {
+    ) -> StorageResult<bytes::Bytes> {
         let max = self.config.max_message_size;
         let mut crlf = CrlfNormalizer::default();
         let mut raw: Vec<u8> = Vec::new();
@@ -133,20 +163,18 @@ impl Store {
             }
             raw.extend_from_slice(&chunk);
         }
-        let raw = bytes::Bytes::from(raw);
-        let id = self.blobs.put(raw.clone()).await?;
-        Ok((id, raw))
+        Ok(bytes::Bytes::from(raw))
     }
 
     pub(crate) async fn put_blob(
         &self,
         mut stream: Streaming<pb::PutBlobRequest>,
     ) -> StorageResult<pb::PutBlobResponse> {
-        let (blob_id, raw) = self.receive_blob(&mut stream, |m| Some(m.chunk), None).await?;
-        // The file is durable; record it with its metadata, parsed now so
-        // that delivery only points at it. Until a message refers to it,
+        let raw = self.receive_raw(&mut stream, |m| Some(m.chunk), None).await?;
+        // The file is durable and its metadata recorded (parsed now, so
+        // that delivery only points at it). Until a message refers to it,
         // only the sweeper's minimum age keeps it alive.
-        let size = self.record_blob(&blob_id, raw).await?;
+        let (blob_id, size) = self.store_blob(raw).await?;
         Ok(pb::PutBlobResponse { blob_id, size: u64_of(size) })
     }
 
@@ -175,8 +203,8 @@ impl Store {
             .ok_or_else(|| StorageError::NotFound(format!("no mailbox {name}")))?;
         drop(conn);
 
-        let (blob_id, raw) = self
-            .receive_blob(
+        let raw = self
+            .receive_raw(
                 &mut stream,
                 |m| match m.part {
                     Some(pb::append_request::Part::Chunk(c)) => Some(c),
@@ -185,7 +213,7 @@ impl Store {
                 room,
             )
             .await?;
-        let size = self.record_blob(&blob_id, raw).await?;
+        let (blob_id, size) = self.store_blob(raw).await?;
 
         let mut tx = self.pool.begin().await?;
         self.pin_blob(&mut tx, &blob_id, size).await?;

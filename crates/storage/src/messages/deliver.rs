@@ -95,8 +95,10 @@ impl Store {
             .fetch_one(&self.pool)
         };
         let mut row = call().await;
-        if row.as_ref().is_ok_and(|r| r.get::<String, _>("o_status") == "unparsed") {
-            // A blob stored before metadata was recorded at arrival.
+        if row.as_ref().is_ok_and(|r| matches!(r.get::<String, _>("o_status").as_str(), "unparsed" | "no_blob")) {
+            // A blob stored before metadata was recorded at arrival, or
+            // whose row a crash took (PutBlob commits it without waiting
+            // for the WAL flush): parse the file again. No file: NOT_FOUND.
             self.ensure_blob_metadata(blob_id).await?;
             row = call().await;
         }
