@@ -27,6 +27,24 @@ async fn append(c: &mut Client, tag: &str, mailbox: &str, flags: &str, msg: &str
     c.until(tag).await
 }
 
+/// `MSG` delivered to INBOX the way delivery-queue does it (PutBlob, then
+/// Deliver with a per-recipient header prefix).
+async fn deliver(env: &TestEnv, account_id: i64, header_prefix: &[u8]) {
+    use mailfleet_proto::storage::v1 as pb;
+    let mut messages = pb::messages_client::MessagesClient::new(env.channel().await);
+    let chunk = pb::PutBlobRequest { chunk: MSG.as_bytes().to_vec() };
+    let blob = messages.put_blob(futures::stream::iter(vec![chunk])).await.expect("put blob").into_inner();
+    let target = pb::DeliveryTarget {
+        account_id,
+        mailbox: String::new(),
+        delivery_key: "job-1:alice".into(),
+        header_prefix: header_prefix.to_vec(),
+        flags: vec![],
+    };
+    let req = pb::DeliverRequest { blob_id: blob.blob_id, targets: vec![target], internal_date: None };
+    messages.deliver(req).await.expect("deliver");
+}
+
 #[tokio::test]
 async fn mailbox_and_message_lifecycle() {
     let env = TestEnv::start().await;
@@ -397,7 +415,6 @@ async fn condstore_against_storage() {
 /// PutBlob, then Deliver) wakes a client idling on the gateway.
 #[tokio::test]
 async fn idle_hears_delivered_mail() {
-    use mailfleet_proto::storage::v1 as pb;
     let env = TestEnv::start().await;
     let account = env.add_account("alice@example.org", "secret-pw").await;
     let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
@@ -405,18 +422,7 @@ async fn idle_hears_delivered_mail() {
     a.cmd("a1", "SELECT INBOX").await;
     assert_eq!(a.cmd("a2", "IDLE").await, vec!["+ idling"]);
 
-    let mut messages = pb::messages_client::MessagesClient::new(env.channel().await);
-    let chunk = pb::PutBlobRequest { chunk: MSG.as_bytes().to_vec() };
-    let blob = messages.put_blob(futures::stream::iter(vec![chunk])).await.expect("put blob").into_inner();
-    let target = pb::DeliveryTarget {
-        account_id: account.id,
-        mailbox: String::new(),
-        delivery_key: "job-1:alice".into(),
-        header_prefix: b"Delivered-To: alice@example.org\r\n".to_vec(),
-        flags: vec![],
-    };
-    let req = pb::DeliverRequest { blob_id: blob.blob_id, targets: vec![target], internal_date: None };
-    messages.deliver(req).await.expect("deliver");
+    deliver(&env, account.id, b"Delivered-To: alice@example.org\r\n").await;
 
     assert_eq!(a.line().await, "* 1 EXISTS");
     assert_eq!(a.line().await, "* 1 RECENT");
@@ -537,4 +543,68 @@ print("big ok")
             .await
             .expect("join");
     assert!(out.contains("big ok"), "{out}");
+}
+
+/// A FETCH of UID and one section (whole message, header, header fields,
+/// text, with or without a partial) goes to storage by section, with no
+/// metadata read first; it must answer exactly what the metadata path
+/// answers for the same section (a delivered message with a per-recipient
+/// prefix, a small appended one and a 2 MB one that streams).
+#[tokio::test]
+async fn sections_without_metadata_match_the_metadata_path() {
+    let env = TestEnv::start().await;
+    let account = env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    deliver(&env, account.id, b"Return-Path: <bob@example.org>\r\nDelivered-To: alice@example.org\r\n").await;
+
+    let script = r#"
+import imaplib, sys
+port = int(sys.argv[1])
+m = imaplib.IMAP4("127.0.0.1", port)
+m.login("alice@example.org", "secret-pw")
+small = b"Subject: two\r\nX-Folded: a\r\n b\r\n\r\nsecond body\r\n"
+big = b"Subject: big\r\n\r\n" + b"0123456789abcdef" * 131072 + b"\r\n"
+for msg in (small, big):
+    typ, data = m.append("INBOX", None, None, msg)
+    assert typ == "OK", data
+
+def literals(data):
+    return [(d[0].split(b" (", 1)[1].rsplit(b" {", 1)[0].split(b" INTERNALDATE")[0], d[1])
+            for d in data if isinstance(d, tuple)]
+
+items = ["BODY.PEEK[]", "BODY.PEEK[HEADER]", "BODY.PEEK[TEXT]", "RFC822.HEADER",
+         "BODY.PEEK[HEADER.FIELDS (Subject Delivered-To X-Folded)]",
+         "BODY.PEEK[HEADER.FIELDS.NOT (Subject)]", "BODY.PEEK[TEXT]<3.10>",
+         "BODY.PEEK[]<0.40>", "BODY.PEEK[HEADER]<5.20>", "BODY.PEEK[TEXT]<100000000.5>",
+         "BODY.PEEK[HEADER.FIELDS (Subject)]<2.4>"]
+m.select("INBOX")
+for item in items:
+    typ, direct = m.uid("FETCH", "1:*", "(UID %s)" % item)
+    assert typ == "OK", (item, direct)
+    typ, slow = m.uid("FETCH", "1:*", "(UID %s INTERNALDATE)" % item)
+    assert typ == "OK", (item, slow)
+    d, s = literals(direct), literals(slow)
+    assert len(d) == 3, (item, [x[0] for x in d])
+    assert d == s, (item, [(a[0], len(a[1])) for a in d], [(a[0], len(a[1])) for a in s])
+typ, data = m.uid("FETCH", "1", "(UID BODY.PEEK[])")
+assert data[0][1].startswith(b"Return-Path: <bob@example.org>\r\nDelivered-To:"), data[0][1][:80]
+typ, data = m.uid("FETCH", "3", "(UID BODY.PEEK[])")
+assert data[0][1] == big, len(data[0][1])
+# Read-only: BODY[] and RFC822 set no \Seen, so they go direct too.
+m.select("INBOX", readonly=True)
+for item in ["BODY[]", "RFC822", "RFC822.TEXT"]:
+    typ, direct = m.uid("FETCH", "1:*", "(UID %s)" % item)
+    typ, slow = m.uid("FETCH", "1:*", "(UID %s INTERNALDATE)" % item)
+    assert literals(direct) == literals(slow), item
+typ, flags = m.fetch("1:*", "(FLAGS)")
+assert all(b"\\Seen" not in f for f in flags), flags
+m.logout()
+print("sections ok")
+"#;
+    let port = gw.addr.port().to_string();
+    let out =
+        tokio::task::spawn_blocking(move || run(std::process::Command::new("python3").args(["-c", script, &port])))
+            .await
+            .expect("join");
+    assert!(out.contains("sections ok"), "{out}");
 }

@@ -233,7 +233,8 @@ pub(crate) fn plan_section(
     section: &Option<Section<'_>>,
     partial: Option<(u32, NonZeroU32)>,
 ) -> Result<Octets, ImapError> {
-    let range = |offset: u64, length: u64| pb::ByteRange { uid: meta.uid, offset, length: Some(length) };
+    let range =
+        |offset: u64, length: u64| pb::ByteRange { uid: meta.uid, offset, length: Some(length), ..Default::default() };
     Ok(match source(meta, section)? {
         Source::Range { offset, length } => {
             let end = length.map_or(meta.size, |l| (offset + l).min(meta.size));
@@ -295,26 +296,104 @@ fn plan_items(meta: &pb::MessageMeta, items: &[MessageDataItemName<'static>]) ->
     Ok(plans)
 }
 
+/// An octet item that storage can answer by section, with no metadata
+/// read first: the whole message, its header (also filtered by field
+/// names) or its text (RFC 3501 §6.4.5).
+enum DirectSection {
+    Full,
+    Header,
+    Text,
+    Fields { names: Vec<String>, not: bool },
+}
+
+fn direct_section(item: &MessageDataItemName<'static>) -> Option<(DirectSection, Option<(u32, NonZeroU32)>)> {
+    let names = |list: &Vec1<imap_codec::imap_types::core::AString<'_>>| {
+        list.as_ref().iter().map(|a| String::from_utf8_lossy(a.as_ref()).to_ascii_lowercase()).collect()
+    };
+    Some(match item {
+        MessageDataItemName::BodyExt { section, partial, .. } => {
+            let section = match section {
+                None => DirectSection::Full,
+                Some(Section::Header(None)) => DirectSection::Header,
+                Some(Section::Text(None)) => DirectSection::Text,
+                Some(Section::HeaderFields(None, list)) => DirectSection::Fields { names: names(list), not: false },
+                Some(Section::HeaderFieldsNot(None, list)) => DirectSection::Fields { names: names(list), not: true },
+                Some(_) => return None,
+            };
+            (section, *partial)
+        }
+        MessageDataItemName::Rfc822 => (DirectSection::Full, None),
+        MessageDataItemName::Rfc822Header => (DirectSection::Header, None),
+        MessageDataItemName::Rfc822Text => (DirectSection::Text, None),
+        _ => return None,
+    })
+}
+
+/// Whether a FETCH can skip reading metadata: UID (which the session
+/// knows) and exactly one item of octets storage finds by itself. That is
+/// what fetching new mail's header fields, or a whole message, looks like.
+fn is_direct(items: &[MessageDataItemName<'static>]) -> bool {
+    let octets = items.iter().filter(|i| direct_section(i).is_some()).count();
+    octets == 1 && items.iter().all(|i| *i == MessageDataItemName::Uid || direct_section(i).is_some())
+}
+
+/// The plan of a direct FETCH (see `is_direct`): one range, by section.
+fn plan_direct(uid: u32, items: &[MessageDataItemName<'static>]) -> Vec<Octets> {
+    use pb::byte_range::Section as Whole;
+    let range = |section: Whole, partial: Option<(u32, NonZeroU32)>| pb::ByteRange {
+        uid,
+        offset: partial.map_or(0, |(origin, _)| u64::from(origin)),
+        length: partial.map(|(_, count)| u64::from(count.get())),
+        section: section as i32,
+    };
+    items
+        .iter()
+        .filter_map(direct_section)
+        .map(|(section, partial)| match section {
+            DirectSection::Full => Octets::Range(range(Whole::Full, partial)),
+            DirectSection::Header => Octets::Range(range(Whole::Header, partial)),
+            DirectSection::Text => Octets::Range(range(Whole::Text, partial)),
+            // The partial applies to the filtered octets (RFC 3501 §6.4.5).
+            DirectSection::Fields { names, not } => {
+                Octets::Fields { range: range(Whole::Header, None), names, not, partial }
+            }
+        })
+        .collect()
+}
+
+/// The first chunk of range `index`; `None` when the message is gone.
+async fn first_chunk(stream: &mut RangeStream, index: u32) -> Result<Option<pb::RangeChunk>, ImapError> {
+    let chunk = stream.next().await.ok_or_else(|| StoreError::Unavailable("range stream ended early".into()))??;
+    if chunk.index != index {
+        return Err(StoreError::Unavailable(format!("range {} answered out of order", chunk.index)).into());
+    }
+    Ok((!chunk.missing).then_some(chunk))
+}
+
+/// The rest of a range whose first chunk is `first`, whole.
+async fn rest_of_range(stream: &mut RangeStream, first: pb::RangeChunk) -> Result<Vec<u8>, ImapError> {
+    if first.last {
+        // One chunk, as most bodies come: no copy.
+        return Ok(first.data);
+    }
+    let mut data = first.data;
+    loop {
+        let chunk = first_chunk(stream, first.index)
+            .await?
+            .ok_or_else(|| StoreError::Unavailable("range went missing midway".into()))?;
+        data.extend_from_slice(&chunk.data);
+        if chunk.last {
+            return Ok(data);
+        }
+    }
+}
+
 /// The next range of a `fetch_ranges` answer, whole; `None` when the
 /// message is gone.
 pub(crate) async fn next_range(stream: &mut RangeStream, index: u32) -> Result<Option<Vec<u8>>, ImapError> {
-    let mut data = Vec::new();
-    loop {
-        let chunk = stream.next().await.ok_or_else(|| StoreError::Unavailable("range stream ended early".into()))??;
-        if chunk.index != index {
-            return Err(StoreError::Unavailable(format!("range {} answered out of order", chunk.index)).into());
-        }
-        if chunk.missing {
-            return Ok(None);
-        }
-        if chunk.last && data.is_empty() {
-            // One chunk, as most bodies come: no copy.
-            return Ok(Some(chunk.data));
-        }
-        data.extend_from_slice(&chunk.data);
-        if chunk.last {
-            return Ok(Some(data));
-        }
+    match first_chunk(stream, index).await? {
+        Some(first) => Ok(Some(rest_of_range(stream, first).await?)),
+        None => Ok(None),
     }
 }
 
@@ -328,6 +407,7 @@ type FetchJob<'a> = (u32, bool, &'a pb::MessageMeta);
 fn next_batch<'j, 'a>(
     pending: &mut &'j [FetchJob<'a>],
     items: &[MessageDataItemName<'static>],
+    direct: bool,
 ) -> Result<Option<(&'j [FetchJob<'a>], Vec<Vec<Octets>>, Vec<pb::ByteRange>)>, ImapError> {
     if pending.is_empty() {
         return Ok(None);
@@ -335,7 +415,7 @@ fn next_batch<'j, 'a>(
     let mut plans = Vec::new();
     let mut ranges = Vec::new();
     for (_, _, meta) in pending.iter() {
-        let plan = plan_items(meta, items)?;
+        let plan = if direct { plan_direct(meta.uid, items) } else { plan_items(meta, items)? };
         let needed = plan.iter().filter(|o| o.range().is_some()).count();
         let full = plans.len() >= FETCH_BATCH_MESSAGES || ranges.len() + needed > FETCH_BATCH_RANGES;
         if full && !plans.is_empty() {
@@ -538,7 +618,14 @@ pub async fn fetch<S: MailStore>(
                 | MessageDataItemName::Rfc822Text
         ) || super::binary::is_binary(i)
     });
-    let mut metas = store.list_messages(list(&uids)).await?;
+    // Metadata is read only when an item needs it: a FETCH of a whole
+    // message or of header fields by UID goes straight to the octets.
+    let direct = !sets_seen && changed_since == 0 && is_direct(&items);
+    let mut metas = if direct {
+        uids.iter().map(|&uid| pb::MessageMeta { uid, ..Default::default() }).collect()
+    } else {
+        store.list_messages(list(&uids)).await?
+    };
     let mut seen_now: BTreeSet<u32> = BTreeSet::new();
     if sets_seen {
         let unseen: Vec<u32> = metas.iter().filter(|m| !m.flags.iter().any(|f| f == "\\Seen")).map(|m| m.uid).collect();
@@ -579,32 +666,64 @@ pub async fn fetch<S: MailStore>(
         }
     };
     let mut pending = jobs.as_slice();
-    let mut current = match next_batch(&mut pending, items)? {
+    let mut current = match next_batch(&mut pending, items, direct)? {
         Some((batch, plans, ranges)) => Some((batch, plans, open(ranges).await?)),
         None => None,
     };
     while let Some((batch, plans, mut stream)) = current.take() {
-        current = match next_batch(&mut pending, items)? {
+        current = match next_batch(&mut pending, items, direct)? {
             Some((batch, plans, ranges)) => Some((batch, plans, open(ranges).await?)),
             None => None,
         };
         let mut index = 0u32;
         for ((seq, recent, meta), plan) in batch.iter().zip(plans) {
             let seen = seen_now.contains(&meta.uid);
-            if let Some(stream) = stream.as_mut()
+            let message = || super::fetch_stream::Message {
+                seq: *seq,
+                meta,
+                account_id,
+                mailbox_id,
+                recent: *recent,
+                seen_now: seen,
+                condstore,
+            };
+            // A direct FETCH learns the size from the range's first chunk.
+            let mut first = None;
+            if direct && let Some(stream) = stream.as_mut() {
+                match first_chunk(stream, index).await? {
+                    // Expunged meanwhile: skipped like the others.
+                    None => {
+                        index += 1;
+                        continue;
+                    }
+                    Some(chunk)
+                        if !chunk.last
+                            && chunk.size > super::fetch_stream::STREAM_OVER
+                            && matches!(plan.first(), Some(Octets::Range(_))) =>
+                    {
+                        super::fetch_stream::send(
+                            &*store,
+                            message(),
+                            items,
+                            plan,
+                            stream,
+                            &mut index,
+                            Some(chunk),
+                            out,
+                        )
+                        .await?;
+                        if !out.flush(true).await {
+                            return Err(ImapError::bad("Client went away"));
+                        }
+                        continue;
+                    }
+                    Some(chunk) => first = Some(chunk),
+                }
+            } else if let Some(stream) = stream.as_mut()
                 && super::fetch_stream::wants_streaming(&plan)
                 && !items.iter().any(super::binary::is_binary)
             {
-                let m = super::fetch_stream::Message {
-                    seq: *seq,
-                    meta,
-                    account_id,
-                    mailbox_id,
-                    recent: *recent,
-                    seen_now: seen,
-                    condstore,
-                };
-                super::fetch_stream::send(&*store, m, items, plan, stream, &mut index, out).await?;
+                super::fetch_stream::send(&*store, message(), items, plan, stream, &mut index, None, out).await?;
                 if !out.flush(true).await {
                     return Err(ImapError::bad("Client went away"));
                 }
@@ -615,7 +734,10 @@ pub async fn fetch<S: MailStore>(
             for octet in plan {
                 let raw = match (octet.range(), stream.as_mut()) {
                     (Some(_), Some(stream)) => {
-                        let got = next_range(stream, index).await?;
+                        let got = match first.take() {
+                            Some(chunk) => Some(rest_of_range(stream, chunk).await?),
+                            None => next_range(stream, index).await?,
+                        };
                         index += 1;
                         got.unwrap_or_else(|| {
                             gone = true;

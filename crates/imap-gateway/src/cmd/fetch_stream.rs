@@ -116,6 +116,11 @@ impl Message<'_> {
 /// Write the FETCH response of `m`, reading its ranges from `stream`
 /// (`index` is the next range's index) and streaming the big one.
 /// `Ok(false)`: the message was expunged meanwhile and is skipped.
+///
+/// `first`: the big range's first chunk, already read, whose `size`
+/// announces the literal (a FETCH planned without metadata, where the plan
+/// does not know the length).
+#[allow(clippy::too_many_arguments)] // the message, its plan and the stream's position
 pub(crate) async fn send<S: MailStore>(
     store: &S,
     m: Message<'_>,
@@ -123,6 +128,7 @@ pub(crate) async fn send<S: MailStore>(
     plans: Vec<Octets>,
     stream: &mut RangeStream,
     index: &mut u32,
+    mut first: Option<pb::RangeChunk>,
     out: &mut Out,
 ) -> Result<bool, ImapError> {
     let mut line = format!("* {} FETCH (", m.seq).into_bytes();
@@ -136,8 +142,9 @@ pub(crate) async fn send<S: MailStore>(
             continue;
         }
         let plan = plans.next().ok_or_else(|| ImapError::bad("FETCH plan does not match its items"))?;
-        let length = match &plan {
-            Octets::Range(r) if r.length.unwrap_or(u64::MAX) > STREAM_OVER => r.length.unwrap_or(0),
+        let length = match (&plan, &first) {
+            (Octets::Range(_), Some(chunk)) => chunk.size,
+            (Octets::Range(r), None) if r.length.unwrap_or(u64::MAX) > STREAM_OVER => r.length.unwrap_or(0),
             _ => {
                 let raw = match plan.range() {
                     Some(_) => {
@@ -159,7 +166,10 @@ pub(crate) async fn send<S: MailStore>(
         };
         // The big one: name, count, then the octets as they come. A message
         // expunged meanwhile answers with one `missing` chunk: skipped.
-        let mut next = stream.next().await;
+        let mut next = match first.take() {
+            Some(chunk) => Some(Ok(chunk)),
+            None => stream.next().await,
+        };
         if let Some(Ok(chunk)) = &next
             && chunk.index == *index
             && chunk.missing

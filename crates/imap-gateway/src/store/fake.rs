@@ -395,11 +395,18 @@ impl MailStore for FakeStore {
                 .map(|(index, r)| {
                     let index = index as u32;
                     let Some(m) = mb.messages.get(&r.uid) else {
-                        return Ok(pb::RangeChunk { index, data: Vec::new(), last: true, missing: true });
+                        return Ok(pb::RangeChunk { index, data: Vec::new(), last: true, missing: true, size: 0 });
                     };
-                    let start = (r.offset as usize).min(m.raw.len());
-                    let end = r.length.map_or(m.raw.len(), |l| start.saturating_add(l as usize).min(m.raw.len()));
-                    Ok(pb::RangeChunk { index, data: m.raw[start..end].to_vec(), last: true, missing: false })
+                    let header = header_size(&m.raw);
+                    let section = match r.section() {
+                        pb::byte_range::Section::Full => &m.raw[..],
+                        pb::byte_range::Section::Header => &m.raw[..header],
+                        pb::byte_range::Section::Text => &m.raw[header..],
+                    };
+                    let start = (r.offset as usize).min(section.len());
+                    let end = r.length.map_or(section.len(), |l| start.saturating_add(l as usize).min(section.len()));
+                    let data = section[start..end].to_vec();
+                    Ok(pb::RangeChunk { index, size: data.len() as u64, data, last: true, missing: false })
                 })
                 .collect::<Vec<_>>())
         })?;

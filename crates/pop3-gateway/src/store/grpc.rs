@@ -175,7 +175,7 @@ impl MailStore for GrpcStore {
         mailbox_id: i64,
         uids: Vec<u32>,
     ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send + 'static {
-        let ranges = uids.iter().map(|uid| pb::ByteRange { uid: *uid, offset: 0, length: None }).collect();
+        let ranges = uids.iter().map(|uid| pb::ByteRange { uid: *uid, ..Default::default() }).collect();
         // Built now, in the caller's span, so the trace context goes along
         // even when the future runs as a task of its own.
         let request = req(pb::FetchRangesRequest { account_id, mailbox_id, ranges });

@@ -45,27 +45,62 @@ struct Planned {
     blob: Option<(String, u64, u64)>,
 }
 
+/// A message as FetchRanges needs it.
+struct Stored {
+    blob_id: String,
+    prefix: Vec<u8>,
+    size: u64,
+    /// Octets of the top-level header including the prefix; when the
+    /// request has no HEADER or TEXT range, not asked for (0).
+    header: u64,
+}
+
+impl Stored {
+    /// The window `[start, end)` of the message that `range` asks for.
+    fn window_of(&self, range: &pb::ByteRange) -> (u64, u64) {
+        use pb::byte_range::Section;
+        let header = self.header.min(self.size);
+        let (base, len) = match range.section() {
+            Section::Full => (0, self.size),
+            Section::Header => (0, header),
+            Section::Text => (header, self.size - header),
+        };
+        let (start, end) = window(len, range.offset, range.length);
+        (base + start, base + end)
+    }
+}
+
 impl Planned {
     fn blob_len(&self) -> u64 {
         self.blob.as_ref().map_or(0, |(_, _, len)| *len)
     }
 }
 
-/// Send `data` as the chunks of range `index`, the last one marked.
+/// Send `data` as the chunks of range `index`, the last one marked and
+/// the first one carrying the range's size.
 async fn send_range(tx: &RangeSender, index: u32, prefix: Vec<u8>, data: Vec<u8>) -> bool {
+    let size = (prefix.len() + data.len()) as u64;
     // The common case, a message without prefix that fits one chunk, goes
     // out as read, without another copy.
     if prefix.is_empty() && data.len() <= CHUNK {
-        return tx.send(Ok(pb::RangeChunk { index, data, last: true, missing: false })).await.is_ok();
+        return tx.send(Ok(pb::RangeChunk { index, data, last: true, missing: false, size })).await.is_ok();
     }
     let mut all = prefix;
     all.extend_from_slice(&data);
     let mut pieces = all.chunks(CHUNK).peekable();
     if pieces.peek().is_none() {
-        return tx.send(Ok(pb::RangeChunk { index, data: Vec::new(), last: true, missing: false })).await.is_ok();
+        let empty = pb::RangeChunk { index, data: Vec::new(), last: true, missing: false, size: 0 };
+        return tx.send(Ok(empty)).await.is_ok();
     }
+    let mut first = true;
     while let Some(piece) = pieces.next() {
-        let chunk = pb::RangeChunk { index, data: piece.to_vec(), last: pieces.peek().is_none(), missing: false };
+        let chunk = pb::RangeChunk {
+            index,
+            data: piece.to_vec(),
+            last: pieces.peek().is_none(),
+            missing: false,
+            size: if std::mem::take(&mut first) { size } else { 0 },
+        };
         if tx.send(Ok(chunk)).await.is_err() {
             return false;
         }
@@ -182,32 +217,48 @@ impl Store {
         if req.ranges.len() > MAX_RANGES {
             return Err(StorageError::InvalidArgument(format!("at most {MAX_RANGES} ranges per call")));
         }
-        let mut conn = self.pool.acquire().await?;
-        mailbox_by_id(&mut conn, req.account_id, req.mailbox_id, false).await?;
         let uids: Vec<i64> = req.ranges.iter().map(|r| i64::from(r.uid)).collect();
-        let rows = sqlx::query(
-            "SELECT uid, blob_id, header_prefix, size FROM messages WHERE mailbox_id = $1 AND uid = ANY($2)",
-        )
-        .bind(req.mailbox_id)
-        .bind(&uids)
-        .fetch_all(&mut *conn)
-        .await?;
-        drop(conn);
-        let mut messages: HashMap<i64, (String, Vec<u8>, u64)> = HashMap::with_capacity(rows.len());
+        // The account's ownership of the mailbox is part of the one
+        // statement: an IMAP session's FETCH costs one round trip here.
+        // Header and text sections need the header's size from the blob.
+        let sections = req.ranges.iter().any(|r| r.section() != pb::byte_range::Section::Full);
+        let sql = if sections {
+            "SELECT m.uid, m.blob_id, m.header_prefix, m.size,
+                    length(m.header_prefix) + COALESCE(bl.header_size, 0) AS header
+             FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id JOIN blobs bl ON bl.id = m.blob_id
+             WHERE m.mailbox_id = $1 AND b.account_id = $2 AND m.uid = ANY($3)"
+        } else {
+            "SELECT m.uid, m.blob_id, m.header_prefix, m.size, 0::bigint AS header
+             FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
+             WHERE m.mailbox_id = $1 AND b.account_id = $2 AND m.uid = ANY($3)"
+        };
+        let rows = sqlx::query(sql).bind(req.mailbox_id).bind(req.account_id).bind(&uids).fetch_all(&self.pool).await?;
+        if rows.is_empty() {
+            // Nothing found: someone else's (or no) mailbox is refused
+            // before anything is sent; otherwise every range is missing.
+            mailbox_by_id(&mut *self.pool.acquire().await?, req.account_id, req.mailbox_id, false).await?;
+        }
+        let mut messages: HashMap<i64, Stored> = HashMap::with_capacity(rows.len());
         for row in rows {
-            messages.insert(row.get("uid"), (row.get("blob_id"), row.get("header_prefix"), u64_of(row.get("size"))));
+            let stored = Stored {
+                blob_id: row.get("blob_id"),
+                prefix: row.get("header_prefix"),
+                size: u64_of(row.get("size")),
+                header: u64_of(row.get::<i64, _>("header")),
+            };
+            messages.insert(row.get("uid"), stored);
         }
         let planned: Vec<Option<Planned>> = req
             .ranges
             .iter()
             .enumerate()
             .map(|(index, range)| {
-                let (blob_id, prefix, total) = messages.get(&i64::from(range.uid))?;
-                let (start, end) = window(*total, range.offset, range.length);
-                let plen = prefix.len() as u64;
-                let head = prefix[start.min(plen) as usize..end.min(plen) as usize].to_vec();
+                let stored = messages.get(&i64::from(range.uid))?;
+                let (start, end) = stored.window_of(range);
+                let plen = stored.prefix.len() as u64;
+                let head = stored.prefix[start.min(plen) as usize..end.min(plen) as usize].to_vec();
                 let from = start.max(plen) - plen;
-                let blob = (end > plen).then(|| (blob_id.clone(), from, end - plen - from));
+                let blob = (end > plen).then(|| (stored.blob_id.clone(), from, end - plen - from));
                 Some(Planned { index: index as u32, prefix: head, blob })
             })
             .collect();
@@ -223,7 +274,8 @@ impl Store {
                         return;
                     }
                     group_octets = 0;
-                    let missing = pb::RangeChunk { index: index as u32, data: Vec::new(), last: true, missing: true };
+                    let missing =
+                        pb::RangeChunk { index: index as u32, data: Vec::new(), last: true, missing: true, size: 0 };
                     if tx.send(Ok(missing)).await.is_err() {
                         return;
                     }
@@ -285,11 +337,13 @@ impl Store {
             }
         };
         let index = plan.index;
+        let mut size = plan.prefix.len() as u64 + len;
         if !plan.prefix.is_empty() {
-            let head = pb::RangeChunk { index, data: plan.prefix, last: false, missing: false };
+            let head = pb::RangeChunk { index, data: plan.prefix, last: false, missing: false, size };
             if tx.send(Ok(head)).await.is_err() {
                 return false;
             }
+            size = 0;
         }
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -305,7 +359,13 @@ impl Store {
                 }
             }
             let last = filled < CHUNK;
-            let chunk = pb::RangeChunk { index, data: buf[..filled].to_vec(), last, missing: false };
+            let chunk = pb::RangeChunk {
+                index,
+                data: buf[..filled].to_vec(),
+                last,
+                missing: false,
+                size: std::mem::take(&mut size),
+            };
             if tx.send(Ok(chunk)).await.is_err() {
                 return false;
             }

@@ -69,45 +69,59 @@ impl Store {
         } else {
             UidSet::parse(&req.uids)?
         };
-        let mut conn = self.pool.acquire().await?;
-        let mailbox = mailbox_by_id(&mut conn, req.account_id, req.mailbox_id, false).await?;
-        set.resolve_star(&mut conn, mailbox.id).await?;
-        drop(conn);
+        if set.ends.contains(&i64::from(UID_STAR)) {
+            // `n:*` needs the largest UID first (rare: gateways send UIDs).
+            let mut conn = self.pool.acquire().await?;
+            let mailbox = mailbox_by_id(&mut conn, req.account_id, req.mailbox_id, false).await?;
+            set.resolve_star(&mut conn, mailbox.id).await?;
+        }
         let changed_since = i64::try_from(req.changed_since).unwrap_or(i64::MAX);
         let (with_env, with_body) = (req.with_envelope, req.with_body_structure);
+        // The account's ownership of the mailbox is checked by the same
+        // statement (the join), so a page costs one round trip.
         let sql = format!(
             "SELECT m.uid, m.modseq, m.flags, m.internal_date, m.size, length(m.header_prefix)::bigint AS prefix_len,
                     b.header_size, {}, {}
-             FROM messages m JOIN blobs b ON b.id = m.blob_id
-             WHERE m.mailbox_id = $1 AND m.uid > $6 AND m.modseq > $7 AND {}
+             FROM messages m JOIN blobs b ON b.id = m.blob_id JOIN mailboxes x ON x.id = m.mailbox_id
+             WHERE m.mailbox_id = $1 AND x.account_id = $8 AND m.uid > $6 AND m.modseq > $7 AND {}
              ORDER BY m.uid LIMIT {BATCH}",
             if with_env { "b.envelope" } else { "NULL::bytea AS envelope" },
             if with_body { "b.body_structure" } else { "NULL::bytea AS body_structure" },
             uid_set_condition(2, 3, 4, 5),
         );
         let (lo, hi) = set.bounds();
+        let (account_id, mailbox_id) = (req.account_id, req.mailbox_id);
+        let page = {
+            let (sql, set, pool) = (sql.clone(), set.clone(), self.pool.clone());
+            move |after: i64| {
+                let (sql, set, pool) = (sql.clone(), set.clone(), pool.clone());
+                async move {
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(mailbox_id)
+                        .bind(lo)
+                        .bind(hi)
+                        .bind(&set.starts)
+                        .bind(&set.ends)
+                        .bind(after)
+                        .bind(changed_since)
+                        .bind(account_id)
+                        .fetch_all(&pool)
+                        .await
+                }
+            }
+        };
+        // The first page before answering, so that someone else's (or no)
+        // mailbox is an error status rather than a broken stream.
+        let first = page(0).await?;
+        if first.is_empty() {
+            mailbox_by_id(&mut *self.pool.acquire().await?, account_id, mailbox_id, false).await?;
+        }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut after: i64 = 0;
+            let mut rows = first;
             loop {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(mailbox.id)
-                    .bind(lo)
-                    .bind(hi)
-                    .bind(&set.starts)
-                    .bind(&set.ends)
-                    .bind(after)
-                    .bind(changed_since)
-                    .fetch_all(&self.pool)
-                    .await;
-                let rows = match rows {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(StorageError::from(e).into())).await;
-                        return;
-                    }
-                };
                 let done = (rows.len() as i64) < BATCH;
+                let mut after = 0;
                 for row in &rows {
                     after = row.get("uid");
                     let item = meta_from_row(row, with_env, with_body).map_err(Into::into);
@@ -118,6 +132,13 @@ impl Store {
                 if done {
                     return;
                 }
+                rows = match page(after).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(StorageError::from(e).into())).await;
+                        return;
+                    }
+                };
             }
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
