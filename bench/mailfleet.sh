@@ -16,11 +16,13 @@
 #   MF_STORAGE_PORT [35051] (admin API on the next port)
 #   MF_DOMAIN [bench.test] MF_USERS [50] MF_PASSWORD [bench-password]
 #   MF_DATABASE [mailfleet_bench] on the PostgreSQL of scripts/ensure-deps.sh
+#   MF_BIN [<repo>/target/release]  where the binaries are (another build's,
+#                                   to compare two versions on one machine)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-BIN=$ROOT/target/release
+BIN=${MF_BIN:-$ROOT/target/release}
 
 MF_DIR=${MF_DIR:-$ROOT/var/bench/mailfleet}
 MF_SMTP_PORT=${MF_SMTP_PORT:-32525}
