@@ -18,6 +18,8 @@
 #   MF_DATABASE [mailfleet_bench] on the PostgreSQL of scripts/ensure-deps.sh
 #   MF_BIN [<repo>/target/release]  where the binaries are (another build's,
 #                                   to compare two versions on one machine)
+#   BENCH_TRASH [unset]  reset moves the blobs into this directory (same
+#                        filesystem) instead of deleting them; see scripts/bench.sh
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -155,6 +157,11 @@ down() {
 reset() {
     down
     psql "$PG_URL/postgres" -qc "DROP DATABASE IF EXISTS \"$MF_DATABASE\" WITH (FORCE)" >/dev/null
+    if [ -n "${BENCH_TRASH:-}" ] && [ -d "$MF_DIR/blobs" ]; then
+        # Renames free no inodes: see scripts/bench.sh.
+        mkdir -p "$BENCH_TRASH"
+        mv "$MF_DIR/blobs" "$BENCH_TRASH/mailfleet-blobs.$(date +%s%N)"
+    fi
     rm -rf "$MF_DIR/blobs"
     python3 "$HERE/nats_delete_streams.py" "$NATS_URL" "$STREAM" "$RELAY_STREAM" "KV_$STATE_BUCKET"
     log "reset: database, blobs and streams removed"

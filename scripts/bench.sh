@@ -38,16 +38,25 @@ cargo build --release --locked --bins
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 
+# Both stacks create a file per message. ext4 without a journal (as here)
+# will not reuse an inode freed less than 60 s ago, or 360 s while its
+# inode-table block is dirty, and checks every such inode it passes over
+# when it allocates: right after a reset that deleted thousands of files,
+# every new file costs a scan. So resets move old mail into a trash
+# directory (a rename frees nothing) and it is deleted after the last run.
+export BENCH_TRASH=${BENCH_TRASH:-$PWD/var/bench/trash}
+mkdir -p "$BENCH_TRASH"
+trap 'rm -rf -- "$BENCH_TRASH"' EXIT
+
 # run_side NAME CONTROL SMTP IMAP POP3 IDLE_PROCESS_NAMES
 run_side() {
     local side=$1 control=$2 smtp=$3 imap=$4 pop3=$5 names=$6
     say "== $side: fresh start"
     "$control" reset >&2
     "$control" up >&2
-    # Both stacks create a file per message; ext4 (no journal here) skips
-    # inodes freed in the last 30 s when it allocates, and a reset just
-    # freed thousands: let that pass so it weighs on neither side.
-    sleep 35
+    # Let the start settle (writeback of what reset and start wrote).
+    sync
+    sleep 10
     local pids
     pids=$("$control" pids | paste -sd, -)
     local lg=("$LOADGEN" --host 127.0.0.1 --smtp-port "$smtp" --imap-port "$imap" --pop3-port "$pop3"

@@ -27,6 +27,9 @@
 #                                          (capped at the hard limit)
 #   REF_INOTIFY_INSTANCES [16384]          raise fs.inotify.max_user_instances
 #                                          to at least this (0: leave it)
+#   BENCH_TRASH [unset]                    reset moves mail and queue into this
+#                                          directory (same filesystem) instead
+#                                          of deleting them; see scripts/bench.sh
 set -euo pipefail
 umask 022
 
@@ -465,6 +468,16 @@ cmd_reset() {
     cmd_down
     [ -d "$REF_DIR" ] || { log "nothing to reset ($REF_DIR does not exist)"; return 0; }
     [ -e "$MARKER" ] || die "$REF_DIR was not made by this script (no $(basename "$MARKER")); not deleting anything"
+    if [ -n "${BENCH_TRASH:-}" ]; then
+        # Renames free no inodes: see scripts/bench.sh on why deleting
+        # thousands of files just before a measured run would skew it.
+        local aside
+        aside="$BENCH_TRASH/reference.$(date +%s%N)"
+        mkdir -p "$aside"
+        for d in "$MAIL_DIR" "$PF_SPOOL" "$PF_DATA"; do
+            [ -e "$d" ] && mv -- "$d" "$aside/"
+        done
+    fi
     rm -rf -- "$MAIL_DIR" "$PF_SPOOL" "$PF_DATA" "$DV_DIR/state" "$REF_DIR/run" "$LOG_DIR"
     log "reset: mail, queue, runtime state and logs under $REF_DIR deleted (configuration kept)"
 }
