@@ -9,7 +9,10 @@
 #   BENCH_ONLY=mailfleet scripts/bench.sh   # one side only (no ratios)
 #
 # Knobs (defaults in brackets): BENCH_SMTP_MESSAGES [2000]
-# BENCH_SMTP_CONCURRENCY [10] BENCH_MAILBOX_MESSAGES [300] (users 1-10, for
+# BENCH_SMTP_CONCURRENCY [10] BENCH_SMTP_WARMUP [200] (messages sent before
+# the measured SMTP run) BENCH_PASSES [5] (the full fetch and the POP3
+# scenarios are repeated, their rates are the median pass)
+# BENCH_MAILBOX_MESSAGES [300] (users 1-10, for
 # the IMAP and POP3 scenarios) BENCH_FULL_FETCH_MESSAGES [5000] (10 KB each,
 # one user) BENCH_CLIENTS [10] BENCH_IDLE_CONNECTIONS [1000] BENCH_SEED [1].
 # Results: var/bench/results/<time>/ (one JSON per scenario and side,
@@ -20,6 +23,8 @@ cd "$(dirname "$0")/.."
 ONLY=${BENCH_ONLY:-both}
 SMTP_MESSAGES=${BENCH_SMTP_MESSAGES:-2000}
 SMTP_CONCURRENCY=${BENCH_SMTP_CONCURRENCY:-10}
+SMTP_WARMUP=${BENCH_SMTP_WARMUP:-200}
+PASSES=${BENCH_PASSES:-5}
 MAILBOX_MESSAGES=${BENCH_MAILBOX_MESSAGES:-300}
 FULL_FETCH_MESSAGES=${BENCH_FULL_FETCH_MESSAGES:-5000}
 CLIENTS=${BENCH_CLIENTS:-10}
@@ -63,6 +68,11 @@ run_side() {
         --password "$PASSWORD" --seed "$SEED")
     local o="$OUT/$side"
 
+    # A short run first, not compared: both stacks start processes,
+    # connections and caches on their first messages.
+    say "$side: SMTP warm-up, $SMTP_WARMUP messages"
+    "${lg[@]}" --users "$USERS" --label smtp-warmup --max-seconds 300 \
+        smtp --messages "$SMTP_WARMUP" --concurrency "$SMTP_CONCURRENCY" >"$o-smtp-warmup.json"
     say "$side: SMTP ingest, $SMTP_MESSAGES messages from $SMTP_CONCURRENCY connections to $USERS users"
     "${lg[@]}" --users "$USERS" --label smtp --cpu-pids "$pids" --max-seconds 600 \
         smtp --messages "$SMTP_MESSAGES" --concurrency "$SMTP_CONCURRENCY" >"$o-smtp.json"
@@ -82,10 +92,10 @@ run_side() {
 
     say "$side: POP3, $CLIENTS clients"
     "${lg[@]}" --users 10 --label pop3 --cpu-pids "$pids" --max-seconds 600 \
-        pop3 --concurrency "$CLIENTS" >"$o-pop3.json"
+        pop3 --concurrency "$CLIENTS" --passes "$PASSES" >"$o-pop3.json"
     say "$side: POP3, one client"
     "${lg[@]}" --users 1 --user-format 'load4{}@bench.test' --label pop3-one-client --cpu-pids "$pids" \
-        --max-seconds 600 pop3 --concurrency 1 >"$o-pop3-one-client.json"
+        --max-seconds 600 pop3 --concurrency 1 --passes "$PASSES" >"$o-pop3-one-client.json"
 
     say "$side: $IDLE_CONNECTIONS idle IMAP connections"
     # The gateway's (or Dovecot's) own processes: the services' roots only,

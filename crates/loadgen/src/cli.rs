@@ -155,6 +155,10 @@ pub struct ImapArgs {
     /// `UID FETCH 1:* BODY.PEEK[]`.
     #[arg(long)]
     pub full_fetch: bool,
+    /// Times the full fetch is repeated in the one session: its figures are
+    /// the median pass (and the first pass, cold, reported apart).
+    #[arg(long, default_value_t = 1)]
+    pub passes: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -162,6 +166,10 @@ pub struct Pop3Args {
     /// Clients at once, each a different user (POP3 locks the maildrop).
     #[arg(long, default_value_t = 5)]
     pub concurrency: u32,
+    /// Times the whole scenario is repeated (new sessions each time): its
+    /// rates are the median pass (and the first pass reported apart).
+    #[arg(long, default_value_t = 1)]
+    pub passes: u32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,6 +8,12 @@ pub struct Samples {
     values: Vec<f64>,
 }
 
+impl FromIterator<f64> for Samples {
+    fn from_iter<I: IntoIterator<Item = f64>>(iter: I) -> Self {
+        Samples { values: iter.into_iter().collect() }
+    }
+}
+
 impl Samples {
     pub fn push(&mut self, value: f64) {
         self.values.push(value);

@@ -177,22 +177,28 @@ async fn populate_then_pop3_and_imap_read_it_back() {
     assert_eq!(figure(&r, "messages_appended"), 24.0);
     let appended = figure(&r, "bytes_appended");
 
-    let r = scenario::pop3::run(ctx.clone(), &Pop3Args { concurrency: 3 }).await.expect("pop3");
+    // Two passes: every maildrop is read twice, in new sessions.
+    let r = scenario::pop3::run(ctx.clone(), &Pop3Args { concurrency: 3, passes: 2 }).await.expect("pop3");
     assert!(r.complete, "{}", r.human());
-    assert_eq!(figure(&r, "messages_retrieved"), 24.0);
-    assert_eq!(figure(&r, "bytes_retrieved"), appended);
-    assert!(scenario::pop3::run(ctx.clone(), &Pop3Args { concurrency: 4 }).await.is_err(), "C > users");
+    assert_eq!(figure(&r, "sessions"), 6.0);
+    assert_eq!(figure(&r, "messages_retrieved"), 48.0);
+    assert_eq!(figure(&r, "bytes_retrieved"), 2.0 * appended);
+    assert!(figure(&r, "messages_per_s") > 0.0 && figure(&r, "first_pass_messages_per_s") > 0.0);
+    assert!(scenario::pop3::run(ctx.clone(), &Pop3Args { concurrency: 4, passes: 1 }).await.is_err(), "C > users");
+    assert!(scenario::pop3::run(ctx.clone(), &Pop3Args { concurrency: 3, passes: 0 }).await.is_err(), "no pass");
 
-    let imap = ImapArgs { concurrency: 4, rounds: 3, body_fetches: 5, full_fetch: true };
+    let imap = ImapArgs { concurrency: 4, rounds: 3, body_fetches: 5, full_fetch: true, passes: 3 };
     let r = scenario::imap::run(ctx.clone(), &imap).await.expect("imap");
     assert!(r.complete, "{}", r.human());
     assert_eq!(figure(&r, "rounds_done"), 12.0);
     assert_eq!(figure(&r, "fetch_body_count"), 60.0);
     assert_eq!(figure(&r, "store_count"), 24.0);
     assert_eq!(figure(&r, "search_text_count"), 12.0);
+    // Figures of one pass (three were made).
     assert_eq!(figure(&r, "full_fetch_messages"), 8.0);
     let user1: usize = fake.store.messages("load1@bench.test").iter().map(Vec::len).sum();
     assert_eq!(figure(&r, "full_fetch_bytes"), user1 as f64);
+    assert!(figure(&r, "full_fetch_msg_per_s") > 0.0 && figure(&r, "full_fetch_first_pass_msg_per_s") > 0.0);
 }
 
 #[tokio::test]
@@ -241,7 +247,7 @@ async fn deadline_marks_the_run_incomplete() {
     c.pop3_port = port;
     c.max_seconds = 1;
     let ctx = Arc::new(Context::new(&c).expect("context"));
-    let r = scenario::pop3::run(ctx, &Pop3Args { concurrency: 2 }).await.expect("pop3");
+    let r = scenario::pop3::run(ctx, &Pop3Args { concurrency: 2, passes: 1 }).await.expect("pop3");
     assert!(!r.complete);
     assert_eq!(r.errors.get("deadline"), Some(&2));
     hold.abort();
