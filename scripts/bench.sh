@@ -88,7 +88,7 @@ run_side() {
         imap --concurrency "$CLIENTS" --rounds 5 >"$o-imap.json"
     say "$side: IMAP, one client fetching $FULL_FETCH_MESSAGES messages"
     "${lg[@]}" --users 1 --user-format 'load4{}@bench.test' --label imap-full-fetch --cpu-pids "$pids" \
-        --max-seconds 600 imap --concurrency 1 --rounds 0 --full-fetch >"$o-imap-full-fetch.json"
+        --max-seconds 600 imap --concurrency 1 --rounds 0 --full-fetch --passes "$PASSES" >"$o-imap-full-fetch.json"
 
     say "$side: POP3, $CLIENTS clients"
     "${lg[@]}" --users 10 --label pop3 --cpu-pids "$pids" --max-seconds 600 \
