@@ -9,14 +9,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC_INCLUDE", protoc_bin_vendored::include_path()?) };
     }
     println!("cargo:rerun-if-changed=../../proto");
-    tonic_prost_build::configure().compile_protos(
-        &[
-            "../../proto/mailfleet/storage/v1/storage.proto",
-            "../../proto/mailfleet/storage/v1/admin.proto",
-            "../../proto/mailfleet/storage/v1/events.proto",
-            "../../proto/mailfleet/queue/v1/queue.proto",
-        ],
-        &["../../proto"],
-    )?;
+    tonic_prost_build::configure()
+        // Message octets on the read paths decode as `Bytes` that share the
+        // HTTP/2 receive buffer, instead of a copy into a new Vec each.
+        .bytes(".mailfleet.storage.v1.RangeChunk.data")
+        .bytes(".mailfleet.storage.v1.FetchChunk.data")
+        .compile_protos(
+            &[
+                "../../proto/mailfleet/storage/v1/storage.proto",
+                "../../proto/mailfleet/storage/v1/admin.proto",
+                "../../proto/mailfleet/storage/v1/events.proto",
+                "../../proto/mailfleet/queue/v1/queue.proto",
+            ],
+            &["../../proto"],
+        )?;
     Ok(())
 }

@@ -122,10 +122,23 @@ impl BlobStore for FsBlobStore {
             paths
                 .into_iter()
                 .map(|(path, offset, len)| {
+                    // Open, read, close: a seek only for a range that does
+                    // not start the file, and no read past the range (the
+                    // `take` ends it without asking the file).
                     let mut file = std::fs::File::open(path)?;
-                    file.seek(std::io::SeekFrom::Start(offset))?;
+                    if offset > 0 {
+                        file.seek(std::io::SeekFrom::Start(offset))?;
+                    }
                     let mut data = Vec::with_capacity(len as usize);
                     file.take(len).read_to_end(&mut data)?;
+                    // A blob shorter than its recorded size is an error,
+                    // never a short answer (a literal's size is already out).
+                    if (data.len() as u64) < len {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "blob is shorter than recorded",
+                        ));
+                    }
                     Ok(data)
                 })
                 .collect()

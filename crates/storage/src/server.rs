@@ -121,6 +121,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
         // Messages arrive streamed (PutBlob, Append): see runtime::grpc.
         .initial_stream_window_size(mailfleet_runtime::grpc::STREAM_WINDOW)
         .initial_connection_window_size(mailfleet_runtime::grpc::CONNECTION_WINDOW)
+        .max_frame_size(mailfleet_runtime::grpc::MAX_FRAME)
         .add_service(health_service.clone())
         .add_service(DirectoryServer::new(DirectoryService(store.clone())))
         .add_service(MailboxesServer::new(MailboxesService(store.clone())))

@@ -373,10 +373,10 @@ async fn first_chunk(stream: &mut RangeStream, index: u32) -> Result<Option<pb::
 /// The rest of a range whose first chunk is `first`, whole.
 async fn rest_of_range(stream: &mut RangeStream, first: pb::RangeChunk) -> Result<Vec<u8>, ImapError> {
     if first.last {
-        // One chunk, as most bodies come: no copy.
-        return Ok(first.data);
+        // One chunk, as most bodies come.
+        return Ok(first.data.into());
     }
-    let mut data = first.data;
+    let mut data: Vec<u8> = first.data.into();
     loop {
         let chunk = first_chunk(stream, first.index)
             .await?

@@ -189,7 +189,7 @@ pub(crate) async fn send<S: MailStore>(
                 Some(Err(e)) => break Some(e.to_string()),
                 None => break Some("range stream ended early".to_string()),
             };
-            let mut data = chunk.data;
+            let mut data: Vec<u8> = chunk.data.into();
             // RFC 3501 §4.3: no NUL in a literal (as `fetch::literal`).
             for b in data.iter_mut().filter(|b| **b == 0) {
                 *b = b' ';

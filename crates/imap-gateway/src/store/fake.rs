@@ -395,7 +395,13 @@ impl MailStore for FakeStore {
                 .map(|(index, r)| {
                     let index = index as u32;
                     let Some(m) = mb.messages.get(&r.uid) else {
-                        return Ok(pb::RangeChunk { index, data: Vec::new(), last: true, missing: true, size: 0 });
+                        return Ok(pb::RangeChunk {
+                            index,
+                            data: Default::default(),
+                            last: true,
+                            missing: true,
+                            size: 0,
+                        });
                     };
                     let header = header_size(&m.raw);
                     let section = match r.section() {
@@ -406,7 +412,7 @@ impl MailStore for FakeStore {
                     let start = (r.offset as usize).min(section.len());
                     let end = r.length.map_or(section.len(), |l| start.saturating_add(l as usize).min(section.len()));
                     let data = section[start..end].to_vec();
-                    Ok(pb::RangeChunk { index, size: data.len() as u64, data, last: true, missing: false })
+                    Ok(pb::RangeChunk { index, size: data.len() as u64, data: data.into(), last: true, missing: false })
                 })
                 .collect::<Vec<_>>())
         })?;

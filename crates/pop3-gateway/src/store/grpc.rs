@@ -166,7 +166,7 @@ impl MailStore for GrpcStore {
             .await
             .map_err(map_status)?
             .into_inner();
-        Ok(Box::pin(stream.map(|chunk| chunk.map(|c| bytes::Bytes::from(c.data)).map_err(map_status))))
+        Ok(Box::pin(stream.map(|chunk| chunk.map(|c| c.data).map_err(map_status))))
     }
 
     fn fetch_many(
@@ -196,7 +196,7 @@ impl MailStore for GrpcStore {
                 }
                 if chunk.last && current.is_empty() {
                     // A message in one chunk, as most are: no copy.
-                    out.push(Some(Bytes::from(chunk.data)));
+                    out.push(Some(chunk.data));
                     continue;
                 }
                 current.extend_from_slice(&chunk.data);

@@ -83,27 +83,30 @@ async fn send_range(tx: &RangeSender, index: u32, prefix: Vec<u8>, data: Vec<u8>
     // The common case, a message without prefix that fits one chunk, goes
     // out as read, without another copy.
     if prefix.is_empty() && data.len() <= CHUNK {
-        return tx.send(Ok(pb::RangeChunk { index, data, last: true, missing: false, size })).await.is_ok();
+        let chunk = pb::RangeChunk { index, data: data.into(), last: true, missing: false, size };
+        return tx.send(Ok(chunk)).await.is_ok();
     }
     let mut all = prefix;
     all.extend_from_slice(&data);
-    let mut pieces = all.chunks(CHUNK).peekable();
-    if pieces.peek().is_none() {
-        let empty = pb::RangeChunk { index, data: Vec::new(), last: true, missing: false, size: 0 };
+    let all = bytes::Bytes::from(all);
+    if all.is_empty() {
+        let empty = pb::RangeChunk { index, data: all, last: true, missing: false, size: 0 };
         return tx.send(Ok(empty)).await.is_ok();
     }
-    let mut first = true;
-    while let Some(piece) = pieces.next() {
+    let mut at = 0;
+    while at < all.len() {
+        let end = (at + CHUNK).min(all.len());
         let chunk = pb::RangeChunk {
             index,
-            data: piece.to_vec(),
-            last: pieces.peek().is_none(),
+            data: all.slice(at..end),
+            last: end == all.len(),
             missing: false,
-            size: if std::mem::take(&mut first) { size } else { 0 },
+            size: if at == 0 { size } else { 0 },
         };
         if tx.send(Ok(chunk)).await.is_err() {
             return false;
         }
+        at = end;
     }
     true
 }
@@ -131,7 +134,10 @@ async fn pump(
         if filled == 0 {
             return Ok(true);
         }
-        let chunk = pb::FetchChunk { data: buf[..filled].to_vec(), total_size: first.take().unwrap_or(0) };
+        let chunk = pb::FetchChunk {
+            data: bytes::Bytes::copy_from_slice(&buf[..filled]),
+            total_size: first.take().unwrap_or(0),
+        };
         if tx.send(Ok(chunk)).await.is_err() {
             return Ok(false);
         }
@@ -171,7 +177,7 @@ impl Store {
                 let mut read = self.blobs.read_many(vec![(blob_id, from, blob_len)]).await?;
                 data.extend(read.pop().unwrap_or_default());
             }
-            let chunk = pb::FetchChunk { data, total_size: total };
+            let chunk = pb::FetchChunk { data: data.into(), total_size: total };
             return Ok(Box::pin(futures::stream::once(async move { Ok(chunk) })));
         }
         // Open the blob before answering so a missing blob is an error
@@ -202,7 +208,7 @@ impl Store {
             }
             if let Some(total) = first {
                 // Empty range: still tell the client the size.
-                let _ = tx.send(Ok(pb::FetchChunk { data: Vec::new(), total_size: total })).await;
+                let _ = tx.send(Ok(pb::FetchChunk { data: bytes::Bytes::new(), total_size: total })).await;
             }
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
@@ -274,8 +280,13 @@ impl Store {
                         return;
                     }
                     group_octets = 0;
-                    let missing =
-                        pb::RangeChunk { index: index as u32, data: Vec::new(), last: true, missing: true, size: 0 };
+                    let missing = pb::RangeChunk {
+                        index: index as u32,
+                        data: bytes::Bytes::new(),
+                        last: true,
+                        missing: true,
+                        size: 0,
+                    };
                     if tx.send(Ok(missing)).await.is_err() {
                         return;
                     }
@@ -339,7 +350,7 @@ impl Store {
         let index = plan.index;
         let mut size = plan.prefix.len() as u64 + len;
         if !plan.prefix.is_empty() {
-            let head = pb::RangeChunk { index, data: plan.prefix, last: false, missing: false, size };
+            let head = pb::RangeChunk { index, data: plan.prefix.into(), last: false, missing: false, size };
             if tx.send(Ok(head)).await.is_err() {
                 return false;
             }
@@ -361,7 +372,7 @@ impl Store {
             let last = filled < CHUNK;
             let chunk = pb::RangeChunk {
                 index,
-                data: buf[..filled].to_vec(),
+                data: bytes::Bytes::copy_from_slice(&buf[..filled]),
                 last,
                 missing: false,
                 size: std::mem::take(&mut size),
@@ -396,7 +407,7 @@ impl Store {
                 return;
             }
             if let Some(total) = first {
-                let _ = tx.send(Ok(pb::FetchChunk { data: Vec::new(), total_size: total })).await;
+                let _ = tx.send(Ok(pb::FetchChunk { data: bytes::Bytes::new(), total_size: total })).await;
             }
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
