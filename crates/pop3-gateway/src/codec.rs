@@ -298,6 +298,26 @@ pub fn multiline<I: IntoIterator<Item = String>>(first: &str, lines: I) -> Strin
     out
 }
 
+/// One piece of stuffed message text (see [`Stuffer::retr_pieces`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `chunk[from..to]`, as it is.
+    Span(usize, usize),
+    /// Octets stuffing adds: a "." before a line that starts with one, or
+    /// the CR of a bare LF.
+    Insert(&'static [u8]),
+}
+
+impl Piece {
+    /// The octets of this piece of `chunk`.
+    pub fn of(self, chunk: &[u8]) -> &[u8] {
+        match self {
+            Piece::Span(from, to) => &chunk[from..to],
+            Piece::Insert(octets) => octets,
+        }
+    }
+}
+
 /// Streams message text into a multi-line response (RFC 1939 §3): a line
 /// starting with "." gets one more ".", bare LFs become CRLF, and `finish`
 /// adds a CRLF if the text did not end with one, then the ".\r\n" terminator.
@@ -339,42 +359,56 @@ impl Stuffer {
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         out.reserve(chunk.len() + 16);
         if self.top.is_none() {
-            self.push_lines(chunk, out);
+            let mut pieces = Vec::new();
+            self.retr_pieces(chunk, &mut pieces);
+            for piece in pieces {
+                out.extend_from_slice(piece.of(chunk));
+            }
         } else {
             self.push_octets(chunk, out);
         }
     }
 
-    /// RETR: whole lines at a time. A RETR of everything is most of what
-    /// POP3 sends, and copying each line in one piece (found with memchr)
-    /// costs a fraction of looking at every octet.
-    fn push_lines(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let mut rest = chunk;
-        while let Some(&first) = rest.first() {
-            if self.at_line_start && first == b'.' {
-                out.push(b'.');
+    /// Whether `retr_pieces` applies (RETR), rather than `push` (TOP).
+    pub fn is_retr(&self) -> bool {
+        self.top.is_none()
+    }
+
+    /// RETR: the stuffed form of `chunk` as pieces, into `pieces` (emptied
+    /// first): spans of `chunk` itself and the few octets stuffing inserts.
+    /// A RETR of everything is most of what POP3 sends; this way its octets
+    /// are looked at once (a SIMD search for line ends) and can be written
+    /// out without being copied into a stuffed buffer first. Storage keeps
+    /// CRLF line ends, so a span is usually the whole chunk.
+    pub fn retr_pieces(&mut self, chunk: &[u8], pieces: &mut Vec<Piece>) {
+        pieces.clear();
+        if chunk.is_empty() {
+            return;
+        }
+        let mut from = 0;
+        if self.at_line_start && chunk[0] == b'.' {
+            pieces.push(Piece::Insert(b"."));
+        }
+        for at in memchr::memchr_iter(b'\n', chunk) {
+            let cr_before = if at == 0 { self.prev_cr } else { chunk[at - 1] == b'\r' };
+            if !cr_before {
+                // A bare LF: CRLF on the wire (RFC 1939 §3).
+                pieces.push(Piece::Span(from, at));
+                pieces.push(Piece::Insert(b"\r"));
+                from = at;
             }
-            match memchr::memchr(b'\n', rest) {
-                Some(at) => {
-                    let line = &rest[..at];
-                    out.extend_from_slice(line);
-                    let cr_before = line.last().map_or(self.prev_cr, |b| *b == b'\r');
-                    if !cr_before {
-                        out.push(b'\r');
-                    }
-                    out.push(b'\n');
-                    self.at_line_start = true;
-                    self.prev_cr = false;
-                    rest = &rest[at + 1..];
-                }
-                None => {
-                    out.extend_from_slice(rest);
-                    self.at_line_start = false;
-                    self.prev_cr = rest.last() == Some(&b'\r');
-                    rest = &[];
-                }
+            if chunk.get(at + 1) == Some(&b'.') {
+                pieces.push(Piece::Span(from, at + 1));
+                pieces.push(Piece::Insert(b"."));
+                from = at + 1;
             }
         }
+        if from < chunk.len() {
+            pieces.push(Piece::Span(from, chunk.len()));
+        }
+        let last = chunk[chunk.len() - 1];
+        self.at_line_start = last == b'\n';
+        self.prev_cr = last == b'\r';
     }
 
     /// TOP: octet by octet, counting header and body lines.
@@ -525,6 +559,29 @@ mod tests {
         assert_eq!(stuff(Stuffer::top(0), &[msg]), "Subject: x\r\nFrom: y\r\n\r\n.\r\n");
         assert_eq!(stuff(Stuffer::top(2), &[&msg[..5], &msg[5..]]), "Subject: x\r\nFrom: y\r\n\r\nl1\r\n..l2\r\n.\r\n");
         assert_eq!(stuff(Stuffer::top(10), &[msg]), "Subject: x\r\nFrom: y\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n");
+    }
+
+    /// RETR text with CRLF lines and no line starting with "." (what
+    /// storage serves almost always) is one piece: the chunk as it is.
+    #[test]
+    fn plain_text_is_one_piece() {
+        let mut s = Stuffer::retr();
+        let mut pieces = Vec::new();
+        let chunk = b"Subject: x\r\n\r\nline one\r\nline two\r\n";
+        s.retr_pieces(chunk, &mut pieces);
+        assert_eq!(pieces, vec![Piece::Span(0, chunk.len())]);
+        s.retr_pieces(b".dot\r\nx\n.y", &mut pieces);
+        assert_eq!(
+            pieces,
+            vec![
+                Piece::Insert(b"."),
+                Piece::Span(0, 7),
+                Piece::Insert(b"\r"),
+                Piece::Span(7, 8),
+                Piece::Insert(b"."),
+                Piece::Span(8, 10)
+            ]
+        );
     }
 
     proptest! {

@@ -338,9 +338,17 @@ async fn send_stream<W: AsyncWrite + Unpin + Send>(
     };
     out.write_all(codec::ok(status).as_bytes()).await?;
     let mut buf = Vec::new();
+    let mut pieces = Vec::new();
     let mut next = first;
     while let Some(chunk) = next {
         match chunk {
+            Ok(data) if stuffer.is_retr() => {
+                // Written as pieces of the chunk: no stuffed copy first.
+                stuffer.retr_pieces(&data, &mut pieces);
+                for piece in &pieces {
+                    out.write_all(piece.of(&data)).await?;
+                }
+            }
             Ok(data) => {
                 buf.clear();
                 stuffer.push(&data, &mut buf);
