@@ -5,16 +5,23 @@
 # Mailfleet/reference for every figure, and the issue's targets checked.
 # Every scenario is bounded in count and time; all traffic is loopback.
 #
-#   scripts/bench.sh                 # both systems, default sizes (~15 min)
+#   scripts/bench.sh                 # both systems, default sizes (~20 min)
 #   BENCH_ONLY=mailfleet scripts/bench.sh   # one side only (no ratios)
+#
+# Both stacks are started fresh, side by side, and every scenario runs
+# against one and then the other before the next scenario begins: a shared
+# machine's speed drifts over minutes, and a ratio should compare two runs
+# made under the same conditions, not ten minutes apart. The stack that is
+# not being measured sits idle.
 #
 # Knobs (defaults in brackets): BENCH_SMTP_MESSAGES [2000]
 # BENCH_SMTP_CONCURRENCY [10] BENCH_SMTP_WARMUP [200] (messages sent before
-# the measured SMTP run) BENCH_PASSES [5] (the full fetch and the POP3
-# scenarios are repeated, their rates are the median pass)
-# BENCH_MAILBOX_MESSAGES [300] (users 1-10, for
-# the IMAP and POP3 scenarios) BENCH_FULL_FETCH_MESSAGES [5000] (10 KB each,
-# one user) BENCH_CLIENTS [10] BENCH_IDLE_CONNECTIONS [1000] BENCH_SEED [1].
+# the measured SMTP runs) BENCH_SMTP_PASSES [3] (the SMTP scenario is run
+# that many times; its rates are the median pass's) BENCH_PASSES [5] (the
+# same for the full fetch and the POP3 scenarios) BENCH_MAILBOX_MESSAGES
+# [300] (users 1-10, for the IMAP and POP3 scenarios)
+# BENCH_FULL_FETCH_MESSAGES [5000] (10 KB each, one user) BENCH_CLIENTS [10]
+# BENCH_IDLE_CONNECTIONS [1000] BENCH_SEED [1].
 # Results: var/bench/results/<time>/ (one JSON per scenario and side,
 # combined.json, table.txt).
 set -euo pipefail
@@ -24,6 +31,7 @@ ONLY=${BENCH_ONLY:-both}
 SMTP_MESSAGES=${BENCH_SMTP_MESSAGES:-2000}
 SMTP_CONCURRENCY=${BENCH_SMTP_CONCURRENCY:-10}
 SMTP_WARMUP=${BENCH_SMTP_WARMUP:-200}
+SMTP_PASSES=${BENCH_SMTP_PASSES:-3}
 PASSES=${BENCH_PASSES:-5}
 MAILBOX_MESSAGES=${BENCH_MAILBOX_MESSAGES:-300}
 FULL_FETCH_MESSAGES=${BENCH_FULL_FETCH_MESSAGES:-5000}
@@ -36,6 +44,20 @@ OUT=${BENCH_OUT:-var/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}
 LOADGEN=target/release/loadgen
 
 say() { echo "bench: $*" >&2; }
+
+case "$ONLY" in
+    both) SIDES=(mailfleet reference) ;;
+    mailfleet | reference) SIDES=("$ONLY") ;;
+    *) say "BENCH_ONLY must be mailfleet or reference"; exit 2 ;;
+esac
+
+# Per side: its control script, SMTP/IMAP/POP3 ports, the process names
+# the idle scenario measures, and how many of its `pids` are its own
+# service roots (the rest are the shared engines Mailfleet leans on).
+declare -A CONTROL=([mailfleet]=bench/mailfleet.sh [reference]=bench/reference/setup.sh)
+declare -A PORTS=([mailfleet]="32525 31143 31110" [reference]="12525 11143 11110")
+declare -A IDLE_NAMES=([mailfleet]=imap-gateway [reference]=imap,imap-login)
+declare -A OWN_ROOTS=([mailfleet]=5 [reference]=2)
 
 scripts/ensure-deps.sh
 say "building release binaries"
@@ -51,70 +73,92 @@ ulimit -n "$(ulimit -Hn)"
 # directory (a rename frees nothing) and it is deleted after the last run.
 export BENCH_TRASH=${BENCH_TRASH:-$PWD/var/bench/trash}
 mkdir -p "$BENCH_TRASH"
-trap 'rm -rf -- "$BENCH_TRASH"' EXIT
+cleanup() {
+    for side in "${SIDES[@]}"; do "${CONTROL[$side]}" down >&2 || true; done
+    rm -rf -- "$BENCH_TRASH"
+}
+trap cleanup EXIT
 
-# run_side NAME CONTROL SMTP IMAP POP3 IDLE_PROCESS_NAMES
-run_side() {
-    local side=$1 control=$2 smtp=$3 imap=$4 pop3=$5 names=$6
-    say "== $side: fresh start"
-    "$control" reset >&2
-    "$control" up >&2
-    # Let the start settle (writeback of what reset and start wrote).
-    sync
-    sleep 10
-    local pids
-    pids=$("$control" pids | paste -sd, -)
-    local lg=("$LOADGEN" --host 127.0.0.1 --smtp-port "$smtp" --imap-port "$imap" --pop3-port "$pop3"
-        --password "$PASSWORD" --seed "$SEED")
-    local o="$OUT/$side"
-
-    # A short run first, not compared: both stacks start processes,
-    # connections and caches on their first messages.
-    say "$side: SMTP warm-up, $SMTP_WARMUP messages"
-    "${lg[@]}" --users "$USERS" --label smtp-warmup --max-seconds 300 \
-        smtp --messages "$SMTP_WARMUP" --concurrency "$SMTP_CONCURRENCY" >"$o-smtp-warmup.json"
-    say "$side: SMTP ingest, $SMTP_MESSAGES messages from $SMTP_CONCURRENCY connections to $USERS users"
-    "${lg[@]}" --users "$USERS" --label smtp --cpu-pids "$pids" --max-seconds 600 \
-        smtp --messages "$SMTP_MESSAGES" --concurrency "$SMTP_CONCURRENCY" >"$o-smtp.json"
-
-    say "$side: filling mailboxes (users 1-10: $MAILBOX_MESSAGES each; load41: $FULL_FETCH_MESSAGES x 10 KB)"
-    "${lg[@]}" --users 10 --label populate --max-seconds 900 \
-        populate --messages "$MAILBOX_MESSAGES" --concurrency 4 >"$o-populate.json"
-    "${lg[@]}" --users 1 --user-format 'load4{}@bench.test' --label populate-bulk --max-seconds 900 \
-        populate --messages "$FULL_FETCH_MESSAGES" --concurrency 4 --size-min 10240 --size-max 10240 >"$o-populate-bulk.json"
-
-    say "$side: IMAP, $CLIENTS clients"
-    "${lg[@]}" --users 10 --label imap --cpu-pids "$pids" --max-seconds 600 \
-        imap --concurrency "$CLIENTS" --rounds 5 >"$o-imap.json"
-    say "$side: IMAP, one client fetching $FULL_FETCH_MESSAGES messages"
-    "${lg[@]}" --users 1 --user-format 'load4{}@bench.test' --label imap-full-fetch --cpu-pids "$pids" \
-        --max-seconds 600 imap --concurrency 1 --rounds 0 --full-fetch --passes "$PASSES" >"$o-imap-full-fetch.json"
-
-    say "$side: POP3, $CLIENTS clients"
-    "${lg[@]}" --users 10 --label pop3 --cpu-pids "$pids" --max-seconds 600 \
-        pop3 --concurrency "$CLIENTS" --passes "$PASSES" >"$o-pop3.json"
-    say "$side: POP3, one client"
-    "${lg[@]}" --users 1 --user-format 'load4{}@bench.test' --label pop3-one-client --cpu-pids "$pids" \
-        --max-seconds 600 pop3 --concurrency 1 --passes "$PASSES" >"$o-pop3-one-client.json"
-
-    say "$side: $IDLE_CONNECTIONS idle IMAP connections"
-    # The gateway's (or Dovecot's) own processes: the services' roots only,
-    # not the shared engines listed after them.
-    local all roots
-    mapfile -t all < <("$control" pids)
-    if [ "$side" = mailfleet ]; then roots=$(IFS=,; echo "${all[*]:0:5}"); else roots=$(IFS=,; echo "${all[*]:0:2}"); fi
-    "${lg[@]}" --users "$USERS" --label idle --max-seconds 1800 \
-        idle --connections "$IDLE_CONNECTIONS" --process-name "$names" --process-root "$roots" >"$o-idle.json"
-
-    "$control" down >&2
+# lg SIDE ARGS…: loadgen aimed at SIDE.
+lg() {
+    local side=$1 smtp imap pop3
+    shift
+    read -r smtp imap pop3 <<<"${PORTS[$side]}"
+    "$LOADGEN" --host 127.0.0.1 --smtp-port "$smtp" --imap-port "$imap" --pop3-port "$pop3" \
+        --password "$PASSWORD" --seed "$SEED" "$@"
+}
+# pids SIDE [own]: the side's root PIDs (only its own services with `own`).
+pids() {
+    local all
+    mapfile -t all < <("${CONTROL[$1]}" pids)
+    if [ "${2:-}" = own ]; then all=("${all[@]:0:${OWN_ROOTS[$1]}}"); fi
+    (IFS=,; echo "${all[*]}")
 }
 
-if [ "$ONLY" != reference ]; then
-    run_side mailfleet bench/mailfleet.sh 32525 31143 31110 imap-gateway
-fi
-if [ "$ONLY" != mailfleet ]; then
-    run_side reference bench/reference/setup.sh 12525 11143 11110 imap,imap-login
-fi
+for side in "${SIDES[@]}"; do
+    say "== $side: fresh start"
+    "${CONTROL[$side]}" reset >&2
+    "${CONTROL[$side]}" up >&2
+done
+# Let the start settle (writeback of what reset and start wrote).
+sync
+sleep 10
+
+# The idle connections first, against processes that have done nothing
+# else yet: the growth of the gateway's (or Dovecot's) own memory per
+# connection, not memory an allocator kept from earlier scenarios.
+for side in "${SIDES[@]}"; do
+    say "$side: $IDLE_CONNECTIONS idle IMAP connections"
+    lg "$side" --users "$USERS" --label idle --max-seconds 1800 \
+        idle --connections "$IDLE_CONNECTIONS" --process-name "${IDLE_NAMES[$side]}" \
+        --process-root "$(pids "$side" own)" >"$OUT/$side-idle.json"
+done
+
+# A short run first, not compared: both stacks start processes,
+# connections and caches on their first messages.
+for side in "${SIDES[@]}"; do
+    say "$side: SMTP warm-up, $SMTP_WARMUP messages"
+    lg "$side" --users "$USERS" --label smtp-warmup --max-seconds 300 \
+        smtp --messages "$SMTP_WARMUP" --concurrency "$SMTP_CONCURRENCY" >"$OUT/$side-smtp-warmup.json"
+done
+for side in "${SIDES[@]}"; do
+    say "$side: SMTP ingest, $SMTP_PASSES x $SMTP_MESSAGES messages from $SMTP_CONCURRENCY connections to $USERS users"
+    lg "$side" --users "$USERS" --label smtp --cpu-pids "$(pids "$side")" --max-seconds 900 \
+        smtp --messages "$SMTP_MESSAGES" --concurrency "$SMTP_CONCURRENCY" --passes "$SMTP_PASSES" \
+        >"$OUT/$side-smtp.json"
+done
+
+for side in "${SIDES[@]}"; do
+    say "$side: filling mailboxes (users 1-10: $MAILBOX_MESSAGES each; load41: $FULL_FETCH_MESSAGES x 10 KB)"
+    lg "$side" --users 10 --label populate --max-seconds 900 \
+        populate --messages "$MAILBOX_MESSAGES" --concurrency 4 >"$OUT/$side-populate.json"
+    lg "$side" --users 1 --user-format 'load4{}@bench.test' --label populate-bulk --max-seconds 900 \
+        populate --messages "$FULL_FETCH_MESSAGES" --concurrency 4 --size-min 10240 --size-max 10240 \
+        >"$OUT/$side-populate-bulk.json"
+done
+
+for side in "${SIDES[@]}"; do
+    say "$side: IMAP, $CLIENTS clients"
+    lg "$side" --users 10 --label imap --cpu-pids "$(pids "$side")" --max-seconds 600 \
+        imap --concurrency "$CLIENTS" --rounds 5 >"$OUT/$side-imap.json"
+done
+for side in "${SIDES[@]}"; do
+    say "$side: IMAP, one client fetching $FULL_FETCH_MESSAGES messages"
+    lg "$side" --users 1 --user-format 'load4{}@bench.test' --label imap-full-fetch --cpu-pids "$(pids "$side")" \
+        --max-seconds 600 imap --concurrency 1 --rounds 0 --full-fetch --passes "$PASSES" \
+        >"$OUT/$side-imap-full-fetch.json"
+done
+
+for side in "${SIDES[@]}"; do
+    say "$side: POP3, $CLIENTS clients"
+    lg "$side" --users 10 --label pop3 --cpu-pids "$(pids "$side")" --max-seconds 600 \
+        pop3 --concurrency "$CLIENTS" --passes "$PASSES" >"$OUT/$side-pop3.json"
+done
+for side in "${SIDES[@]}"; do
+    say "$side: POP3, one client"
+    lg "$side" --users 1 --user-format 'load4{}@bench.test' --label pop3-one-client --cpu-pids "$(pids "$side")" \
+        --max-seconds 600 pop3 --concurrency 1 --passes "$PASSES" >"$OUT/$side-pop3-one-client.json"
+done
 
 if [ "$ONLY" = both ]; then
     "$LOADGEN" report --mailfleet "$OUT"/mailfleet-*.json --reference "$OUT"/reference-*.json \

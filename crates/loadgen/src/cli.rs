@@ -132,6 +132,10 @@ pub struct SmtpArgs {
     /// EHLO domain.
     #[arg(long, default_value = "loadgen.bench.test")]
     pub ehlo: String,
+    /// Times the whole scenario runs (watchers set up anew each time): its
+    /// rates and latencies are the median pass's, its counts the sums.
+    #[arg(long, default_value_t = 1)]
+    pub passes: u32,
 }
 
 impl SmtpArgs {

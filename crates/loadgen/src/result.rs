@@ -58,6 +58,39 @@ pub struct ScenarioResult {
 }
 
 impl ScenarioResult {
+    /// One result for several passes of the same scenario: each score
+    /// (a figure with a better direction) is the median of the passes'
+    /// values (for a percentile, the median of the passes' percentiles),
+    /// each count the sum; complete only if every pass was.
+    pub fn median_of(passes: Vec<ScenarioResult>) -> Option<ScenarioResult> {
+        let mut iter = passes.into_iter();
+        let mut out = iter.next()?;
+        let rest: Vec<ScenarioResult> = iter.collect();
+        out.params.insert("passes".into(), (rest.len() + 1).into());
+        for (name, figure) in out.figures.iter_mut() {
+            let others = rest.iter().filter_map(|r| r.figures.get(name)).filter_map(|f| f.value);
+            match figure.better {
+                Better::Neither => {
+                    figure.value = figure.value.map(|v| v + others.sum::<f64>());
+                }
+                Better::Higher | Better::Lower => {
+                    let values: crate::stats::Samples = figure.value.into_iter().chain(others).collect();
+                    figure.value = values.percentile(50.0);
+                }
+            }
+        }
+        for r in rest {
+            out.complete &= r.complete;
+            out.elapsed_s += r.elapsed_s;
+            for (k, n) in r.errors {
+                *out.errors.entry(k).or_default() += n;
+            }
+            out.notes.extend(r.notes);
+        }
+        out.notes.dedup();
+        Some(out)
+    }
+
     pub fn new(scenario: &str, label: Option<&str>) -> Self {
         let started_at =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
@@ -165,5 +198,29 @@ pub struct RunDocument {
 impl RunDocument {
     pub fn new(target: TargetInfo, results: Vec<ScenarioResult>) -> Self {
         Self { schema: SCHEMA.to_owned(), loadgen_version: env!("CARGO_PKG_VERSION").to_owned(), target, results }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passes combine as the median of each score and the sum of each count.
+    #[test]
+    fn passes_combine_by_median_and_sum() {
+        let pass = |rate: f64, count: u64, ok: bool| {
+            let mut r = ScenarioResult::new("smtp", None);
+            r.figure("rate", rate, "msg/s", Better::Higher);
+            r.count("messages", count, "messages");
+            r.complete = ok;
+            r
+        };
+        let r = ScenarioResult::median_of(vec![pass(10.0, 5, true), pass(30.0, 5, true), pass(20.0, 6, false)])
+            .expect("passes");
+        assert_eq!(r.figures["rate"].value, Some(20.0));
+        assert_eq!(r.figures["messages"].value, Some(16.0));
+        assert!(!r.complete);
+        assert_eq!(r.params["passes"], serde_json::json!(3));
+        assert!(ScenarioResult::median_of(Vec::new()).is_none());
     }
 }

@@ -32,7 +32,22 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long watchers get to say DONE and LOGOUT after the run.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// `--passes` runs of [`one_pass`], combined (median rates and latencies).
 pub async fn run(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, Error> {
+    if args.passes == 0 {
+        return Err(Error::Usage("--passes must be at least 1".into()));
+    }
+    let mut passes = Vec::new();
+    for pass in 1..=args.passes {
+        if args.passes > 1 {
+            eprintln!("smtp: pass {pass} of {}", args.passes);
+        }
+        passes.push(one_pass(ctx.clone(), args).await?);
+    }
+    ScenarioResult::median_of(passes).ok_or_else(|| Error::Usage("no pass ran".into()))
+}
+
+async fn one_pass(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, Error> {
     let sizes = SizeRange::new(args.sizes.size_min, args.sizes.size_max)?;
     if args.concurrency == 0 || args.messages == 0 {
         return Err(Error::Usage("--messages and --concurrency must be at least 1".into()));
