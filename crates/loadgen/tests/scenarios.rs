@@ -15,7 +15,7 @@ use loadgen::smtp::{Outcome, SmtpClient, Stage};
 
 use fake::{Fake, ImapOptions, PASSWORD};
 
-const FULL: ImapOptions = ImapOptions { idle: true, literal_plus: false };
+const FULL: ImapOptions = ImapOptions { idle: true, literal_plus: false, idle_silent: false };
 
 fn common(fake: &Fake, users: u32) -> Common {
     Common {
@@ -64,7 +64,7 @@ async fn smtp_client_sends_content_intact_and_survives_a_refusal() {
 #[tokio::test]
 async fn imap_client_appends_and_fetches_with_both_literal_kinds() {
     for literal_plus in [false, true] {
-        let fake = Fake::start(ImapOptions { idle: true, literal_plus }).await;
+        let fake = Fake::start(ImapOptions { idle: true, literal_plus, idle_silent: false }).await;
         let mut c = ImapClient::connect(fake.imap).await.expect("connect");
         // The fake sends no CAPABILITY code after LOGIN, so the client asks.
         c.login("u1", PASSWORD).await.expect("login");
@@ -148,9 +148,34 @@ async fn smtp_scenario_sees_every_message_over_idle() {
     }
 }
 
+/// A server that takes IDLE but never announces new mail: the watchers
+/// look for themselves after a quiet spell, so the run still ends with
+/// every message seen.
+#[tokio::test]
+async fn smtp_scenario_ends_when_idle_announces_nothing() {
+    let fake = Fake::start(ImapOptions { idle: true, literal_plus: false, idle_silent: true }).await;
+    let ctx = Arc::new(Context::new(&common(&fake, 2)).expect("context"));
+    let args = SmtpArgs {
+        messages: 4,
+        concurrency: 2,
+        sizes: sizes(),
+        watch: true,
+        no_watch: false,
+        watch_poll: false,
+        pipelining: false,
+        mail_from: "loadgen@bench.test".into(),
+        ehlo: "loadgen.test".into(),
+        passes: 1,
+    };
+    let r = scenario::smtp::run(ctx, &args).await.expect("smtp");
+    assert!(r.complete, "{}", r.human());
+    assert_eq!(figure(&r, "messages_visible"), 4.0);
+    assert!(figure(&r, "visible_p50_ms") >= 1000.0, "found by looking, not announced");
+}
+
 #[tokio::test]
 async fn smtp_scenario_polls_without_idle() {
-    let fake = Fake::start(ImapOptions { idle: false, literal_plus: false }).await;
+    let fake = Fake::start(ImapOptions { idle: false, literal_plus: false, idle_silent: false }).await;
     let ctx = Arc::new(Context::new(&common(&fake, 2)).expect("context"));
     let args = SmtpArgs {
         messages: 10,

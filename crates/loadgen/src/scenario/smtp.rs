@@ -31,6 +31,14 @@ use super::{Context, Tally, latency_figures, run_id, until};
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long watchers get to say DONE and LOGOUT after the run.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// An idling watcher that has heard nothing for this long looks for new
+/// messages itself (DONE, FETCH, IDLE again; RFC 2177 lets a client restart
+/// IDLE whenever it likes). While mail flows every watcher hears something
+/// far more often; this only ends a wait for a notification the server
+/// never sent (seen with Dovecot: one message of 6,000, announced to no
+/// IDLE client for 15 minutes), and such a message counts as visible when
+/// the watcher found it.
+const QUIET_RECHECK: Duration = Duration::from_secs(5);
 
 /// `--passes` runs of [`one_pass`], combined (median rates and latencies).
 pub async fn run(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, Error> {
@@ -359,11 +367,13 @@ impl Watcher {
             }
             let event = tokio::select! {
                 _ = cancel.cancelled() => None,
-                r = self.client.read_response() => Some(r),
+                r = self.client.read_response() => Some(Some(r)),
+                _ = tokio::time::sleep(QUIET_RECHECK) => Some(None),
             };
             match event {
                 None => break,
-                Some(r) => self.dirty |= is_exists(&r?),
+                Some(Some(r)) => self.dirty |= is_exists(&r?),
+                Some(None) => self.dirty = true,
             }
         }
         if let Some(idling) = self.idling.take() {

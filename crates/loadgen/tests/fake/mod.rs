@@ -64,6 +64,8 @@ impl Store {
 pub struct ImapOptions {
     pub idle: bool,
     pub literal_plus: bool,
+    /// IDLE is accepted but never announces anything.
+    pub idle_silent: bool,
 }
 
 pub struct Fake {
@@ -333,7 +335,7 @@ async fn imap_session(s: TcpStream, store: Store, o: ImapOptions) -> std::io::Re
                         changed = changes.changed() => {
                             if changed.is_err() { return Ok(()) }
                             let (_, msgs) = mailbox(&user);
-                            if msgs.len() != known {
+                            if msgs.len() != known && !o.idle_silent {
                                 known = msgs.len();
                                 io.send(&format!("* {known} EXISTS\r\n")).await?;
                             }
