@@ -4,6 +4,7 @@
 //! process, shared by every SMTP connection: no per-message set-up.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -18,6 +19,7 @@ use tracing::Instrument;
 
 use crate::config::{IngressConfig, QueueNames};
 use crate::inbound::InboundVerifier;
+use crate::recipients::RecipientCache;
 use crate::session::{AuthUser, Backend, BackendError, Envelope, InboundVerdict, LocalAccount, Resolution};
 
 /// Chunk size of the PutBlob stream.
@@ -40,6 +42,7 @@ pub struct GrpcBackend {
     jetstream: jetstream::Context,
     subject: String,
     inbound: Option<InboundVerifier>,
+    recipients: Arc<RecipientCache>,
 }
 
 impl GrpcBackend {
@@ -65,6 +68,7 @@ impl GrpcBackend {
             jetstream: js,
             subject: config.queue.subject.clone(),
             inbound,
+            recipients: Arc::new(RecipientCache::new(config.recipient_cache_ttl, config.recipient_cache_size)),
         })
     }
 
@@ -133,14 +137,20 @@ impl Backend for GrpcBackend {
     }
 
     async fn resolve_recipient(&self, address: &str) -> Result<Resolution, BackendError> {
+        if let Some(accounts) = self.recipients.get(address) {
+            return Ok(Resolution::Local(accounts));
+        }
         let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: address.into() });
         mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
         let resp = self.directory.clone().resolve_recipient(req).await.map_err(unavailable)?.into_inner();
         use pb::resolve_recipient_response::Kind;
         Ok(match resp.kind() {
-            Kind::Local => Resolution::Local(
-                resp.accounts.into_iter().map(|a| LocalAccount { id: a.id, address: a.address }).collect(),
-            ),
+            Kind::Local => {
+                let accounts: Vec<LocalAccount> =
+                    resp.accounts.into_iter().map(|a| LocalAccount { id: a.id, address: a.address }).collect();
+                self.recipients.put(address, &accounts);
+                Resolution::Local(accounts)
+            }
             Kind::NotLocal => Resolution::NotLocal,
             Kind::UnknownUser | Kind::Unspecified => Resolution::UnknownUser,
         })

@@ -48,6 +48,14 @@ pub struct IngressConfig {
     /// How long a trusted load balancer gets to send its PROXY header.
     #[serde(with = "humantime_serde")]
     pub proxy_header_timeout: Duration,
+    /// How long where a local recipient address leads (its accounts,
+    /// aliases expanded) is remembered instead of asking the directory at
+    /// every RCPT; a change to the directory shows within this time.
+    /// `0s` asks every time.
+    #[serde(with = "humantime_serde")]
+    pub recipient_cache_ttl: Duration,
+    /// Addresses remembered at most.
+    pub recipient_cache_size: usize,
     /// Plain-HTTP `GET /healthz` endpoint (200 while accepting mail); unset: none.
     pub health_listen: Option<SocketAddr>,
     /// On shutdown, how long a transaction already in DATA/BDAT gets to
@@ -149,6 +157,8 @@ impl Default for IngressConfig {
             inbound_auth: InboundAuthConfig::default(),
             proxy_protocol: ProxyProtocol::default(),
             proxy_header_timeout: mailfleet_runtime::proxy::DEFAULT_HEADER_TIMEOUT,
+            recipient_cache_ttl: Duration::from_secs(10),
+            recipient_cache_size: 10_000,
             health_listen: None,
             // A 25 MiB message over a slow link needs a while; compose's
             // stop_grace_period must be longer than this.

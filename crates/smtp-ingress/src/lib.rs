@@ -7,6 +7,7 @@
 //! - [`driver`]: sockets, PROXY protocol, TLS, timeouts, limits, shutdown;
 //! - [`backend`]: the real backend (storage gRPC + NATS JetStream);
 //! - [`inbound`]: SPF/DKIM/ARC/DMARC for port 25;
+//! - [`recipients`]: where local recipients led, remembered briefly;
 //! - [`metrics`]: OpenTelemetry instruments.
 
 pub mod backend;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod driver;
 pub mod inbound;
 pub mod metrics;
+pub mod recipients;
 pub mod session;
 
 use std::net::SocketAddr;

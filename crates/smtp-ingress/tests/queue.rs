@@ -225,3 +225,33 @@ async fn aliases_are_expanded_at_receipt() {
     }
     assert!(mail.inbox(&mail.bob).await.is_empty(), "the alias as it was at receipt counts");
 }
+
+/// Where a recipient leads is remembered for `recipient_cache_ttl`: an
+/// address that was unknown is accepted as soon as it exists (unknowns are
+/// not remembered), a changed alias counts from the next lookup after the
+/// TTL, and mail accepted before that goes where the alias led then.
+#[tokio::test]
+async fn directory_changes_reach_rcpt_within_the_cache_ttl() {
+    let mail = Mail::start_with(|c| c.recipient_cache_ttl = Duration::from_secs(2)).await;
+    let mut admin = mail.env.admin().await;
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO client.test").await, "250");
+    expect(&c.cmd("MAIL FROM:<x@remote.test>").await, "250");
+    expect(&c.cmd("RCPT TO:<desk@example.org>").await, "550 5.1.1");
+    let alias =
+        |target: &str| pb::AddAliasRequest { address: "desk@example.org".into(), targets: vec![target.to_string()] };
+    admin.add_alias(alias("alice@example.org")).await.expect("alias");
+    expect(&c.cmd("RCPT TO:<desk@example.org>").await, "250");
+    expect(&c.cmd("QUIT").await, "221");
+
+    // Within the TTL the alias still leads to alice; after it, to bob.
+    admin.delete_alias(pb::DeleteAliasRequest { address: "desk@example.org".into() }).await.expect("delete");
+    admin.add_alias(alias("bob@example.org")).await.expect("alias again");
+    send(&mail, "x@remote.test", &["desk@example.org"], "remembered").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    send(&mail, "x@remote.test", &["desk@example.org"], "looked up again").await;
+    let alice = mail.wait_inbox(&mail.alice, 1, WAIT).await;
+    let bob = mail.wait_inbox(&mail.bob, 1, WAIT).await;
+    assert!(String::from_utf8_lossy(&alice[0]).contains("Subject: remembered"));
+    assert!(String::from_utf8_lossy(&bob[0]).contains("Subject: looked up again"));
+}
