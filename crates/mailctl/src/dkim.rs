@@ -4,6 +4,7 @@
 //! to publish; the relay signs mail of that domain from then on (within a
 //! few minutes: it caches keys). `list` shows the keys and their records.
 
+use crate::output::out;
 use clap::Subcommand;
 use mailfleet_proto::storage::v1 as pb;
 
@@ -39,9 +40,9 @@ pub async fn run(admin: &mut crate::Admin, cmd: DkimCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(crate::explain)?
                 .into_inner();
-            println!("generated {} key for {} (selector {})", key.algorithm, key.domain, key.selector);
-            println!("publish this DNS record:");
-            println!("{}", zone_record(&key.dns_name, &key.dns_value));
+            out!("generated {} key for {} (selector {})", key.algorithm, key.domain, key.selector);
+            out!("publish this DNS record:");
+            out!("{}", zone_record(&key.dns_name, &key.dns_value));
         }
         DkimCmd::List { domain } => {
             let list = admin
@@ -50,7 +51,7 @@ pub async fn run(admin: &mut crate::Admin, cmd: DkimCmd) -> anyhow::Result<()> {
                 .map_err(crate::explain)?
                 .into_inner();
             for key in list.keys {
-                println!(
+                out!(
                     "{}\t{}\t{}\t{}",
                     key.domain,
                     key.selector,

@@ -2,8 +2,10 @@
 //! Admin API.
 
 mod dkim;
+mod output;
 mod queue;
 
+use crate::output::out;
 use std::io::BufRead;
 use std::process::ExitCode;
 
@@ -180,7 +182,7 @@ fn password_or_stdin(given: Option<String>) -> anyhow::Result<String> {
 }
 
 fn print_account(a: &pb::Account) {
-    println!(
+    out!(
         "{}\tquota={}\tused={}\tmessages={}\t{}{}",
         a.address,
         human(a.quota_bytes),
@@ -229,19 +231,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domain(cmd) => match cmd {
             DomainCmd::Add { name } => {
                 let d = admin.add_domain(pb::AddDomainRequest { name }).await.map_err(explain)?.into_inner();
-                println!("added domain {}", d.name);
+                out!("added domain {}", d.name);
             }
             DomainCmd::List => {
                 let list = admin.list_domains(pb::ListDomainsRequest {}).await.map_err(explain)?.into_inner();
                 for d in list.domains {
                     let catch_all =
                         if d.catch_all.is_empty() { String::new() } else { format!("\tcatch-all={}", d.catch_all) };
-                    println!("{}\taccounts={}{}", d.name, d.accounts, catch_all);
+                    out!("{}\taccounts={}{}", d.name, d.accounts, catch_all);
                 }
             }
             DomainCmd::Delete { name } => {
                 admin.delete_domain(pb::DeleteDomainRequest { name: name.clone() }).await.map_err(explain)?;
-                println!("deleted domain {name}");
+                out!("deleted domain {name}");
             }
             DomainCmd::CatchAll { domain, target } => {
                 let d = admin
@@ -250,9 +252,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(explain)?
                     .into_inner();
                 if d.catch_all.is_empty() {
-                    println!("{}: no catch-all", d.name);
+                    out!("{}: no catch-all", d.name);
                 } else {
-                    println!("{}: catch-all -> {}", d.name, d.catch_all);
+                    out!("{}: catch-all -> {}", d.name, d.catch_all);
                 }
             }
         },
@@ -265,7 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(explain)?
                     .into_inner();
-                println!("added account {}", a.address);
+                out!("added account {}", a.address);
             }
             AccountCmd::List { domain } => {
                 let list = admin
@@ -279,7 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             AccountCmd::Delete { address } => {
                 admin.delete_account(pb::DeleteAccountRequest { address: address.clone() }).await.map_err(explain)?;
-                println!("deleted account {address}");
+                out!("deleted account {address}");
             }
             AccountCmd::Password { address, password } => {
                 let password = password_or_stdin(password)?;
@@ -288,7 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(explain)?
                     .into_inner();
-                println!("password changed for {}", a.address);
+                out!("password changed for {}", a.address);
             }
             AccountCmd::Quota { address, quota } => {
                 let quota_bytes = parse_size(&quota)?;
@@ -329,7 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(cmd) => match cmd {
             AliasCmd::Add { address, targets } => {
                 let a = admin.add_alias(pb::AddAliasRequest { address, targets }).await.map_err(explain)?.into_inner();
-                println!("added alias {} -> {}", a.address, a.targets.join(", "));
+                out!("added alias {} -> {}", a.address, a.targets.join(", "));
             }
             AliasCmd::List { domain } => {
                 let list = admin
@@ -338,12 +340,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(explain)?
                     .into_inner();
                 for a in list.aliases {
-                    println!("{}\t-> {}", a.address, a.targets.join(", "));
+                    out!("{}\t-> {}", a.address, a.targets.join(", "));
                 }
             }
             AliasCmd::Delete { address } => {
                 admin.delete_alias(pb::DeleteAliasRequest { address: address.clone() }).await.map_err(explain)?;
-                println!("deleted alias {address}");
+                out!("deleted alias {address}");
             }
         },
         Command::Blobs(BlobsCmd::Sweep { min_age_days }) => {
@@ -352,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!("removed {} blob(s), kept {}", r.removed, r.kept);
+            out!("removed {} blob(s), kept {}", r.removed, r.kept);
         }
         Command::Dkim(cmd) => dkim::run(&mut admin, cmd).await?,
         Command::Queue(args) => queue::run(args).await?,

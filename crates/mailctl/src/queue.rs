@@ -2,6 +2,7 @@
 //! JetStream key-value bucket `MAIL_QUEUE_STATE` (jobs that failed at least
 //! once), plus the number of jobs waiting in the `MAIL_QUEUE` stream.
 
+use crate::output::out;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -78,10 +79,10 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         QueueCmd::List => {
             let waiting = q.stream.info().await?.state.messages;
             let keys: Vec<String> = q.kv.keys().await?.try_collect().await?;
-            println!("{waiting} job(s) in {}; {} with failed attempts:", args.stream, keys.len());
+            out!("{waiting} job(s) in {}; {} with failed attempts:", args.stream, keys.len());
             for key in keys {
                 let Ok(s) = state(&q, &key).await else { continue };
-                println!(
+                out!(
                     "{}{}\tfrom=<{}>\tto={}\tattempts={}\tnext={}\terror={}",
                     key,
                     if s.remote { "\t(relay)" } else { "" },
@@ -109,13 +110,13 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             s.stream_seq = ack.sequence;
             s.next_retry = 0;
             q.kv.put(queue_id, s.to_json().into()).await?;
-            println!("retrying {queue_id} now");
+            out!("retrying {queue_id} now");
         }
         QueueCmd::Delete { queue_id } => {
             let s = state(&q, queue_id).await?;
             q.stream_of(&s).await?.delete_message(s.stream_seq).await.context("the job is no longer in the stream")?;
             q.kv.purge(queue_id).await?;
-            println!("deleted {queue_id}");
+            out!("deleted {queue_id}");
         }
     }
     Ok(())

@@ -80,3 +80,26 @@ async fn unreachable_storage_is_reported() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach storage admin API"));
 }
+
+/// `mailctl account list | head -1`: the reader goes away before mailctl
+/// writes; mailctl ends quietly instead of panicking on the broken pipe.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_goes_away_ends_the_listing_quietly() {
+    let env = TestEnv::start().await;
+    ok(&env, &["domain", "add", "example.org"]);
+    for n in 0..3 {
+        ok(&env, &["account", "add", &format!("user{n}@example.org"), "--password", "correct horse"]);
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .args(["--admin-url", &env.admin_url(), "account", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mailctl");
+    // Closing the only read end makes every write fail with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for mailctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {:?}, stderr: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
