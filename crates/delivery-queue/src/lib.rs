@@ -272,7 +272,7 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
                     tracing::warn!(error = %err, "ack failed; the job may be redelivered");
                 }
                 if attempts > 1 || !state.failed.is_empty() || state.relayed {
-                    let _ = kv.purge(&job.queue_id).await;
+                    state::forget(kv, &job.queue_id).await;
                 }
                 tracing::info!(recipients = job.recipients.len(), failed = state.failed.len(), "job done");
             }

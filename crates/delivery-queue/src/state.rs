@@ -75,3 +75,20 @@ pub async fn load(kv: &async_nats::jetstream::kv::Store, key: &str, resumed: boo
         Err(err) => Err(err.to_string()),
     }
 }
+
+/// Remove the state of a finished job. The job is acked by now, so nothing
+/// would retry this later: a failed purge is tried again a few times (a
+/// busy server can time a request out), and a state left behind only shows
+/// up in `mailctl queue list` until `mailctl queue delete` removes it.
+pub async fn forget(kv: &async_nats::jetstream::kv::Store, key: &str) {
+    const TRIES: u32 = 4;
+    for attempt in 1..=TRIES {
+        match kv.purge(key).await {
+            Ok(()) => return,
+            Err(err) if attempt == TRIES => {
+                tracing::warn!(error = %err, key, "cannot remove the state of a finished job");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await,
+        }
+    }
+}

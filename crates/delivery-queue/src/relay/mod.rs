@@ -368,7 +368,7 @@ impl Relay {
                         tracing::warn!(error = %err, "relay ack failed; the job may be redelivered");
                     }
                     if attempts > 1 {
-                        let _ = self.kv.purge(&key).await;
+                        crate::state::forget(&self.kv, &key).await;
                     }
                 }
                 Some(delay) => {
