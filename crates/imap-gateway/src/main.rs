@@ -6,14 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use imap_gateway::ImapConfig;
 
-/// mimalloc instead of the system allocator: a service allocates and frees
-/// buffers per message on several threads, where glibc's malloc spent a
-/// few per cent of the CPU (and, for buffers over its mmap threshold, page
-/// faults on every message). Built without transparent huge pages
-/// (`no_thp`): with them every fresh arena region cost a 2 MiB page zeroed
-/// in the page fault, about a tenth of storage's CPU under SMTP load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mailfleet_runtime::service_allocator!();
 
 #[derive(Parser)]
 #[command(name = "imap-gateway", about = "Mailfleet IMAP gateway")]
