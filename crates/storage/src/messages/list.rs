@@ -58,6 +58,28 @@ fn meta_from_row(row: &PgRow, with_envelope: bool, with_body: bool) -> StorageRe
     })
 }
 
+/// The keyset-paged statement of one ListMessages call.
+struct MetaPages {
+    sql: String,
+    set: UidSet,
+    account_id: i64,
+    mailbox_id: i64,
+    changed_since: i64,
+}
+
+impl MetaPages {
+    /// The next page: up to BATCH messages with a UID above `after`.
+    async fn after(&self, pool: &sqlx::PgPool, after: i64) -> Result<Vec<PgRow>, sqlx::Error> {
+        self.set
+            .bind(sqlx::query(sqlx::AssertSqlSafe(self.sql.as_str())).bind(self.mailbox_id))
+            .bind(after)
+            .bind(self.changed_since)
+            .bind(self.account_id)
+            .fetch_all(pool)
+            .await
+    }
+}
+
 impl Store {
     pub(crate) async fn list_messages(
         self: Arc<Self>,
@@ -89,32 +111,12 @@ impl Store {
             if with_body { "b.body_structure" } else { "NULL::bytea AS body_structure" },
             uid_set_condition(2, 3, 4, 5),
         );
-        let (lo, hi) = set.bounds();
-        let (account_id, mailbox_id) = (req.account_id, req.mailbox_id);
-        let page = {
-            let (sql, set, pool) = (sql.clone(), set.clone(), self.pool.clone());
-            move |after: i64| {
-                let (sql, set, pool) = (sql.clone(), set.clone(), pool.clone());
-                async move {
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(mailbox_id)
-                        .bind(lo)
-                        .bind(hi)
-                        .bind(&set.starts)
-                        .bind(&set.ends)
-                        .bind(after)
-                        .bind(changed_since)
-                        .bind(account_id)
-                        .fetch_all(&pool)
-                        .await
-                }
-            }
-        };
+        let pages = MetaPages { sql, set, account_id: req.account_id, mailbox_id: req.mailbox_id, changed_since };
         // The first page before answering, so that someone else's (or no)
         // mailbox is an error status rather than a broken stream.
-        let first = page(0).await?;
+        let first = pages.after(&self.pool, 0).await?;
         if first.is_empty() {
-            mailbox_by_id(&mut *self.pool.acquire().await?, account_id, mailbox_id, false).await?;
+            mailbox_by_id(&mut *self.pool.acquire().await?, req.account_id, req.mailbox_id, false).await?;
         }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -132,7 +134,7 @@ impl Store {
                 if done {
                     return;
                 }
-                rows = match page(after).await {
+                rows = match pages.after(&self.pool, after).await {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(Err(StorageError::from(e).into())).await;

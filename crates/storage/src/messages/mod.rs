@@ -237,6 +237,16 @@ impl UidSet {
         (lo, hi)
     }
 
+    /// Bind the parameters of `uid_set_condition` (which must come next in
+    /// the statement's numbering): the bounds, then the ranges.
+    pub(crate) fn bind<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let (lo, hi) = self.bounds();
+        query.bind(lo).bind(hi).bind(&self.starts).bind(&self.ends)
+    }
+
     /// `columns` (over alias `m`) of the messages of `mailbox_id` in this
     /// set, ascending UID, after resolving `*`. `extra` is a further SQL
     /// condition written in the code, never client input.
@@ -248,19 +258,11 @@ impl UidSet {
         extra: &str,
     ) -> StorageResult<Vec<PgRow>> {
         self.resolve_star(conn, mailbox_id).await?;
-        let (lo, hi) = self.bounds();
         let sql = format!(
             "SELECT {columns} FROM messages m WHERE m.mailbox_id = $1 AND {} {extra} ORDER BY m.uid",
             uid_set_condition(2, 3, 4, 5)
         );
-        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(mailbox_id)
-            .bind(lo)
-            .bind(hi)
-            .bind(&self.starts)
-            .bind(&self.ends)
-            .fetch_all(conn)
-            .await?)
+        Ok(self.bind(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id)).fetch_all(conn).await?)
     }
 }
 
