@@ -184,6 +184,15 @@ async fn storage_outage_is_a_temporary_no() {
     );
 }
 
+/// Run a Python client script (its first argument: the gateway's port) on
+/// a blocking thread; its standard output.
+async fn python(script: &'static str, port: u16) -> String {
+    let port = port.to_string();
+    tokio::task::spawn_blocking(move || run(std::process::Command::new("python3").args(["-c", script, &port])))
+        .await
+        .expect("join")
+}
+
 fn run(cmd: &mut std::process::Command) -> String {
     let out = cmd.output().expect("run client");
     assert!(
@@ -537,11 +546,7 @@ assert data[0][1] == b"hello", data[0][0]
 m.logout()
 print("big ok")
 "#;
-    let port = gw.addr.port().to_string();
-    let out =
-        tokio::task::spawn_blocking(move || run(std::process::Command::new("python3").args(["-c", script, &port])))
-            .await
-            .expect("join");
+    let out = python(script, gw.addr.port()).await;
     assert!(out.contains("big ok"), "{out}");
 }
 
@@ -601,10 +606,6 @@ assert all(b"\\Seen" not in f for f in flags), flags
 m.logout()
 print("sections ok")
 "#;
-    let port = gw.addr.port().to_string();
-    let out =
-        tokio::task::spawn_blocking(move || run(std::process::Command::new("python3").args(["-c", script, &port])))
-            .await
-            .expect("join");
+    let out = python(script, gw.addr.port()).await;
     assert!(out.contains("sections ok"), "{out}");
 }

@@ -678,52 +678,38 @@ pub async fn fetch<S: MailStore>(
         let mut index = 0u32;
         for ((seq, recent, meta), plan) in batch.iter().zip(plans) {
             let seen = seen_now.contains(&meta.uid);
-            let message = || super::fetch_stream::Message {
-                seq: *seq,
-                meta,
-                account_id,
-                mailbox_id,
-                recent: *recent,
-                seen_now: seen,
-                condstore,
-            };
-            // A direct FETCH learns the size from the range's first chunk.
+            // A direct FETCH learns the size from the range's first chunk
+            // (which also tells whether the message is still there).
             let mut first = None;
-            if direct && let Some(stream) = stream.as_mut() {
-                match first_chunk(stream, index).await? {
+            let big = match stream.as_mut() {
+                Some(stream) if direct => match first_chunk(stream, index).await? {
                     // Expunged meanwhile: skipped like the others.
                     None => {
                         index += 1;
                         continue;
                     }
-                    Some(chunk)
-                        if !chunk.last
+                    Some(chunk) => {
+                        let big = !chunk.last
                             && chunk.size > super::fetch_stream::STREAM_OVER
-                            && matches!(plan.first(), Some(Octets::Range(_))) =>
-                    {
-                        super::fetch_stream::send(
-                            &*store,
-                            message(),
-                            items,
-                            plan,
-                            stream,
-                            &mut index,
-                            Some(chunk),
-                            out,
-                        )
-                        .await?;
-                        if !out.flush(true).await {
-                            return Err(ImapError::bad("Client went away"));
-                        }
-                        continue;
+                            && matches!(plan.first(), Some(Octets::Range(_)));
+                        first = Some(chunk);
+                        big
                     }
-                    Some(chunk) => first = Some(chunk),
-                }
-            } else if let Some(stream) = stream.as_mut()
-                && super::fetch_stream::wants_streaming(&plan)
-                && !items.iter().any(super::binary::is_binary)
-            {
-                super::fetch_stream::send(&*store, message(), items, plan, stream, &mut index, None, out).await?;
+                },
+                Some(_) => super::fetch_stream::wants_streaming(&plan) && !items.iter().any(super::binary::is_binary),
+                None => false,
+            };
+            if big && let Some(stream) = stream.as_mut() {
+                let m = super::fetch_stream::Message {
+                    seq: *seq,
+                    meta,
+                    account_id,
+                    mailbox_id,
+                    recent: *recent,
+                    seen_now: seen,
+                    condstore,
+                };
+                super::fetch_stream::send(&*store, m, items, plan, stream, &mut index, first, out).await?;
                 if !out.flush(true).await {
                     return Err(ImapError::bad("Client went away"));
                 }
