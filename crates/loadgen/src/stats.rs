@@ -57,6 +57,12 @@ fn percentile_of_sorted(sorted: &[f64], p: f64) -> Option<f64> {
     sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
 }
 
+/// The median of a figure over the passes of a scenario (each pass's
+/// value by `figure`; passes without one are left out).
+pub fn median_by<T>(passes: &[T], figure: impl Fn(&T) -> Option<f64>) -> Option<f64> {
+    passes.iter().filter_map(figure).collect::<Samples>().percentile(50.0)
+}
+
 /// `count / seconds`, or `None` if no time passed.
 pub fn rate(count: f64, seconds: f64) -> Option<f64> {
     (seconds > 0.0).then(|| count / seconds)

@@ -17,6 +17,23 @@ use fake::{Fake, ImapOptions, PASSWORD};
 
 const FULL: ImapOptions = ImapOptions { idle: true, literal_plus: false, idle_silent: false };
 
+/// SMTP scenario arguments: watched over IMAP, one command per round
+/// trip, one pass.
+fn smtp_args(messages: u64, concurrency: u32) -> SmtpArgs {
+    SmtpArgs {
+        messages,
+        concurrency,
+        sizes: sizes(),
+        watch: true,
+        no_watch: false,
+        watch_poll: false,
+        pipelining: false,
+        mail_from: "loadgen@bench.test".into(),
+        ehlo: "loadgen.test".into(),
+        passes: 1,
+    }
+}
+
 fn common(fake: &Fake, users: u32) -> Common {
     Common {
         host: "127.0.0.1".into(),
@@ -116,18 +133,7 @@ async fn smtp_scenario_sees_every_message_over_idle() {
     // An old message: the watchers must only look above UIDNEXT.
     fake.store.deliver("load1@bench.test", b"X-Bench-Id: old-1\r\n\r\nx\r\n".to_vec(), vec![]);
     let ctx = Arc::new(Context::new(&common(&fake, 3)).expect("context"));
-    let args = SmtpArgs {
-        messages: 60,
-        concurrency: 4,
-        sizes: sizes(),
-        watch: false,
-        no_watch: false,
-        watch_poll: false,
-        pipelining: false,
-        mail_from: "loadgen@bench.test".into(),
-        ehlo: "loadgen.test".into(),
-        passes: 2,
-    };
+    let args = SmtpArgs { watch: false, passes: 2, ..smtp_args(60, 4) };
     let r = scenario::smtp::run(ctx, &args).await.expect("smtp");
     assert!(r.complete, "{}", r.human());
     // Two passes: counts add up, the rest is the median pass's.
@@ -155,18 +161,7 @@ async fn smtp_scenario_sees_every_message_over_idle() {
 async fn smtp_scenario_ends_when_idle_announces_nothing() {
     let fake = Fake::start(ImapOptions { idle: true, literal_plus: false, idle_silent: true }).await;
     let ctx = Arc::new(Context::new(&common(&fake, 2)).expect("context"));
-    let args = SmtpArgs {
-        messages: 4,
-        concurrency: 2,
-        sizes: sizes(),
-        watch: true,
-        no_watch: false,
-        watch_poll: false,
-        pipelining: false,
-        mail_from: "loadgen@bench.test".into(),
-        ehlo: "loadgen.test".into(),
-        passes: 1,
-    };
+    let args = smtp_args(4, 2);
     let r = scenario::smtp::run(ctx, &args).await.expect("smtp");
     assert!(r.complete, "{}", r.human());
     assert_eq!(figure(&r, "messages_visible"), 4.0);
@@ -177,18 +172,7 @@ async fn smtp_scenario_ends_when_idle_announces_nothing() {
 async fn smtp_scenario_polls_without_idle() {
     let fake = Fake::start(ImapOptions { idle: false, literal_plus: false, idle_silent: false }).await;
     let ctx = Arc::new(Context::new(&common(&fake, 2)).expect("context"));
-    let args = SmtpArgs {
-        messages: 10,
-        concurrency: 2,
-        sizes: sizes(),
-        watch: true,
-        no_watch: false,
-        watch_poll: false,
-        pipelining: true,
-        mail_from: "loadgen@bench.test".into(),
-        ehlo: "loadgen.test".into(),
-        passes: 1,
-    };
+    let args = SmtpArgs { pipelining: true, ..smtp_args(10, 2) };
     let r = scenario::smtp::run(ctx, &args).await.expect("smtp");
     assert!(r.complete, "{}", r.human());
     assert_eq!(figure(&r, "messages_visible"), 10.0);

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::imap::{ImapClient, ImapError, Untagged, client::quoted};
 use crate::message::{sender_word, subject_word};
 use crate::result::{Better, ScenarioResult};
-use crate::stats::{Samples, rate};
+use crate::stats::{median_by, rate};
 
 use super::{Context, MB, Tally, join_tallies, latency_figures, until};
 
@@ -72,26 +72,21 @@ pub async fn run(ctx: Arc<Context>, args: &ImapArgs) -> Result<ScenarioResult, E
     }
 
     if args.full_fetch {
-        if args.passes == 0 {
-            return Err(Error::Usage("--passes must be at least 1".into()));
-        }
+        super::require_passes(args.passes)?;
         result.param("passes", args.passes);
         let cpu_before = ctx.cpu()?;
         match until(deadline, full_fetch(&ctx, args.passes)).await {
             Some(Ok(passes)) => {
                 // A pass lasts well under a second: one is a noisy sample,
                 // so the rates are those of the median pass.
-                let median = |f: &dyn Fn(&FullFetch) -> Option<f64>| {
-                    passes.iter().filter_map(f).collect::<Samples>().percentile(50.0)
-                };
                 let first = &passes[0];
                 result.count("full_fetch_messages", first.messages, "messages");
                 result.count("full_fetch_bytes", first.bytes, "bytes");
-                result.figure("full_fetch_seconds", median(&|p| Some(p.seconds)), "s", Better::Lower);
+                result.figure("full_fetch_seconds", median_by(&passes, |p| Some(p.seconds)), "s", Better::Lower);
                 let msg_rate = |p: &FullFetch| rate(p.messages as f64, p.seconds);
-                result.figure("full_fetch_msg_per_s", median(&msg_rate), "msg/s", Better::Higher);
+                result.figure("full_fetch_msg_per_s", median_by(&passes, msg_rate), "msg/s", Better::Higher);
                 let mb_rate = |p: &FullFetch| rate(p.bytes as f64 / MB, p.seconds);
-                result.figure("full_fetch_mb_per_s", median(&mb_rate), "MB/s", Better::Higher);
+                result.figure("full_fetch_mb_per_s", median_by(&passes, mb_rate), "MB/s", Better::Higher);
                 result.figure("full_fetch_first_pass_msg_per_s", msg_rate(first), "msg/s", Better::Higher);
                 if let (Some(before), Ok(Some(after))) = (cpu_before, ctx.cpu()) {
                     let per_pass = after.seconds_since(&before) / passes.len() as f64;

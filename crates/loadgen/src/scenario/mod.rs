@@ -195,6 +195,14 @@ pub fn latency_figures(result: &mut ScenarioResult, prefix: &str, samples: &Samp
 }
 
 /// Runs `fut` until `deadline`; `None` if the deadline came first.
+/// `--passes` of a scenario: at least one.
+pub fn require_passes(passes: u32) -> Result<(), crate::error::Error> {
+    if passes == 0 {
+        return Err(crate::error::Error::Usage("--passes must be at least 1".into()));
+    }
+    Ok(())
+}
+
 pub async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
     tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), fut).await.ok()
 }

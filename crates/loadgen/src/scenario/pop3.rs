@@ -11,7 +11,7 @@ use crate::cli::Pop3Args;
 use crate::error::Error;
 use crate::pop3::{Pop3Client, Pop3Error};
 use crate::result::{Better, ScenarioResult};
-use crate::stats::{Samples, rate};
+use crate::stats::{median_by, rate};
 
 use super::{Context, MB, Tally, join_tallies, latency_figures, until};
 
@@ -22,9 +22,7 @@ pub async fn run(ctx: Arc<Context>, args: &Pop3Args) -> Result<ScenarioResult, E
             ctx.users.count()
         )));
     }
-    if args.passes == 0 {
-        return Err(Error::Usage("--passes must be at least 1".into()));
-    }
+    super::require_passes(args.passes)?;
     let mut result = ctx.result("pop3");
     result.param("concurrency", args.concurrency);
     result.param("passes", args.passes);
@@ -49,10 +47,10 @@ pub async fn run(ctx: Arc<Context>, args: &Pop3Args) -> Result<ScenarioResult, E
     result.count("bytes_retrieved", total.content_bytes, "bytes");
     // One pass is short (well under a second on loopback): the rates are
     // those of the median pass.
-    let median = |f: &dyn Fn(&Pass) -> Option<f64>| passes.iter().filter_map(f).collect::<Samples>().percentile(50.0);
     let msg_rate = |p: &Pass| rate(p.messages as f64, p.seconds);
-    result.figure("messages_per_s", median(&msg_rate), "msg/s", Better::Higher);
-    result.figure("mb_per_s", median(&|p| rate(p.octets as f64 / MB, p.seconds)), "MB/s", Better::Higher);
+    result.figure("messages_per_s", median_by(&passes, msg_rate), "msg/s", Better::Higher);
+    let mb_rate = |p: &Pass| rate(p.octets as f64 / MB, p.seconds);
+    result.figure("mb_per_s", median_by(&passes, mb_rate), "MB/s", Better::Higher);
     if let Some(first) = passes.first() {
         result.figure("first_pass_messages_per_s", msg_rate(first), "msg/s", Better::Higher);
     }

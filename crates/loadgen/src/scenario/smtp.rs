@@ -42,9 +42,7 @@ const QUIET_RECHECK: Duration = Duration::from_secs(5);
 
 /// `--passes` runs of [`one_pass`], combined (median rates and latencies).
 pub async fn run(ctx: Arc<Context>, args: &SmtpArgs) -> Result<ScenarioResult, Error> {
-    if args.passes == 0 {
-        return Err(Error::Usage("--passes must be at least 1".into()));
-    }
+    super::require_passes(args.passes)?;
     let mut passes = Vec::new();
     for pass in 1..=args.passes {
         if args.passes > 1 {
