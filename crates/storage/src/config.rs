@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,11 @@ pub struct StorageConfig {
     pub max_message_size: u64,
     /// Minimum argon2id-checked password length for new passwords.
     pub min_password_length: usize,
+    /// On shutdown, how long calls in progress get to finish; connections
+    /// still open after it are closed (a client that never closes its
+    /// connection must not keep storage from stopping).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for StorageConfig {
@@ -42,6 +48,8 @@ impl Default for StorageConfig {
             // 50 MiB, a little above common provider limits (Gmail 25 MB, M365 35 MB).
             max_message_size: 50 * 1024 * 1024,
             min_password_length: 8,
+            // Within compose's 45 s stop grace period.
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

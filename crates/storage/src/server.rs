@@ -142,13 +142,32 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
 
     let s1 = shutdown.clone();
     let s2 = shutdown.clone();
+    let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
         let a = service_router.serve_with_incoming_shutdown(no_delay(listener), s1.cancelled_owned());
         let b = admin_router.serve_with_incoming_shutdown(no_delay(admin_listener), s2.cancelled_owned());
-        let (ra, rb) = tokio::join!(a, b);
-        ra?;
-        rb?;
-        Ok(())
+        let serving = async {
+            let (ra, rb) = tokio::join!(a, b);
+            ra?;
+            rb?;
+            Ok(())
+        };
+        // A graceful shutdown waits for every connection to close, which a
+        // client can put off for ever (an idle HTTP/2 connection it keeps,
+        // a stream it never ends). After the grace the rest are dropped:
+        // a call cut off that way was never answered, so its caller
+        // retries, and nothing it did half is acknowledged anywhere.
+        let overdue = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serving => served,
+            () = overdue => {
+                tracing::warn!(?grace, "connections still open after the shutdown grace; closing them");
+                Ok(())
+            }
+        }
     });
     tracing::info!(%addr, %admin_addr, "storage serving");
     Ok(RunningStorage { addr, admin_addr, store, task })

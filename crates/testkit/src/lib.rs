@@ -85,6 +85,9 @@ impl TestEnv {
             blob_dir: self.blob_dir.clone(),
             nats_url: self.nats_url.clone(),
             events_prefix: self.events_prefix.clone(),
+            // `stop_storage` simulates an outage: no need to wait long for
+            // connections a test keeps open.
+            shutdown_grace: std::time::Duration::from_secs(2),
             ..StorageConfig::default()
         }
     }
