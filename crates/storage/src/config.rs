@@ -53,3 +53,18 @@ impl Default for StorageConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example file an operator starts from loads, durations included.
+    #[test]
+    fn the_example_file_loads() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/storage.toml");
+        let c: StorageConfig =
+            mailfleet_runtime::config::load(Some(&file), "MF_STORAGE_TEST_EXAMPLE_").expect("example loads");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.max_message_size, 50 * 1024 * 1024);
+    }
+}
