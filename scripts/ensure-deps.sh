@@ -21,20 +21,36 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Development machines use trust authentication on loopback, as the test
+# harness and the development defaults connect as `postgres` without a
+# password. A cluster that was installed before (Debian's default is
+# scram-sha-256 on loopback) gets the same change, not only a fresh one.
+# Prints "changed" when it edited the file.
+trust_loopback() {
+    local hba="/etc/postgresql/$1/main/pg_hba.conf"
+    [ -f "$hba" ] || return 0
+    if as_root grep -Eq '^host\s+all\s+all\s+(127\.0\.0\.1/32|::1/128)\s+(scram-sha-256|md5|password)' "$hba"; then
+        say "allowing password-less connections from loopback (trust) in $hba"
+        as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+        echo changed
+    fi
+}
+
 ensure_postgres() {
-    if listening "$PG_PORT"; then return 0; fi
     if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+        if listening "$PG_PORT"; then return 0; fi   # someone else's server: leave it alone
         say "installing PostgreSQL from Debian packages"
         apt_install postgresql
-        fresh=1
     fi
     local version
     version="$(ls /etc/postgresql | sort -V | tail -1)"
-    if [ "${fresh:-0}" = 1 ]; then
-        # Development machines use trust authentication on loopback, as the
-        # test harness connects as `postgres` without a password.
-        local hba="/etc/postgresql/$version/main/pg_hba.conf"
-        as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+    local changed
+    changed="$(trust_loopback "$version")"
+    if listening "$PG_PORT"; then
+        if [ -n "$changed" ]; then
+            as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+        fi
+        return 0
     fi
     say "starting PostgreSQL $version"
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
