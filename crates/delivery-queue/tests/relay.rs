@@ -539,3 +539,30 @@ async fn the_relay_runs_inside_delivery_queue_when_enabled() {
         let _ = js.delete_stream(s).await;
     }
 }
+
+#[tokio::test]
+async fn dsn_parameters_are_encoded_again_and_cannot_inject_commands() {
+    let mx = ScriptedMx::start(Script { dsn: true, pipelining: true, ..Script::default() }).await;
+    let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |_| {}).await;
+    // As smtp-ingress stores them: decoded, `addr-type;address`.
+    let mut bob = rcpt("bob@remote.test");
+    bob.orcpt = "utf-8;jörg+x@remote.test".into();
+    ctx.queue("I1", SENDER, vec![bob], MSG, |j| j.envid = "id=1+2".into()).await;
+    // What an ORCPT of `a+0D+0ARCPT+20TO:<evil@remote.test>+0D+0AX+3Bb`
+    // became before: a job whose "address type" carries a command.
+    let mut carol = rcpt("carol@remote.test");
+    carol.orcpt = "a\r\nRCPT TO:<evil@remote.test>\r\nX;b".into();
+    ctx.queue("I2", SENDER, vec![carol], MSG, |j| j.envid = "E\r\nRSET".into()).await;
+    ctx.relay_idle(WAIT).await;
+
+    let got = mx.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let bob = got.iter().find(|r| r.rcpts == ["bob@remote.test"]).expect("bob's message");
+    assert_eq!(bob.mail_params, "ENVID=id+3D1+2B2");
+    assert_eq!(bob.rcpt_lines, vec!["RCPT TO:<bob@remote.test> ORCPT=utf-8;j\\x{F6}rg\\x{2B}x@remote.test"]);
+    let carol = got.iter().find(|r| r.rcpts == ["carol@remote.test"]).expect("carol's message");
+    assert_eq!(carol.rcpt_lines, vec!["RCPT TO:<carol@remote.test>"], "the bad ORCPT is left off");
+    assert_eq!(carol.mail_params, "", "the bad ENVID is left off");
+    assert_eq!(mx.count_for("evil@remote.test"), 0);
+    ctx.stop().await;
+}

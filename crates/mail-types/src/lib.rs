@@ -2,7 +2,9 @@
 //! Constructors check their invariants, so invalid values cannot exist.
 
 pub mod address;
+pub mod dsn;
 pub mod mailbox;
 
 pub use address::{AddressError, EmailAddress};
+pub use dsn::{DsnParamError, Envid, OriginalRecipient};
 pub use mailbox::{HIERARCHY_SEPARATOR, MailboxName, MailboxNameError};

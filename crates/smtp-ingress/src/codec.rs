@@ -1,9 +1,9 @@
-//! SMTP wire format: client commands in (through smtp-proto's
-//! `RequestReceiver`, which buffers partial lines), replies out. Pure: no I/O.
+//! SMTP wire format: client commands in (framed here, parsed by
+//! smtp-proto, DSN parameters decoded by `mail_types::dsn`), replies out.
+//! Pure: no I/O.
 
 use std::fmt;
 
-use smtp_proto::request::receiver::RequestReceiver;
 use smtp_proto::{EhloResponse, Error as ProtoError, Request, Response};
 
 /// A command line as parsed by smtp-proto, owned.
@@ -100,46 +100,147 @@ pub fn error_reply(err: &ProtoError) -> Reply {
     }
 }
 
+/// RFC 5321 §4.5.3.1.4: 512 octets, more with extensions' parameters;
+/// smtp-proto's limit.
+pub const MAX_COMMAND_LINE: usize = smtp_proto::request::receiver::MAX_LINE_LENGTH;
+
 /// Reads commands from a byte stream that may split lines anywhere.
+///
+/// Lines are framed here, not by smtp-proto, so the parameters this server
+/// passes on to other MTAs (ENVID, ORCPT) are read from the line as the
+/// client sent it and decoded by [`mail_types::dsn`], which refuses control
+/// characters (smtp-proto decodes xtext leniently, keeping `+0D+0A`).
+/// A line longer than [`MAX_COMMAND_LINE`] is dropped up to its end (never
+/// kept, never read as commands) and answered with one error.
 #[derive(Default)]
 pub struct CommandReader {
-    inner: RequestReceiver,
+    line: Vec<u8>,
+    too_long: bool,
 }
 
 impl CommandReader {
     /// Parse the next command from `bytes`, consuming what it used. `None`
     /// means more input is needed (a partial line is kept internally).
     pub fn next(&mut self, bytes: &mut std::slice::Iter<'_, u8>) -> Option<Parsed> {
-        if bytes.as_slice().is_empty() {
+        let rest = bytes.as_slice();
+        if rest.is_empty() {
             return None;
         }
-        if self.inner.buf().is_empty()
-            && let Some(cmd) = bare_postmaster(bytes)
-        {
-            return Some(Parsed::Command(cmd));
+        let end = rest.iter().position(|&b| b == b'\n');
+        let chunk = &rest[..end.map_or(rest.len(), |pos| pos + 1)];
+        *bytes = rest[chunk.len()..].iter();
+        if self.too_long || chunk.len() > MAX_COMMAND_LINE - self.line.len() {
+            self.too_long = true;
+            self.line = Vec::new();
+        } else {
+            self.line.extend_from_slice(chunk);
         }
-        match self.inner.ingest(bytes) {
-            Ok(req) => Some(Parsed::Command(req.into_owned())),
-            Err(ProtoError::NeedsMoreData { .. }) => None,
-            Err(err) => Some(Parsed::Error(error_reply(&err))),
+        end?;
+        let line = std::mem::take(&mut self.line);
+        if std::mem::take(&mut self.too_long) {
+            return Some(Parsed::Error(Reply::new(500, [5, 5, 2], "Line too long")));
         }
+        Some(parse_line(&line))
     }
 }
 
-/// RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` (no domain, any case) must be
-/// accepted; smtp-proto refuses an address without a domain, so this one
-/// form is recognised here. The session maps it to the configured postmaster.
-fn bare_postmaster(bytes: &mut std::slice::Iter<'_, u8>) -> Option<Command> {
-    let rest = bytes.as_slice();
-    let end = rest.iter().position(|&b| b == b'\n')?;
-    let line = std::str::from_utf8(&rest[..end]).ok()?.trim_end_matches('\r');
-    let upper = line.to_ascii_uppercase();
-    let after = upper.strip_prefix("RCPT TO:")?.trim_start();
-    if after.trim_end() != "<POSTMASTER>" {
-        return None;
+/// Parse one complete command line (ending in LF).
+fn parse_line(line: &[u8]) -> Parsed {
+    let verb = line.get(..5).map(|v| v.to_ascii_uppercase());
+    let (line, extracted) = match verb.as_deref() {
+        Some(b"MAIL " | b"RCPT ") => match extract_dsn_params(line) {
+            Ok(found) => found,
+            Err(reply) => return Parsed::Error(reply),
+        },
+        _ => (std::borrow::Cow::Borrowed(line), Extracted::default()),
+    };
+    match Request::parse(&mut line.iter()) {
+        Ok(req) => {
+            let mut req = req.into_owned();
+            match &mut req {
+                Request::Mail { from } => from.env_id = extracted.envid.map(|e| e.as_str().to_string()),
+                Request::Rcpt { to } => {
+                    to.orcpt = extracted.orcpt.map(|o| o.to_string());
+                    if extracted.bare_postmaster {
+                        to.address = "postmaster".into();
+                    }
+                }
+                _ => {}
+            }
+            Parsed::Command(req)
+        }
+        Err(err) => Parsed::Error(error_reply(&err)),
     }
-    *bytes = rest[end + 1..].iter();
-    Some(Request::Rcpt { to: smtp_proto::RcptTo { address: "postmaster".into(), orcpt: None, rrvs: 0, flags: 0 } })
+}
+
+/// What [`extract_dsn_params`] took out of a MAIL or RCPT line.
+#[derive(Default)]
+struct Extracted {
+    envid: Option<mail_types::Envid>,
+    orcpt: Option<mail_types::OriginalRecipient>,
+    /// RFC 5321 §4.5.1: `RCPT TO:<Postmaster>`, no domain.
+    bare_postmaster: bool,
+}
+
+/// The placeholder smtp-proto parses in place of a bare `<Postmaster>`,
+/// which it would refuse for lacking a domain.
+const POSTMASTER_PLACEHOLDER: &[u8] = b"<postmaster@postmaster.invalid>";
+
+/// Take ENVID (MAIL, RFC 3461 §4.4) and ORCPT (RCPT, RFC 3461 §4.2) out of
+/// the line and decode them; give back the line without them for
+/// smtp-proto. A value that does not decode, or decodes to control
+/// characters, is refused with `501 5.5.4` (RFC 3461 §4: syntax error in
+/// parameters), and so is a parameter given twice.
+fn extract_dsn_params(line: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, Extracted), Reply> {
+    let mut found = Extracted::default();
+    // The path ends at the first ">" after the first "<"; parameters follow.
+    let Some(open) = line.iter().position(|&b| b == b'<') else {
+        return Ok((line.into(), found));
+    };
+    let Some(close) = line[open..].iter().position(|&b| b == b'>').map(|p| open + p) else {
+        return Ok((line.into(), found));
+    };
+    let is_rcpt = line[..4].eq_ignore_ascii_case(b"RCPT");
+    let params = line[close + 1..].trim_ascii_end();
+    let mut rest: Vec<&[u8]> = Vec::new();
+    for token in params.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty()) {
+        let (key, value) = match token.iter().position(|&b| b == b'=') {
+            Some(eq) => (&token[..eq], &token[eq + 1..]),
+            None => (token, &b""[..]),
+        };
+        let bad = |name: &str| Reply::new(501, [5, 5, 4], format!("Invalid {name} parameter"));
+        let text = || std::str::from_utf8(value).ok();
+        if is_rcpt && key.eq_ignore_ascii_case(b"ORCPT") {
+            let orcpt =
+                text().and_then(|v| mail_types::OriginalRecipient::from_param(v).ok()).ok_or_else(|| bad("ORCPT"))?;
+            if found.orcpt.replace(orcpt).is_some() {
+                return Err(Reply::new(501, [5, 5, 4], "Duplicate ORCPT parameter"));
+            }
+        } else if !is_rcpt && key.eq_ignore_ascii_case(b"ENVID") {
+            let envid = text().and_then(|v| mail_types::Envid::from_param(v).ok()).ok_or_else(|| bad("ENVID"))?;
+            if found.envid.replace(envid).is_some() {
+                return Err(Reply::new(501, [5, 5, 4], "Duplicate ENVID parameter"));
+            }
+        } else {
+            rest.push(token);
+        }
+    }
+    found.bare_postmaster = is_rcpt && line[open + 1..close].eq_ignore_ascii_case(b"postmaster");
+    if found.envid.is_none() && found.orcpt.is_none() && !found.bare_postmaster {
+        return Ok((line.into(), found));
+    }
+    let mut rebuilt = line[..open].to_vec();
+    if found.bare_postmaster {
+        rebuilt.extend_from_slice(POSTMASTER_PLACEHOLDER);
+    } else {
+        rebuilt.extend_from_slice(&line[open..=close]);
+    }
+    for token in rest {
+        rebuilt.push(b' ');
+        rebuilt.extend_from_slice(token);
+    }
+    rebuilt.extend_from_slice(b"\r\n");
+    Ok((rebuilt.into(), found))
 }
 
 /// Reads one raw line (SASL responses, RFC 4954 §4), without the CRLF.
@@ -229,12 +330,81 @@ mod tests {
 
     #[test]
     fn bare_postmaster_is_a_recipient() {
-        let parsed = parse_all(&["RCPT TO:<PostMaster>\r\nNOOP\r\n"]);
+        let parsed = parse_all(&["RCPT TO:<PostMaster>\r\nNOOP\r\nRCPT TO:<post", "master> NOTIFY=NEVER\r\n"]);
         match &parsed[0] {
             Parsed::Command(Request::Rcpt { to }) => assert_eq!(to.address, "postmaster"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(&parsed[1], Parsed::Command(Request::Noop { .. })));
+        match &parsed[2] {
+            Parsed::Command(Request::Rcpt { to }) => {
+                assert_eq!(to.address, "postmaster");
+                assert_eq!(to.flags & smtp_proto::RCPT_NOTIFY_NEVER, smtp_proto::RCPT_NOTIFY_NEVER);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn error_text(p: &Parsed) -> String {
+        match p {
+            Parsed::Error(r) => r.to_string(),
+            Parsed::Command(c) => panic!("accepted: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn dsn_parameters_with_control_characters_are_refused() {
+        for line in [
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a@b.test+0D+0ARSET\r\n",
+            "RCPT TO:<a@b.test> NOTIFY=NEVER ORCPT=rfc822;x+0Amail+20from:<e@vil>\r\n",
+            "RCPT TO:<a@b.test> ORCPT=utf-8;a\\x{0D}\\x{0A}@b.test\r\n",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a+00@b.test\r\n",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a@b.test ORCPT=rfc822;c@d.test\r\n",
+            "RCPT TO:<a@b.test> ORCPT=a@b.test\r\n",
+            "MAIL FROM:<a@b.test> ENVID=x+0D+0AQUIT\r\n",
+            "MAIL FROM:<a@b.test> ENVID=x+1B[31m\r\n",
+        ] {
+            let parsed = parse_all(&[line]);
+            assert_eq!(parsed.len(), 1, "{line}");
+            assert!(error_text(&parsed[0]).starts_with("501 5.5.4 "), "{line}: {:?}", parsed[0]);
+        }
+    }
+
+    #[test]
+    fn dsn_parameters_are_decoded() {
+        let parsed = parse_all(&[
+            "MAIL FROM:<a@b.test> ENVID=QQ+2B314 SIZE=10\r\n",
+            "RCPT TO:<c@d.test> ORCPT=rfc822;C+2Bx@D.test NOTIFY=SUCCESS\r\n",
+            "RCPT TO:<c@d.test> ORCPT=utf-8;j\\x{F6}rg@d.test\r\n",
+        ]);
+        match &parsed[0] {
+            Parsed::Command(Request::Mail { from }) => {
+                assert_eq!((from.env_id.as_deref(), from.size), (Some("QQ+314"), 10));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &parsed[1] {
+            Parsed::Command(Request::Rcpt { to }) => {
+                assert_eq!(to.orcpt.as_deref(), Some("rfc822;C+x@D.test"));
+                assert_ne!(to.flags & smtp_proto::RCPT_NOTIFY_SUCCESS, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &parsed[2] {
+            Parsed::Command(Request::Rcpt { to }) => assert_eq!(to.orcpt.as_deref(), Some("utf-8;jörg@d.test")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_overlong_line_is_one_error_and_its_tail_is_no_command() {
+        let long = format!("NOOP {}", "x".repeat(MAX_COMMAND_LINE));
+        let (head, tail) = long.split_at(3000);
+        let tail = format!("{tail} RSET\r\nQUIT\r\n");
+        let parsed = parse_all(&[head, &tail]);
+        assert_eq!(parsed.len(), 2, "{parsed:?}");
+        assert!(error_text(&parsed[0]).starts_with("500 5.5.2 Line too long"));
+        assert!(matches!(&parsed[1], Parsed::Command(Request::Quit)));
     }
 
     #[test]

@@ -358,6 +358,12 @@ impl<B: Backend> Session<B> {
         if matches!(self.state, State::Authenticating(_)) {
             return Step::reply(Reply::bad_sequence("AUTH exchange in progress"));
         }
+        // RFC 5321 §4.1.1.1: a domain or address literal. The name goes into
+        // the Received: and Authentication-Results: fields and the job, so
+        // control characters (and spaces) are refused, not carried.
+        if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Step::reply(Reply::syntax("Invalid domain name in EHLO/HELO"));
+        }
         self.state = State::Ready;
         self.helo = Some(host);
         self.esmtp = esmtp;
@@ -1072,6 +1078,7 @@ mod tests {
             C: MAIL FROM:<x@remote.test> RET=HDRS ENVID=QQ314159 SMTPUTF8      S: 250
             C: RCPT TO:<alice@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.org  S: 250
             C: RCPT TO:<bob@example.org> NOTIFY=NEVER                          S: 250
+            C: RCPT TO:<bob@example.org> ORCPT=rfc822;bob@example.org+0D+0ADATA  S: 501 5.5.4
             C: DATA                                                           S: 354
             D: x
             D: .                                                              S: 250 2.0.0
@@ -1082,7 +1089,8 @@ mod tests {
         let env = &queued[0].0;
         assert_eq!((env.ret.as_str(), env.envid.as_str(), env.smtputf8), ("HDRS", "QQ314159", true));
         assert_eq!(env.recipients[0].notify, 2 | 4);
-        assert!(env.recipients[0].orcpt.contains("alice@example.org"), "{:?}", env.recipients[0]);
+        assert_eq!(env.recipients[0].orcpt, "rfc822;alice@example.org");
+        assert_eq!(env.recipients.len(), 2, "the refused RCPT added nothing");
         assert_eq!(env.recipients[1].notify, 1);
         assert_eq!(env.recipients[1].orcpt, "");
     }
@@ -1091,6 +1099,12 @@ mod tests {
     async fn ehlo_advertises_extensions() {
         let fake = Fake::default();
         let mut s = session(&fake, Port::Mx, false);
+        for bad in ["a\u{1}b", "a\u{1b}[2Jb", "client\u{7f}"] {
+            let step = s.command(Request::Ehlo { host: bad.into() }).await;
+            assert!(step.replies[0].to_string().starts_with("501 5.5.4"), "{bad:?}");
+        }
+        let step = s.command(cmd("EHLO a\x0bb")).await;
+        assert!(step.replies[0].to_string().starts_with("501 5.5.4"), "{:?}", step.replies);
         let step = s.command(Request::Ehlo { host: "c".into() }).await;
         let text = step.replies[0].to_string();
         for ext in

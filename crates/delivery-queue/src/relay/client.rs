@@ -251,19 +251,6 @@ pub struct SmtpConnection {
     pub authenticated: bool,
 }
 
-/// RFC 3461 §4: xtext encoding of parameter values.
-pub fn xtext(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
-}
-
 /// RFC 3461 §4.2 NOTIFY value from the bit set; None when not given.
 pub fn notify_param(bits: u32) -> Option<String> {
     if bits == 0 {
@@ -277,27 +264,63 @@ pub fn notify_param(bits: u32) -> Option<String> {
     Some(names.join(","))
 }
 
-/// RFC 5321 §4.5.2: dot-stuffing; lines end in CRLF; ends with `.CRLF`.
+/// RFC 5321 §2.3.8: CR and LF only as CRLF. A bare LF or a bare CR in the
+/// message becomes CRLF (a bare CR would otherwise reach a far side that
+/// takes it for a line end, or not, differently from its DKIM verifier).
+/// Borrowed when there is nothing to change.
+pub fn normalize_line_ends(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare = |i: usize, b: u8| match b {
+        b'\r' => message.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || message[i - 1] != b'\r',
+        _ => false,
+    };
+    if !message.iter().enumerate().any(|(i, &b)| bare(i, b)) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 2);
+    for (i, &b) in message.iter().enumerate() {
+        if bare(i, b) {
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.push(b);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// RFC 5321 §4.5.2: dot-stuffing; lines end in CRLF (bare CR and LF
+/// normalised as in [`normalize_line_ends`]); ends with `.CRLF`.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let message = normalize_line_ends(message);
     let mut out = Vec::with_capacity(message.len() + message.len() / 50 + 5);
     let mut at_line_start = true;
-    let mut prev = 0u8;
-    for &b in message {
+    for &b in message.iter() {
         if at_line_start && b == b'.' {
             out.push(b'.');
         }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
         out.push(b);
         at_line_start = b == b'\n';
-        prev = b;
     }
     if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
     out
+}
+
+/// A path (RFC 5321 §4.1.2) goes into a command line only when nothing in
+/// it can end the line or the `<…>`: every address in a job was checked
+/// by smtp-ingress, and this checks again whatever reached the queue.
+fn sendable_path(address: &str) -> bool {
+    !address.chars().any(|c| c.is_control() || c.is_whitespace() || c == '<' || c == '>')
+}
+
+/// Refusal of an envelope that cannot be sent safely (see [`sendable_path`]).
+fn unsendable(what: &str) -> ClientError {
+    ClientError::Rejected {
+        stage: "envelope",
+        reply: Reply::new(553, format!("5.1.3 {what} cannot be put in an SMTP command")),
+    }
 }
 
 impl SmtpConnection {
@@ -459,41 +482,58 @@ impl SmtpConnection {
         Ok(())
     }
 
-    fn mail_command(&self, env: &Envelope, size: usize) -> String {
+    /// MAIL with the parameters the far side announced. DSN parameters are
+    /// encoded again from their decoded form (RFC 3461 §4), never copied;
+    /// one that does not check out is left off (with a warning), since the
+    /// message can go without it.
+    fn mail_command(caps: &Capabilities, env: &Envelope, size: usize) -> Result<String, ClientError> {
+        if !sendable_path(&env.mail_from) {
+            return Err(unsendable("the sender address"));
+        }
         let mut cmd = format!("MAIL FROM:<{}>", env.mail_from);
-        if self.caps.size.is_some() {
+        if caps.size.is_some() {
             cmd.push_str(&format!(" SIZE={size}"));
         }
-        if env.eight_bit && self.caps.eight_bit_mime {
+        if env.eight_bit && caps.eight_bit_mime {
             cmd.push_str(" BODY=8BITMIME");
         }
-        if env.smtputf8 && self.caps.smtputf8 {
+        if env.smtputf8 && caps.smtputf8 {
             cmd.push_str(" SMTPUTF8");
         }
-        if self.caps.dsn {
-            if !env.ret.is_empty() {
+        if caps.dsn {
+            // RFC 3461 §4.3.
+            if env.ret == "FULL" || env.ret == "HDRS" {
                 cmd.push_str(&format!(" RET={}", env.ret));
             }
             if !env.envid.is_empty() {
-                cmd.push_str(&format!(" ENVID={}", xtext(&env.envid)));
+                match mail_types::Envid::new(env.envid.clone()) {
+                    Ok(envid) => cmd.push_str(&format!(" ENVID={}", envid.to_param())),
+                    Err(e) => tracing::warn!(envid = ?env.envid, error = %e, "ENVID left off"),
+                }
             }
         }
         cmd.push_str("\r\n");
-        cmd
+        Ok(cmd)
     }
 
-    fn rcpt_command(&self, r: &RcptTo) -> String {
+    fn rcpt_command(caps: &Capabilities, r: &RcptTo) -> Result<String, ClientError> {
+        if r.address.is_empty() || !sendable_path(&r.address) {
+            return Err(unsendable("a recipient address"));
+        }
         let mut cmd = format!("RCPT TO:<{}>", r.address);
-        if self.caps.dsn {
+        if caps.dsn {
             if let Some(n) = notify_param(r.notify) {
                 cmd.push_str(&format!(" NOTIFY={n}"));
             }
-            if let Some((kind, addr)) = r.orcpt.split_once(';') {
-                cmd.push_str(&format!(" ORCPT={};{}", kind.trim(), xtext(addr.trim())));
+            if !r.orcpt.is_empty() {
+                match mail_types::OriginalRecipient::parse_stored(&r.orcpt) {
+                    Ok(orcpt) => cmd.push_str(&format!(" ORCPT={}", orcpt.to_param())),
+                    Err(e) => tracing::warn!(orcpt = ?r.orcpt, error = %e, "ORCPT left off"),
+                }
             }
         }
         cmd.push_str("\r\n");
-        cmd
+        Ok(cmd)
     }
 
     /// One mail transaction. Recipients refused at RCPT get that reply; the
@@ -504,16 +544,18 @@ impl SmtpConnection {
     /// responsibility taken; a duplicate is possible, a loss is not).
     pub async fn send(&mut self, env: &Envelope, message: &[u8]) -> Result<Vec<RcptResult>, ClientError> {
         self.transactions += 1;
+        // Every command is built (and checked) before anything is sent.
+        let mail = Self::mail_command(&self.caps, env, message.len())?;
+        let rcpts = env.rcpts.iter().map(|r| Self::rcpt_command(&self.caps, r)).collect::<Result<Vec<_>, _>>()?;
         let data = dot_stuff(message);
-        let mail = self.mail_command(env, message.len());
         let mut rcpt_replies = Vec::with_capacity(env.rcpts.len());
         let mail_reply;
         let data_reply;
         if self.caps.pipelining {
             // RFC 2920 §3.1: MAIL, RCPTs and DATA in one group, DATA last.
             let mut batch = mail;
-            for r in &env.rcpts {
-                batch.push_str(&self.rcpt_command(r));
+            for line in &rcpts {
+                batch.push_str(line);
             }
             batch.push_str("DATA\r\n");
             self.write(batch.as_bytes()).await?;
@@ -528,9 +570,8 @@ impl SmtpConnection {
                 let _ = self.reset().await;
                 return Err(ClientError::Rejected { stage: "MAIL FROM", reply: mail_reply });
             }
-            for r in &env.rcpts {
-                let line = self.rcpt_command(r);
-                rcpt_replies.push(self.command(&line, "RCPT").await?);
+            for line in &rcpts {
+                rcpt_replies.push(self.command(line, "RCPT").await?);
             }
             if !rcpt_replies.iter().any(|r| r.code == 250 || r.code == 251) {
                 let _ = self.reset().await;
@@ -685,10 +726,51 @@ mod tests {
     }
 
     #[test]
+    fn dsn_parameters_are_encoded_again_and_nothing_breaks_a_command_line() {
+        let caps = Capabilities { dsn: true, ..Capabilities::default() };
+        let rcpt = |address: &str, orcpt: &str| RcptTo { address: address.into(), notify: 4, orcpt: orcpt.into() };
+        let line = |r: RcptTo| SmtpConnection::rcpt_command(&caps, &r).expect("sendable");
+        assert_eq!(
+            line(rcpt("b@r.test", "rfc822;B+x@R.test")),
+            "RCPT TO:<b@r.test> NOTIFY=FAILURE ORCPT=rfc822;B+2Bx@R.test\r\n"
+        );
+        assert_eq!(
+            line(rcpt("b@r.test", "utf-8;jörg@r.test")),
+            "RCPT TO:<b@r.test> NOTIFY=FAILURE ORCPT=utf-8;j\\x{F6}rg@r.test\r\n"
+        );
+        // A job carrying a line break (or a type that is no atom) loses the
+        // parameter; it never reaches the far side raw.
+        for orcpt in ["rfc822;b@r.test\r\nRCPT TO:<x@evil.test>", "rfc822\r\nDATA;b@r.test", "b@r.test"] {
+            assert_eq!(line(rcpt("b@r.test", orcpt)), "RCPT TO:<b@r.test> NOTIFY=FAILURE\r\n", "{orcpt:?}");
+        }
+        for address in ["b@r.test>\r\nDATA", "b@r.test\n", "a b@r.test", ""] {
+            let err = SmtpConnection::rcpt_command(&caps, &rcpt(address, "")).expect_err(address);
+            assert!(err.permanent_reply().is_some(), "{err}");
+        }
+        let env = |mail_from: &str, envid: &str| Envelope {
+            mail_from: mail_from.into(),
+            rcpts: vec![],
+            eight_bit: false,
+            smtputf8: false,
+            ret: "HDRS".into(),
+            envid: envid.into(),
+        };
+        let mail = |e: Envelope| SmtpConnection::mail_command(&caps, &e, 10);
+        assert_eq!(mail(env("a@l.test", "id 1+x")).expect("ok"), "MAIL FROM:<a@l.test> RET=HDRS ENVID=id+201+2Bx\r\n");
+        assert_eq!(mail(env("a@l.test", "x\r\nQUIT")).expect("ok"), "MAIL FROM:<a@l.test> RET=HDRS\r\n");
+        assert_eq!(mail(env("", "")).expect("null sender"), "MAIL FROM:<> RET=HDRS\r\n");
+        assert!(mail(env("a@l.test>\r\nRSET", "")).is_err());
+    }
+
+    #[test]
     fn stuffing_and_params() {
         assert_eq!(dot_stuff(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
         assert_eq!(dot_stuff(b".x\nlast"), b"..x\r\nlast\r\n.\r\n");
-        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+        // A bare CR ends a line like a bare LF; a dot after it is stuffed too.
+        assert_eq!(dot_stuff(b"a\r.b\rc\r\r\nd"), b"a\r\n..b\r\nc\r\n\r\nd\r\n.\r\n");
+        assert_eq!(dot_stuff(b"end\r"), b"end\r\n.\r\n");
+        assert!(matches!(normalize_line_ends(b"a\r\nb\r\n"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*normalize_line_ends(b"\na\rb"), b"\r\na\r\nb");
         assert_eq!(notify_param(0), None);
         assert_eq!(notify_param(1).as_deref(), Some("NEVER"));
         assert_eq!(notify_param(2 | 4).as_deref(), Some("SUCCESS,FAILURE"));

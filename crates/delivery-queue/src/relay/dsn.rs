@@ -118,9 +118,12 @@ fn rfc2822(t: DateTime<Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S +0000").to_string()
 }
 
-/// Strip CR/LF from a value that goes into a header field.
+/// A value that goes into a header field: control characters (CR and LF
+/// first: they would start a field of their own; others, such as escape
+/// sequences in a far side's reply, have no business in a report either)
+/// become spaces.
 fn field(s: &str) -> String {
-    s.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect()
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// Build the DSN message (CRLF line endings), from `MAILER-DAEMON@<host>`.
@@ -188,15 +191,17 @@ pub fn build(report: &Report<'_>, now: DateTime<Utc>, message_id: &str) -> Vec<u
     // Part 2: the machine-readable status (RFC 3464 §2.2, §2.3).
     out.push_str(&format!("\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"));
     out.push_str(&format!("Reporting-MTA: dns; {host}\r\n"));
-    if !report.envid.is_empty() {
-        out.push_str(&format!("Original-Envelope-Id: {}\r\n", field(report.envid)));
+    // RFC 3464 §2.2.1: the ENVID as the sender gave it (decoded from xtext).
+    if let Ok(envid) = mail_types::Envid::new(report.envid.to_string()) {
+        out.push_str(&format!("Original-Envelope-Id: {}\r\n", envid.as_str()));
     }
     out.push_str(&format!("Arrival-Date: {}\r\n", rfc2822(report.arrival)));
     for r in &report.recipients {
         out.push_str("\r\n");
-        // RFC 3464 §2.3.1: Original-Recipient only when ORCPT was given.
-        if let Some((kind, addr)) = r.original_recipient.split_once(';') {
-            out.push_str(&format!("Original-Recipient: {}; {}\r\n", field(kind.trim()), field(addr.trim())));
+        // RFC 3464 §2.3.1: Original-Recipient only when ORCPT was given
+        // (RFC 6533 §3: a non-ASCII one in its 7-bit utf-8-addr-xtext form).
+        if let Ok(orcpt) = mail_types::OriginalRecipient::parse_stored(&r.original_recipient) {
+            out.push_str(&format!("Original-Recipient: {}\r\n", orcpt.to_report_field()));
         }
         out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", field(&r.final_recipient)));
         out.push_str(&format!("Action: {}\r\n", r.action.as_str()));
@@ -297,6 +302,40 @@ mod tests {
         let hdrs = String::from_utf8(sample("HDRS", Action::Failed)).expect("utf8");
         assert!(hdrs.contains("Content-Type: text/rfc822-headers"));
         assert!(hdrs.contains("Subject: hi") && !hdrs.contains("body line"));
+    }
+
+    #[test]
+    fn hostile_values_stay_inside_their_fields() {
+        let t = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let recipient = |orcpt: &str| RecipientReport {
+            final_recipient: "bob@remote.test".into(),
+            original_recipient: orcpt.into(),
+            action: Action::Failed,
+            status: "5.1.1".into(),
+            remote_mta: None,
+            diagnostic: Some("550 5.1.1 \u{1b}[2Jgone\r\nX-Injected: yes".into()),
+            last_attempt: None,
+        };
+        let dsn = build(
+            &Report {
+                reporting_mta: "mx.local.test",
+                to: "alice@local.test",
+                envid: "E\r\nX-Injected: yes",
+                arrival: t,
+                ret: "",
+                original: b"Subject: hi\r\n\r\nbody\r\n",
+                recipients: vec![recipient("rfc822;b@r.test\r\nX-Injected: yes"), recipient("utf-8;jörg@r.test")],
+                max_return: 1 << 20,
+            },
+            t,
+            "abc@mx.local.test",
+        );
+        let dsn = String::from_utf8(dsn).expect("utf8");
+        assert!(!dsn.contains("\nX-Injected"), "{dsn}");
+        assert!(!dsn.contains('\u{1b}'), "{dsn}");
+        assert!(!dsn.contains("Original-Envelope-Id"), "an ENVID with a line break is left out:\n{dsn}");
+        assert_eq!(dsn.matches("Original-Recipient:").count(), 1, "{dsn}");
+        assert!(dsn.contains("Original-Recipient: utf-8; j\\x{F6}rg@r.test\r\n"), "{dsn}");
     }
 
     #[test]

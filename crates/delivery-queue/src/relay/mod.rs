@@ -408,15 +408,18 @@ impl Relay {
                 return Some(delay);
             }
         };
-        // DKIM-sign what goes out; DSNs attach the message as it was sent to us.
+        // DKIM-sign what goes out, with the line ends it goes out with
+        // (bare CR/LF become CRLF on the wire, RFC 5321 §2.3.8); DSNs attach
+        // the message as it was sent to us.
         let original = message;
+        let normalized = client::normalize_line_ends(&original);
         let signed;
-        let message: &[u8] = match self.dkim.signature_for(&job.mail_from, &original).await {
+        let message: &[u8] = match self.dkim.signature_for(&job.mail_from, &normalized).await {
             Some(header) => {
-                signed = [header.as_bytes(), &original].concat();
+                signed = [header.as_bytes(), &normalized].concat();
                 &signed
             }
-            None => &original,
+            None => &normalized,
         };
 
         // One group (and transaction) per destination domain.
