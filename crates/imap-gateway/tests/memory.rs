@@ -4,36 +4,12 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use common::Gateway;
 use imap_gateway::store::fake::FakeStore;
+use mailfleet_testkit::alloc::{Counting, live};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: delegates to the system allocator and only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: ptr was allocated by `alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as for `realloc` itself.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -51,11 +27,11 @@ async fn idle_connection_costs_little() {
     // Warm up once so one-time allocations (TLS config, runtime) are not counted.
     let mut conns = Vec::with_capacity(CONNECTIONS + 1);
     conns.push(idle_client(gw.addr, &mut buf).await);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     for _ in 0..CONNECTIONS {
         conns.push(idle_client(gw.addr, &mut buf).await);
     }
-    let per_connection = (LIVE.load(Ordering::Relaxed) - before) / CONNECTIONS as isize;
+    let per_connection = (live() - before) / CONNECTIONS as isize;
     println!("heap per idle connection (server + test client): {per_connection} bytes");
     assert!(per_connection < 64 * 1024, "{per_connection} bytes per idle connection");
     drop(conns);
@@ -98,11 +74,11 @@ async fn idle_tls_connection_costs_little() {
         tls
     };
     conns.push(open(&mut buf).await);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     for _ in 0..CONNECTIONS / 4 {
         conns.push(open(&mut buf).await);
     }
-    let per_connection = (LIVE.load(Ordering::Relaxed) - before) / (CONNECTIONS / 4) as isize;
+    let per_connection = (live() - before) / (CONNECTIONS / 4) as isize;
     println!("heap per idle TLS connection (server + test client): {per_connection} bytes");
     assert!(per_connection < 2 * 64 * 1024, "{per_connection} bytes per idle TLS connection");
     drop(conns);

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mailfleet_runtime::proxy::ProxyProtocol;
+use mailfleet_runtime::listener::ConnectionConfig;
 use mailfleet_runtime::tls::TlsSettings;
 use serde::{Deserialize, Serialize};
 
@@ -33,14 +33,6 @@ pub struct Pop3Config {
     pub allow_plaintext_auth: bool,
     /// ... but do accept them from a loopback peer (development, tests).
     pub allow_plaintext_auth_on_loopback: bool,
-    /// Inactivity autologout. RFC 1939 §3: at least 10 minutes.
-    #[serde(with = "humantime_serde")]
-    pub autologout: Duration,
-    /// Pause before answering a failed authentication (slows guessing).
-    #[serde(with = "humantime_serde")]
-    pub bad_auth_delay: Duration,
-    /// Failed authentications on one connection before it is closed.
-    pub max_bad_auth: u32,
     /// Maildrop lease length; renewed every third of it while the session lives.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
@@ -50,25 +42,15 @@ pub struct Pop3Config {
     pub max_sasl_line: usize,
     /// Over-long or unparsable lines tolerated before the connection is closed.
     pub max_bad_commands: u32,
-    /// Concurrent connections per listener set; more wait in the accept queue.
-    pub max_connections: usize,
-    /// Concurrent connections from one client address (the real one, after
-    /// PROXY protocol); more get `-ERR [SYS/TEMP]` and are closed. 0: no limit.
-    pub max_connections_per_client: usize,
-    /// PROXY protocol v1/v2 from a load balancer: which peers may send it.
-    pub proxy_protocol: ProxyProtocol,
-    /// How long a trusted load balancer gets to send its PROXY header.
-    #[serde(with = "humantime_serde")]
-    pub proxy_header_timeout: Duration,
-    /// Plain-HTTP `GET /healthz` endpoint (200 while serving); unset: none.
-    pub health_listen: Option<SocketAddr>,
     /// Advertise `EXPIRE <value>` in CAPA (RFC 2449 §6.7), e.g. "NEVER". Advisory only.
     pub capa_expire: Option<String>,
     /// Advertise `LOGIN-DELAY <seconds>` in CAPA (RFC 2449 §6.8). Advisory only.
     pub capa_login_delay: Option<u32>,
-    /// How long open sessions get to finish their command on shutdown.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
+    /// The connection settings every gateway shares (caps, timeouts, auth
+    /// failures, PROXY protocol, health, shutdown); `idle_timeout` is the
+    /// autologout timer, at least 10 minutes (RFC 1939 §3).
+    #[serde(flatten)]
+    pub connection: ConnectionConfig,
 }
 
 impl Default for Pop3Config {
@@ -86,24 +68,17 @@ impl Default for Pop3Config {
             allow_plaintext_auth: false,
             // A dev machine and the tests talk over loopback without TLS.
             allow_plaintext_auth_on_loopback: true,
-            autologout: Duration::from_secs(10 * 60),
-            bad_auth_delay: Duration::from_secs(2),
-            max_bad_auth: 3,
             lock_ttl: Duration::from_secs(60),
             max_command_line: 255,
             max_sasl_line: 2048,
             max_bad_commands: 10,
-            max_connections: 1024,
-            // Generous for NAT'd offices, small enough that one host cannot
-            // take every slot.
-            max_connections_per_client: 50,
-            // Off: a dev machine has no load balancer in front.
-            proxy_protocol: ProxyProtocol::default(),
-            proxy_header_timeout: mailfleet_runtime::proxy::DEFAULT_HEADER_TIMEOUT,
-            health_listen: None,
             capa_expire: None,
             capa_login_delay: None,
-            shutdown_grace: Duration::from_secs(10),
+            connection: ConnectionConfig {
+                // RFC 1939 §3: the autologout timer is at least 10 minutes.
+                idle_timeout: Duration::from_secs(10 * 60),
+                ..ConnectionConfig::default()
+            },
         }
     }
 }
@@ -116,7 +91,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_rfcs() {
         let c = Pop3Config::default();
-        assert!(c.autologout >= Duration::from_secs(600), "RFC 1939 §3");
+        assert!(c.connection.idle_timeout >= Duration::from_secs(600), "RFC 1939 §3");
         assert_eq!(c.max_command_line, 255, "RFC 2449 §4");
         assert_eq!(c.listen.port(), 1110);
     }
@@ -124,21 +99,21 @@ mod tests {
     #[test]
     fn example_file_and_environment_load() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pop3-gateway.example.toml");
-        let from_file: Pop3Config = mailfleet_runtime::config::load(Some(&path), "MF_POP3_TEST_NONE_").unwrap();
-        assert_eq!(from_file.autologout, Duration::from_secs(600));
+        let from_file: Pop3Config = mailfleet_runtime::config::load_service(Some(&path), "MF_POP3_TEST_NONE_").unwrap();
+        assert_eq!(from_file.connection.idle_timeout, Duration::from_secs(600));
         assert_eq!(from_file.tls_listen, Some("127.0.0.1:9995".parse().unwrap()));
         assert_eq!(from_file.capa_expire, None);
 
         // SAFETY: the variable names are unique to this test.
         unsafe {
-            std::env::set_var("MF_POP3_TEST_A_AUTOLOGOUT", "15m");
+            std::env::set_var("MF_POP3_TEST_A_IDLE_TIMEOUT", "15m");
             std::env::set_var("MF_POP3_TEST_A_CAPA_EXPIRE", "NEVER");
         }
-        let from_env: Pop3Config = mailfleet_runtime::config::load(None, "MF_POP3_TEST_A_").unwrap();
-        assert_eq!(from_env.autologout, Duration::from_secs(900));
+        let from_env: Pop3Config = mailfleet_runtime::config::load_service(None, "MF_POP3_TEST_A_").unwrap();
+        assert_eq!(from_env.connection.idle_timeout, Duration::from_secs(900));
         assert_eq!(from_env.capa_expire.as_deref(), Some("NEVER"));
-        assert!(!from_env.proxy_protocol.enabled);
-        assert!(from_file.proxy_protocol.trusted_networks().unwrap().is_empty());
+        assert!(!from_env.connection.proxy_protocol.enabled);
+        assert!(from_file.connection.proxy_protocol.trusted_networks().unwrap().is_empty());
     }
 
     #[test]
@@ -149,10 +124,10 @@ mod tests {
             std::env::set_var("MF_POP3_TEST_B_PROXY_PROTOCOL__TRUSTED", "172.29.0.0/24,10.0.0.0/8");
             std::env::set_var("MF_POP3_TEST_B_HEALTH_LISTEN", "0.0.0.0:8110");
         }
-        let c: Pop3Config = mailfleet_runtime::config::load(None, "MF_POP3_TEST_B_").unwrap();
-        assert!(c.proxy_protocol.enabled);
-        assert_eq!(c.proxy_protocol.trusted, ["172.29.0.0/24", "10.0.0.0/8"]);
-        assert_eq!(c.proxy_protocol.trusted_networks().unwrap().len(), 2);
-        assert_eq!(c.health_listen, Some("0.0.0.0:8110".parse().unwrap()));
+        let c: Pop3Config = mailfleet_runtime::config::load_service(None, "MF_POP3_TEST_B_").unwrap();
+        assert!(c.connection.proxy_protocol.enabled);
+        assert_eq!(c.connection.proxy_protocol.trusted, ["172.29.0.0/24", "10.0.0.0/8"]);
+        assert_eq!(c.connection.proxy_protocol.trusted_networks().unwrap().len(), 2);
+        assert_eq!(c.connection.health_listen, Some("0.0.0.0:8110".parse().unwrap()));
     }
 }

@@ -1,63 +1,60 @@
-//! The only I/O code: listeners, the PROXY protocol header from a trusted
-//! load balancer, implicit TLS and STLS, the autologout timer, connection and
-//! line limits, the maildrop lease renewal tick, the health endpoint and
-//! shutdown. Bytes
-//! go to [`Session::handle_line`]; replies come back through a `BufWriter`
-//! that is flushed once the pipelined input is used up (RFC 2449 §6.6).
+//! The POP3 side of the connection layer (`mailfleet_runtime::listener`,
+//! which binds, reads PROXY headers, caps connections, runs TLS handshakes,
+//! bounds writes and drains on shutdown): the autologout timer, line
+//! limits, STLS, the maildrop lease renewal tick. Bytes go to
+//! [`Session::handle_line`]; replies come back through a `BufWriter` that is
+//! flushed once the pipelined input is used up (RFC 2449 §6.6).
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, field, info_span};
+use tracing::{Instrument, info_span};
 
 use crate::codec::{self, Line, RespCode};
 use crate::config::Pop3Config;
 use crate::metrics::Metrics;
 use crate::session::{Flow, Lease, Renewal, Session, SessionConfig};
 use crate::store::{GrpcStore, MailStore};
-use mailfleet_runtime::health::{self, Health};
-use mailfleet_runtime::proxy::{self, ProxyError};
-
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+use mailfleet_runtime::listener::{
+    self, Connection, ConnectionMetrics, Drain, ListenError, ListenerSpec, Refusal, Stream,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error(transparent)]
     Tls(#[from] mailfleet_runtime::tls::TlsError),
     #[error("storage URL: {0}")]
     StorageUrl(#[from] tonic::transport::Error),
-    #[error("proxy_protocol: {0}")]
-    Proxy(#[from] ProxyError),
 }
 
 /// A gateway serving on real sockets.
 pub struct RunningPop3 {
     /// Plain POP3 (STLS) listener.
-    pub addr: SocketAddr,
+    pub addr: std::net::SocketAddr,
     /// POP3S listener, when configured.
-    pub tls_addr: Option<SocketAddr>,
+    pub tls_addr: Option<std::net::SocketAddr>,
     /// `GET /healthz` endpoint, when configured.
-    pub health_addr: Option<SocketAddr>,
+    pub health_addr: Option<std::net::SocketAddr>,
     /// Ends after shutdown, once sessions finished (or the grace period ran out).
     pub task: JoinHandle<()>,
+}
+
+/// Which listener accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// POP3 with STLS (110).
+    Pop3,
+    /// POP3 over implicit TLS (995, RFC 8314).
+    Pop3s,
 }
 
 /// Start the gateway against the storage service at `config.storage_url`.
@@ -72,212 +69,75 @@ pub async fn serve_with_store<S: MailStore>(
     store: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<RunningPop3, ServeError> {
-    if config.autologout < Duration::from_secs(600) {
-        tracing::warn!(autologout = ?config.autologout, "autologout below the 10 minutes RFC 1939 §3 requires");
+    let idle_timeout = config.connection.idle_timeout;
+    if idle_timeout < Duration::from_secs(600) {
+        tracing::warn!(?idle_timeout, "autologout below the 10 minutes RFC 1939 §3 requires");
     }
-    let proxy = proxy::Acceptor::new(&config.proxy_protocol, config.proxy_header_timeout)?;
     let tls = if config.tls_enabled {
         Some(TlsAcceptor::from(mailfleet_runtime::tls::server_config(&config.tls)?))
     } else {
         None
     };
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let tls_listener = match (config.tls_listen, &tls) {
-        (Some(a), Some(_)) => Some(TcpListener::bind(a).await.map_err(|source| ServeError::Bind { addr: a, source })?),
-        _ => None,
-    };
-    let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let health = Health::new();
-    let health_addr = match config.health_listen {
-        Some(a) => Some(
-            health::serve(a, health.clone(), shutdown.clone())
-                .await
-                .map_err(|source| ServeError::Bind { addr: a, source })?
-                .addr,
-        ),
-        None => None,
-    };
-
-    let ctx = Arc::new(Ctx {
+    let mut listeners =
+        vec![ListenerSpec { addr: config.listen, listener: Port::Pop3, name: "pop3", implicit_tls: false }];
+    if let (Some(addr), Some(_)) = (config.tls_listen, &tls) {
+        listeners.push(ListenerSpec { addr, listener: Port::Pop3s, name: "pop3s", implicit_tls: true });
+    }
+    let protocol = Arc::new(Pop3 {
         session: Arc::new(SessionConfig::from_config(&config)),
         store,
-        tls: tls.clone(),
-        autologout: config.autologout,
+        idle_timeout,
         max_command_line: config.max_command_line.max(8),
         max_sasl_line: config.max_sasl_line.max(config.max_command_line),
         renew_every: (config.lock_ttl / 3).max(Duration::from_secs(1)),
-        shutdown: shutdown.clone(),
-        proxy,
-        per_client: Arc::new(ClientSlots { max: config.max_connections_per_client, open: Mutex::default() }),
         metrics: Metrics::new(),
     });
-    let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    tracker.spawn(accept_loop(listener, false, ctx.clone(), tracker.clone(), slots.clone()));
-    if let Some(l) = tls_listener {
-        tracker.spawn(accept_loop(l, true, ctx.clone(), tracker.clone(), slots));
-    }
-    health.set_serving(true);
-    tracing::info!(
-        %addr, tls_addr = ?tls_addr, health_addr = ?health_addr, proxy_protocol = config.proxy_protocol.enabled,
-        storage = %config.storage_url, "pop3-gateway listening"
-    );
-    let grace = config.shutdown_grace;
-    let task = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        tracker.close();
-        if timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!("sessions still open after the shutdown grace period");
-        }
-    });
-    Ok(RunningPop3 { addr, tls_addr, health_addr, task })
+    let running = listener::serve(protocol, listeners, &config.connection, tls, shutdown).await?;
+    tracing::info!(storage = %config.storage_url, "pop3-gateway serving");
+    Ok(RunningPop3 {
+        addr: running.addr(Port::Pop3).ok_or(ListenError::NoTls(config.listen))?,
+        tls_addr: running.addr(Port::Pop3s),
+        health_addr: running.health_addr,
+        task: running.task,
+    })
 }
 
-struct Ctx<S> {
+/// The POP3 protocol for the connection layer: what every session shares.
+struct Pop3<S> {
     session: Arc<SessionConfig>,
     store: Arc<S>,
-    tls: Option<TlsAcceptor>,
-    autologout: Duration,
+    idle_timeout: Duration,
     max_command_line: usize,
     max_sasl_line: usize,
     renew_every: Duration,
-    shutdown: CancellationToken,
-    /// Reads the PROXY header from trusted load balancers.
-    proxy: proxy::Acceptor,
-    per_client: Arc<ClientSlots>,
     metrics: Metrics,
 }
 
-/// Open connections per real client address.
-struct ClientSlots {
-    /// 0: no limit.
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
+impl<S: MailStore> listener::Protocol for Pop3<S> {
+    type Listener = Port;
+    const NAME: &'static str = "pop3";
+    const SPAN_NAME: &'static str = "pop3 session";
 
-/// One client's connection slot; given back when dropped.
-struct ClientSlot {
-    slots: Arc<ClientSlots>,
-    ip: IpAddr,
-}
-
-impl ClientSlots {
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if self.max != 0 && *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot { slots: self.clone(), ip })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
+    fn refusal(&self, why: Refusal) -> &'static [u8] {
+        // RFC 3206 §4: [SYS/TEMP], a temporary problem; try again later.
+        match why {
+            Refusal::Busy => b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
+            Refusal::TooManyFromClient => b"-ERR [SYS/TEMP] too many connections from your address\r\n",
         }
     }
-}
 
-async fn accept_loop<S: MailStore>(
-    listener: TcpListener,
-    implicit_tls: bool,
-    ctx: Arc<Ctx<S>>,
-    tracker: TaskTracker,
-    slots: Arc<Semaphore>,
-) {
-    loop {
-        let permit = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let ctx = ctx.clone();
-        // `peer` is the TCP peer (the load balancer, when there is one);
-        // `client` the real client, after the PROXY header.
-        let span = info_span!(
-            "conn", proto = "pop3", %peer, client = field::Empty, tls = implicit_tls, user = field::Empty
-        );
-        tracker.spawn(
-            async move {
-                let (tcp, client) = match ctx.proxy.accept(tcp, peer).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // A trusted balancer that sends no valid header: close.
-                        tracing::warn!(error = %e, "PROXY header refused; closing");
-                        ctx.metrics.rejected("proxy_header");
-                        return;
-                    }
-                };
-                tracing::Span::current().record("client", field::display(client));
-                let Some(slot) = ctx.per_client.take(client.ip()) else {
-                    tracing::info!(limit = ctx.per_client.max, "too many connections from this client");
-                    ctx.metrics.rejected("per_client_limit");
-                    if !implicit_tls {
-                        let mut tcp = tcp;
-                        let reply = codec::err(Some(RespCode::SysTemp), "too many connections from your address");
-                        let _ = tcp.write_all(reply.as_bytes()).await;
-                        let _ = tcp.shutdown().await;
-                    }
-                    return;
-                };
-                ctx.metrics.connection_opened(implicit_tls);
-                if let Err(e) = connection(tcp, client, implicit_tls, &ctx).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                ctx.metrics.connection_closed();
-                drop(slot);
-                drop(permit);
-            }
-            .instrument(span),
-        );
+    async fn serve(&self, conn: Connection<Port>) {
+        let Connection { stream, client, drain, metrics, .. } = conn;
+        // RFC 2595 §2.2 exception for loopback: judged on the real client, so a
+        // load balancer on loopback does not make remote clients "local".
+        let mut session = Session::new(self.session.clone(), stream.is_tls(), client.ip().is_loopback());
+        if let Err(e) = run(stream, &mut session, self, &drain, &metrics).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        // Whatever happened (QUIT, EOF, a write that timed out), no UPDATE
+        // without QUIT: just let go of the maildrop.
+        session.abort(self.store.as_ref()).await;
     }
-}
-
-/// One session; `client` is the real client (PROXY protocol applied).
-async fn connection<S: MailStore>(
-    tcp: TcpStream,
-    client: SocketAddr,
-    implicit_tls: bool,
-    ctx: &Ctx<S>,
-) -> io::Result<()> {
-    let conn = match (&ctx.tls, implicit_tls) {
-        (Some(tls), true) => Conn::Tls(Box::new(handshake(tls, tcp).await?)),
-        _ => Conn::Plain(tcp),
-    };
-    // RFC 2595 §2.2 exception for loopback: judged on the real client, so a
-    // load balancer on loopback does not make remote clients "local".
-    let mut session = Session::new(ctx.session.clone(), implicit_tls, client.ip().is_loopback());
-    let result = run(conn, &mut session, ctx).await;
-    // Whatever happened, no UPDATE without QUIT: just let go of the maildrop.
-    session.abort(ctx.store.as_ref()).await;
-    result
-}
-
-async fn handshake(tls: &TlsAcceptor, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-    timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
 
 /// The verb of a command line, for the command span (never its arguments).
@@ -293,13 +153,19 @@ fn verb_of(line: &[u8], sasl: bool) -> String {
     }
 }
 
-async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> io::Result<()> {
+async fn run<S: MailStore>(
+    stream: Stream,
+    session: &mut Session,
+    ctx: &Pop3<S>,
+    drain: &Drain,
+    conn_metrics: &ConnectionMetrics,
+) -> io::Result<()> {
     let store = ctx.store.as_ref();
-    let mut io = BufWriter::with_capacity(64 * 1024, conn);
+    let mut io = BufWriter::with_capacity(64 * 1024, stream);
     let mut input = BytesMut::with_capacity(1024);
     // Skipping the rest of an over-long line (RFC 2449 §4).
     let mut discarding = false;
-    let mut deadline = Instant::now() + ctx.autologout;
+    let mut deadline = Instant::now() + ctx.idle_timeout;
     let mut renewer: Option<Renewer> = None;
 
     io.write_all(session.greeting().as_bytes()).await?;
@@ -332,9 +198,7 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
                     ctx.metrics.command(&verb);
                     let failures_before = session.bad_auths();
                     let flow = session.handle_line(&line, store, &mut io).instrument(info_span!("cmd", verb)).await?;
-                    if session.bad_auths() > failures_before {
-                        ctx.metrics.auth_failed(session.bad_auths() - failures_before);
-                    }
+                    conn_metrics.auth_failed(session.bad_auths() - failures_before);
                     if let Some(user) = session.user() {
                         tracing::Span::current().record("user", user);
                     }
@@ -353,10 +217,7 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
                     // RFC 2595 §4 / CVE-2011-0411: nothing sent before the
                     // handshake may be treated as sent under TLS.
                     input.clear();
-                    let (Some(tls), Conn::Plain(tcp)) = (&ctx.tls, io.into_inner()) else {
-                        return Ok(());
-                    };
-                    io = BufWriter::with_capacity(64 * 1024, Conn::Tls(Box::new(handshake(tls, tcp).await?)));
+                    io = BufWriter::with_capacity(64 * 1024, io.into_inner().start_tls().await?);
                     session.tls_started();
                     break;
                 }
@@ -377,7 +238,7 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
         };
         input.reserve(4096);
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => {
+            _ = drain.stopping().cancelled() => {
                 // Close without UPDATE: marked messages stay (RFC 1939 §6).
                 let _ = io.write_all(codec::err(Some(RespCode::SysTemp), "server shutting down").as_bytes()).await;
                 let _ = io.flush().await;
@@ -386,6 +247,7 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
             _ = sleep_until(deadline) => {
                 // RFC 1939 §3: autologout closes without entering UPDATE.
                 tracing::info!("autologout");
+                conn_metrics.timed_out("idle");
                 let _ = io.write_all(codec::err(None, "autologout timer expired, closing").as_bytes()).await;
                 let _ = io.flush().await;
                 return Ok(());
@@ -400,7 +262,7 @@ async fn run<S: MailStore>(conn: Conn, session: &mut Session, ctx: &Ctx<S>) -> i
                 if read? == 0 {
                     return Ok(()); // EOF without QUIT: no UPDATE.
                 }
-                deadline = Instant::now() + ctx.autologout;
+                deadline = Instant::now() + ctx.idle_timeout;
             }
         }
     }
@@ -441,41 +303,5 @@ impl Renewer {
 impl Drop for Renewer {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A client connection, before or after TLS.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }

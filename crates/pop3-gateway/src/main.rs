@@ -21,8 +21,8 @@ async fn main() -> anyhow::Result<()> {
     mailfleet_runtime::init_crypto();
     let _telemetry = mailfleet_runtime::telemetry::init("pop3-gateway");
     let cli = Cli::parse();
-    let config: Pop3Config =
-        mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_POP3_").context("loading configuration")?;
+    let config: Pop3Config = mailfleet_runtime::config::load_service(cli.config.as_deref(), "MAILFLEET_POP3_")
+        .context("loading configuration")?;
     let shutdown = mailfleet_runtime::shutdown::on_signal();
     let running = pop3_gateway::serve(config, shutdown).await.context("starting pop3-gateway")?;
     running.task.await.context("pop3-gateway task")?;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mailfleet_runtime::listener::ConnectionConfig;
 use mailfleet_testkit::TestEnv;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -99,7 +100,7 @@ async fn connections_commands_and_auth_failures_are_exported() {
         tls_listen: None,
         tls_enabled: false,
         storage_url: env.storage_url(),
-        bad_auth_delay: Duration::from_millis(10),
+        connection: ConnectionConfig { auth_failure_delay: Duration::from_millis(10), ..ConnectionConfig::default() },
         ..Pop3Config::default()
     };
     let gw = pop3_gateway::serve(config, shutdown.clone()).await.expect("gateway starts");
@@ -117,12 +118,12 @@ async fn connections_commands_and_auth_failures_are_exported() {
     // Dropping the guard exports the final (cumulative) values.
     tokio::task::spawn_blocking(move || drop(guard)).await.expect("telemetry shutdown");
     let want = [
-        ("mailfleet.pop3.connections{tls=false}", 1),
-        ("mailfleet.pop3.active_connections{}", 0),
+        ("mailfleet.connections{listener=pop3,protocol=pop3}", 1),
+        ("mailfleet.connections.active{protocol=pop3}", 0),
         ("mailfleet.pop3.commands{pop3.command=USER}", 2),
         ("mailfleet.pop3.commands{pop3.command=PASS}", 2),
         ("mailfleet.pop3.commands{pop3.command=QUIT}", 1),
-        ("mailfleet.pop3.auth.failures{}", 1),
+        ("mailfleet.auth.failures{protocol=pop3}", 1),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

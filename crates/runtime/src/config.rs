@@ -5,6 +5,7 @@ use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Uncased, UncasedStr, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -24,6 +25,82 @@ where
     }
     figment = figment.merge(Env::prefixed(env_prefix).split("__"));
     figment.extract().map_err(|e| ConfigError(Box::new(e)))
+}
+
+/// [`load`] for a service that listens for clients: keys renamed when the
+/// services got one set of connection settings (`listener::RENAMED`) are
+/// still read under their old names, from the file and the environment,
+/// with a warning naming the new key.
+pub fn load_service<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    load_renamed(file, env_prefix, crate::listener::RENAMED)
+}
+
+fn load_renamed<T>(file: Option<&Path>, env_prefix: &str, renamed: &'static [(&str, &str)]) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let err = |e| ConfigError(Box::new(e));
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        let mut dict: Dict = Figment::from(Toml::file_exact(path)).extract().map_err(err)?;
+        // Only a file with old names goes through the translated copy (its
+        // errors then name no file); any other is read as it is.
+        figment = if rename_keys(&mut dict, renamed) {
+            figment.merge(Serialized::defaults(dict))
+        } else {
+            figment.merge(Toml::file_exact(path))
+        };
+    }
+    let env = Env::prefixed(env_prefix).split("__").map(move |key: &UncasedStr| -> Uncased<'_> {
+        match renamed.iter().find(|(old, _)| key.as_str().eq_ignore_ascii_case(old)) {
+            Some((old, new)) => {
+                tracing::warn!(old, new, "configuration key renamed; please use the new name");
+                Uncased::from_owned(new.to_string())
+            }
+            None => Uncased::from_borrowed(key.as_str()),
+        }
+    });
+    figment.merge(env).extract().map_err(err)
+}
+
+/// Move every old dotted key in `dict` to its new one; whether any moved.
+fn rename_keys(dict: &mut Dict, renamed: &[(&str, &str)]) -> bool {
+    let mut any = false;
+    for (old, new) in renamed {
+        if let Some(value) = take_path(dict, old) {
+            tracing::warn!(old, new, "configuration key renamed; please use the new name");
+            put_path(dict, new, value);
+            any = true;
+        }
+    }
+    any
+}
+
+fn take_path(dict: &mut Dict, path: &str) -> Option<Value> {
+    match path.split_once('.') {
+        None => dict.remove(path),
+        Some((head, rest)) => match dict.get_mut(head)? {
+            Value::Dict(_, inner) => take_path(inner, rest),
+            _ => None,
+        },
+    }
+}
+
+fn put_path(dict: &mut Dict, path: &str, value: Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_string(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict.entry(head.to_string()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                put_path(inner, rest, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

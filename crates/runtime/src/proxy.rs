@@ -282,6 +282,13 @@ impl FromStr for Cidr {
     }
 }
 
+/// Whether a connection's first bytes are the start of a PROXY header (v1
+/// text or the v2 signature): a peer not trusted to send one tried to name
+/// another client. The protocols close such connections.
+pub fn looks_like_header(first_bytes: &[u8]) -> bool {
+    first_bytes.starts_with(b"PROXY ") || first_bytes.starts_with(&V2_SIGNATURE[..4])
+}
+
 /// Whether `ip` is in any of `trusted`.
 pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
     trusted.iter().any(|c| c.contains(ip))

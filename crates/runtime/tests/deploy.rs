@@ -165,8 +165,12 @@ fn observability_files_exist_and_the_dashboard_parses() {
     ] {
         assert!(titles.contains(&want), "panel {want:?} in {titles:?}");
     }
-    // The metric the POP3 gateway emits today is on the dashboard.
-    assert!(text.contains("mailfleet_pop3_active_connections") || text.contains("(smtp|imap|pop3)_active_connections"));
+    // The connection layer's metrics (one name for every gateway) are on the dashboard.
+    for metric in
+        ["mailfleet_connections_active", "mailfleet_auth_failures_total", "mailfleet_connections_rejected_total"]
+    {
+        assert!(text.contains(metric), "{metric} on the dashboard");
+    }
 }
 
 #[test]

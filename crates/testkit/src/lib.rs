@@ -10,6 +10,8 @@
 //! database on the server, used to create the test database) and
 //! `MAILFLEET_TEST_NATS`.
 
+pub mod alloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -178,8 +178,8 @@ impl Session {
                 self.bad_auths += 1;
                 tracing::info!(failures = self.bad_auths, "authentication failed");
                 // Slow down guessing; then give up on this connection.
-                tokio::time::sleep(self.cfg.bad_auth_delay).await;
-                if self.bad_auths >= self.cfg.max_bad_auth {
+                tokio::time::sleep(self.cfg.auth_failure_delay).await;
+                if self.bad_auths >= self.cfg.max_auth_failures {
                     write(out, codec::err(Some(RespCode::Auth), "too many authentication failures, closing")).await?;
                     return Ok(Flow::Close);
                 }

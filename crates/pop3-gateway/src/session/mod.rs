@@ -45,8 +45,8 @@ pub struct SessionConfig {
     pub apop_enabled: bool,
     pub allow_plaintext_auth: bool,
     pub allow_plaintext_auth_on_loopback: bool,
-    pub bad_auth_delay: Duration,
-    pub max_bad_auth: u32,
+    pub auth_failure_delay: Duration,
+    pub max_auth_failures: u32,
     pub max_bad_commands: u32,
     pub lock_ttl_secs: u32,
     /// A certificate is configured, so STLS can be offered.
@@ -62,8 +62,8 @@ impl SessionConfig {
             apop_enabled: c.apop_enabled,
             allow_plaintext_auth: c.allow_plaintext_auth,
             allow_plaintext_auth_on_loopback: c.allow_plaintext_auth_on_loopback,
-            bad_auth_delay: c.bad_auth_delay,
-            max_bad_auth: c.max_bad_auth.max(1),
+            auth_failure_delay: c.connection.auth_failure_delay,
+            max_auth_failures: c.connection.max_auth_failures.max(1),
             max_bad_commands: c.max_bad_commands.max(1),
             lock_ttl_secs: c.lock_ttl.as_secs().clamp(3, 3600) as u32,
             tls_available: c.tls_enabled,
@@ -232,9 +232,14 @@ impl Session {
     }
 
     /// A line over the limit (RFC 2449 §4) was discarded.
+    /// RFC 2449 §4 sets 255 octets for a command line. Before login no
+    /// client has a reason to send more (SASL lines have their own, larger
+    /// limit), so an over-long line there closes the connection; after
+    /// login it is one more bad command.
     pub async fn line_too_long<W: AsyncWrite + Unpin + Send>(&mut self, out: &mut W) -> io::Result<Flow> {
-        if let State::Authorization { sasl, .. } = &mut self.state {
-            *sasl = None;
+        if let State::Authorization { .. } = &self.state {
+            out.write_all(codec::err(None, "line too long, closing connection").as_bytes()).await?;
+            return Ok(Flow::Close);
         }
         self.bad_command("line too long", out).await
     }

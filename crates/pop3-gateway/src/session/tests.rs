@@ -18,8 +18,8 @@ fn cfg() -> SessionConfig {
         apop_enabled: true,
         allow_plaintext_auth: false,
         allow_plaintext_auth_on_loopback: true,
-        bad_auth_delay: Duration::ZERO,
-        max_bad_auth: 3,
+        auth_failure_delay: Duration::ZERO,
+        max_auth_failures: 3,
         max_bad_commands: 4,
         lock_ttl_secs: 60,
         tls_available: false,
@@ -486,9 +486,17 @@ async fn repeated_bad_passwords_close_the_connection() {
 }
 
 #[tokio::test]
+async fn an_over_long_line_closes_before_login_and_is_a_bad_command_after() {
+    let mut s = loopback(cfg());
+    let mut out = Vec::new();
+    assert_eq!(s.line_too_long(&mut out).await.unwrap(), Flow::Close);
+    assert_eq!(String::from_utf8(out).unwrap(), "-ERR line too long, closing connection\r\n");
+}
+
+#[tokio::test]
 async fn repeated_bad_commands_close_the_connection() {
     let store = FakeStore::alice(1);
-    let mut s = loopback(cfg());
+    let mut s = logged_in(&store).await;
     let mut out = Vec::new();
     assert_eq!(s.line_too_long(&mut out).await.unwrap(), Flow::Continue);
     let flow = transcript(
@@ -652,7 +660,7 @@ mod fuzz {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let store = FakeStore::alice(3);
-                let mut s = loopback(SessionConfig { max_bad_commands: 1000, max_bad_auth: 1000, ..cfg() });
+                let mut s = loopback(SessionConfig { max_bad_commands: 1000, max_auth_failures: 1000, ..cfg() });
                 if login_first {
                     let mut out = Vec::new();
                     s.handle_line(b"USER alice\r\n", &store, &mut out).await.unwrap();
