@@ -82,20 +82,33 @@ async fn outgoing_mail_is_dkim_signed_per_author_domain() {
         .into_inner();
     assert!(rsa.private_key_pem.is_empty(), "the admin API does not hand out private keys");
 
+    ctx.env.add_account("ed@ed.test", "ed-password").await;
+
     let from_local = b"From: Alice <alice@local.test>\r\nTo: bob@remote.test\r\nSubject: signed\r\nDate: Sun, 22 Nov 2026 05:00:00 +0000\r\nMessage-ID: <d1@local.test>\r\n\r\nSigned body.\r\n";
     let from_ed = b"From: Ed <ed@ed.test>\r\nTo: bob@remote.test\r\nSubject: signed too\r\n\r\nEd body.\r\n";
     let unsigned = b"From: Nobody <x@nokey.test>\r\nTo: bob@remote.test\r\nSubject: plain\r\n\r\nNo key.\r\n";
-    ctx.queue("D1", SENDER, vec![rcpt("bob@remote.test")], from_local, |_| {}).await;
-    ctx.queue("D2", "ed@ed.test", vec![rcpt("bob@remote.test")], from_ed, |_| {}).await;
-    ctx.queue("D3", "x@nokey.test", vec![rcpt("bob@remote.test")], unsigned, |_| {}).await;
+    // alice names ed as the author: ed.test has a key, but not for her.
+    let forged = b"From: Ed <ed@ed.test>\r\nTo: bob@remote.test\r\nSubject: forged\r\n\r\nForged body.\r\n";
+    let as_user = |user: &'static str| move |j: &mut mailfleet_proto::queue::v1::DeliveryJob| j.auth_user = user.into();
+    ctx.queue("D1", SENDER, vec![rcpt("bob@remote.test")], from_local, as_user(SENDER)).await;
+    ctx.queue("D2", "ed@ed.test", vec![rcpt("bob@remote.test")], from_ed, as_user("ed@ed.test")).await;
+    ctx.queue("D3", "x@nokey.test", vec![rcpt("bob@remote.test")], unsigned, as_user(SENDER)).await;
+    ctx.queue("D4", SENDER, vec![rcpt("bob@remote.test")], forged, as_user(SENDER)).await;
+    // Not from an authenticated user (and not our own DSN): never signed.
+    ctx.queue("D5", SENDER, vec![rcpt("bob@remote.test")], from_local, |_| {}).await;
     ctx.relay_idle(Duration::from_secs(20)).await;
     let got = mx.received();
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 5);
     let records = [rsa, ed];
+    let mut signed_local = 0;
     for r in &got {
         let body = text(&r.data);
-        if body.contains("No key.") {
-            assert!(!body.contains("DKIM-Signature"), "no key, no signature");
+        if body.contains("No key.") || body.contains("Forged body.") {
+            assert!(!body.contains("DKIM-Signature"), "no key, or not the sender's author: no signature\n{body}");
+            continue;
+        }
+        if !body.contains("DKIM-Signature") {
+            assert!(body.contains("Signed body."), "only D5 goes unsigned:\n{body}");
             continue;
         }
         let results = verify(&r.data, &records).await;
@@ -103,12 +116,17 @@ async fn outgoing_mail_is_dkim_signed_per_author_domain() {
         if body.contains("Ed body.") {
             assert!(body.contains("a=ed25519-sha256") && body.contains("d=ed.test") && body.contains("s=e1"), "{body}");
         } else {
+            signed_local += 1;
             assert!(body.contains("a=rsa-sha256") && body.contains("d=local.test") && body.contains("s=s1"), "{body}");
         }
     }
+    assert_eq!(signed_local, 1, "D1 signed, D5 (no authenticated user) not");
 
     // Tampering is detected by the same verifier (the check is not vacuous).
-    let signed = got.iter().find(|r| text(&r.data).contains("Signed body.")).expect("signed message");
+    let signed = got
+        .iter()
+        .find(|r| text(&r.data).contains("Signed body.") && text(&r.data).contains("DKIM-Signature"))
+        .expect("signed message");
     let tampered = text(&signed.data).replace("Signed body.", "Changed body.");
     let results = verify(tampered.as_bytes(), &records).await;
     assert!(!results.contains(&DkimResult::Pass), "{results:?}");

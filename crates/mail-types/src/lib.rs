@@ -3,8 +3,10 @@
 
 pub mod address;
 pub mod dsn;
+pub mod header;
 pub mod mailbox;
 
 pub use address::{AddressError, EmailAddress};
 pub use dsn::{DsnParamError, Envid, OriginalRecipient};
+pub use header::{HeaderFrom, HeaderFromError};
 pub use mailbox::{HIERARCHY_SEPARATOR, MailboxName, MailboxNameError};

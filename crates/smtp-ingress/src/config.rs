@@ -40,6 +40,9 @@ pub struct IngressConfig {
     pub allow_plaintext_auth_on_loopback: bool,
     /// Submission: MAIL FROM must be one of the user's addresses (Directory.CanSendAs).
     pub enforce_sender_ownership: bool,
+    /// Submission: every author in the header From: must be one of the
+    /// user's addresses (Directory.CanSendAs); refused with 550 5.7.1.
+    pub enforce_header_from: bool,
     pub timeouts: Timeouts,
     pub inbound_auth: InboundAuthConfig,
     /// PROXY protocol v1/v2 from a load balancer, on every listener: which
@@ -153,6 +156,7 @@ impl Default for IngressConfig {
             max_auth_failures: 3,
             allow_plaintext_auth_on_loopback: true,
             enforce_sender_ownership: true,
+            enforce_header_from: true,
             timeouts: Timeouts::default(),
             inbound_auth: InboundAuthConfig::default(),
             proxy_protocol: ProxyProtocol::default(),

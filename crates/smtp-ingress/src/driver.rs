@@ -315,6 +315,7 @@ async fn connection<B: Backend + Clone>(shared: &Shared<B>, stream: TcpStream, p
         starttls_available: tls.is_none(),
         plaintext_auth_allowed: config.allow_plaintext_auth_on_loopback && peer.ip().is_loopback(),
         enforce_sender_ownership: config.enforce_sender_ownership,
+        enforce_header_from: config.enforce_header_from,
         verify_inbound: config.inbound_auth.enabled,
         postmaster: if config.postmaster.is_empty() {
             format!("postmaster@{}", config.hostname)

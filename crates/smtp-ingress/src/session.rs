@@ -144,6 +144,8 @@ pub struct Policy {
     pub plaintext_auth_allowed: bool,
     /// Submission: MAIL FROM must be an address the user owns.
     pub enforce_sender_ownership: bool,
+    /// Submission: every header From: author must be an address the user owns.
+    pub enforce_header_from: bool,
     /// Run SPF/DKIM/DMARC on unauthenticated port-25 mail.
     pub verify_inbound: bool,
     /// Where `RCPT TO:<Postmaster>` (no domain) goes.
@@ -483,9 +485,11 @@ impl<B: Backend> Session<B> {
         if txn.recipients.len() >= max {
             return Step::reply(Reply::new(452, [4, 5, 3], "Too many recipients"));
         }
-        // RFC 5321 §4.5.1: bare "Postmaster" is this host's postmaster.
+        // RFC 5321 §4.5.1: bare "Postmaster" is this host's postmaster, and
+        // it MUST be accepted, wherever the configured address leads.
         let mut to = to;
-        if to.address == "postmaster" {
+        let bare_postmaster = to.address == "postmaster";
+        if bare_postmaster {
             to.address = self.policy.postmaster.clone();
         }
         let address = match mail_types::EmailAddress::parse(&to.address) {
@@ -509,7 +513,7 @@ impl<B: Backend> Session<B> {
                 return Step::reply(Reply::new(550, [5, 1, 1], "Mailbox unavailable: no such user here"));
             }
             // Relay (RFC 5321 §3.6.1) only for authenticated users.
-            Resolution::NotLocal if authenticated => true,
+            Resolution::NotLocal if authenticated || bare_postmaster => true,
             Resolution::NotLocal => return Step::reply(Reply::new(554, [5, 7, 1], "Relay access denied")),
         };
         debug_assert!(accepted);
@@ -574,6 +578,11 @@ impl<B: Backend> Session<B> {
                 return Step::reply(Reply::new(552, [5, 3, 4], "Message size exceeds fixed maximum message size"));
             }
         };
+        // RFC 8601 §5: results under our name were not made by us.
+        let body = mail_types::header::strip_authentication_results(&body, &self.policy.hostname).unwrap_or(body);
+        if let Some(refusal) = self.check_header_from(&body).await {
+            return Step::reply(refusal);
+        }
         let queue_id = uuid::Uuid::now_v7().simple().to_string().to_uppercase();
         let received_at = SystemTime::now();
         let helo = self.helo.clone().unwrap_or_default();
@@ -609,6 +618,30 @@ impl<B: Backend> Session<B> {
                 Step::reply(Reply::unavailable())
             }
         }
+    }
+
+    /// An authenticated user's message names only authors the user may
+    /// send as (Directory.CanSendAs), so mail is never DKIM-signed for a
+    /// domain the user does not own. RFC 6409 §6.1 lets the MSA enforce
+    /// submission rights; the refusal is 550 with RFC 3463 X.7.1 (delivery
+    /// not authorized). A message without From: passes (it is not signed).
+    async fn check_header_from(&self, message: &[u8]) -> Option<Reply> {
+        let user = self.user.as_ref().filter(|_| self.policy.enforce_header_from)?;
+        let refuse = |text: &str| Some(Reply::new(550, [5, 7, 1], text));
+        let from = match mail_types::HeaderFrom::parse(message) {
+            Ok(from) => from,
+            Err(mail_types::HeaderFromError::Missing) => return None,
+            Err(mail_types::HeaderFromError::Multiple) => return refuse("More than one From: header field"),
+            Err(mail_types::HeaderFromError::NoAddress) => return refuse("From: header field has no usable address"),
+        };
+        for author in from.authors() {
+            match self.backend.can_send_as(user, &author.to_string()).await {
+                Ok(true) => {}
+                Ok(false) => return refuse("From: header address not owned by the authenticated user"),
+                Err(_) => return Some(Reply::unavailable()),
+            }
+        }
+        None
     }
 
     /// RFC 5321 §4.4 trace field, with the RFC 3848 protocol keyword.
@@ -826,6 +859,7 @@ mod tests {
             starttls_available: true,
             plaintext_auth_allowed: false,
             enforce_sender_ownership: true,
+            enforce_header_from: true,
             verify_inbound: true,
             postmaster: "postmaster@example.org".into(),
         }
@@ -1009,6 +1043,86 @@ mod tests {
         assert!(text.contains("(authenticated user alice@example.org)"), "{text}");
         assert!(!text.contains("Authentication-Results"), "{text}");
         assert_eq!(queued[0].0.auth_user, "alice@example.org");
+    }
+
+    /// alice, logged in on the submission port, in a transaction for a
+    /// remote recipient; `message` is sent with DATA and the reply returned.
+    async fn submit_as_alice(fake: &Fake, policy: impl FnOnce(&mut Policy), message: &str) -> String {
+        let mut s = session(fake, Port::Submission, true);
+        policy(&mut s.policy);
+        transcript(
+            &mut s,
+            "
+            C: EHLO c                                       S: 250-mx.test
+            C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==  S: 235
+            C: MAIL FROM:<alice@example.org>                S: 250
+            C: RCPT TO:<friend@elsewhere.test>              S: 250
+            ",
+        )
+        .await;
+        s.command(Request::Data).await;
+        s.end_of_data(Body::Complete(message.as_bytes().to_vec())).await.replies[0].to_string()
+    }
+
+    #[tokio::test]
+    async fn a_header_from_the_user_does_not_own_is_refused() {
+        let fake = Fake::default();
+        for message in [
+            "From: CEO <ceo@b.test>\r\nSubject: pay\r\n\r\nx\r\n",
+            "From: alice@example.org, ceo@b.test\r\n\r\nx\r\n",
+            "From: alice@example.org\r\nSubject: s\r\nFrom: ceo@b.test\r\n\r\nx\r\n",
+            "From: undisclosed:;\r\n\r\nx\r\n",
+        ] {
+            let reply = submit_as_alice(&fake, |_| {}, message).await;
+            assert!(reply.starts_with("550 5.7.1 "), "{message:?}: {reply}");
+        }
+        assert!(fake.queued.lock().unwrap().is_empty());
+        for message in [
+            "From: Alice <Alice@Example.ORG>\r\nSubject: hi\r\n\r\nx\r\n",
+            // Display names and comments name no author.
+            "From: \"ceo@b.test\" <alice@example.org>\r\n\r\nx\r\n",
+            "From: alice@example.org (ceo@b.test)\r\n\r\nx\r\n",
+            // No From: at all is not signed for anyone.
+            "Subject: no author\r\n\r\nx\r\n",
+        ] {
+            let reply = submit_as_alice(&fake, |_| {}, message).await;
+            assert!(reply.starts_with("250 2.0.0"), "{message:?}: {reply}");
+        }
+        let reply = submit_as_alice(&fake, |p| p.enforce_header_from = false, "From: ceo@b.test\r\n\r\nx\r\n").await;
+        assert!(reply.starts_with("250 2.0.0"), "switched off: {reply}");
+    }
+
+    #[tokio::test]
+    async fn our_own_authentication_results_are_replaced_and_bare_postmaster_is_accepted() {
+        let fake = Fake::default();
+        let mut s = session(&fake, Port::Mx, false);
+        // The configured postmaster is not a local address here.
+        s.policy.postmaster = "postmaster@mx.test".into();
+        transcript(
+            &mut s,
+            "
+            C: EHLO c                           S: 250-mx.test
+            C: MAIL FROM:<x@remote.test>        S: 250
+            C: RCPT TO:<Postmaster> NOTIFY=NEVER  S: 250
+            C: RCPT TO:<alice@example.org>      S: 250
+            C: DATA                             S: 354
+            D: Authentication-Results: MX.test; dkim=pass header.d=bank.test
+            D: Authentication-Results: elsewhere.test; spf=pass
+            D: Subject: hi
+            D:
+            D: body
+            D: .                                S: 250 2.0.0
+            ",
+        )
+        .await;
+        let queued = fake.queued.lock().unwrap();
+        let text = String::from_utf8_lossy(&queued[0].1);
+        assert!(!text.contains("bank.test"), "{text}");
+        assert!(
+            text.contains("Authentication-Results: test; none\r\nAuthentication-Results: elsewhere.test; spf=pass\r\n"),
+            "{text}"
+        );
+        assert_eq!(queued[0].0.recipients[0].address, "postmaster@mx.test");
     }
 
     #[tokio::test]

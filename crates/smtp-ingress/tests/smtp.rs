@@ -421,3 +421,34 @@ async fn queue_unavailable_gives_451() {
     expect(&c.cmd("NOOP").await, "250");
     assert_eq!(mail.inbox_count(&mail.alice).await, 0);
 }
+
+#[tokio::test]
+async fn an_authenticated_user_cannot_send_as_another_domain_in_the_header() {
+    let mail = Mail::start().await;
+    let mut admin = mail.env.admin().await;
+    admin
+        .add_domain(mailfleet_proto::storage::v1::AddDomainRequest { name: "b.test".into() })
+        .await
+        .expect("domain b.test");
+    mail.env.add_account("ceo@b.test", "ceo-password").await;
+    let mut c = Raw::connect(mail.mx()).await;
+    expect(&c.cmd("EHLO c").await, "250");
+    // alice@example.org, on loopback (plaintext AUTH is the development default).
+    expect(&c.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGFsaWNlLXBhc3N3b3Jk").await, "235");
+    let mut send = async |message: &str| {
+        expect(&c.cmd("MAIL FROM:<alice@example.org>").await, "250");
+        expect(&c.cmd("RCPT TO:<bob@example.org>").await, "250");
+        expect(&c.cmd("DATA").await, "354");
+        c.cmd(&format!("{message}\r\n.")).await
+    };
+    let refused = send("From: CEO <ceo@b.test>\r\nSubject: wire the money\r\n\r\nnow").await;
+    expect(&refused, "550 5.7.1");
+    let refused = send("From: alice@example.org\r\nFrom: ceo@b.test\r\nSubject: two\r\n\r\nx").await;
+    expect(&refused, "550 5.7.1");
+    let accepted = send("From: Alice <alice@example.org>\r\nSubject: mine\r\n\r\nfine").await;
+    expect(&accepted, "250 2.0.0");
+    let inbox = mail.wait_inbox(&mail.bob, 1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mail.inbox(&mail.bob).await.len(), 1, "only alice's own message arrived");
+    assert!(String::from_utf8_lossy(&inbox[0]).ends_with("Subject: mine\r\n\r\nfine\r\n"));
+}

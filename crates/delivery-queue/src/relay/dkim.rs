@@ -1,10 +1,16 @@
 //! DKIM signing of outgoing mail (RFC 6376) with mail-auth's signer.
 //!
-//! The signing domain is the domain of the author (`From:`), so the
-//! signature aligns for DMARC (RFC 7489 §3.1.1); the envelope sender's domain
-//! is the fallback. Keys live in storage (`Directory.GetDkimKey`, generated
-//! with `mailctl dkim generate`) and are cached here for a few minutes; a
-//! domain without a key is sent unsigned.
+//! The signing domain is the domain of the author (`From:`, read by
+//! [`mail_types::HeaderFrom`] as smtp-ingress reads it), so the signature
+//! aligns for DMARC (RFC 7489 §3.1.1). A signature vouches for the author,
+//! so it is made only when the author is one the sender may send as: for
+//! mail from an authenticated user every author must pass
+//! `Directory.CanSendAs` for that user (smtp-ingress refuses other mail at
+//! submission; this holds even when that check is switched off); our own
+//! DSNs are signed for the relay's host name only; anything else goes out
+//! unsigned. Keys live in storage (`Directory.GetDkimKey`, generated with
+//! `mailctl dkim generate`) and are cached here for a few minutes; a domain
+//! without a key is sent unsigned.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +19,7 @@ use std::time::{Duration, Instant};
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
+use mailfleet_proto::queue::v1 as qpb;
 use mailfleet_proto::storage::v1 as pb;
 use pb::directory_client::DirectoryClient;
 use rustls_pki_types::PrivateKeyDer;
@@ -107,48 +114,92 @@ impl mail_auth::common::crypto::SigningKey for KeyRef<'_> {
     }
 }
 
-/// The domain of the first address in the `From:` header field (RFC 5322
-/// §3.6.2), lowercased.
-pub fn author_domain(message: &[u8]) -> Option<String> {
-    let header = super::dsn::header_part(message);
-    let text = String::from_utf8_lossy(header);
-    let mut value: Option<String> = None;
-    for line in text.split('\n') {
-        let line = line.trim_end_matches('\r');
-        if let Some(v) = value.as_mut() {
-            if line.starts_with([' ', '\t']) {
-                v.push_str(line);
-                continue;
-            }
-            break;
-        }
-        // Byte-wise: the header may hold non-ASCII (no slicing inside a char).
-        if line.len() > 5 && line.as_bytes()[..5].eq_ignore_ascii_case(b"from:") {
-            value = Some(line[5..].to_string());
-        }
-    }
-    let value = value?;
-    let addr = match (value.find('<'), value.find('>')) {
-        (Some(a), Some(b)) if a < b => value[a + 1..b].to_string(),
-        _ => value.split(',').next()?.trim().to_string(),
-    };
-    let domain = addr.rsplit_once('@')?.1.trim().trim_end_matches(['>', ')']).to_ascii_lowercase();
-    (!domain.is_empty()).then_some(domain)
-}
-
 /// A cached lookup: when it was made and the key, if the domain has one.
 type CachedKey = (Instant, Option<Arc<SigningKey>>);
+
+/// Most (sender, author) answers of the directory remembered at once.
+const MAX_OWNERSHIP_ENTRIES: usize = 10_000;
 
 /// Keys fetched from storage, cached per domain.
 pub struct DkimKeys {
     directory: DirectoryClient<Channel>,
     enabled: bool,
+    /// The relay's host name: our DSNs come from MAILER-DAEMON@ it.
+    hostname: String,
     cache: Mutex<HashMap<String, CachedKey>>,
+    /// (authenticated user, author) → may send as, when asked.
+    ownership: Mutex<HashMap<(String, String), (Instant, bool)>>,
 }
 
 impl DkimKeys {
-    pub fn new(channel: Channel, enabled: bool) -> DkimKeys {
-        DkimKeys { directory: DirectoryClient::new(channel), enabled, cache: Mutex::new(HashMap::new()) }
+    pub fn new(channel: Channel, enabled: bool, hostname: &str) -> DkimKeys {
+        DkimKeys {
+            directory: DirectoryClient::new(channel),
+            enabled,
+            hostname: hostname.to_ascii_lowercase(),
+            cache: Mutex::new(HashMap::new()),
+            ownership: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// May `user` (an account's login address) send as `author`?
+    /// Directory.CanSendAs, remembered like keys; a failed call is "no".
+    async fn may_send_as(&self, user: &str, author: &str) -> bool {
+        let key = (user.to_ascii_lowercase(), author.to_string());
+        if let Ok(cache) = self.ownership.lock()
+            && let Some((at, allowed)) = cache.get(&key)
+            && at.elapsed() < CACHE_TTL
+        {
+            return *allowed;
+        }
+        let Some(account_id) = self.account_of(user).await else { return false };
+        let mut req = tonic::Request::new(pb::CanSendAsRequest { account_id, address: author.to_string() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        let allowed = match self.directory.clone().can_send_as(req).await {
+            Ok(r) => r.into_inner().allowed,
+            Err(s) => {
+                tracing::warn!(user, author, error = %s, "cannot check the author; sending unsigned");
+                return false;
+            }
+        };
+        if let Ok(mut cache) = self.ownership.lock() {
+            if cache.len() >= MAX_OWNERSHIP_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, (Instant::now(), allowed));
+        }
+        allowed
+    }
+
+    /// The account whose login address is `user`.
+    async fn account_of(&self, user: &str) -> Option<i64> {
+        let mut req = tonic::Request::new(pb::ResolveRecipientRequest { address: user.to_string() });
+        mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        let resolved = self.directory.clone().resolve_recipient(req).await.ok()?.into_inner();
+        match resolved.accounts.as_slice() {
+            [only] => Some(only.id),
+            several => several.iter().find(|a| a.address.eq_ignore_ascii_case(user)).map(|a| a.id),
+        }
+    }
+
+    /// The domain `job`'s message may be signed for: its one author domain,
+    /// when the sender may send as every author (see the module docs).
+    async fn signing_domain(&self, job: &qpb::DeliveryJob, message: &[u8]) -> Option<String> {
+        let from = mail_types::HeaderFrom::parse(message).ok()?;
+        let domain = from.domain()?.to_string();
+        if job.auth_user.is_empty() {
+            // Our own DSNs: from the null sender, published by the relay
+            // itself (no client), From: MAILER-DAEMON@<hostname>.
+            let ours = job.mail_from.is_empty() && job.client_ip.is_empty() && domain == self.hostname;
+            return ours.then_some(domain);
+        }
+        for author in from.authors() {
+            if !self.may_send_as(&job.auth_user, &author.to_string()).await {
+                tracing::warn!(user = %job.auth_user, %author, "author not owned by the sender; sending unsigned");
+                return None;
+            }
+        }
+        Some(domain)
     }
 
     async fn key(&self, domain: &str) -> Option<Arc<SigningKey>> {
@@ -185,13 +236,12 @@ impl DkimKeys {
     }
 
     /// The `DKIM-Signature:` field for `message`, signed for its author's
-    /// domain (or the envelope sender's) when a key exists.
-    pub async fn signature_for(&self, mail_from: &str, message: &[u8]) -> Option<String> {
+    /// domain when the sender may use it and a key exists.
+    pub async fn signature_for(&self, job: &qpb::DeliveryJob, message: &[u8]) -> Option<String> {
         if !self.enabled {
             return None;
         }
-        let domain =
-            author_domain(message).or_else(|| mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))?;
+        let domain = self.signing_domain(job, message).await?;
         let key = self.key(&domain).await?;
         match key.signature_header(message) {
             Ok(header) => Some(header),
@@ -204,22 +254,7 @@ impl DkimKeys {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn author_domains() {
-        assert_eq!(author_domain(b"From: Alice <alice@Example.ORG>\r\n\r\nx").as_deref(), Some("example.org"));
-        assert_eq!(author_domain(b"Subject: x\r\nfrom: bob@b.test\r\n\r\n").as_deref(), Some("b.test"));
-        assert_eq!(author_domain(b"From: \"A\"\r\n <a@folded.test>\r\n\r\n").as_deref(), Some("folded.test"));
-        assert_eq!(author_domain(b"Subject: none\r\n\r\nFrom: a@body.test\r\n"), None);
-        assert_eq!(author_domain("Tööö: x\r\nFrom: a@b.test\r\n\r\n".as_bytes()).as_deref(), Some("b.test"));
-    }
-}
-
-#[cfg(test)]
 mod robustness {
-    use super::author_domain;
     use crate::relay::client::{dot_stuff, parse_reply_line};
 
     /// Arbitrary bytes (a small xorshift generator, no extra dependency)
@@ -234,8 +269,8 @@ mod robustness {
             x ^= x << 17;
             let len = (x % 64) as usize;
             let bytes: Vec<u8> = (0..len).map(|i| alphabet[((x >> (i % 56)) as usize + i) % alphabet.len()]).collect();
-            let _ = author_domain(&bytes);
             let _ = parse_reply_line(&String::from_utf8_lossy(&bytes));
+            let _ = mail_types::HeaderFrom::parse(&bytes);
             let stuffed = dot_stuff(&bytes);
             assert!(stuffed.ends_with(b".\r\n"));
         }

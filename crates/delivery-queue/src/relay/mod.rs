@@ -19,7 +19,7 @@
 //!    null sender never gets a DSN (RFC 3461 §6.2, RFC 5321 §4.5.5).
 //!
 //! Outgoing mail is DKIM-signed ([`dkim`]) when storage has a key for the
-//! author's domain.
+//! author's domain and the sender may send as the author.
 
 pub mod client;
 pub mod dkim;
@@ -272,7 +272,7 @@ pub async fn start(
         .await
         .map_err(|e| QueueError::Nats(format!("consumer {}: {e}", rc.consumer)))?;
     let relay = Arc::new(Relay {
-        dkim: dkim::DkimKeys::new(channel.clone(), rc.dkim),
+        dkim: dkim::DkimKeys::new(channel.clone(), rc.dkim, &rc.hostname),
         dsn: DsnSender::new(channel.clone(), js.clone(), config),
         relay_stream: config.relay_stream.clone(),
         metrics: metrics::Metrics::new(),
@@ -414,7 +414,7 @@ impl Relay {
         let original = message;
         let normalized = client::normalize_line_ends(&original);
         let signed;
-        let message: &[u8] = match self.dkim.signature_for(&job.mail_from, &normalized).await {
+        let message: &[u8] = match self.dkim.signature_for(job, &normalized).await {
             Some(header) => {
                 signed = [header.as_bytes(), &normalized].concat();
                 &signed
