@@ -52,6 +52,8 @@ die() { echo "mailfleet-bench: error: $*" >&2; exit 1; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # The environment of one service (every key overrides the built-in default).
+# Every load client connects from loopback: the per-client connection cap
+# (made for the internet) would stop the idle scenario's thousand.
 service_env() {
     local common=(RUST_LOG=warn OTEL_EXPORTER_OTLP_ENDPOINT=)
     case "$1" in
@@ -83,7 +85,8 @@ service_env() {
             MAILFLEET_IMAP_TLS_LISTEN=127.0.0.1:$((MF_IMAP_PORT + 1)) \
             MAILFLEET_IMAP_STORAGE_URL=$STORAGE_URL MAILFLEET_IMAP_NATS_URL=$NATS_URL \
             MAILFLEET_IMAP_EVENTS_PREFIX=bench.events \
-            MAILFLEET_IMAP_TLS__SELF_SIGNED_DIR=$MF_DIR/tls ;;
+            MAILFLEET_IMAP_TLS__SELF_SIGNED_DIR=$MF_DIR/tls \
+            MAILFLEET_IMAP_MAX_CONNECTIONS_PER_IP=0 ;;
         pop3-gateway) echo "${common[@]}" \
             MAILFLEET_POP3_LISTEN=127.0.0.1:$MF_POP3_PORT \
             MAILFLEET_POP3_TLS_LISTEN=127.0.0.1:$((MF_POP3_PORT + 1)) \

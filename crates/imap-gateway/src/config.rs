@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mailfleet_runtime::proxy::ProxyProtocol;
+use mailfleet_runtime::listener::ConnectionConfig;
 use mailfleet_runtime::tls::TlsSettings;
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +24,6 @@ pub struct ImapConfig {
     /// Allow cleartext authentication from any address (tests behind a TLS proxy only).
     pub allow_plaintext_auth: bool,
     pub tls: TlsSettings,
-    /// Autologout timer; RFC 3501 §5.4 requires at least 30 minutes.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
     /// While idling, check the mailbox this often even without a NATS
     /// event (a safety net if NATS is down or an event was lost).
     #[serde(with = "humantime_serde")]
@@ -45,23 +42,11 @@ pub struct ImapConfig {
     /// connection is slowed down (not dropped). Bursts up to `command_burst`.
     pub commands_per_second: u32,
     pub command_burst: u32,
-    /// Failed logins before the connection is closed.
-    pub max_bad_logins: u32,
-    /// Pause after a failed login, slowing password guessing.
-    #[serde(with = "humantime_serde")]
-    pub bad_login_delay: Duration,
-    /// PROXY protocol v1/v2 from a load balancer, on both listeners: which
-    /// peers may (and then must) send it. Off by default.
-    pub proxy_protocol: ProxyProtocol,
-    /// How long a trusted load balancer gets to send its PROXY header.
-    #[serde(with = "humantime_serde")]
-    pub proxy_header_timeout: Duration,
-    /// Plain-HTTP `GET /healthz` endpoint (200 while serving); unset: none.
-    pub health_listen: Option<SocketAddr>,
-    /// On shutdown, how long sessions get to finish the command they are
-    /// running before the process stops waiting for them.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
+    /// The connection settings every gateway shares (caps, timeouts, auth
+    /// failures, PROXY protocol, health, shutdown); `idle_timeout` is the
+    /// autologout timer once logged in, at least 30 minutes (RFC 3501 §5.4).
+    #[serde(flatten)]
+    pub connection: ConnectionConfig,
 }
 
 impl Default for ImapConfig {
@@ -75,7 +60,6 @@ impl Default for ImapConfig {
             allow_plaintext_auth_on_loopback: true,
             allow_plaintext_auth: false,
             tls: TlsSettings::default(),
-            idle_timeout: Duration::from_secs(31 * 60),
             login_timeout: Duration::from_secs(60),
             idle_poll_interval: Duration::from_secs(60),
             max_line: 64 * 1024,
@@ -85,12 +69,16 @@ impl Default for ImapConfig {
             // Generous for pipelining clients, fatal for a flood.
             commands_per_second: 200,
             command_burst: 400,
-            max_bad_logins: 3,
-            bad_login_delay: Duration::from_secs(1),
-            proxy_protocol: ProxyProtocol::default(),
-            proxy_header_timeout: mailfleet_runtime::proxy::DEFAULT_HEADER_TIMEOUT,
-            health_listen: None,
-            shutdown_grace: Duration::from_secs(10),
+            connection: ConnectionConfig {
+                // IMAP clients keep several connections each (one IDLEs per
+                // watched mailbox), and an idle one costs little.
+                max_connections: 5000,
+                max_connections_per_ip: 100,
+                auth_failure_delay: Duration::from_secs(1),
+                // RFC 3501 §5.4: at least 30 minutes.
+                idle_timeout: Duration::from_secs(31 * 60),
+                ..ConnectionConfig::default()
+            },
         }
     }
 }
@@ -104,7 +92,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_rfcs() {
         let c = ImapConfig::default();
-        assert!(c.idle_timeout >= Duration::from_secs(30 * 60), "RFC 3501 §5.4");
+        assert!(c.connection.idle_timeout >= Duration::from_secs(30 * 60), "RFC 3501 §5.4");
         assert_eq!(c.listen.port(), 1143);
         assert_eq!(c.tls_listen.map(|a| a.port()), Some(9993));
         assert!(c.allow_plaintext_auth_on_loopback);
@@ -113,8 +101,8 @@ mod tests {
     #[test]
     fn example_file_and_environment_load() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("imap-gateway.example.toml");
-        let from_file: ImapConfig = mailfleet_runtime::config::load(Some(&path), "MF_IMAP_TEST_NONE_").unwrap();
-        assert_eq!(from_file.idle_timeout, Duration::from_secs(31 * 60));
+        let from_file: ImapConfig = mailfleet_runtime::config::load_service(Some(&path), "MF_IMAP_TEST_NONE_").unwrap();
+        assert_eq!(from_file.connection.idle_timeout, Duration::from_secs(31 * 60));
         assert_eq!(from_file.max_literal, 50 * 1024 * 1024);
         assert_eq!(from_file.tls.hostname, "localhost");
 
@@ -123,8 +111,8 @@ mod tests {
             std::env::set_var("MF_IMAP_TEST_A_IDLE_TIMEOUT", "45m");
             std::env::set_var("MF_IMAP_TEST_A_STORAGE_URL", "http://10.0.0.1:50051");
         }
-        let from_env: ImapConfig = mailfleet_runtime::config::load(Some(&path), "MF_IMAP_TEST_A_").unwrap();
-        assert_eq!(from_env.idle_timeout, Duration::from_secs(45 * 60));
+        let from_env: ImapConfig = mailfleet_runtime::config::load_service(Some(&path), "MF_IMAP_TEST_A_").unwrap();
+        assert_eq!(from_env.connection.idle_timeout, Duration::from_secs(45 * 60));
         assert_eq!(from_env.storage_url, "http://10.0.0.1:50051");
     }
 
@@ -137,10 +125,10 @@ mod tests {
             std::env::set_var("MF_IMAP_TEST_B_HEALTH_LISTEN", "0.0.0.0:8143");
             std::env::set_var("MF_IMAP_TEST_B_SHUTDOWN_GRACE", "20s");
         }
-        let c: ImapConfig = mailfleet_runtime::config::load(None, "MF_IMAP_TEST_B_").unwrap();
-        assert_eq!(c.proxy_protocol.trusted_networks().unwrap().len(), 2);
-        assert_eq!(c.health_listen, Some("0.0.0.0:8143".parse().unwrap()));
-        assert_eq!(c.shutdown_grace, Duration::from_secs(20));
-        assert!(!ImapConfig::default().proxy_protocol.enabled);
+        let c: ImapConfig = mailfleet_runtime::config::load_service(None, "MF_IMAP_TEST_B_").unwrap();
+        assert_eq!(c.connection.proxy_protocol.trusted_networks().unwrap().len(), 2);
+        assert_eq!(c.connection.health_listen, Some("0.0.0.0:8143".parse().unwrap()));
+        assert_eq!(c.connection.shutdown_grace, Duration::from_secs(20));
+        assert!(!ImapConfig::default().connection.proxy_protocol.enabled);
     }
 }

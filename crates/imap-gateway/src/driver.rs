@@ -1,13 +1,14 @@
-//! The only I/O code: listeners, the PROXY header of a trusted load
-//! balancer, TLS (implicit and STARTTLS), timeouts, limits, metrics,
-//! shutdown. Bytes go to the codec, commands to the session.
+//! The IMAP side of the connection layer (`mailfleet_runtime::listener`,
+//! which binds, reads PROXY headers, caps connections, runs TLS handshakes,
+//! bounds writes and drains on shutdown): framing limits, STARTTLS,
+//! COMPRESS, IDLE, autologout, pacing. Bytes go to the codec, commands to
+//! the session.
 //!
-//! Shutdown: listeners close; each session finishes the command it is
-//! running — including one still arriving, such as an APPEND literal being
-//! uploaded — then gets `* BYE` (RFC 3501 §7.1.5) instead of its next
-//! command; an idling session (IDLE, or waiting for a command) gets it at
-//! once. When the grace period ends (`Shared::hard`), whatever is left gets
-//! the BYE too.
+//! Shutdown: each session finishes the command it is running — including
+//! one still arriving, such as an APPEND literal being uploaded — then gets
+//! `* BYE` (RFC 3501 §7.1.5) instead of its next command; an idling session
+//! (IDLE, or waiting for a command) gets it at once. When the grace period
+//! ends (`Drain::cut_off`), whatever is left gets the BYE too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,14 +17,10 @@ use std::time::Duration;
 use imap_codec::imap_types::auth::AuthenticateData;
 use imap_codec::imap_types::response::{Code, Response, Status, StatusKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, field, info_span};
+use tracing::{Instrument, info_span};
 
+use mailfleet_runtime::listener::{self, Connection, ConnectionMetrics, Drain, Refusal};
 use mailfleet_runtime::proxy;
 
 use crate::codec::{self, Framer, Input, Mode, StatusKindArg};
@@ -36,22 +33,24 @@ use crate::store::MailStore;
 
 /// Read buffer per connection.
 const READ_CHUNK: usize = 8 * 1024;
-/// A TLS handshake (implicit or after STARTTLS) that takes longer is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// Which listener accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// IMAP with STARTTLS (143).
+    Imap,
+    /// IMAP over implicit TLS (993, RFC 8314).
+    Imaps,
 }
 
 /// The connection's byte stream, deflated after COMPRESS (RFC 4978).
 struct Stream {
-    io: Io,
+    io: listener::Stream,
     deflate: Option<Box<Deflate>>,
 }
 
 impl Stream {
-    fn new(io: Io) -> Stream {
+    fn new(io: listener::Stream) -> Stream {
         Stream { io, deflate: None }
     }
 
@@ -70,31 +69,11 @@ impl Stream {
         match &mut self.deflate {
             Some(d) => {
                 let compressed = d.deflate(data).map_err(std::io::Error::other)?;
-                self.io.write_all(&compressed).await
+                self.io.write_all(&compressed).await?;
             }
-            None => self.io.write_all(data).await,
+            None => self.io.write_all(data).await?,
         }
-    }
-}
-
-impl Io {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.read(buf).await,
-            Io::Tls(s) => s.read(buf).await,
-        }
-    }
-    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Io::Plain(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-            Io::Tls(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-        }
+        self.io.flush().await
     }
 }
 
@@ -123,17 +102,33 @@ impl Pace {
     }
 }
 
-/// Shared by every connection of one listener.
+/// The IMAP protocol for the connection layer: what every session shares.
 pub struct Shared<S: MailStore> {
     pub config: ImapConfig,
     pub store: Arc<S>,
-    pub tls: Option<TlsAcceptor>,
     pub events: Arc<EventHub>,
-    /// Reads the PROXY header from trusted load balancers.
-    pub proxy: proxy::Acceptor,
     pub metrics: Metrics,
-    /// The shutdown grace period is over: commands still arriving are cut off.
-    pub hard: CancellationToken,
+}
+
+impl<S: MailStore> listener::Protocol for Shared<S> {
+    type Listener = Port;
+    const NAME: &'static str = "imap";
+    const SPAN_NAME: &'static str = "imap session";
+
+    fn refusal(&self, why: Refusal) -> &'static [u8] {
+        // RFC 3501 §7.1.5: BYE instead of a greeting; RFC 5530 §3 UNAVAILABLE.
+        match why {
+            Refusal::Busy => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+            Refusal::TooManyFromClient => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
+        }
+    }
+
+    async fn serve(&self, conn: Connection<Port>) {
+        let Connection { stream, client, drain, metrics, .. } = conn;
+        if let Err(e) = connection(Stream::new(stream), client, self, &drain, &metrics).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
 }
 
 /// Resolves when the account's feed has news; never without a feed.
@@ -160,76 +155,10 @@ async fn changed(rx: &mut Option<watch::Receiver<Signal>>) {
     }
 }
 
-/// Accept connections until `shutdown`, then wait for them to say BYE.
-pub async fn accept_loop<S: MailStore>(
-    listener: TcpListener,
-    implicit_tls: bool,
-    shared: Arc<Shared<S>>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        // `peer` is the TCP peer (the load balancer, when there is one);
-        // `client` the real client, from the PROXY header.
-        let span = info_span!(
-            "conn", proto = "imap", %peer, client = field::Empty, tls = implicit_tls, user = field::Empty
-        );
-        tracker.spawn(
-            async move {
-                let _ = tcp.set_nodelay(true);
-                let (tcp, client) = match shared.proxy.accept(tcp, peer).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // A trusted balancer that sends no valid header: close.
-                        tracing::warn!(error = %e, "PROXY header refused; closing");
-                        shared.metrics.rejected("proxy_header");
-                        return;
-                    }
-                };
-                tracing::Span::current().record("client", field::display(client));
-                let stream = if implicit_tls {
-                    let Some(acceptor) = shared.tls.clone() else { return };
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => Stream::new(Io::Tls(Box::new(tls))),
-                        _ => return,
-                    }
-                } else {
-                    Stream::new(Io::Plain(tcp))
-                };
-                shared.metrics.connection_opened(implicit_tls);
-                if let Err(e) = connection(stream, client, implicit_tls, &shared, shutdown).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                shared.metrics.connection_closed();
-            }
-            .instrument(span),
-        );
-    }
-}
-
 /// A tagged `NO [UNAVAILABLE]` (RFC 5530 §3): storage did not answer.
 fn is_unavailable(response: &Response<'static>) -> bool {
     matches!(response, Response::Status(Status::Tagged(t))
         if t.body.kind == StatusKind::No && t.body.code == Some(codec::code("UNAVAILABLE")))
-}
-
-/// Whether the first bytes of a connection are the start of a PROXY header
-/// (v1 text or the v2 signature), i.e. a peer not trusted to send one tried.
-fn starts_like_proxy_header(input: &[u8]) -> bool {
-    input.starts_with(b"PROXY ") || input.starts_with(&proxy::V2_SIGNATURE[..4])
 }
 
 async fn send(stream: &mut Stream, responses: &[Response<'static>]) -> std::io::Result<()> {
@@ -244,17 +173,18 @@ async fn send(stream: &mut Stream, responses: &[Response<'static>]) -> std::io::
 async fn connection<S: MailStore>(
     mut stream: Stream,
     peer: SocketAddr,
-    tls: bool,
     shared: &Shared<S>,
-    shutdown: CancellationToken,
+    drain: &Drain,
+    conn_metrics: &ConnectionMetrics,
 ) -> std::io::Result<()> {
     let config = &shared.config;
+    let (shutdown, cut_off) = (drain.stopping(), drain.cut_off());
     let ctx = Context {
-        tls,
-        starttls_available: shared.tls.is_some(),
+        tls: stream.io.is_tls(),
+        starttls_available: stream.io.can_start_tls(),
         plaintext_auth_allowed: config.allow_plaintext_auth
             || (config.allow_plaintext_auth_on_loopback && peer.ip().is_loopback()),
-        max_bad_logins: config.max_bad_logins,
+        max_auth_failures: config.connection.max_auth_failures,
     };
     let mut session = Session::new(shared.store.clone(), ctx);
     let mut framer = Framer::new(config.max_line.saturating_add(config.max_literal));
@@ -295,7 +225,7 @@ async fn connection<S: MailStore>(
                     in_flight = true;
                 }
                 // RFC 3501 §5.4: autologout after at least 30 minutes idle.
-                let timeout = if authenticated { config.idle_timeout } else { config.login_timeout };
+                let timeout = if authenticated { config.connection.idle_timeout } else { config.login_timeout };
                 let idling = mode == Mode::IdleDone;
                 tokio::select! {
                     _ = changed(&mut events), if idling => {
@@ -314,15 +244,16 @@ async fn connection<S: MailStore>(
                     }
                     read = tokio::time::timeout_at(last_input + timeout, stream.read_into(&mut buf, &mut framer)) => match read {
                         Err(_) => {
+                            conn_metrics.timed_out("idle");
                             send(&mut stream, &[codec::bye(None, "Autologout; idle for too long")]).await?;
                             return Ok(());
                         }
                         Ok(Ok(0)) => return Ok(()),
                         Ok(Ok(n)) => {
-                            if first_input && starts_like_proxy_header(buf.get(..n).unwrap_or_default()) {
+                            if first_input && proxy::looks_like_header(buf.get(..n).unwrap_or_default()) {
                                 // Only configured load balancers may name another client.
                                 tracing::info!("PROXY header from an untrusted peer; closing");
-                                shared.metrics.rejected("proxy_header");
+                                conn_metrics.rejected("proxy_header");
                                 send(&mut stream, &[codec::bye(None, "PROXY header not accepted from your address")]).await?;
                                 return Ok(());
                             }
@@ -337,7 +268,7 @@ async fn connection<S: MailStore>(
                         send(&mut stream, &[codec::bye(None, "Server shutting down")]).await?;
                         return Ok(());
                     }
-                    _ = shared.hard.cancelled() => {
+                    _ = cut_off.cancelled() => {
                         send(&mut stream, &[codec::bye(None, "Server shutting down")]).await?;
                         return Ok(());
                     }
@@ -374,15 +305,16 @@ async fn connection<S: MailStore>(
                 // Large outputs are written while the command still runs;
                 // the bounded channel holds the session back to the
                 // client's pace.
-                let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+                let (tx, rx) = mpsc::channel::<Vec<u8>>(2);
                 let drain = async {
-                    let mut written = Ok(());
+                    // Owned here: a failed write (the client went away or
+                    // stopped reading past the write timeout) drops the
+                    // receiver, and the command stops producing output.
+                    let mut rx = rx;
                     while let Some(chunk) = rx.recv().await {
-                        if written.is_ok() {
-                            written = stream.write_all(&chunk).await;
-                        }
+                        stream.write_all(&chunk).await?;
                     }
-                    written
+                    Ok::<(), std::io::Error>(())
                 };
                 session.set_quiet(quiet_since_last_look(&shared.events, &mut events));
                 let (reply, written) = tokio::join!(session.handle_streaming(cmd, Some(tx)).instrument(span), drain);
@@ -398,8 +330,8 @@ async fn connection<S: MailStore>(
         };
         if reply.delay {
             // The session asks for the pause exactly after a failed login.
-            shared.metrics.auth_failed();
-            tokio::time::sleep(config.bad_login_delay).await;
+            conn_metrics.auth_failed(1);
+            tokio::time::sleep(config.connection.auth_failure_delay).await;
         }
         framer.shrink();
         if reply.responses.iter().any(is_unavailable) {
@@ -426,15 +358,7 @@ async fn connection<S: MailStore>(
             Then::Idle => Mode::IdleDone,
             Then::Close => return Ok(()),
             Then::StartTls => {
-                let (Io::Plain(tcp), Some(acceptor)) = (stream.io, shared.tls.clone()) else {
-                    return Ok(());
-                };
-                // A client that never finishes the handshake must not hold
-                // the connection (and a shutdown) forever.
-                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-                stream = Stream::new(Io::Tls(Box::new(tls)));
+                stream = Stream::new(stream.io.start_tls().await?);
                 session.tls_started();
                 // RFC 3501 §6.2.1 / RFC 7817 §3: anything the client sent
                 // before the handshake is discarded (no command injection).

@@ -21,8 +21,8 @@ async fn main() -> anyhow::Result<()> {
     mailfleet_runtime::init_crypto();
     let _telemetry = mailfleet_runtime::telemetry::init("imap-gateway");
     let cli = Cli::parse();
-    let config: ImapConfig =
-        mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_IMAP_").context("loading configuration")?;
+    let config: ImapConfig = mailfleet_runtime::config::load_service(cli.config.as_deref(), "MAILFLEET_IMAP_")
+        .context("loading configuration")?;
     let shutdown = mailfleet_runtime::shutdown::on_signal();
     let running = imap_gateway::serve(config, shutdown).await.context("starting imap-gateway")?;
     running.task.await.context("imap-gateway task")?;

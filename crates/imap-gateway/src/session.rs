@@ -283,7 +283,7 @@ pub struct Context {
     pub starttls_available: bool,
     /// LOGIN/AUTHENTICATE allowed on this connection without TLS.
     pub plaintext_auth_allowed: bool,
-    pub max_bad_logins: u32,
+    pub max_auth_failures: u32,
 }
 
 pub struct Session<S: MailStore> {
@@ -685,7 +685,7 @@ impl<S: MailStore> Session<S> {
                 if auth_failure {
                     delay = true;
                     self.bad_logins += 1;
-                    if self.bad_logins >= self.ctx.max_bad_logins {
+                    if self.bad_logins >= self.ctx.max_auth_failures {
                         out.push(codec::bye(None, "Too many failed logins"));
                         self.state = State::Logout;
                         return Reply { responses: out, then: Then::Close, delay };

@@ -22,7 +22,7 @@ async fn idle_connection_costs_little() {
     for i in 0..50 {
         store.add_message(1, "INBOX", format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes(), &[]);
     }
-    let gw = Gateway::start_with(store, |_| {}).await;
+    let gw = Gateway::start_with(store, |c| c.connection.max_connections_per_ip = 0).await;
     let mut buf = vec![0u8; 64 * 1024];
     // Warm up once so one-time allocations (TLS config, runtime) are not counted.
     let mut conns = Vec::with_capacity(CONNECTIONS + 1);
@@ -56,7 +56,7 @@ async fn idle_client(addr: std::net::SocketAddr, buf: &mut [u8]) -> tokio::net::
 /// run in parallel.
 async fn idle_tls_connection_costs_little() {
     let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
-    let gw = Gateway::start_with(store, |_| {}).await;
+    let gw = Gateway::start_with(store, |c| c.connection.max_connections_per_ip = 0).await;
     let connector = gw.tls_client();
     let mut buf = vec![0u8; 64 * 1024];
     let mut conns = Vec::with_capacity(CONNECTIONS / 4 + 1);

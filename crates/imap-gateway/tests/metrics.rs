@@ -120,9 +120,9 @@ async fn connections_commands_and_auth_failures_are_exported() {
     // Dropping the guard exports the final (cumulative) values.
     tokio::task::spawn_blocking(move || drop(guard)).await.expect("telemetry shutdown");
     let want = [
-        ("mailfleet.imap.connections{tls=false}", 1),
-        ("mailfleet.imap.active_connections{}", 0),
-        ("mailfleet.imap.auth.failures{}", 1),
+        ("mailfleet.connections{listener=imap,protocol=imap}", 1),
+        ("mailfleet.connections.active{protocol=imap}", 0),
+        ("mailfleet.auth.failures{protocol=imap}", 1),
         ("mailfleet.imap.commands{imap.command=LOGIN}", 2),
         ("mailfleet.imap.commands{imap.command=SELECT}", 1),
         ("mailfleet.imap.command.duration{imap.command=LOGIN}", 2),

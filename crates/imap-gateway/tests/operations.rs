@@ -1,6 +1,7 @@
 //! Running imap-gateway behind a load balancer and restarting it: PROXY
-//! protocol, the health endpoint and graceful shutdown, against the real
-//! storage service and NATS (`mailfleet_testkit::TestEnv`).
+//! protocol, the health endpoint, connection caps, the write timeout and
+//! graceful shutdown, against the real storage service and NATS
+//! (`mailfleet_testkit::TestEnv`).
 
 mod common;
 
@@ -11,7 +12,7 @@ use imap_gateway::{ImapConfig, RunningImap};
 use mailfleet_runtime::proxy::{ProxyProtocol, encode_v2};
 use mailfleet_testkit::TestEnv;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -89,7 +90,7 @@ impl Imap {
 async fn shutdown_says_bye_to_idling_and_waiting_sessions() {
     let env = TestEnv::start().await;
     env.add_account(USER, PASS).await;
-    let gw = start(&env, |c| c.health_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let gw = start(&env, |c| c.connection.health_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
     let health = gw.running.health_addr.expect("health endpoint");
 
     let mut idler = Imap::connect(gw.running.addr).await;
@@ -145,9 +146,9 @@ async fn proxy_v2_from_a_trusted_balancer_names_the_client() {
     let env = TestEnv::start().await;
     env.add_account(USER, PASS).await;
     let gw = start(&env, |c| {
-        c.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["127.0.0.0/8".into()] };
-        c.proxy_header_timeout = Duration::from_millis(500);
-        c.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        c.connection.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["127.0.0.0/8".into()] };
+        c.connection.proxy_header_timeout = Duration::from_millis(500);
+        c.connection.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
     })
     .await;
     let addr = gw.running.addr;
@@ -186,7 +187,7 @@ async fn proxy_header_from_an_untrusted_peer_is_refused() {
     let env = TestEnv::start().await;
     env.add_account(USER, PASS).await;
     let gw = start(&env, |c| {
-        c.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["192.0.2.0/24".into()] };
+        c.connection.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["192.0.2.0/24".into()] };
     })
     .await;
     let addr = gw.running.addr;
@@ -247,7 +248,7 @@ async fn an_append_being_uploaded_at_shutdown_completes_and_is_stored() {
 async fn an_upload_still_running_after_the_grace_period_gets_bye_and_is_not_stored() {
     let env = TestEnv::start().await;
     env.add_account(USER, PASS).await;
-    let gw = start(&env, |c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let gw = start(&env, |c| c.connection.shutdown_grace = Duration::from_millis(300)).await;
     let mut c = Imap::connect(gw.running.addr).await;
     c.login().await;
     let started = c.cmd("a", "APPEND INBOX {100}").await;
@@ -264,4 +265,68 @@ async fn an_upload_still_running_after_the_grace_period_gets_bye_and_is_not_stor
     c.login().await;
     let select = c.cmd("s", "SELECT INBOX").await;
     assert!(select.iter().any(|l| l == "* 0 EXISTS"), "{select:?}");
+}
+
+#[tokio::test]
+async fn connection_caps_count_both_listeners() {
+    let env = TestEnv::start().await;
+    let gw = start(&env, |c| {
+        c.connection.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["127.0.0.0/8".into()] };
+        c.connection.max_connections = 2;
+        c.connection.max_connections_per_ip = 1;
+    })
+    .await;
+    let (addr, tls_addr) = (gw.running.addr, gw.running.tls_addr.expect("IMAPS listener"));
+    // Client A on the implicit-TLS port (mid-handshake, it holds its slot) ...
+    let mut a_tls = TcpStream::connect(tls_addr).await.expect("connect");
+    a_tls.write_all(&encode_v2("198.51.100.1:1000".parse().expect("addr"), tls_addr)).await.expect("header");
+    // ... so A is turned away on the plain port,
+    let mut a = Imap::proxied(addr, "198.51.100.1:1001").await;
+    assert_eq!(a.line().await, "* BYE [UNAVAILABLE] Too many connections from your address");
+    assert_eq!(a.line().await, "<EOF>");
+    // B is served, and with two connections open the service is full.
+    let mut b = Imap::proxied(addr, "198.51.100.2:1000").await;
+    assert!(b.line().await.starts_with("* OK"));
+    let mut c = Imap::proxied(addr, "198.51.100.3:1000").await;
+    assert_eq!(c.line().await, "* BYE [UNAVAILABLE] Too many connections, try again later");
+    drop(a_tls);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let env = TestEnv::start().await;
+    env.add_account(USER, PASS).await;
+    let gw = start(&env, |c| {
+        c.connection.write_timeout = Duration::from_millis(500);
+        c.connection.max_connections_per_ip = 1;
+    })
+    .await;
+    let addr = gw.running.addr;
+    // A message bigger than every socket buffer between us.
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    while big.len() < 16 << 20 {
+        big.extend_from_slice(&[b'x'; 98]);
+        big.extend_from_slice(b"\r\n");
+    }
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stuck = Imap(BufReader::new(socket.connect(addr).await.expect("connect")));
+    stuck.login().await;
+    stuck.send(format!("a APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes()).await;
+    stuck.send(&big).await;
+    stuck.send(b"\r\n").await;
+    assert!(stuck.cmd("b", "SELECT INBOX").await.last().is_some_and(|l| l.starts_with("b OK")));
+    // Fetch it and read nothing more: the gateway gives up on the write and
+    // closes, which frees the client's one connection slot.
+    stuck.send(b"c FETCH 1 BODY.PEEK[]\r\n").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut next = Imap::connect(addr).await;
+        if next.line().await.starts_with("* OK") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a client that reads nothing kept its connection");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stuck);
 }

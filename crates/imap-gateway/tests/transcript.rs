@@ -631,7 +631,7 @@ async fn fetch_output_is_streamed_in_order() {
     for i in 0..200 {
         store.add_message(1, "INBOX", format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(), &[]);
     }
-    let ctx = Context { tls: false, starttls_available: false, plaintext_auth_allowed: true, max_bad_logins: 3 };
+    let ctx = Context { tls: false, starttls_available: false, plaintext_auth_allowed: true, max_auth_failures: 3 };
     let mut session = Session::new(store, ctx);
     let mut framer = Framer::new(4096);
     framer.push(b"a LOGIN alice@example.org pw\r\nb SELECT INBOX\r\nc FETCH 1:* (UID RFC822.SIZE)\r\n");
@@ -799,7 +799,7 @@ async fn command_rate_is_paced() {
 async fn idling_client_is_logged_out_eventually() {
     let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
     let gw = Gateway::start_with(store, |c| {
-        c.idle_timeout = std::time::Duration::from_millis(400);
+        c.connection.idle_timeout = std::time::Duration::from_millis(400);
         c.idle_poll_interval = std::time::Duration::from_millis(50);
     })
     .await;
@@ -816,7 +816,8 @@ async fn idling_client_is_logged_out_eventually() {
 #[tokio::test]
 async fn failed_login_is_delayed() {
     let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
-    let gw = Gateway::start_with(store, |c| c.bad_login_delay = std::time::Duration::from_millis(300)).await;
+    let gw =
+        Gateway::start_with(store, |c| c.connection.auth_failure_delay = std::time::Duration::from_millis(300)).await;
     let mut c = common::Client::connect(gw.addr).await;
     c.line().await;
     let started = std::time::Instant::now();

@@ -27,9 +27,9 @@ pub fn test_config(storage_url: &str, tmp: &tempfile::TempDir) -> ImapConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         tls_listen: Some("127.0.0.1:0".parse().expect("addr")),
         storage_url: storage_url.into(),
-        bad_login_delay: Duration::ZERO,
         ..ImapConfig::default()
     };
+    config.connection.auth_failure_delay = Duration::ZERO;
     config.tls.self_signed_dir = tmp.path().join("tls");
     config
 }
