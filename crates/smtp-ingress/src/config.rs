@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mailfleet_runtime::proxy::ProxyProtocol;
+use mailfleet_runtime::listener::ConnectionConfig;
 use mailfleet_runtime::tls::TlsSettings;
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +32,6 @@ pub struct IngressConfig {
     pub max_message_size: usize,
     /// RFC 5321 §4.5.3.1.8 asks for at least 100.
     pub max_recipients: usize,
-    /// Connections at once from one IP address.
-    pub max_connections_per_ip: usize,
-    /// Failed AUTH attempts before the connection is closed.
-    pub max_auth_failures: u32,
     /// Development: AUTH PLAIN/LOGIN without TLS when the client is on loopback.
     pub allow_plaintext_auth_on_loopback: bool,
     /// Submission: MAIL FROM must be one of the user's addresses (Directory.CanSendAs).
@@ -45,12 +41,6 @@ pub struct IngressConfig {
     pub enforce_header_from: bool,
     pub timeouts: Timeouts,
     pub inbound_auth: InboundAuthConfig,
-    /// PROXY protocol v1/v2 from a load balancer, on every listener: which
-    /// peers may (and then must) send it. Off by default.
-    pub proxy_protocol: ProxyProtocol,
-    /// How long a trusted load balancer gets to send its PROXY header.
-    #[serde(with = "humantime_serde")]
-    pub proxy_header_timeout: Duration,
     /// How long where a local recipient address leads (its accounts,
     /// aliases expanded) is remembered instead of asking the directory at
     /// every RCPT; a change to the directory shows within this time.
@@ -59,12 +49,13 @@ pub struct IngressConfig {
     pub recipient_cache_ttl: Duration,
     /// Addresses remembered at most.
     pub recipient_cache_size: usize,
-    /// Plain-HTTP `GET /healthz` endpoint (200 while accepting mail); unset: none.
-    pub health_listen: Option<SocketAddr>,
-    /// On shutdown, how long a transaction already in DATA/BDAT gets to
-    /// finish and receive its real reply before it is cut off with 421.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
+    /// The connection settings every gateway shares (caps, timeouts, auth
+    /// failures, PROXY protocol, health, shutdown). `idle_timeout` is the
+    /// wait for the next command (RFC 5321 §4.5.3.2.7, at least 5 minutes);
+    /// `shutdown_grace` is how long a transaction already in DATA/BDAT
+    /// gets to finish and receive its real reply before it is cut off with 421.
+    #[serde(flatten)]
+    pub connection: ConnectionConfig,
 }
 
 /// JetStream names shared with delivery-queue.
@@ -82,29 +73,20 @@ impl Default for QueueNames {
     }
 }
 
-/// RFC 5321 §4.5.3.2 server timeouts.
+/// RFC 5321 §4.5.3.2 server timeouts beyond the shared ones (the wait for
+/// a command is `idle_timeout`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Timeouts {
-    /// §4.5.3.2.7: waiting for the next command, at least 5 minutes.
-    #[serde(with = "humantime_serde")]
-    pub command: Duration,
     /// §4.5.3.2.5/§4.5.3.2.6: between data blocks (3 min for the client;
     /// the server waits at least as long). Applies to each read during DATA/BDAT.
     #[serde(with = "humantime_serde")]
     pub data_block: Duration,
-    /// TLS handshake after STARTTLS or on the implicit-TLS port.
-    #[serde(with = "humantime_serde")]
-    pub tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            command: Duration::from_secs(300),
-            data_block: Duration::from_secs(180),
-            tls_handshake: Duration::from_secs(30),
-        }
+        Timeouts { data_block: Duration::from_secs(180) }
     }
 }
 
@@ -152,21 +134,25 @@ impl Default for IngressConfig {
             queue: QueueNames::default(),
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
-            max_connections_per_ip: 20,
-            max_auth_failures: 3,
             allow_plaintext_auth_on_loopback: true,
             enforce_sender_ownership: true,
             enforce_header_from: true,
             timeouts: Timeouts::default(),
             inbound_auth: InboundAuthConfig::default(),
-            proxy_protocol: ProxyProtocol::default(),
-            proxy_header_timeout: mailfleet_runtime::proxy::DEFAULT_HEADER_TIMEOUT,
             recipient_cache_ttl: Duration::from_secs(10),
             recipient_cache_size: 10_000,
-            health_listen: None,
-            // A 25 MiB message over a slow link needs a while; compose's
-            // stop_grace_period must be longer than this.
-            shutdown_grace: Duration::from_secs(30),
+            connection: ConnectionConfig {
+                // A mail server sends a few messages at a time; 20 from one
+                // address is already a busy relay.
+                max_connections_per_ip: 20,
+                auth_failure_delay: Duration::from_secs(1),
+                // RFC 5321 §4.5.3.2.7: at least 5 minutes for the next command.
+                idle_timeout: Duration::from_secs(300),
+                // A 25 MiB message over a slow link needs a while; compose's
+                // stop_grace_period must be longer than this.
+                shutdown_grace: Duration::from_secs(30),
+                ..ConnectionConfig::default()
+            },
         }
     }
 }
@@ -184,11 +170,12 @@ mod tests {
             std::env::set_var("MF_SMTP_TEST_OPS_HEALTH_LISTEN", "0.0.0.0:8025");
             std::env::set_var("MF_SMTP_TEST_OPS_SHUTDOWN_GRACE", "45s");
         }
-        let c: IngressConfig = mailfleet_runtime::config::load(None, "MF_SMTP_TEST_OPS_").expect("config loads");
-        assert_eq!(c.proxy_protocol.trusted_networks().expect("CIDRs").len(), 2);
-        assert_eq!(c.health_listen, Some("0.0.0.0:8025".parse().expect("addr")));
-        assert_eq!(c.shutdown_grace, Duration::from_secs(45));
+        let c: IngressConfig =
+            mailfleet_runtime::config::load_service(None, "MF_SMTP_TEST_OPS_").expect("config loads");
+        assert_eq!(c.connection.proxy_protocol.trusted_networks().expect("CIDRs").len(), 2);
+        assert_eq!(c.connection.health_listen, Some("0.0.0.0:8025".parse().expect("addr")));
+        assert_eq!(c.connection.shutdown_grace, Duration::from_secs(45));
         let defaults = IngressConfig::default();
-        assert!(!defaults.proxy_protocol.enabled && defaults.health_listen.is_none());
+        assert!(!defaults.connection.proxy_protocol.enabled && defaults.connection.health_listen.is_none());
     }
 }

@@ -1,32 +1,31 @@
-//! The connection driver: listeners, the PROXY header of a trusted load
-//! balancer, TLS, timeouts, limits, graceful shutdown. Bytes in, the session
-//! decides, replies out. The only module that does I/O.
+//! The SMTP side of the connection layer (`mailfleet_runtime::listener`,
+//! which binds, reads PROXY headers, caps connections, runs TLS handshakes,
+//! bounds writes and drains on shutdown): command and data timeouts,
+//! STARTTLS, the pause after a failed AUTH. Bytes in, the session decides,
+//! replies out.
 //!
-//! Shutdown has two stages. `shutdown` (SIGTERM): listeners close, a session
-//! waiting for a command is told `421 4.3.2` (RFC 5321 §3.8) and closed, but
-//! a message already in DATA or between BDAT chunks keeps being read and gets
-//! its real reply (then the 421). `hard` (the grace period ran out): reads of
-//! message text stop too, with the same 421; the client retries the message.
+//! Shutdown has two stages. `Drain::stopping` (SIGTERM): a session waiting
+//! for a command is told `421 4.3.2` (RFC 5321 §3.8) and closed, but a
+//! message already in DATA or between BDAT chunks keeps being read and gets
+//! its real reply (then the 421). `Drain::cut_off` (the grace period ran
+//! out): reads of message text stop too, with the same 421; the client
+//! retries the message.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use smtp_proto::request::receiver::DataReceiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, field};
+use tracing::Instrument;
 
+use mailfleet_runtime::listener::{self, Connection, ConnectionMetrics, Drain, Refusal, Stream};
 use mailfleet_runtime::proxy;
 
 use crate::codec::{CommandReader, LineReader, Parsed, Reply};
 use crate::config::IngressConfig;
 use crate::metrics::Metrics;
-use crate::session::{Backend, Body, Next, Policy, Port, Session, Step, TlsInfo};
+use crate::session::{Backend, Body, Next, Policy, Port, Session, Step};
 
 /// Which listener accepted the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,176 +42,34 @@ pub enum Listener {
 const MAX_AUTH_LINE: usize = 12 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The SMTP protocol for the connection layer: what every session shares.
 pub struct Shared<B> {
     pub config: Arc<IngressConfig>,
     pub backend: B,
-    pub tls: TlsAcceptor,
-    /// Stop accepting; idle sessions get 421.
-    pub shutdown: CancellationToken,
-    /// The shutdown grace period is over: messages still being read get 421.
-    pub hard: CancellationToken,
-    pub tracker: TaskTracker,
-    /// Reads the PROXY header from trusted load balancers.
-    pub proxy: proxy::Acceptor,
     pub metrics: Metrics,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-impl<B> Shared<B> {
-    pub fn new(
-        config: Arc<IngressConfig>,
-        backend: B,
-        tls: TlsAcceptor,
-        proxy: proxy::Acceptor,
-        shutdown: CancellationToken,
-    ) -> Shared<B> {
-        Shared {
-            config,
-            backend,
-            tls,
-            shutdown,
-            hard: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            proxy,
-            metrics: Metrics::new(),
-            per_ip: Mutex::new(HashMap::new()),
+impl<B: Backend + Clone + 'static> listener::Protocol for Shared<B> {
+    type Listener = Listener;
+    const NAME: &'static str = "smtp";
+    const SPAN_NAME: &'static str = "smtp session";
+
+    fn refusal(&self, why: Refusal) -> &'static [u8] {
+        // RFC 5321 §3.1: 421 instead of the greeting; the client retries.
+        match why {
+            Refusal::Busy => b"421 4.3.2 Too many connections, try again later\r\n",
+            Refusal::TooManyFromClient => b"421 4.7.0 Too many connections from your address\r\n",
         }
     }
-}
 
-/// Holds one of the per-IP connection slots; released on drop.
-struct IpSlot<B> {
-    shared: Arc<Shared<B>>,
-    ip: IpAddr,
-}
-
-impl<B> Drop for IpSlot<B> {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.shared.per_ip.lock()
-            && let Some(n) = map.get_mut(&self.ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-fn take_slot<B>(shared: &Arc<Shared<B>>, ip: IpAddr) -> Option<IpSlot<B>> {
-    let mut map = shared.per_ip.lock().ok()?;
-    let n = map.entry(ip).or_insert(0);
-    if *n >= shared.config.max_connections_per_ip {
-        return None;
-    }
-    *n += 1;
-    Some(IpSlot { shared: shared.clone(), ip })
-}
-
-/// Accept connections until shutdown.
-pub async fn accept_loop<B: Backend + Clone + 'static>(listener: TcpListener, kind: Listener, shared: Arc<Shared<B>>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        // `peer` is the TCP peer (the load balancer, when there is one);
-        // `client` the real client, from the PROXY header.
-        let span = tracing::info_span!(
-            "conn", otel.name = "smtp session", otel.kind = "server", proto = "smtp", listener = ?kind, %peer,
-            client = field::Empty, user = field::Empty
-        );
-        let shared2 = shared.clone();
-        shared.tracker.spawn(
-            async move {
-                let (stream, client) = match shared2.proxy.accept(stream, peer).await {
-                    Ok(x) => x,
-                    Err(err) => {
-                        // A trusted balancer that sends no valid header: close
-                        // without a greeting (there is no client to talk to).
-                        tracing::warn!(error = %err, "PROXY header refused; closing");
-                        shared2.metrics.rejected("proxy_header");
-                        return;
-                    }
-                };
-                tracing::Span::current().record("client", field::display(client));
-                // Limits count real clients, not the balancer.
-                let Some(slot) = take_slot(&shared2, client.ip()) else {
-                    shared2.metrics.rejected("per_ip_limit");
-                    if kind != Listener::Submissions {
-                        let mut stream = stream;
-                        let _ = stream.write_all(b"421 4.7.0 Too many connections from your address\r\n").await;
-                    }
-                    return;
-                };
-                shared2.metrics.connection_opened(kind);
-                connection(&shared2, stream, client, kind).await;
-                shared2.metrics.connection_closed();
-                drop(slot);
-            }
-            .instrument(span),
-        );
-    }
-}
-
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl Io {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.read(buf).await,
-            Io::Tls(s) => s.read(buf).await,
-        }
-    }
-    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Io::Plain(s) => s.write_all(data).await,
-            Io::Tls(s) => {
-                s.write_all(data).await?;
-                s.flush().await
-            }
-        }
-    }
-}
-
-fn tls_info(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> TlsInfo {
-    let conn = stream.get_ref().1;
-    let version = conn.protocol_version().map(|v| format!("{v:?}").replace('_', ".")).unwrap_or_default();
-    let cipher = conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
-    TlsInfo { version, cipher }
-}
-
-async fn handshake(shared: &Shared<impl Sized>, stream: TcpStream) -> Option<Io> {
-    let timeout = shared.config.timeouts.tls_handshake;
-    match tokio::time::timeout(timeout, shared.tls.accept(stream)).await {
-        Ok(Ok(tls)) => Some(Io::Tls(Box::new(tls))),
-        Ok(Err(err)) => {
-            tracing::info!(error = %err, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::info!("TLS handshake timed out");
-            None
-        }
+    async fn serve(&self, conn: Connection<Listener>) {
+        connection(self, conn).await;
     }
 }
 
 /// Buffered connection: input not yet consumed, output not yet written.
 struct Conn {
-    io: Io,
+    io: Stream,
     inbuf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
@@ -248,6 +105,7 @@ impl Conn {
         if !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
             self.io.write_all(&out).await?;
+            self.io.flush().await?;
         }
         Ok(())
     }
@@ -291,29 +149,20 @@ impl Conn {
     }
 }
 
-/// One session; `peer` is the real client (PROXY header applied), used for
-/// the loopback exception, SPF and the `Received:` field.
-async fn connection<B: Backend + Clone>(shared: &Shared<B>, stream: TcpStream, peer: SocketAddr, kind: Listener) {
-    let (io, tls) = if kind == Listener::Submissions {
-        match handshake(shared, stream).await {
-            Some(Io::Tls(s)) => {
-                let info = tls_info(&s);
-                (Io::Tls(s), Some(info))
-            }
-            _ => return,
-        }
-    } else {
-        (Io::Plain(stream), None)
-    };
+/// One session; `client` is the real client (PROXY header applied), used
+/// for the loopback exception, SPF and the `Received:` field.
+async fn connection<B: Backend + Clone>(shared: &Shared<B>, conn: Connection<Listener>) {
+    let Connection { stream, client, listener: kind, drain, metrics } = conn;
+    let tls = stream.tls_info();
     let config = &shared.config;
     let policy = Policy {
         hostname: config.hostname.clone(),
         port: if kind == Listener::Mx { Port::Mx } else { Port::Submission },
         max_message_size: config.max_message_size,
         max_recipients: config.max_recipients,
-        max_auth_failures: config.max_auth_failures,
-        starttls_available: tls.is_none(),
-        plaintext_auth_allowed: config.allow_plaintext_auth_on_loopback && peer.ip().is_loopback(),
+        max_auth_failures: config.connection.max_auth_failures,
+        starttls_available: stream.can_start_tls(),
+        plaintext_auth_allowed: config.allow_plaintext_auth_on_loopback && client.ip().is_loopback(),
         enforce_sender_ownership: config.enforce_sender_ownership,
         enforce_header_from: config.enforce_header_from,
         verify_inbound: config.inbound_auth.enabled,
@@ -323,18 +172,11 @@ async fn connection<B: Backend + Clone>(shared: &Shared<B>, stream: TcpStream, p
             config.postmaster.clone()
         },
     };
-    let session = Session::new(policy, shared.backend.clone(), peer.ip(), tls);
-    let conn = Conn { io, inbuf: Vec::with_capacity(READ_CHUNK), pos: 0, out: Vec::new() };
-    match run(shared, session, conn, kind).await {
-        Ok(()) => {}
-        Err(err) => tracing::debug!(error = %err, "connection ended with an I/O error"),
+    let session = Session::new(policy, shared.backend.clone(), client.ip(), tls);
+    let conn = Conn { io: stream, inbuf: Vec::with_capacity(READ_CHUNK), pos: 0, out: Vec::new() };
+    if let Err(err) = run(shared, session, conn, kind, &drain, &metrics).await {
+        tracing::debug!(error = %err, "connection ended with an I/O error");
     }
-}
-
-/// Whether `input`, before any command, is the start of a PROXY header
-/// (v1 text or the v2 signature) from a peer not trusted to send one.
-fn starts_like_proxy_header(input: &[u8]) -> bool {
-    input.starts_with(b"PROXY ") || input.starts_with(&proxy::V2_SIGNATURE[..4])
 }
 
 async fn run<B: Backend>(
@@ -342,8 +184,11 @@ async fn run<B: Backend>(
     mut session: Session<B>,
     mut conn: Conn,
     kind: Listener,
+    drain: &Drain,
+    conn_metrics: &ConnectionMetrics,
 ) -> std::io::Result<()> {
     let config = &shared.config;
+    let idle_timeout = config.connection.idle_timeout;
     let mut commands = CommandReader::default();
     let mut lines = LineReader::default();
     // The message being received (DATA, or BDAT chunks so far).
@@ -357,16 +202,16 @@ async fn run<B: Backend>(
             Next::Command => {
                 // A BDAT transfer in progress is a message being received:
                 // its remaining chunks are read until the grace period ends.
-                let stop = if session.in_chunked_transfer() { &shared.hard } else { &shared.shutdown };
+                let stop = if session.in_chunked_transfer() { drain.cut_off() } else { drain.stopping() };
                 if stop.is_cancelled() {
                     // RFC 5321 §3.8: tell the client before closing.
                     conn.push(&[session.shutdown_reply()]);
                     return conn.flush().await;
                 }
-                if first_command && starts_like_proxy_header(conn.pending()) {
+                if first_command && proxy::looks_like_header(conn.pending()) {
                     // Only configured load balancers may name another client.
                     tracing::info!("PROXY header from an untrusted peer; closing");
-                    shared.metrics.rejected("proxy_header");
+                    conn_metrics.rejected("proxy_header");
                     conn.push(&[Reply::new(554, [5, 7, 0], "PROXY header not accepted from your address")]);
                     return conn.flush().await;
                 }
@@ -393,10 +238,11 @@ async fn run<B: Backend>(
                         Step { replies: vec![reply], next: Next::Command }
                     }
                     None => {
-                        match conn.fill(config.timeouts.command, stop).await? {
+                        match conn.fill(idle_timeout, stop).await? {
                             Input::More => {}
                             Input::Eof => return Ok(()),
                             Input::Timeout => {
+                                conn_metrics.timed_out("idle");
                                 conn.push(&[session.timeout_reply()]);
                                 return conn.flush().await;
                             }
@@ -418,10 +264,11 @@ async fn run<B: Backend>(
                 match line {
                     Some(line) => session.auth_line(line).await,
                     None => {
-                        match conn.fill(config.timeouts.command, &shared.shutdown).await? {
+                        match conn.fill(idle_timeout, drain.stopping()).await? {
                             Input::More => {}
                             Input::Eof => return Ok(()),
                             Input::Timeout => {
+                                conn_metrics.timed_out("idle");
                                 conn.push(&[session.timeout_reply()]);
                                 return conn.flush().await;
                             }
@@ -438,10 +285,10 @@ async fn run<B: Backend>(
                 conn.flush().await?;
                 // Shutdown does not interrupt a message being received; only
                 // the end of the grace period does.
-                let body = match read_data(&mut conn, config, &shared.hard, std::mem::take(&mut message)).await? {
+                let body = match read_data(&mut conn, config, drain.cut_off(), std::mem::take(&mut message)).await? {
                     Some(body) => body,
                     None => {
-                        conn.push(&[cut_off_reply(shared, &session)]);
+                        conn.push(&[cut_off_reply(drain, &session)]);
                         return conn.flush().await;
                     }
                 };
@@ -455,8 +302,8 @@ async fn run<B: Backend>(
                 let max = config.max_message_size;
                 let too_large = message.len().saturating_add(size) > max;
                 let keep = if too_large { None } else { Some(&mut message) };
-                if !read_exact(&mut conn, config, &shared.hard, size, keep).await? {
-                    conn.push(&[cut_off_reply(shared, &session)]);
+                if !read_exact(&mut conn, config, drain.cut_off(), size, keep).await? {
+                    conn.push(&[cut_off_reply(drain, &session)]);
                     return conn.flush().await;
                 }
                 if too_large {
@@ -474,8 +321,8 @@ async fn run<B: Backend>(
                 }
             }
             Next::DiscardBdat { size } => {
-                if !read_exact(&mut conn, config, &shared.hard, size, None).await? {
-                    conn.push(&[cut_off_reply(shared, &session)]);
+                if !read_exact(&mut conn, config, drain.cut_off(), size, None).await? {
+                    conn.push(&[cut_off_reply(drain, &session)]);
                     return conn.flush().await;
                 }
                 Step { replies: vec![], next: Next::Command }
@@ -484,16 +331,9 @@ async fn run<B: Backend>(
                 conn.flush().await?;
                 // RFC 3207 §5 / CVE-2011-0411: nothing sent before the
                 // handshake may be taken as a command after it.
-                conn.inbuf.clear();
-                conn.pos = 0;
-                let Io::Plain(tcp) = conn.io else {
-                    return Ok(());
-                };
-                let Some(io) = handshake(shared, tcp).await else {
-                    return Ok(());
-                };
-                if let Io::Tls(s) = &io {
-                    session.tls_started(tls_info(s));
+                let io = conn.io.start_tls().await?;
+                if let Some(info) = io.tls_info() {
+                    session.tls_started(info);
                 }
                 conn = Conn { io, inbuf: Vec::with_capacity(READ_CHUNK), pos: 0, out: Vec::new() };
                 commands = CommandReader::default();
@@ -505,8 +345,10 @@ async fn run<B: Backend>(
         };
         let failures = session.auth_failures();
         if failures > auth_failures_reported {
-            shared.metrics.auth_failed(failures - auth_failures_reported);
+            conn_metrics.auth_failed(failures - auth_failures_reported);
             auth_failures_reported = failures;
+            // Slow guessing down before the client hears the answer.
+            tokio::time::sleep(config.connection.auth_failure_delay).await;
         }
         if step.replies.iter().any(|r| r.code() == 451) {
             // 451 4.3.0: storage or the queue did not answer.
@@ -521,8 +363,8 @@ async fn run<B: Backend>(
 }
 
 /// Message text stopped arriving in time, or the shutdown grace period ran out.
-fn cut_off_reply<B: Backend>(shared: &Shared<B>, session: &Session<B>) -> Reply {
-    if shared.hard.is_cancelled() { session.shutdown_reply() } else { session.timeout_reply() }
+fn cut_off_reply<B: Backend>(drain: &Drain, session: &Session<B>) -> Reply {
+    if drain.cut_off().is_cancelled() { session.shutdown_reply() } else { session.timeout_reply() }
 }
 
 /// Read message text up to `<CRLF>.<CRLF>` (dot-unstuffed by smtp-proto's

@@ -22,8 +22,8 @@ async fn main() -> anyhow::Result<()> {
     mailfleet_runtime::init_crypto();
     let _telemetry = mailfleet_runtime::telemetry::init("smtp-ingress");
     let cli = Cli::parse();
-    let config: IngressConfig =
-        mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_SMTP_").context("loading configuration")?;
+    let config: IngressConfig = mailfleet_runtime::config::load_service(cli.config.as_deref(), "MAILFLEET_SMTP_")
+        .context("loading configuration")?;
     let shutdown = mailfleet_runtime::shutdown::on_signal();
     let running = smtp_ingress::serve(config, shutdown).await.context("starting smtp-ingress")?;
     running.task.await.context("smtp-ingress task")?;

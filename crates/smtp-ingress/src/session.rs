@@ -25,11 +25,7 @@ pub enum Port {
 }
 
 /// Negotiated TLS parameters, written into the `Received:` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    pub version: String,
-    pub cipher: String,
-}
+pub use mailfleet_runtime::listener::TlsInfo;
 
 /// The account behind a successful AUTH.
 #[derive(Debug, Clone, PartialEq, Eq)]

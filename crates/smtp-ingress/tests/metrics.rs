@@ -121,10 +121,10 @@ async fn a_message_through_the_system_is_counted_as_the_dashboard_expects() {
     tokio::task::spawn_blocking(move || drop(guard)).await.expect("telemetry shutdown");
     let want = [
         ("mailfleet.smtp.messages.received{listener=mx}".to_string(), Some(1)),
-        ("mailfleet.smtp.connections{listener=mx}".to_string(), Some(1)),
-        ("mailfleet.smtp.connections{listener=submission}".to_string(), Some(1)),
-        ("mailfleet.smtp.active_connections{}".to_string(), Some(0)),
-        ("mailfleet.smtp.auth.failures{}".to_string(), Some(1)),
+        ("mailfleet.connections{listener=mx,protocol=smtp}".to_string(), Some(1)),
+        ("mailfleet.connections{listener=submission,protocol=smtp}".to_string(), Some(1)),
+        ("mailfleet.connections.active{protocol=smtp}".to_string(), Some(0)),
+        ("mailfleet.auth.failures{protocol=smtp}".to_string(), Some(1)),
         ("mailfleet.queue.messages.delivered{outcome=delivered}".to_string(), Some(1)),
         ("mailfleet.queue.delivery.duration{}".to_string(), Some(1)),
         // Sampled every few seconds: present, whatever the backlog was then.

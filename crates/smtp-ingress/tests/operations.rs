@@ -87,7 +87,7 @@ async fn message_in_data_finishes_during_shutdown_and_idle_sessions_get_421() {
 
 #[tokio::test]
 async fn a_message_still_arriving_after_the_grace_period_gets_421_and_is_not_delivered() {
-    let mut mail = Mail::start_with(|c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let mut mail = Mail::start_with(|c| c.connection.shutdown_grace = Duration::from_millis(300)).await;
     let mut slow = Raw::connect(mail.mx()).await;
     expect(&slow.cmd("EHLO slow.test").await, "250");
     expect(&slow.cmd("MAIL FROM:<x@remote.test>").await, "250");
@@ -107,8 +107,8 @@ async fn a_message_still_arriving_after_the_grace_period_gets_421_and_is_not_del
 #[tokio::test]
 async fn proxy_v2_from_a_trusted_balancer_names_the_client_in_received() {
     let mail = Mail::start_with(|c| {
-        c.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["127.0.0.0/8".into()] };
-        c.proxy_header_timeout = Duration::from_millis(500);
+        c.connection.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["127.0.0.0/8".into()] };
+        c.connection.proxy_header_timeout = Duration::from_millis(500);
     })
     .await;
     let mut c = connect_proxied(mail.mx(), "203.0.113.7:40025").await;
@@ -170,7 +170,7 @@ while True:
 #[tokio::test]
 async fn proxy_header_from_an_untrusted_peer_is_refused() {
     let mail = Mail::start_with(|c| {
-        c.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["192.0.2.0/24".into()] };
+        c.connection.proxy_protocol = ProxyProtocol { enabled: true, trusted: vec!["192.0.2.0/24".into()] };
     })
     .await;
     for header in [
@@ -190,7 +190,7 @@ async fn proxy_header_from_an_untrusted_peer_is_refused() {
 
 #[tokio::test]
 async fn health_endpoints_serve_until_shutdown() {
-    let mut mail = Mail::start_with(|c| c.health_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let mut mail = Mail::start_with(|c| c.connection.health_listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
     let health = mail.ingress.as_ref().and_then(|(r, _)| r.health_addr).expect("health endpoint configured");
     let ok = http_get(health).await;
     assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");

@@ -326,17 +326,35 @@ async fn storage_down_gives_451_and_loses_nothing() {
     assert!(String::from_utf8_lossy(&inbox[0]).ends_with("Subject: retried\r\n\r\nx\r\n"));
 }
 
+/// A TLS session on the implicit-TLS port, its greeting read.
+async fn submissions_session(mail: &Mail) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::AsyncReadExt;
+    let pem = std::fs::read(&mail.cert_file).expect("certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("PEM")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(mail.submissions()).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.expect("TLS");
+    let mut greeting = [0u8; 4];
+    tls.read_exact(&mut greeting).await.expect("greeting");
+    assert_eq!(&greeting, b"220 ");
+    tls
+}
+
 #[tokio::test]
-async fn per_ip_connection_limit() {
-    let mail = Mail::start_with(|c| c.max_connections_per_ip = 2).await;
-    let _a = Raw::connect(mail.mx()).await;
-    let _b = Raw::connect(mail.submission()).await;
-    let mut third = tokio::net::TcpStream::connect(mail.mx()).await.expect("connect");
+async fn connection_caps_count_every_listener() {
+    let mail = Mail::start_with(|c| c.connection.max_connections_per_ip = 2).await;
+    let a = Raw::connect(mail.mx()).await;
+    let b = submissions_session(&mail).await;
+    let mut third = tokio::net::TcpStream::connect(mail.submission()).await.expect("connect");
     let mut buf = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut third, &mut buf).await.expect("read");
     expect(&buf, "421 4.7.0");
-    drop(_a);
-    drop(_b);
+    drop((a, b));
     // Slots are released when connections close.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -348,6 +366,40 @@ async fn per_ip_connection_limit() {
         }
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The service-wide cap counts every listener too.
+    let mail = Mail::start_with(|c| {
+        c.connection.max_connections = 2;
+        c.connection.max_connections_per_ip = 0;
+    })
+    .await;
+    let _a = submissions_session(&mail).await;
+    let _b = Raw::connect(mail.submission()).await;
+    let mut third = tokio::net::TcpStream::connect(mail.mx()).await.expect("connect");
+    let mut buf = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut third, &mut buf).await.expect("read");
+    expect(&buf, "421 4.3.2");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mail = Mail::start_with(|c| c.connection.write_timeout = Duration::from_millis(500)).await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut tcp = socket.connect(mail.mx()).await.expect("connect");
+    // Pipelined commands whose replies the client never reads: once the
+    // replies fill the buffers, the gateway's write waits, times out, and
+    // the connection is closed (so the client's own writes fail).
+    let noops = b"NOOP\r\n".repeat(64 * 1024);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.write_all(&noops)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => panic!("the gateway still holds a connection that reads nothing"),
+        }
     }
 }
 
@@ -392,7 +444,7 @@ async fn spf_and_dmarc_results_and_reject_policy() {
 
 #[tokio::test]
 async fn idle_timeout_and_shutdown_say_421() {
-    let mut mail = Mail::start_with(|c| c.timeouts.command = Duration::from_millis(300)).await;
+    let mut mail = Mail::start_with(|c| c.connection.idle_timeout = Duration::from_millis(300)).await;
     // RFC 5321 §4.5.3.2: an idle client is disconnected with 421.
     let mut idle = Raw::connect(mail.mx()).await;
     expect(&idle.reply().await, "421 4.4.2");

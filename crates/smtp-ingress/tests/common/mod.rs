@@ -66,6 +66,7 @@ impl Mail {
         };
         c.tls.cert_file = Some(self.cert_file.clone());
         c.tls.key_file = Some(self.key_file.clone());
+        c.connection.auth_failure_delay = std::time::Duration::ZERO;
         c.queue.stream = format!("MAIL_QUEUE_{id}");
         c.queue.subject = format!("t{id}.queue.jobs");
         // Every DNS lookup goes to a closed loopback port: temperror, never the network.
