@@ -52,9 +52,8 @@ impl EventHub {
     /// Connects in the background (retrying); until NATS answers, sessions
     /// rely on the periodic check while idling.
     pub async fn connect(url: &str, prefix: &str) -> EventHub {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(url)
+        let options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+        let client = mailfleet_runtime::nats::connect(url, options)
             .await
             .map_err(|e| tracing::warn!(error = %e, "NATS connection failed; IDLE falls back to polling"))
             .ok();

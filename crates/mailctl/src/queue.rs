@@ -53,9 +53,15 @@ impl Queue {
 }
 
 async fn open(args: &QueueArgs) -> anyhow::Result<Queue> {
-    let client = async_nats::connect(args.nats_url.as_str())
-        .await
-        .with_context(|| format!("cannot reach NATS at {}", args.nats_url))?;
+    // One server, or every server of a cluster, comma-separated.
+    let servers = args
+        .nats_url
+        .split(',')
+        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("NATS URL {}", args.nats_url))?;
+    let client =
+        async_nats::connect(servers).await.with_context(|| format!("cannot reach NATS at {}", args.nats_url))?;
     let js = jetstream::new(client);
     let stream = js.get_stream(&args.stream).await.with_context(|| format!("queue stream {}", args.stream))?;
     let kv = js.get_key_value(args.bucket.clone()).await.with_context(|| format!("state bucket {}", args.bucket))?;

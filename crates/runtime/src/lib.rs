@@ -1,12 +1,14 @@
 //! Mechanisms every Mailfleet service needs and nothing else: configuration
 //! loading, telemetry, TLS, graceful shutdown, PROXY protocol, a health
-//! endpoint, the connection layer every listening service uses. No
-//! service's config lives here.
+//! endpoint, the connection layer every listening service uses, NATS
+//! connections and the shared work-queue streams. No service's config
+//! lives here.
 
 pub mod config;
 pub mod grpc;
 pub mod health;
 pub mod listener;
+pub mod nats;
 pub mod proxy;
 pub mod shutdown;
 pub mod telemetry;

@@ -29,11 +29,18 @@ const CHUNK: usize = 256 * 1024;
 pub enum ConnectError {
     #[error("storage URL {0}: {1}")]
     StorageUrl(String, String),
-    #[error("connecting to NATS at {0}: {1}")]
-    Nats(String, String),
-    #[error("creating JetStream stream {0}: {1}")]
-    Stream(String, String),
+    #[error(transparent)]
+    Nats(#[from] mailfleet_runtime::nats::NatsError),
 }
+
+/// How long a job's publish is retried (same `Nats-Msg-Id`) before the
+/// client gets `451`. A publish whose acknowledgement was lost may have
+/// been stored: retried within the stream's duplicate window it is stored
+/// once, and a NATS leader election (seconds on a cluster) delays a `250`
+/// instead of turning it into a `451` for a job that then arrives anyway.
+pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long one publish waits for its acknowledgement.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct GrpcBackend {
@@ -53,12 +60,9 @@ impl GrpcBackend {
         // Lazy: storage may be down at start; calls fail (→ 451) until it is back.
         let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(60)))
             .map_err(|e| ConnectError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(config.nats_url.as_str())
-            .await
-            .map_err(|e| ConnectError::Nats(config.nats_url.clone(), e.to_string()))?;
+        let options =
+            async_nats::ConnectOptions::new().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
+        let client = mailfleet_runtime::nats::connect(&config.nats_url, options).await?;
         let js = jetstream::new(client);
         ensure_stream(&js, &config.queue).await?;
         Ok(GrpcBackend {
@@ -88,20 +92,48 @@ impl GrpcBackend {
 }
 
 /// The work-queue stream both smtp-ingress and delivery-queue rely on; the
-/// first to start creates it (same settings in both).
+/// first to start creates it (same settings in both, see
+/// `mailfleet_runtime::nats::work_queue`).
 pub async fn ensure_stream(js: &jetstream::Context, names: &QueueNames) -> Result<(), ConnectError> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: names.stream.clone(),
-        subjects: vec![names.subject.clone()],
-        retention: jetstream::stream::RetentionPolicy::WorkQueue,
-        storage: jetstream::stream::StorageType::File,
-        // Publishes retried within this window (same Nats-Msg-Id) are dropped.
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ConnectError::Stream(names.stream.clone(), e.to_string()))?;
-    Ok(())
+    let config = mailfleet_runtime::nats::work_queue(&names.stream, &names.subject, names.replicas);
+    Ok(mailfleet_runtime::nats::ensure_stream(js, config).await?)
+}
+
+/// Publish `job` until JetStream acknowledges it, for up to
+/// [`PUBLISH_RETRY_FOR`]; every try carries the same `Nats-Msg-Id`, so a
+/// try whose acknowledgement was lost and the one after it store one job.
+async fn publish_job(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: async_nats::HeaderMap,
+    job: Bytes,
+) -> Result<(), BackendError> {
+    let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let tried = async {
+            let ack = js
+                .publish_with_headers(subject.to_string(), headers.clone(), job.clone())
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+            match tokio::time::timeout(PUBLISH_ACK_TIMEOUT, ack).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("publish ack: {e}")),
+                Err(_) => Err("publish ack timed out".to_string()),
+            }
+        }
+        .await;
+        let error = match tried {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(BackendError::Unavailable(error));
+        }
+        tracing::warn!(%error, retry_in = ?pause, "job not acknowledged by JetStream; publishing it again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 fn unavailable(status: tonic::Status) -> BackendError {
@@ -214,20 +246,13 @@ impl Backend for GrpcBackend {
             // Deduplicates a retried publish (JetStream duplicate window).
             headers.insert("Nats-Msg-Id", envelope.queue_id.as_str());
             mailfleet_runtime::telemetry::inject_nats(&mut headers);
-            let ack = self
-                .jetstream
-                .publish_with_headers(self.subject.clone(), headers, job.encode_to_vec().into())
-                .await
-                .map_err(|e| BackendError::Unavailable(format!("publish: {e}")))?;
-            tokio::time::timeout(Duration::from_secs(10), ack)
-                .await
-                .map_err(|_| BackendError::Unavailable("publish ack timed out".into()))?
-                .map_err(|e| BackendError::Unavailable(format!("publish ack: {e}")))
+            publish_job(&self.jetstream, &self.subject, headers, job.encode_to_vec().into()).await
         }
         .instrument(span)
         .await?;
-        // The blob is now referenced by a durable job. If step 2 failed the
-        // blob stays unreferenced and `mailctl blobs sweep` removes it later.
+        // The blob is now referenced by a durable job (storage's sweep
+        // keeps the blobs of queued jobs). If step 2 failed the blob stays
+        // unreferenced and the sweep removes it later.
         Ok(())
     }
 
@@ -236,5 +261,18 @@ impl Backend for GrpcBackend {
             Some(v) => v.verify(client_ip, helo, mail_from, message).await,
             None => InboundVerdict::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every try of one job's publish, the last one's acknowledgement
+    /// included, falls within the stream's duplicate window: the job is
+    /// stored once however many tries it took.
+    #[test]
+    fn publish_retries_stay_within_the_duplicate_window() {
+        assert!(PUBLISH_RETRY_FOR + PUBLISH_ACK_TIMEOUT < mailfleet_runtime::nats::DUPLICATE_WINDOW);
     }
 }

@@ -26,6 +26,7 @@ pub struct IngressConfig {
     pub tls: TlsSettings,
     /// Storage gRPC (Directory and Messages).
     pub storage_url: String,
+    /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
     pub queue: QueueNames,
     /// SIZE (RFC 1870); 25 MiB like common providers, below storage's 50 MiB.
@@ -65,11 +66,15 @@ pub struct QueueNames {
     pub stream: String,
     /// Jobs are published here; the stream captures it.
     pub subject: String,
+    /// Servers holding the stream: 1 on one NATS server (development), 3 on
+    /// a 3-node cluster (compose), where a `250` then means two servers
+    /// have the job. Same value as delivery-queue's `stream_replicas`.
+    pub replicas: usize,
 }
 
 impl Default for QueueNames {
     fn default() -> Self {
-        QueueNames { stream: "MAIL_QUEUE".into(), subject: "mail.queue.jobs".into() }
+        QueueNames { stream: "MAIL_QUEUE".into(), subject: "mail.queue.jobs".into(), replicas: 1 }
     }
 }
 

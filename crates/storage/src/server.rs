@@ -97,7 +97,11 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
         .await?;
     MIGRATOR.run(&pool).await?;
 
-    let nats = async_nats::ConnectOptions::new().retry_on_initial_connect().connect(config.nats_url.as_str()).await?;
+    let nats = mailfleet_runtime::nats::connect(
+        &config.nats_url,
+        async_nats::ConnectOptions::new().retry_on_initial_connect(),
+    )
+    .await?;
     let blobs = Arc::new(FsBlobStore::new(&config.blob_dir)?);
     let store = Arc::new(Store {
         pool,
