@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct QueueConfig {
     pub storage_url: String,
+    /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
     /// Work-queue stream smtp-ingress publishes to (same names in both services).
     pub stream: String,
@@ -21,9 +22,16 @@ pub struct QueueConfig {
     /// Key-value bucket with the state of jobs that failed at least once
     /// (read by `mailctl queue`).
     pub state_bucket: String,
+    /// Servers holding the queue and relay streams and the state bucket:
+    /// 1 on one NATS server (development), 3 on a 3-node cluster
+    /// (compose). Same value as smtp-ingress's `queue.replicas`.
+    pub stream_replicas: usize,
     /// Jobs processed at once by this replica.
     pub concurrency: usize,
-    /// JetStream redelivers a job not acked within this time (a crashed worker).
+    /// JetStream redelivers a job that neither finished nor said it is
+    /// still in progress within this time (a dead worker); a job in
+    /// progress says so every quarter of it. At most 30 s
+    /// ([`crate::redelivery`]).
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// First retry delay after a temporary failure; doubles each attempt.
@@ -32,6 +40,12 @@ pub struct QueueConfig {
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
     pub over_quota: OverQuota,
+    /// Local delivery gives up on a recipient still failing temporarily
+    /// (over quota, storage unreachable) once the message is this old, and
+    /// tells the sender with a DSN (RFC 5321 §4.5.4.1: 4–5 days; RFC 3463
+    /// 4.4.7).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
     /// Outbound relay of remote recipients (issue 4).
     pub relay: crate::relay::RelayConfig,
     /// Plain-HTTP `GET /healthz` endpoint (200 while consuming); unset: none.
@@ -63,13 +77,16 @@ impl Default for QueueConfig {
             relay_stream: "MAIL_RELAY".into(),
             relay_subject: "mail.relay.jobs".into(),
             state_bucket: "MAIL_QUEUE_STATE".into(),
+            stream_replicas: 1,
             concurrency: 32,
-            ack_wait: Duration::from_secs(300),
+            ack_wait: Duration::from_secs(20),
             retry_initial: Duration::from_secs(30),
             // RFC 5321 §4.5.4.1: retry intervals of at least 30 minutes are
             // usual; an hour caps the backoff.
             retry_max: Duration::from_secs(3600),
             over_quota: OverQuota::Temporary,
+            // As the relay's schedule: RFC 5321 §4.5.4.1 "at least 4-5 days".
+            max_age: Duration::from_secs(5 * 24 * 3600),
             relay: crate::relay::RelayConfig::default(),
             health_listen: None,
             // Local deliveries take milliseconds; relay attempts may take

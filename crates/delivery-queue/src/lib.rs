@@ -12,6 +12,7 @@
 pub mod config;
 pub mod metrics;
 pub mod pull;
+pub mod redelivery;
 pub mod relay;
 pub mod state;
 pub mod worker;
@@ -38,6 +39,10 @@ pub enum QueueError {
     StorageUrl(String, String),
     #[error("NATS: {0}")]
     Nats(String),
+    #[error(transparent)]
+    Connect(#[from] mailfleet_runtime::nats::NatsError),
+    #[error("configuration: {0}")]
+    Config(#[from] redelivery::RuleError),
     #[error("DNS resolver: {0}")]
     Resolver(String),
     #[error("binding the health endpoint {addr}: {source}")]
@@ -51,38 +56,65 @@ fn nats_err(e: impl std::fmt::Display) -> QueueError {
     QueueError::Nats(e.to_string())
 }
 
-/// Create (if needed) the queue and relay streams and the state bucket.
+/// Create the queue and relay streams and the state bucket, or bring
+/// existing ones to this configuration (replica count, duplicate window).
 pub async fn ensure_streams(js: &jetstream::Context, config: &QueueConfig) -> Result<kv::Store, QueueError> {
-    for (name, subject) in [(&config.stream, &config.subject), (&config.relay_stream, &config.relay_subject)] {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| QueueError::Nats(format!("stream {name}: {e}")))?;
-    }
+    use mailfleet_runtime::nats::{ensure_stream, work_queue};
+    let replicas = config.stream_replicas;
+    ensure_stream(js, work_queue(&config.stream, &config.subject, replicas)).await?;
+    ensure_stream(js, work_queue(&config.relay_stream, &config.relay_subject, replicas)).await?;
     // The bucket's stream is created directly with the settings
     // `create_key_value` would use: that call first queries account info,
     // which async-nats 0.51 cannot parse from nats-server 2.9.
     let bucket = &config.state_bucket;
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| QueueError::Nats(format!("key-value bucket {bucket}: {e}")))?;
+    ensure_stream(
+        js,
+        jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        },
+    )
+    .await?;
     js.get_key_value(bucket.clone()).await.map_err(|e| QueueError::Nats(format!("key-value bucket {bucket}: {e}")))
+}
+
+/// The durable pull consumer `name` on `stream`, created or brought to
+/// these settings (a consumer made by an older version keeps its
+/// undelivered jobs and gets the new `ack_wait`).
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    ack_wait: Duration,
+) -> Result<PullConsumer, QueueError> {
+    let stream = js.get_stream(stream).await.map_err(|e| QueueError::Nats(format!("stream {stream}: {e}")))?;
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait,
+            // Never give up on a job (-1 = unlimited deliveries): local
+            // delivery's max_age and the relay's schedule decide that.
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| QueueError::Nats(format!("consumer {name}: {e}")))
+}
+
+/// Connect to the configured NATS server(s).
+pub async fn connect_nats(config: &QueueConfig) -> Result<jetstream::Context, QueueError> {
+    let options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+    Ok(jetstream::new(mailfleet_runtime::nats::connect(&config.nats_url, options).await?))
 }
 
 /// A running delivery-queue; `task` ends after shutdown once in-flight jobs
@@ -95,32 +127,21 @@ pub struct RunningQueue {
 
 /// Start consuming; stops pulling when `shutdown` fires.
 pub async fn run(config: QueueConfig, shutdown: CancellationToken) -> Result<RunningQueue, QueueError> {
+    run_with_clock(config, worker::Clock::system(), shutdown).await
+}
+
+/// [`run`], with message ages measured against `clock` (tests).
+pub async fn run_with_clock(
+    config: QueueConfig,
+    clock: worker::Clock,
+    shutdown: CancellationToken,
+) -> Result<RunningQueue, QueueError> {
+    redelivery::check(&config)?;
     let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(120)))
         .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(config.nats_url.as_str())
-        .await
-        .map_err(nats_err)?;
-    let js = jetstream::new(client);
+    let js = connect_nats(&config).await?;
     let kv = ensure_streams(&js, &config).await?;
-    let stream =
-        js.get_stream(&config.stream).await.map_err(|e| QueueError::Nats(format!("stream {}: {e}", config.stream)))?;
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(
-            &config.consumer,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                // Never give up on a job (-1 = unlimited deliveries).
-                max_deliver: -1,
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| QueueError::Nats(format!("consumer {}: {e}", config.consumer)))?;
+    let consumer = ensure_consumer(&js, &config.stream, &config.consumer, config.ack_wait).await?;
     // Bound before the relay starts, so a failure leaves nothing running.
     let health = Health::new();
     let health_addr = match config.health_listen {
@@ -150,14 +171,15 @@ pub async fn run(config: QueueConfig, shutdown: CancellationToken) -> Result<Run
         }
         false => None,
     };
-    let worker = Worker::new(channel, js.clone(), &config);
+    let worker = Worker::new(channel, js.clone(), &config, clock);
     let sampler = tokio::spawn(sample_depth(js, config.clone(), worker.metrics.clone(), shutdown.clone()));
     health.set_serving(true);
     tracing::info!(health_addr = ?health_addr, stream = %config.stream, "delivery-queue consuming");
     let task = tokio::spawn(async move {
         let (concurrency, grace) = (config.concurrency, config.shutdown_grace);
+        let heartbeat = redelivery::heartbeat(config.ack_wait);
         let ctx = Arc::new(Ctx { worker, kv, config });
-        pull::consume(consumer, concurrency, grace, shutdown, "queue", move |msg| {
+        pull::consume(consumer, concurrency, heartbeat, grace, shutdown, "queue", move |msg| {
             let ctx = ctx.clone();
             async move { handle(&ctx.worker, &ctx.kv, &ctx.config, msg).await }
         })
@@ -286,9 +308,13 @@ async fn handle(worker: &Worker, kv: &kv::Store, config: &QueueConfig, msg: jets
                 state.last_error = error;
                 state.mail_from = job.mail_from.clone();
                 state.recipients = job.recipients.iter().map(|r| r.address.clone()).collect();
-                if let Err(err) = kv.put(&job.queue_id, state.to_json().into()).await {
-                    tracing::warn!(error = %err, "cannot record queue state");
-                }
+                // Unsaved, the next attempt would not know that remote
+                // recipients went to the relay or who was bounced: it must
+                // come while its publishes are still deduplicated.
+                let delay = match state::save(kv, &job.queue_id, &state).await {
+                    Ok(()) => delay,
+                    Err(_) => delay.min(redelivery::UNSAVED_STATE_RETRY),
+                };
                 // RFC 5321 §4.5.4.1: retry later, never drop.
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             }

@@ -9,6 +9,10 @@
 //! slots, so every job received is either started or, once shutdown began,
 //! handed straight back with a NAK (immediate redelivery to another replica).
 //!
+//! A job in progress sends a progress acknowledgement every `heartbeat`
+//! (see [`crate::redelivery`]): JetStream leaves it alone however long it
+//! takes, and hands it to another worker soon after its worker died.
+//!
 //! Shutdown: no new pull; the outstanding one is drained (it ends within
 //! [`PULL_EXPIRES`]); jobs already started run to completion — they ack only
 //! after storage committed — for up to `grace`; after that the rest are
@@ -33,11 +37,13 @@ pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// reconnect); the server delivers nothing for an expired request.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
 
-/// Pull and run jobs until `shutdown`, `concurrency` at a time; returns
-/// once every started job finished or was given back (see the module doc).
+/// Pull and run jobs until `shutdown`, `concurrency` at a time, each kept
+/// alive every `heartbeat`; returns once every started job finished or was
+/// given back (see the module doc).
 pub async fn consume<H, F>(
     consumer: PullConsumer,
     concurrency: usize,
+    heartbeat: Duration,
     grace: Duration,
     shutdown: CancellationToken,
     what: &'static str,
@@ -107,7 +113,7 @@ pub async fn consume<H, F>(
             let job = handle(msg);
             running.spawn(async move {
                 tokio::select! {
-                    _ = job => {}
+                    _ = keep_alive(&copy, heartbeat, job) => {}
                     _ = abandon.cancelled() => give_back(&copy, what).await,
                 }
                 drop(permit);
@@ -121,6 +127,26 @@ pub async fn consume<H, F>(
         running.wait().await;
     }
     tracing::info!(what, "consumer stopped");
+}
+
+/// Run `job`, telling JetStream every `every` that it is still in progress
+/// (`+WPI`, which restarts its ack_wait): a slow far side or a storage call
+/// that waits does not make the job look abandoned, and a dead worker
+/// stops telling.
+async fn keep_alive<F: Future<Output = ()>>(msg: &jetstream::Message, every: Duration, job: F) {
+    tokio::pin!(job);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut job => return,
+            _ = tick.tick() => {
+                if let Err(err) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %err, "progress acknowledgement failed");
+                }
+            }
+        }
+    }
 }
 
 /// NAK without delay: JetStream redelivers the job at once, to any replica.

@@ -76,6 +76,23 @@ pub async fn load(kv: &async_nats::jetstream::kv::Store, key: &str, resumed: boo
     }
 }
 
+/// Record the state of a job that will be tried again; a failed write is
+/// tried again a few times (a busy server can time a request out).
+pub async fn save(kv: &async_nats::jetstream::kv::Store, key: &str, state: &JobState) -> Result<(), String> {
+    const TRIES: u32 = 3;
+    for attempt in 1..=TRIES {
+        match kv.put(key, state.to_json().into()).await {
+            Ok(_) => return Ok(()),
+            Err(err) if attempt == TRIES => {
+                tracing::warn!(error = %err, key, "cannot record the job's state");
+                return Err(err.to_string());
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await,
+        }
+    }
+    Ok(())
+}
+
 /// Remove the state of a finished job. The job is acked by now, so nothing
 /// would retry this later: a failed purge is tried again a few times (a
 /// busy server can time a request out), and a state left behind only shows

@@ -3,7 +3,8 @@
 //! the relay stream. Pure decisions live in small functions tested below.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 use mailfleet_proto::queue::v1 as qpb;
@@ -29,6 +30,23 @@ pub enum Outcome {
     Retry(String),
 }
 
+/// The time a message's age is measured against: the system clock, or one
+/// a test sets.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(SystemTime::now))
+    }
+    pub fn new(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
 #[derive(Clone)]
 pub struct Worker {
     directory: DirectoryClient<Channel>,
@@ -36,6 +54,8 @@ pub struct Worker {
     jetstream: jetstream::Context,
     relay_subject: String,
     over_quota: OverQuota,
+    max_age: Duration,
+    clock: Clock,
     dsn: DsnSender,
     pub metrics: Metrics,
 }
@@ -53,6 +73,14 @@ pub fn delivery_key(queue_id: &str, recipient: &str) -> String {
     format!("{queue_id}:{recipient}")
 }
 
+/// Has a message received at `received_at` been in the queue for
+/// `max_age` at `now`? A job without its time of receipt never expires.
+pub fn expired(received_at: Option<&prost_types::Timestamp>, now: SystemTime, max_age: Duration) -> bool {
+    let Some(at) = received_at else { return false };
+    let Ok(seconds) = u64::try_from(at.seconds) else { return false };
+    now.duration_since(UNIX_EPOCH + Duration::from_secs(seconds)).is_ok_and(|age| age >= max_age)
+}
+
 /// Retry delay after `attempts` failed attempts: doubling from `initial`, capped.
 pub fn backoff(attempts: u64, initial: Duration, max: Duration) -> Duration {
     let exp = attempts.saturating_sub(1).min(20) as u32;
@@ -60,7 +88,7 @@ pub fn backoff(attempts: u64, initial: Duration, max: Duration) -> Duration {
 }
 
 impl Worker {
-    pub fn new(channel: Channel, jetstream: jetstream::Context, config: &QueueConfig) -> Worker {
+    pub fn new(channel: Channel, jetstream: jetstream::Context, config: &QueueConfig, clock: Clock) -> Worker {
         Worker {
             directory: DirectoryClient::new(channel.clone()),
             messages: MessagesClient::new(channel.clone()),
@@ -68,6 +96,8 @@ impl Worker {
             jetstream,
             relay_subject: config.relay_subject.clone(),
             over_quota: config.over_quota,
+            max_age: config.max_age,
+            clock,
             metrics: Metrics::new(),
         }
     }
@@ -75,15 +105,18 @@ impl Worker {
     /// One attempt. On the `first` attempt, recipients that smtp-ingress
     /// resolved when it accepted them are not looked up again; retries
     /// resolve every address afresh (the directory may have changed).
+    ///
+    /// Recipients that fail temporarily are kept for a later attempt until
+    /// the message is `max_age` old; then they fail for good (RFC 3463
+    /// 4.4.7) and the sender gets a DSN (RFC 5321 §4.5.4.1).
     pub async fn attempt(&self, job: &qpb::DeliveryJob, state: &mut JobState, first: bool) -> Outcome {
-        let mut temporary: Vec<String> = Vec::new();
+        // Recipients left for a later attempt, with why.
+        let mut deferred: Vec<(String, String)> = Vec::new();
         let mut targets: Vec<pb::DeliveryTarget> = Vec::new();
         let mut target_rcpt: Vec<String> = Vec::new();
         let mut seen_accounts = HashSet::new();
         let mut remote: Vec<qpb::Recipient> = Vec::new();
         let mut failures: Vec<Failure> = Vec::new();
-        // Recipients left for a later attempt (for the outcome metric).
-        let mut deferred = 0usize;
         for rcpt in &job.recipients {
             let resolved = match self.resolve(rcpt, first).await {
                 Ok(r) => r,
@@ -93,8 +126,7 @@ impl Worker {
                 }
                 Err(s) => {
                     self.metrics.storage_unavailable();
-                    temporary.push(format!("resolving {}: {}", rcpt.address, s.message()));
-                    deferred += 1;
+                    deferred.push((rcpt.address.clone(), format!("resolving {}: {}", rcpt.address, s.message())));
                     continue;
                 }
             };
@@ -130,7 +162,6 @@ impl Worker {
                 internal_date: job.received_at,
             });
             mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
-            let target_count = req.get_ref().targets.len();
             match self.messages.clone().deliver(req).await {
                 Ok(resp) => {
                     for (result, rcpt) in resp.into_inner().results.iter().zip(&target_rcpt) {
@@ -139,8 +170,7 @@ impl Worker {
                             // Delivered by an earlier attempt; counted then.
                             DeliveryStatus::Duplicate => {}
                             DeliveryStatus::OverQuota if self.over_quota == OverQuota::Temporary => {
-                                temporary.push(format!("{rcpt}: over quota"));
-                                deferred += 1;
+                                deferred.push((rcpt.clone(), format!("{rcpt}: over quota")));
                             }
                             DeliveryStatus::OverQuota => fail(state, &mut failures, rcpt, "5.2.2", "over quota"),
                             DeliveryStatus::NoSuchAccount => {
@@ -153,8 +183,7 @@ impl Worker {
                                 fail(state, &mut failures, rcpt, "5.2.1", "account disabled")
                             }
                             DeliveryStatus::Unspecified => {
-                                temporary.push(format!("{rcpt}: unknown result"));
-                                deferred += 1;
+                                deferred.push((rcpt.clone(), format!("{rcpt}: unknown result")));
                             }
                         }
                     }
@@ -162,26 +191,38 @@ impl Worker {
                 // Storage down or failing: keep everything for a retry.
                 Err(s) => {
                     self.metrics.storage_unavailable();
-                    temporary.push(format!("deliver: {}: {}", s.code(), s.message()));
-                    deferred += target_count;
+                    let why = format!("deliver: {}: {}", s.code(), s.message());
+                    deferred.extend(target_rcpt.iter().map(|r| (r.clone(), why.clone())));
                 }
             }
         }
 
         if !remote.is_empty() && !state.relayed {
-            let count = remote.len();
+            let addresses: Vec<String> = remote.iter().map(|r| r.address.clone()).collect();
             match self.hand_to_relay(job, remote).await {
                 Ok(()) => {
                     state.relayed = true;
-                    self.metrics.outcome(DeliveryOutcome::Relayed, count);
+                    self.metrics.outcome(DeliveryOutcome::Relayed, addresses.len());
                 }
                 Err(e) => {
                     self.metrics.nats_unavailable();
-                    temporary.push(e);
-                    deferred += count;
+                    deferred.extend(addresses.into_iter().map(|a| (a, e.clone())));
                 }
             }
         }
+
+        // RFC 5321 §4.5.4.1: give up on what still fails once the message
+        // is too old, and say so (RFC 3463 4.4.7, delivery time expired).
+        if !deferred.is_empty() && expired(job.received_at.as_ref(), self.clock.now(), self.max_age) {
+            let days = self.max_age.as_secs() / 86_400;
+            for (rcpt, why) in std::mem::take(&mut deferred) {
+                let why = format!("delivery time expired ({days} days in the queue); last error: {why}");
+                tracing::warn!(recipient = %rcpt, reason = %why, "giving up: message expired");
+                record_failure(state, &mut failures, &rcpt, "4.4.7", format!("450 4.4.7 {why}"), &why);
+            }
+        }
+        let mut temporary: Vec<String> = deferred.iter().map(|(_, why)| why.clone()).collect();
+        temporary.dedup();
 
         // RFC 3464 / RFC 3461: tell the sender about recipients that failed
         // for good (NOTIFY and the null sender are honoured by DsnSender).
@@ -199,7 +240,7 @@ impl Worker {
             }
         }
 
-        self.metrics.outcome(DeliveryOutcome::Deferred, deferred);
+        self.metrics.outcome(DeliveryOutcome::Deferred, deferred.len());
         if temporary.is_empty() { Outcome::Done } else { Outcome::Retry(temporary.join("; ")) }
     }
 
@@ -238,7 +279,18 @@ impl Worker {
 
 fn fail(state: &mut JobState, failures: &mut Vec<Failure>, recipient: &str, status: &str, why: &str) {
     tracing::warn!(recipient, reason = why, "recipient failed permanently");
-    failures.push((recipient.to_string(), status.to_string(), format!("550 {status} {why}")));
+    record_failure(state, failures, recipient, status, format!("550 {status} {why}"), why);
+}
+
+fn record_failure(
+    state: &mut JobState,
+    failures: &mut Vec<Failure>,
+    recipient: &str,
+    status: &str,
+    diagnostic: String,
+    why: &str,
+) {
+    failures.push((recipient.to_string(), status.to_string(), diagnostic));
     let entry = format!("{recipient}: {why}");
     if !state.failed.contains(&entry) {
         state.failed.push(entry);
@@ -257,6 +309,20 @@ mod tests {
         assert_eq!(backoff(4, s(30), s(3600)), s(240));
         assert_eq!(backoff(30, s(30), s(3600)), s(3600));
         assert_eq!(backoff(u64::MAX, s(30), s(3600)), s(3600));
+    }
+
+    #[test]
+    fn a_message_expires_at_its_max_age_measured_from_receipt() {
+        let day = Duration::from_secs(86_400);
+        let received = prost_types::Timestamp { seconds: 1_000_000, nanos: 0 };
+        let at = |after: Duration| UNIX_EPOCH + Duration::from_secs(1_000_000) + after;
+        assert!(!expired(Some(&received), at(Duration::ZERO), 5 * day));
+        assert!(!expired(Some(&received), at(5 * day - Duration::from_secs(1)), 5 * day));
+        assert!(expired(Some(&received), at(5 * day), 5 * day));
+        assert!(expired(Some(&received), at(30 * day), 5 * day));
+        // A clock behind the time of receipt, or no time of receipt: not expired.
+        assert!(!expired(Some(&received), UNIX_EPOCH, 5 * day));
+        assert!(!expired(None, at(30 * day), 5 * day));
     }
 
     #[test]

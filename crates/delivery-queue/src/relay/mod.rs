@@ -46,9 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
+use crate::QueueError;
 use crate::config::QueueConfig;
 use crate::state::JobState;
-use crate::{QueueError, nats_err};
 use client::{ClientError, ClientOptions, Envelope, RcptTo, Reply, SmtpConnection, TlsMode};
 use dsn::Action;
 use route::{Hop, RouteError, SharedResolver};
@@ -108,8 +108,10 @@ pub struct RelayConfig {
     /// How long an idle connection is kept for reuse.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// JetStream redelivers a job not acked within this time (a crashed relay);
-    /// longer than the longest SMTP session.
+    /// JetStream redelivers a job that neither finished nor said it is
+    /// still in progress within this time (a dead relay); a long SMTP
+    /// session says so every quarter of it. At most 30 s
+    /// ([`crate::redelivery`]).
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// Send a "delayed" DSN (only to recipients that asked with NOTIFY=DELAY)
@@ -143,7 +145,7 @@ impl Default for RelayConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(30),
-            ack_wait: Duration::from_secs(1800),
+            ack_wait: Duration::from_secs(20),
             delay_notice_after: None,
             eight_bit_without_8bitmime: EightBitPolicy::Bounce,
             dkim: true,
@@ -232,12 +234,7 @@ pub async fn run(
 ) -> Result<JoinHandle<()>, QueueError> {
     let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(120)))
         .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(config.nats_url.as_str())
-        .await
-        .map_err(nats_err)?;
-    let js = jetstream::new(client);
+    let js = crate::connect_nats(&config).await?;
     let kv = crate::ensure_streams(&js, &config).await?;
     start(&config, js, channel, kv, resolver, shutdown).await
 }
@@ -252,25 +249,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, QueueError> {
     let rc = config.relay.clone();
-    let stream = js
-        .get_stream(&config.relay_stream)
-        .await
-        .map_err(|e| QueueError::Nats(format!("stream {}: {e}", config.relay_stream)))?;
-    let consumer: PullConsumer = stream
-        .get_or_create_consumer(
-            &rc.consumer,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(rc.consumer.clone()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: rc.ack_wait,
-                // The schedule decides when to give up, not JetStream.
-                max_deliver: -1,
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| QueueError::Nats(format!("consumer {}: {e}", rc.consumer)))?;
+    let consumer = crate::ensure_consumer(&js, &config.relay_stream, &rc.consumer, rc.ack_wait).await?;
     let relay = Arc::new(Relay {
         dkim: dkim::DkimKeys::new(channel.clone(), rc.dkim, &rc.hostname),
         dsn: DsnSender::new(channel.clone(), js.clone(), config),
@@ -288,7 +267,8 @@ pub async fn start(
 
 async fn consume(consumer: PullConsumer, relay: Arc<Relay>, grace: Duration, shutdown: CancellationToken) {
     let concurrency = relay.config.concurrency.max(1);
-    crate::pull::consume(consumer, concurrency, grace, shutdown, "relay", move |msg| {
+    let heartbeat = crate::redelivery::heartbeat(relay.config.ack_wait);
+    crate::pull::consume(consumer, concurrency, heartbeat, grace, shutdown, "relay", move |msg| {
         let relay = relay.clone();
         async move { relay.handle(msg).await }
     })
@@ -347,22 +327,9 @@ impl Relay {
                 }
             };
             // A long attempt (slow far side, waiting for a destination
-            // slot) keeps telling JetStream it is alive, so the job is not
-            // redelivered to another replica meanwhile (a duplicate).
-            let every = (self.config.ack_wait / 3).max(Duration::from_millis(100));
-            let retry = {
-                let work = self.attempt(&job, attempts, &mut state);
-                tokio::pin!(work);
-                loop {
-                    tokio::select! {
-                        r = &mut work => break r,
-                        _ = tokio::time::sleep(every) => {
-                            let _ = msg.ack_with(AckKind::Progress).await;
-                        }
-                    }
-                }
-            };
-            match retry {
+            // slot) is kept alive by the pull loop's heartbeat, so it is
+            // not redelivered to another replica meanwhile (a duplicate).
+            match self.attempt(&job, attempts, &mut state).await {
                 None => {
                     if let Err(err) = msg.double_ack().await {
                         tracing::warn!(error = %err, "relay ack failed; the job may be redelivered");
@@ -379,9 +346,13 @@ impl Relay {
                     state.mail_from = job.mail_from.clone();
                     state.remote = true;
                     state.stream = self.relay_stream.clone();
-                    if let Err(err) = self.kv.put(&key, state.to_json().into()).await {
-                        tracing::warn!(error = %err, "cannot record relay state");
-                    }
+                    // Unsaved, the next attempt would not know who got the
+                    // message already; it comes while the DSNs it may
+                    // repeat are still deduplicated.
+                    let delay = match crate::state::save(&self.kv, &key, &state).await {
+                        Ok(()) => delay,
+                        Err(_) => delay.min(crate::redelivery::UNSAVED_STATE_RETRY),
+                    };
                     // RFC 5321 §4.5.4.1: keep it and retry later.
                     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 }
@@ -506,7 +477,7 @@ impl Relay {
             .filter(|(r, _)| r.action == Action::Failed)
             .map(|(r, _)| r.final_recipient.clone())
             .collect();
-        if let Err(e) = self.notify(job, &original, attempts, reports).await {
+        if let Err(e) = self.notify(job, &original, reports).await {
             // The DSN is not queued: keep the failed recipients pending so the
             // next attempt reports them again (a bounce must not be lost);
             // the recipients already delivered stay done.
@@ -734,7 +705,6 @@ impl Relay {
         &self,
         job: &qpb::DeliveryJob,
         original: &[u8],
-        attempts: u64,
         reports: Vec<(dsn::RecipientReport, u32)>,
     ) -> Result<(), String> {
         if job.mail_from.is_empty() {
@@ -748,7 +718,7 @@ impl Relay {
             if recipients.is_empty() {
                 continue;
             }
-            self.dsn.send(job, original, &attempts.to_string(), action, recipients).await?;
+            self.dsn.send(job, original, action, recipients).await?;
             self.metrics.dsn(action.as_str());
         }
         Ok(())
@@ -818,17 +788,19 @@ impl DsnSender {
         while let Some(chunk) = stream.message().await.map_err(|e| format!("reading the original: {e}"))? {
             original.extend_from_slice(&chunk.data);
         }
-        self.send(job, &original, "local", Action::Failed, recipients).await
+        self.send(job, &original, Action::Failed, recipients).await
     }
 
     /// Build the DSN for `recipients` of `job`, store it and queue it from
-    /// the null sender to the job's sender. `tag` makes the DSN's queue id
-    /// (`<queue_id>.<action><tag>`) and its JetStream message id unique.
+    /// the null sender to the job's sender, with the queue id and
+    /// JetStream message id [`dsn_id`]: a job that comes back after its
+    /// worker died and reports the same recipients again queues nothing
+    /// new (the stream drops the repeat), while a later report on other
+    /// recipients is a DSN of its own.
     pub async fn send(
         &self,
         job: &qpb::DeliveryJob,
         original: &[u8],
-        tag: &str,
         action: Action,
         recipients: Vec<dsn::RecipientReport>,
     ) -> Result<(), String> {
@@ -837,7 +809,7 @@ impl DsnSender {
             .as_ref()
             .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
             .unwrap_or_else(utc_now);
-        let dsn_id = format!("{}.{}{tag}", job.queue_id, action.as_str());
+        let dsn_id = dsn_id(&job.queue_id, action, &recipients);
         let bytes = dsn::build(
             &dsn::Report {
                 reporting_mta: &self.hostname,
@@ -895,6 +867,21 @@ impl DsnSender {
     }
 }
 
+/// `<queue id>.<action>.<digest of the recipients reported on>`: the same
+/// report on the same job always gets the same id.
+pub fn dsn_id(queue_id: &str, action: Action, recipients: &[dsn::RecipientReport]) -> String {
+    let mut addresses: Vec<String> = recipients.iter().map(|r| r.final_recipient.to_ascii_lowercase()).collect();
+    addresses.sort();
+    addresses.dedup();
+    // FNV-1a: stable across builds and versions, unlike std's hasher (a
+    // job may come back to a newer delivery-queue).
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in addresses.join("\n").bytes() {
+        digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{queue_id}.{}.{digest:016x}", action.as_str())
+}
+
 fn failed(reply: &Reply, host: &str) -> RcptOutcome {
     RcptOutcome::Failed { status: reply.status(), diagnostic: reply.to_string(), remote: Some(host.to_string()) }
 }
@@ -942,5 +929,26 @@ mod tests {
         assert_eq!(status_in("451 4.7.1 greylisted").as_deref(), Some("4.7.1"));
         assert_eq!(status_in("mx: connection refused"), None);
         assert_eq!(state_key("Q1"), "Q1.relay");
+    }
+
+    #[test]
+    fn a_repeated_report_has_the_same_dsn_id_and_another_report_another() {
+        let report = |address: &str| dsn::RecipientReport {
+            final_recipient: address.into(),
+            original_recipient: String::new(),
+            action: Action::Failed,
+            status: "5.1.1".into(),
+            remote_mta: None,
+            diagnostic: None,
+            last_attempt: None,
+        };
+        let first = dsn_id("Q1", Action::Failed, &[report("a@x.test"), report("b@x.test")]);
+        assert!(first.starts_with("Q1.failed."), "{first}");
+        // The job came back and reports the same recipients (in any order).
+        assert_eq!(first, dsn_id("Q1", Action::Failed, &[report("B@x.test"), report("a@x.test")]));
+        // A later failure of another recipient of the same job.
+        assert_ne!(first, dsn_id("Q1", Action::Failed, &[report("c@x.test")]));
+        assert_ne!(first, dsn_id("Q1", Action::Delayed, &[report("a@x.test"), report("b@x.test")]));
+        assert_ne!(first, dsn_id("Q2", Action::Failed, &[report("a@x.test"), report("b@x.test")]));
     }
 }
