@@ -1,6 +1,7 @@
 //! Server TLS with rustls: certificates from PEM files, or a self-signed one
 //! generated on first start (and kept on disk) so TLS works in development.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -79,16 +80,26 @@ pub fn generate_self_signed(hostname: &str) -> Result<(String, String), TlsError
 /// process's certificate.
 fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsError> {
     let pair = dir.join("self-signed.crt");
+    let io = |path: &Path, e: std::io::Error| TlsError::Read { path: path.into(), source: e };
     if pair.exists() {
+        // A pair written by an older version may be readable by others.
+        owner_only(&pair).map_err(|e| io(&pair, e))?;
         return Ok((pair.clone(), pair));
     }
-    std::fs::create_dir_all(dir).map_err(|e| TlsError::Read { path: dir.into(), source: e })?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io(dir, e))?;
     let (cert_pem, key_pem) = generate_self_signed(hostname)?;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".self-signed.{}.{n}.tmp", std::process::id()));
-    let io = |path: &Path, e: std::io::Error| TlsError::Read { path: path.into(), source: e };
-    std::fs::write(&tmp, format!("{cert_pem}{key_pem}")).map_err(|e| io(&tmp, e))?;
+    // The file holds the private key: the owner alone reads it, from the
+    // moment it exists (never written first and restricted afterwards).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{cert_pem}{key_pem}").as_bytes()))
+        .map_err(|e| io(&tmp, e))?;
     // hard_link fails if the file exists: the first writer wins, the others
     // use its pair.
     match std::fs::hard_link(&tmp, &pair) {
@@ -101,6 +112,15 @@ fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), 
     }
     let _ = std::fs::remove_file(&tmp);
     Ok((pair.clone(), pair))
+}
+
+/// Mode 0600 unless it is already no wider.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -135,6 +155,23 @@ mod tests {
         }
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("self-signed.crt")]);
+    }
+
+    #[test]
+    fn the_generated_key_is_readable_by_its_owner_only() {
+        crate::init_crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        let settings = TlsSettings { self_signed_dir: tls_dir.clone(), ..Default::default() };
+        server_config(&settings).unwrap();
+        let pair = tls_dir.join("self-signed.crt");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&pair), 0o600);
+        assert_eq!(mode(&tls_dir), 0o700);
+        // One left by an older version, readable by all, is restricted at start.
+        std::fs::set_permissions(&pair, std::fs::Permissions::from_mode(0o644)).unwrap();
+        server_config(&settings).unwrap();
+        assert_eq!(mode(&pair), 0o600);
     }
 
     #[test]
