@@ -21,3 +21,9 @@ command -v docker-compose >/dev/null 2>&1 || { echo "test: installing docker-com
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --workspace --locked "$@"
+
+# A short run of every fuzz target (SMTP, IMAP, POP3 command parsers, MIME,
+# PROXY header): it proves they still build against the parsers in crates/
+# and that the seeds and a few seconds of mutations find nothing. Longer
+# runs: scripts/fuzz.sh <seconds> [target...] (README, "Fuzzing").
+scripts/fuzz.sh "${MAILFLEET_FUZZ_SECONDS:-10}"

@@ -119,6 +119,8 @@ pub enum ParseError {
     BadNumber,
     #[error("{0}: argument too long")]
     ArgumentTooLong(&'static str),
+    #[error("command line contains a control character")]
+    ControlCharacter,
 }
 
 /// RFC 1939 §3: "arguments may be up to 40 characters long". Passwords and
@@ -139,6 +141,11 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
     let line = std::str::from_utf8(trim_eol(line)).map_err(|_| ParseError::NotUtf8)?;
     if line.trim().is_empty() {
         return Err(ParseError::Empty);
+    }
+    // A CR, NUL, escape ... inside the line is no printable argument; it
+    // would otherwise reach the session (and anything that echoes it).
+    if line.chars().any(char::is_control) {
+        return Err(ParseError::ControlCharacter);
     }
     let (verb, rest) = match line.split_once(' ') {
         Some((v, r)) => (v, r),
@@ -524,6 +531,12 @@ mod tests {
         assert_eq!(parse_command(b"STAT 1\r\n"), Err(ParseError::TooManyArguments("STAT")));
         assert_eq!(parse_command(b"PASS\r\n"), Err(ParseError::MissingArgument("PASS")));
         assert_eq!(parse_command(b"USER \xff\r\n"), Err(ParseError::NotUtf8));
+        // Found by fuzz/pop3_command: bare CRs (and other controls) inside
+        // the line were taken as part of an argument.
+        assert_eq!(parse_command(b"AUTH PLAIN\r\r\n"), Err(ParseError::ControlCharacter));
+        assert_eq!(parse_command(b"USER a\rRETR 1\r\n"), Err(ParseError::ControlCharacter));
+        assert_eq!(parse_command(b"PASS se\x00cret\r\n"), Err(ParseError::ControlCharacter));
+        assert_eq!(parse_command(b"USER a\tb\r\n"), Err(ParseError::ControlCharacter));
     }
 
     #[test]
