@@ -36,7 +36,10 @@ fn tokenize(s: &[u8]) -> Vec<Token> {
     while i < s.len() {
         let b = s[i];
         match b {
-            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            // Every byte the atom loop below stops at must be skipped here,
+            // or it would push empty atoms for ever (fuzz/mime found a form
+            // feed doing that: storage hung on the message, memory growing).
+            _ if b.is_ascii_whitespace() => i += 1,
             b'"' => {
                 let start = i;
                 let mut unquoted = Vec::new();
@@ -309,5 +312,14 @@ mod tests {
         assert_eq!(list[1], addr(Some("Alice"), Some("a"), Some("b")));
         assert_eq!(parse_address_list(b"nobody"), vec![addr(None, Some("nobody"), Some(""))]);
         assert!(parse_address_list(b" , (c) ,").is_empty());
+    }
+
+    #[test]
+    fn form_feeds_and_vertical_space_end_atoms_and_are_skipped() {
+        // This looped for ever (an empty atom per turn) before the fix.
+        let list = parse_address_list(b"c@d.test,\x0c\x0c Group: \x0c e@f\x0c.test;");
+        assert_eq!(list[0], addr(None, Some("c"), Some("d.test")));
+        assert_eq!(list[1], addr(None, Some("Group"), None));
+        assert_eq!(list.len(), 4, "{list:?}");
     }
 }
