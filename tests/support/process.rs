@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use mailfleet_proto::storage::v1::admin_client::AdminClient;
@@ -20,29 +21,43 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
 }
 
+/// A service binary, built by this run. `cargo test` builds the binaries
+/// of the package under test only; these tests start other packages'
+/// binaries, which without this would be whatever an earlier build left in
+/// target/ — and a test would pass or fail on stale code. Once per test
+/// process, the same build as `cargo test --workspace` (so the same
+/// features, and no work at all under scripts/test.sh, which just ran it).
 fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run the suite with `cargo test --workspace` (scripts/test.sh), which builds every service",
-        path.display()
-    );
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = bin_dir();
+    BUILT.get_or_init(|| build_workspace(&dir));
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing after the build", path.display());
     path
 }
 
-/// A free loopback port (bound and released; the service binds it next).
-pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-/// Wait until something accepts connections on `addr`.
-pub async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+fn build_workspace(bin_dir: &Path) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo.args(["test", "--workspace", "--no-run", "--locked", "--quiet", "--manifest-path"]).arg(&manifest);
+    match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cargo.arg("--release");
+        }
+        Some(profile) => {
+            cargo.args(["--profile", profile]);
+        }
+        None => panic!("no profile directory in {}", bin_dir.display()),
     }
+    let started = Instant::now();
+    let out = cargo.output().expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building the workspace's binaries failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("workspace binaries checked/built in {:?}", started.elapsed());
 }
 
 /// Wait until `GET /healthz` on `addr` answers 200.
@@ -63,18 +78,22 @@ pub async fn wait_healthy(addr: SocketAddr) {
     }
 }
 
-/// One service process. Its configuration (environment) stays the same
-/// across restarts, so it comes back on the same ports.
+/// One service process. It binds port 0 at its first start and reports
+/// the ports it got in its ready file; from then on its configuration
+/// names those ports, so a restart comes back on the same ones.
 pub struct Service {
     pub name: String,
     binary: &'static str,
     env: BTreeMap<String, String>,
     child: Option<Child>,
     log: PathBuf,
-    /// Named listening addresses ("mx", "imap", "health", ...).
+    ready_file: PathBuf,
+    /// Every listener: port name, the environment variable setting it,
+    /// and its key in the ready file.
+    listeners: Vec<(&'static str, String, String)>,
+    /// Named listening addresses ("mx", "imap", "health", ...), known
+    /// after the first start.
     pub ports: BTreeMap<&'static str, SocketAddr>,
-    /// Address whose /healthz says the process is ready (else: the first port).
-    ready: Option<SocketAddr>,
 }
 
 impl Service {
@@ -89,24 +108,37 @@ impl Service {
     /// Start the process and wait until it serves.
     pub async fn start(&mut self) {
         assert!(self.child.is_none(), "{} already runs", self.name);
+        match std::fs::remove_file(&self.ready_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing {}: {e}", self.ready_file.display()),
+        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(binary(self.binary))
+        let mut child = Command::new(binary(self.binary))
             .envs(&self.env)
             .env_remove("MAILFLEET_STORAGE_CONFIG")
+            .env("MAILFLEET_READY_FILE", &self.ready_file)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("{} starts: {e}", self.name));
+        let bound = mailfleet_testkit::process::wait_ready(&mut child, &self.ready_file, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}; log:\n{}", self.name, self.log_tail()));
         self.child = Some(child);
-        match self.ready {
-            Some(health) => wait_healthy(health).await,
-            None => {
-                for addr in self.ports.values() {
-                    wait_listening(*addr).await;
+        for (port, variable, config_key) in &self.listeners {
+            let addr = mailfleet_testkit::process::listener(&bound, config_key);
+            match self.ports.insert(port, addr) {
+                None => {
+                    self.env.insert(variable.clone(), addr.to_string());
                 }
+                Some(before) => assert_eq!(before, addr, "{} came back on another {port} port", self.name),
             }
+        }
+        if let Some(health) = self.ports.get("health") {
+            wait_healthy(*health).await;
         }
     }
 
@@ -172,11 +204,12 @@ impl System {
 
     fn service(&self, name: &str, binary: &'static str, prefix: &str, ports: &[(&'static str, &str)]) -> Service {
         let mut env = BTreeMap::new();
-        let mut named = BTreeMap::new();
+        let mut listeners = Vec::new();
         for (port, key) in ports {
-            let addr = free_port();
-            named.insert(*port, addr);
-            env.insert(format!("{prefix}{key}"), addr.to_string());
+            // The kernel picks the port; the ready file tells which.
+            let variable = format!("{prefix}{key}");
+            env.insert(variable.clone(), "127.0.0.1:0".to_string());
+            listeners.push((*port, variable, key.to_ascii_lowercase()));
         }
         env.insert("RUST_LOG".into(), "info".into());
         match &self.otlp {
@@ -191,15 +224,15 @@ impl System {
                 env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), String::new());
             }
         }
-        let ready = named.get("health").copied();
         Service {
             name: name.to_string(),
             binary,
             env,
             child: None,
             log: self.dir.path().join(format!("{name}.log")),
-            ports: named,
-            ready,
+            ready_file: self.dir.path().join(format!("{name}.ready")),
+            listeners,
+            ports: BTreeMap::new(),
         }
     }
 

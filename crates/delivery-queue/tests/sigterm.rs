@@ -2,10 +2,10 @@
 //! rolling restart send): delivery-queue reports healthy, then on SIGTERM
 //! closes its health endpoint, stops pulling and exits 0.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use mailfleet_testkit::process;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -15,12 +15,12 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test]
 async fn sigterm_stops_the_worker_with_exit_status_zero() {
     let id = mailfleet_testkit::unique();
-    let health: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ready_file = tmp.path().join("ready");
     let (stream, relay_stream, bucket) = (format!("MQ_SIG_{id}"), format!("MR_SIG_{id}"), format!("QS_SIG_{id}"));
     let mut worker = Command::new(env!("CARGO_BIN_EXE_delivery-queue"))
+        .arg("--ready-file")
+        .arg(&ready_file)
         .env("MAILFLEET_QUEUE_NATS_URL", mailfleet_testkit::nats_url())
         // Never contacted: no job arrives on this test's stream.
         .env("MAILFLEET_QUEUE_STORAGE_URL", "http://127.0.0.1:9")
@@ -30,7 +30,7 @@ async fn sigterm_stops_the_worker_with_exit_status_zero() {
         .env("MAILFLEET_QUEUE_RELAY_STREAM", &relay_stream)
         .env("MAILFLEET_QUEUE_RELAY_SUBJECT", format!("sig{id}.relay"))
         .env("MAILFLEET_QUEUE_STATE_BUCKET", &bucket)
-        .env("MAILFLEET_QUEUE_HEALTH_LISTEN", health.to_string())
+        .env("MAILFLEET_QUEUE_HEALTH_LISTEN", "127.0.0.1:0")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -38,17 +38,12 @@ async fn sigterm_stops_the_worker_with_exit_status_zero() {
         .spawn()
         .expect("delivery-queue starts");
 
-    let deadline = Instant::now() + WAIT;
-    let answer = loop {
-        if let Ok(mut s) = TcpStream::connect(health).await {
-            s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.expect("write");
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).await.expect("read");
-            break answer;
-        }
-        assert!(Instant::now() < deadline, "health endpoint never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let listeners = process::wait_ready(&mut worker, &ready_file, WAIT).await.expect("delivery-queue ready");
+    let health = process::listener(&listeners, "health_listen");
+    let mut s = TcpStream::connect(health).await.expect("health endpoint listens once ready");
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("read");
     assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
 
     let pid = worker.id().expect("running");

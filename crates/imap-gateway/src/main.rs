@@ -14,6 +14,9 @@ struct Cli {
     /// TOML configuration file; every key can also be set as MAILFLEET_IMAP_<KEY>.
     #[arg(long, short, env = "MAILFLEET_IMAP_CONFIG")]
     config: Option<PathBuf>,
+    /// Once serving, write the bound addresses here (see mailfleet_runtime::ready).
+    #[arg(long, env = "MAILFLEET_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -25,6 +28,13 @@ async fn main() -> anyhow::Result<()> {
         .context("loading configuration")?;
     let shutdown = mailfleet_runtime::shutdown::on_signal();
     let running = imap_gateway::serve(config, shutdown).await.context("starting imap-gateway")?;
+    if let Some(path) = &cli.ready_file {
+        mailfleet_runtime::ready::announce(
+            path,
+            &[("listen", Some(running.addr)), ("tls_listen", running.tls_addr), ("health_listen", running.health_addr)],
+        )
+        .context("writing the ready file")?;
+    }
     running.task.await.context("imap-gateway task")?;
     Ok(())
 }

@@ -2,21 +2,15 @@
 //! rolling restart send): an IDLE session gets `* BYE` at once and the
 //! process exits 0.
 
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mailfleet_testkit::TestEnv;
+use mailfleet_testkit::{TestEnv, process};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
 
 async fn line(io: &mut BufReader<TcpStream>) -> String {
     let mut l = String::new();
@@ -41,11 +35,13 @@ async fn sigterm_says_bye_to_an_idle_session_and_exits_zero() {
     let env = TestEnv::start().await;
     env.add_account("sig@example.org", "sig-password").await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (listen, health) = (free_port(), free_port());
+    let ready_file = tmp.path().join("ready");
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_imap-gateway"))
-        .env("MAILFLEET_IMAP_LISTEN", listen.to_string())
-        .env("MAILFLEET_IMAP_TLS_LISTEN", free_port().to_string())
-        .env("MAILFLEET_IMAP_HEALTH_LISTEN", health.to_string())
+        .arg("--ready-file")
+        .arg(&ready_file)
+        .env("MAILFLEET_IMAP_LISTEN", "127.0.0.1:0")
+        .env("MAILFLEET_IMAP_TLS_LISTEN", "127.0.0.1:0")
+        .env("MAILFLEET_IMAP_HEALTH_LISTEN", "127.0.0.1:0")
         .env("MAILFLEET_IMAP_STORAGE_URL", env.storage_url())
         .env("MAILFLEET_IMAP_NATS_URL", &env.nats_url)
         .env("MAILFLEET_IMAP_EVENTS_PREFIX", &env.events_prefix)
@@ -56,11 +52,8 @@ async fn sigterm_says_bye_to_an_idle_session_and_exits_zero() {
         .kill_on_drop(true)
         .spawn()
         .expect("imap-gateway starts");
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(health).await.is_err() {
-        assert!(Instant::now() < deadline, "never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listeners = process::wait_ready(&mut gateway, &ready_file, WAIT).await.expect("imap-gateway ready");
+    let listen = process::listener(&listeners, "listen");
 
     let mut io = BufReader::new(TcpStream::connect(listen).await.expect("connect"));
     assert!(line(&mut io).await.starts_with("* OK"));

@@ -14,6 +14,9 @@ struct Cli {
     /// TOML configuration file; every key can also be set as MAILFLEET_POP3_<KEY>.
     #[arg(long, short, env = "MAILFLEET_POP3_CONFIG")]
     config: Option<PathBuf>,
+    /// Once serving, write the bound addresses here (see mailfleet_runtime::ready).
+    #[arg(long, env = "MAILFLEET_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -25,6 +28,13 @@ async fn main() -> anyhow::Result<()> {
         .context("loading configuration")?;
     let shutdown = mailfleet_runtime::shutdown::on_signal();
     let running = pop3_gateway::serve(config, shutdown).await.context("starting pop3-gateway")?;
+    if let Some(path) = &cli.ready_file {
+        mailfleet_runtime::ready::announce(
+            path,
+            &[("listen", Some(running.addr)), ("tls_listen", running.tls_addr), ("health_listen", running.health_addr)],
+        )
+        .context("writing the ready file")?;
+    }
     running.task.await.context("pop3-gateway task")?;
     Ok(())
 }

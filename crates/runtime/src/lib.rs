@@ -10,6 +10,7 @@ pub mod health;
 pub mod listener;
 pub mod nats;
 pub mod proxy;
+pub mod ready;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

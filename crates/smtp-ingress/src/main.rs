@@ -15,6 +15,9 @@ struct Cli {
     /// (nested keys joined with `__`, e.g. MAILFLEET_SMTP_QUEUE__STREAM).
     #[arg(long, short, env = "MAILFLEET_SMTP_CONFIG")]
     config: Option<PathBuf>,
+    /// Once serving, write the bound addresses here (see mailfleet_runtime::ready).
+    #[arg(long, env = "MAILFLEET_READY_FILE")]
+    ready_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -26,6 +29,18 @@ async fn main() -> anyhow::Result<()> {
         .context("loading configuration")?;
     let shutdown = mailfleet_runtime::shutdown::on_signal();
     let running = smtp_ingress::serve(config, shutdown).await.context("starting smtp-ingress")?;
+    if let Some(path) = &cli.ready_file {
+        mailfleet_runtime::ready::announce(
+            path,
+            &[
+                ("mx_listen", running.mx_addr),
+                ("submission_listen", running.submission_addr),
+                ("submissions_listen", running.submissions_addr),
+                ("health_listen", running.health_addr),
+            ],
+        )
+        .context("writing the ready file")?;
+    }
     running.task.await.context("smtp-ingress task")?;
     Ok(())
 }

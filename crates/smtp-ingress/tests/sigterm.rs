@@ -4,29 +4,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{Mail, Raw, expect};
+use mailfleet_testkit::process;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A free loopback port (bound and released; the binary binds it next).
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn sigterm(child: &Child) {
     let pid = child.id().expect("child still running");
@@ -47,13 +33,16 @@ async fn sigterm_during_data_the_message_is_delivered_once_and_the_process_exits
     let ingress = mail.ingress_config();
     let queue = mail.queue_config();
 
-    let (mx, health) = (free_port(), free_port());
-    let smtp = Command::new(env!("CARGO_BIN_EXE_smtp-ingress"))
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ready_file = tmp.path().join("ready");
+    let mut smtp = Command::new(env!("CARGO_BIN_EXE_smtp-ingress"))
+        .arg("--ready-file")
+        .arg(&ready_file)
         .env("MAILFLEET_SMTP_HOSTNAME", &ingress.hostname)
-        .env("MAILFLEET_SMTP_MX_LISTEN", mx.to_string())
-        .env("MAILFLEET_SMTP_SUBMISSION_LISTEN", free_port().to_string())
-        .env("MAILFLEET_SMTP_SUBMISSIONS_LISTEN", free_port().to_string())
-        .env("MAILFLEET_SMTP_HEALTH_LISTEN", health.to_string())
+        .env("MAILFLEET_SMTP_MX_LISTEN", "127.0.0.1:0")
+        .env("MAILFLEET_SMTP_SUBMISSION_LISTEN", "127.0.0.1:0")
+        .env("MAILFLEET_SMTP_SUBMISSIONS_LISTEN", "127.0.0.1:0")
+        .env("MAILFLEET_SMTP_HEALTH_LISTEN", "127.0.0.1:0")
         .env("MAILFLEET_SMTP_STORAGE_URL", &ingress.storage_url)
         .env("MAILFLEET_SMTP_NATS_URL", &ingress.nats_url)
         .env("MAILFLEET_SMTP_QUEUE__STREAM", &ingress.queue.stream)
@@ -67,7 +56,8 @@ async fn sigterm_during_data_the_message_is_delivered_once_and_the_process_exits
         .kill_on_drop(true)
         .spawn()
         .expect("smtp-ingress starts");
-    wait_listening(health).await;
+    let listeners = process::wait_ready(&mut smtp, &ready_file, WAIT).await.expect("smtp-ingress ready");
+    let mx = process::listener(&listeners, "mx_listen");
 
     let mut c = Raw::connect(mx).await;
     expect(&c.cmd("EHLO sender.test").await, "250");

@@ -14,6 +14,9 @@ struct Cli {
     /// TOML configuration file; every key can also be set as MAILFLEET_STORAGE_<KEY>.
     #[arg(long, short, env = "MAILFLEET_STORAGE_CONFIG")]
     config: Option<PathBuf>,
+    /// Once serving, write the bound addresses here (see mailfleet_runtime::ready).
+    #[arg(long, env = "MAILFLEET_READY_FILE")]
+    ready_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -39,11 +42,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         // No telemetry for a probe that compose runs every few seconds.
         Command::Health { url } => health(&url).await,
-        command => run(cli.config, command).await,
+        command => run(cli.config, cli.ready_file, command).await,
     }
 }
 
-async fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
+async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
     let _telemetry = mailfleet_runtime::telemetry::init("storage");
     let config: StorageConfig =
         mailfleet_runtime::config::load(config.as_deref(), "MAILFLEET_STORAGE_").context("loading configuration")?;
@@ -58,6 +61,10 @@ async fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<()> {
         Command::Serve | Command::Health { .. } => {
             let shutdown = mailfleet_runtime::shutdown::on_signal();
             let running = storage::serve(config, shutdown).await.context("starting storage")?;
+            if let Some(path) = &ready_file {
+                let listeners = [("listen", Some(running.addr)), ("admin_listen", Some(running.admin_addr))];
+                mailfleet_runtime::ready::announce(path, &listeners).context("writing the ready file")?;
+            }
             running.task.await.context("storage task")??;
         }
     }

@@ -11,6 +11,7 @@
 //! `MAILFLEET_TEST_NATS`.
 
 pub mod alloc;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
