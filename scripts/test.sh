@@ -7,17 +7,26 @@ cd "$(dirname "$0")/.."
 
 scripts/ensure-deps.sh
 
-# Python clients used by the end-to-end tests (imaplib, poplib, smtplib are
-# in the standard library); curl is used as a real POP3/IMAP client.
-if ! command -v curl >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
-    echo "test: installing curl and python3" >&2
+# Tools the tests run, from Debian's packages when missing. Each test that
+# needs one fails (never skips) without it, so a failed install stops here.
+#   curl, python3: real POP3/IMAP/SMTP clients (imaplib, poplib, smtplib).
+#   docker-compose: validates docker-compose.yml (no Docker engine needed);
+#   haproxy: `haproxy -c` checks deploy/haproxy.cfg (crates/runtime/tests/deploy.rs).
+missing=()
+for tool in curl python3 docker-compose haproxy; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "test: installing ${missing[*]}" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 >/dev/null
+    # RUNLEVEL=1: Debian's maintainer scripts install haproxy without
+    # starting it as a daemon; only its config checker is used.
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "${missing[@]}" >/dev/null || {
+        echo "test: could not install ${missing[*]}; the tests that run them would fail" >&2
+        exit 1
+    }
 fi
-
-# docker-compose (Debian's package; no Docker engine needed) validates
-# docker-compose.yml in crates/runtime/tests/deploy.rs.
-command -v docker-compose >/dev/null 2>&1 || { echo "test: installing docker-compose" >&2; $([ "$(id -u)" = 0 ] || echo sudo) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null' || echo "test: docker-compose unavailable; the compose check will skip" >&2; }
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --workspace --locked "$@"

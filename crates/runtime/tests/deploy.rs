@@ -2,8 +2,9 @@
 //! engine here): `docker-compose config` must accept docker-compose.yml,
 //! scaled services must be scalable (no fixed container name, no host port),
 //! the load balancer must publish every standard mail port, pass PROXY v2 to
-//! every gateway and check its /healthz, and the dashboard must be valid JSON. HAProxy's own
-//! `haproxy -c` runs too when the binary is installed.
+//! every gateway and check its /healthz, and the dashboard must be valid JSON, and
+//! HAProxy's own `haproxy -c` must accept deploy/haproxy.cfg. Without
+//! docker-compose or haproxy these tests fail (scripts/test.sh installs both).
 //!
 //! It lives with the runtime crate because the mechanisms it deploys (PROXY
 //! protocol, health endpoint, OTLP) live here.
@@ -20,9 +21,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn has(binary: &str) -> bool {
-    Command::new(binary).arg("--version").output().is_ok_and(|o| o.status.success())
-        || Command::new(binary).arg("-v").output().is_ok_and(|o| o.status.success())
+/// A check that cannot run must not pass: a tool that is missing fails the test.
+#[track_caller]
+fn require(binary: &str, package: &str) {
+    let runs = |arg: &str| Command::new(binary).arg(arg).output().is_ok_and(|o| o.status.success());
+    assert!(
+        runs("--version") || runs("-v"),
+        "{binary} is not installed: run the suite with scripts/test.sh, which installs it (Debian package {package})"
+    );
 }
 
 fn compose(args: &[&str]) -> String {
@@ -49,10 +55,7 @@ fn service_block<'a>(config: &'a str, name: &str) -> Vec<&'a str> {
 
 #[test]
 fn compose_file_is_valid_and_scalable() {
-    if !has("docker-compose") {
-        eprintln!("docker-compose not installed (scripts/test.sh installs it); skipping");
-        return;
-    }
+    require("docker-compose", "docker-compose");
     compose(&["config", "-q"]);
     let config = compose(&["config"]);
     let services = compose(&["config", "--services"]);
@@ -95,10 +98,7 @@ fn compose_file_is_valid_and_scalable() {
 
 #[test]
 fn the_tls_override_mounts_certificates_into_every_gateway() {
-    if !has("docker-compose") {
-        eprintln!("docker-compose not installed (scripts/test.sh installs it); skipping");
-        return;
-    }
+    require("docker-compose", "docker-compose");
     let tls = root().join("deploy/compose.tls.yml");
     let config = compose(&["-f", tls.to_str().expect("utf-8 path"), "config"]);
     for (service, prefix) in [("smtp-ingress", "SMTP"), ("imap-gateway", "IMAP"), ("pop3-gateway", "POP3")] {
@@ -133,10 +133,9 @@ fn haproxy_sends_proxy_v2_to_compose_services() {
         assert!(t.contains(&format!("check port {health}")), "{t}");
     }
     assert_eq!(cfg.matches("option httpchk GET /healthz").count(), MAIL_PORTS.len(), "every backend checks /healthz");
-    if has("haproxy") {
-        let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().expect("run haproxy -c");
-        assert!(out.status.success(), "haproxy -c:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
+    require("haproxy", "haproxy");
+    let out = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().expect("run haproxy -c");
+    assert!(out.status.success(), "haproxy -c:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
