@@ -75,12 +75,13 @@ async fn black_hole() -> (SocketAddr, Arc<AtomicU64>) {
 
 /// The delivery-queue binary with `config` (as environment variables).
 async fn start_binary(config: &QueueConfig, relay_smarthost: Option<SocketAddr>) -> Child {
-    let health = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    // It binds port 0 and says which port it got in its ready file.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ready_file = tmp.path().join("ready");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_delivery-queue"));
-    cmd.env("MAILFLEET_QUEUE_STORAGE_URL", &config.storage_url)
+    cmd.arg("--ready-file")
+        .arg(&ready_file)
+        .env("MAILFLEET_QUEUE_STORAGE_URL", &config.storage_url)
         .env("MAILFLEET_QUEUE_NATS_URL", &config.nats_url)
         .env("MAILFLEET_QUEUE_STREAM", &config.stream)
         .env("MAILFLEET_QUEUE_SUBJECT", &config.subject)
@@ -90,7 +91,7 @@ async fn start_binary(config: &QueueConfig, relay_smarthost: Option<SocketAddr>)
         .env("MAILFLEET_QUEUE_STATE_BUCKET", &config.state_bucket)
         .env("MAILFLEET_QUEUE_ACK_WAIT", format!("{}s", ACK_WAIT.as_secs()))
         .env("MAILFLEET_QUEUE_RELAY__ACK_WAIT", format!("{}s", ACK_WAIT.as_secs()))
-        .env("MAILFLEET_QUEUE_HEALTH_LISTEN", health.to_string())
+        .env("MAILFLEET_QUEUE_HEALTH_LISTEN", "127.0.0.1:0")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -100,12 +101,10 @@ async fn start_binary(config: &QueueConfig, relay_smarthost: Option<SocketAddr>)
             .env("MAILFLEET_QUEUE_RELAY__HOSTNAME", "mx.local.test")
             .env("MAILFLEET_QUEUE_RELAY__SMARTHOST", smarthost.to_string());
     }
-    let child = cmd.spawn().expect("delivery-queue starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(health).await.is_err() {
-        assert!(Instant::now() < deadline, "delivery-queue never served its health endpoint");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut child = cmd.spawn().expect("delivery-queue starts");
+    mailfleet_testkit::process::wait_ready(&mut child, &ready_file, Duration::from_secs(60))
+        .await
+        .expect("delivery-queue ready");
     child
 }
 
