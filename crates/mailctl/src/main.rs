@@ -124,7 +124,8 @@ enum AliasCmd {
 
 #[derive(Subcommand)]
 enum BlobsCmd {
-    /// Remove blobs that no message refers to and are older than --min-age-days.
+    /// Remove blobs that no message and no queued job refers to and are older than
+    /// --min-age-days (storage also sweeps by itself, see sweep.interval).
     Sweep {
         #[arg(long, default_value_t = 7)]
         min_age_days: u64,
@@ -354,7 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            out!("removed {} blob(s), kept {}", r.removed, r.kept);
+            out!("removed {} blob(s), kept {} ({} for queued jobs)", r.removed, r.kept, r.queued);
         }
         Command::Dkim(cmd) => dkim::run(&mut admin, cmd).await?,
         Command::Queue(args) => queue::run(args).await?,

@@ -334,45 +334,6 @@ impl Store {
         }
         Ok(())
     }
-
-    /// Delete blobs no message refers to. A blob must also be older than
-    /// `min_age_seconds`: a queued message (stored by smtp-ingress, not yet
-    /// delivered) has no message row yet, so the age must exceed the queue's
-    /// lifetime. Files on disk without a row (a crash between the blob write
-    /// and the commit) are swept by the same rule.
-    pub async fn sweep_blobs(&self, min_age_seconds: u64) -> StorageResult<(u64, u64)> {
-        let mut removed = 0;
-        let mut kept = 0;
-        for (id, age) in self.blobs.list().await? {
-            if age < min_age_seconds {
-                kept += 1;
-                continue;
-            }
-            let mut tx = self.pool.begin().await?;
-            // Lock the row (if any) so no delivery can start pointing at it
-            // while we decide; deliveries insert the row with ON CONFLICT
-            // DO UPDATE, which waits for this lock.
-            let row_exists: Option<String> = sqlx::query_scalar("SELECT id FROM blobs WHERE id = $1 FOR UPDATE")
-                .bind(&id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let referenced: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE blob_id = $1)")
-                .bind(&id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if referenced {
-                kept += 1;
-                continue;
-            }
-            if row_exists.is_some() {
-                sqlx::query("DELETE FROM blobs WHERE id = $1").bind(&id).execute(&mut *tx).await?;
-            }
-            self.blobs.delete(&id).await?;
-            tx.commit().await?;
-            removed += 1;
-        }
-        Ok((removed, kept))
-    }
 }
 
 #[tonic::async_trait]
@@ -451,8 +412,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SweepBlobsRequest>,
     ) -> Result<Response<pb::SweepBlobsResponse>, Status> {
-        let (removed, kept) = self.0.sweep_blobs(req.get_ref().min_age_seconds).await?;
-        Ok(Response::new(pb::SweepBlobsResponse { removed, kept }))
+        let r = self.0.sweep_blobs(req.get_ref().min_age_seconds).await?;
+        Ok(Response::new(pb::SweepBlobsResponse { removed: r.removed, kept: r.kept, queued: r.queued }))
     }
     async fn generate_dkim_key(
         &self,

@@ -20,6 +20,7 @@ pub struct StorageConfig {
     pub database_max_connections: u32,
     /// Root of the content-addressed blob store.
     pub blob_dir: PathBuf,
+    /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
     /// Events go to `<events_prefix>.<account_id>`.
     pub events_prefix: String,
@@ -32,6 +33,8 @@ pub struct StorageConfig {
     /// connection must not keep storage from stopping).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// The blob sweep (see `crate::sweep`).
+    pub sweep: crate::sweep::SweepConfig,
 }
 
 impl Default for StorageConfig {
@@ -50,6 +53,7 @@ impl Default for StorageConfig {
             min_password_length: 8,
             // Within compose's 45 s stop grace period.
             shutdown_grace: Duration::from_secs(30),
+            sweep: crate::sweep::SweepConfig::default(),
         }
     }
 }
@@ -66,5 +70,6 @@ mod tests {
             mailfleet_runtime::config::load(Some(&file), "MF_STORAGE_TEST_EXAMPLE_").expect("example loads");
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.max_message_size, 50 * 1024 * 1024);
+        assert_eq!(c.sweep, crate::sweep::SweepConfig::default());
     }
 }

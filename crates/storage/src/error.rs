@@ -27,6 +27,8 @@ pub enum StorageError {
     Blob(#[from] std::io::Error),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -50,6 +52,7 @@ impl From<StorageError> for Status {
             },
             StorageError::Blob(_) => Code::Unavailable,
             StorageError::Internal(_) => Code::Internal,
+            StorageError::Unavailable(_) => Code::Unavailable,
         };
         if matches!(code, Code::Unavailable | Code::Internal) {
             tracing::error!(error = %err, "storage failure");

@@ -14,6 +14,7 @@ pub mod messages;
 pub mod mime;
 pub mod password;
 pub mod server;
+pub mod sweep;
 
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ pub struct Store {
     pub pool: PgPool,
     pub blobs: Arc<dyn blob::BlobStore>,
     pub events: events::EventPublisher,
+    /// For the sweep's look at the queue; `None` without NATS.
+    pub jetstream: Option<async_nats::jetstream::Context>,
     pub config: Arc<StorageConfig>,
 }
 

@@ -106,6 +106,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
     let store = Arc::new(Store {
         pool,
         blobs,
+        jetstream: Some(async_nats::jetstream::new(nats.clone())),
         events: EventPublisher::new(Some(nats), config.events_prefix.clone()),
         config: Arc::new(config.clone()),
     });
@@ -144,6 +145,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
             check_admin_token(token.as_deref(), req)
         }));
 
+    let shutdown_for_sweep = shutdown.clone();
     let s1 = shutdown.clone();
     let s2 = shutdown.clone();
     let grace = config.shutdown_grace;
@@ -173,6 +175,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
             }
         }
     });
+    crate::sweep::schedule(store.clone(), shutdown_for_sweep);
     tracing::info!(%addr, %admin_addr, "storage serving");
     Ok(RunningStorage { addr, admin_addr, store, task })
 }

@@ -91,6 +91,9 @@ impl TestEnv {
             // `stop_storage` simulates an outage: no need to wait long for
             // connections a test keeps open.
             shutdown_grace: std::time::Duration::from_secs(2),
+            // No queue of its own: a test that sweeps with jobs waiting
+            // names its streams here.
+            sweep: storage::sweep::SweepConfig { queue_streams: Vec::new(), ..Default::default() },
             ..StorageConfig::default()
         }
     }

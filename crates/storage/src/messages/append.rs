@@ -65,11 +65,20 @@ impl Store {
     /// Store `raw` durably and record its parsed metadata; (blob id, size).
     /// The file write (with its fsyncs) and the MIME parse run side by
     /// side on two blocking threads: neither waits for the other.
+    ///
+    /// A write of content stored before refreshes the file's age, and the
+    /// row upsert waits for a sweep deciding about that blob; should the
+    /// sweep have removed the file all the same (it looked at the age just
+    /// before the refresh), the file is written again (see `crate::sweep`).
     async fn store_blob(&self, raw: bytes::Bytes) -> StorageResult<(String, i64)> {
         let size = raw.len() as i64;
-        let (id, parsed) = tokio::join!(self.blobs.put(raw.clone()), parse_blocking(raw));
+        let (id, parsed) = tokio::join!(self.blobs.put(raw.clone()), parse_blocking(raw.clone()));
         let id = id?;
         self.record_metadata(&id, size, parsed?).await?;
+        if !self.blobs.exists(&id).await? {
+            tracing::info!(blob = %id, "blob swept while it was stored again; writing it again");
+            self.blobs.put(raw).await?;
+        }
         Ok((id, size))
     }
 
