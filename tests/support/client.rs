@@ -30,6 +30,13 @@ impl Lines {
         Ok(Lines { reader: BufReader::new(r), writer: w })
     }
 
+    /// Connect as a load balancer would for `client`: a PROXY v2 header first.
+    pub async fn connect_as(addr: SocketAddr, client: SocketAddr) -> io::Result<Lines> {
+        let mut lines = Lines::connect(addr).await?;
+        lines.send(&mailfleet_runtime::proxy::encode_v2(client, addr)).await?;
+        Ok(lines)
+    }
+
     pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
         self.writer.write_all(data).await
     }

@@ -179,6 +179,8 @@ pub struct System {
     /// OTLP/gRPC endpoint every service exports to, when set.
     pub otlp: Option<String>,
     pub storage: Option<Service>,
+    /// Settings every service with a matching prefix starts with (`set_env`).
+    extra_env: BTreeMap<String, String>,
 }
 
 impl System {
@@ -199,7 +201,14 @@ impl System {
             otlp,
             id,
             storage: None,
+            extra_env: BTreeMap::new(),
         }
+    }
+
+    /// A setting for every service started from now on whose variables
+    /// share its prefix (`MAILFLEET_IMAP_MAX_AUTH_FAILURES`: imap-gateway).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.insert(key.to_string(), value.to_string());
     }
 
     fn service(&self, name: &str, binary: &'static str, prefix: &str, ports: &[(&'static str, &str)]) -> Service {
@@ -212,6 +221,7 @@ impl System {
             listeners.push((*port, variable, key.to_ascii_lowercase()));
         }
         env.insert("RUST_LOG".into(), "info".into());
+        env.extend(self.extra_env.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())));
         match &self.otlp {
             Some(endpoint) => {
                 env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone());

@@ -185,6 +185,7 @@ async fn connection<S: MailStore>(
         plaintext_auth_allowed: config.allow_plaintext_auth
             || (config.allow_plaintext_auth_on_loopback && peer.ip().is_loopback()),
         max_auth_failures: config.connection.max_auth_failures,
+        client: peer.ip(),
     };
     let mut session = Session::new(shared.store.clone(), ctx);
     let mut framer = Framer::new(config.max_line.saturating_add(config.max_literal));

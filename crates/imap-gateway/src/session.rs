@@ -89,6 +89,11 @@ impl ImapError {
                         (codec::code("AUTHENTICATIONFAILED"), "Authentication failed".to_string())
                     }
                     StoreError::Disabled => (codec::code("AUTHORIZATIONFAILED"), "Account disabled".to_string()),
+                    // RFC 5530 §3: UNAVAILABLE, try again later.
+                    StoreError::Throttled => (
+                        codec::code("UNAVAILABLE"),
+                        "Too many failed logins from your address, try again later".to_string(),
+                    ),
                 };
                 codec::status(Some(tag), StatusKindArg::No, Some(code), &text)
             }
@@ -249,21 +254,11 @@ impl Selected {
     }
 }
 
-/// A SASL exchange waiting for the client's response line.
+/// An AUTHENTICATE waiting for the client's response line.
 #[derive(Debug, Clone)]
-pub enum PendingAuth {
-    /// AUTHENTICATE PLAIN sent `+ `, waiting for the initial response.
-    Plain {
-        tag: Tag<'static>,
-    },
-    /// AUTHENTICATE LOGIN (draft-murchison-sasl-login): waiting for the user name, then the password.
-    LoginUser {
-        tag: Tag<'static>,
-    },
-    LoginPassword {
-        tag: Tag<'static>,
-        user: String,
-    },
+pub struct PendingAuth {
+    pub tag: Tag<'static>,
+    pub exchange: mailfleet_runtime::sasl::Exchange,
 }
 
 #[derive(Debug)]
@@ -284,6 +279,8 @@ pub struct Context {
     /// LOGIN/AUTHENTICATE allowed on this connection without TLS.
     pub plaintext_auth_allowed: bool,
     pub max_auth_failures: u32,
+    /// The real client (after PROXY): storage counts failed logins per address.
+    pub client: std::net::IpAddr,
 }
 
 pub struct Session<S: MailStore> {
@@ -609,11 +606,7 @@ impl<S: MailStore> Session<S> {
                 delay: false,
             };
         };
-        let tag = match &pending {
-            PendingAuth::Plain { tag } | PendingAuth::LoginUser { tag } | PendingAuth::LoginPassword { tag, .. } => {
-                tag.clone()
-            }
-        };
+        let tag = pending.tag.clone();
         let result = cmd::auth::continue_authenticate(self, pending, data, &mut out).await;
         self.finish(tag, result, out)
     }
@@ -680,7 +673,7 @@ impl<S: MailStore> Session<S> {
                 done.then
             }
             Err(e) => {
-                let auth_failure = matches!(e, ImapError::Store(StoreError::BadCredentials));
+                let auth_failure = matches!(e, ImapError::Store(StoreError::BadCredentials | StoreError::Throttled));
                 out.push(e.into_response(tag));
                 if auth_failure {
                     delay = true;

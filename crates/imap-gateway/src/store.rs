@@ -26,6 +26,10 @@ pub enum StoreError {
     BadCredentials,
     #[error("account disabled")]
     Disabled,
+    /// The auth throttle refused the login unchecked (RESOURCE_EXHAUSTED
+    /// from Authenticate): the address or account failed too often lately.
+    #[error("too many failed logins")]
+    Throttled,
     /// Storage (or Postgres behind it) is down: a temporary failure.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -62,7 +66,13 @@ pub struct Account {
 
 /// Storage operations used by IMAP, one per storage RPC.
 pub trait MailStore: Send + Sync + 'static {
-    fn authenticate(&self, username: &str, password: &str) -> impl Future<Output = StoreResult<Account>> + Send;
+    /// A password login from `client` (storage counts failures per address).
+    fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+        client: std::net::IpAddr,
+    ) -> impl Future<Output = StoreResult<Account>> + Send;
     fn list_mailboxes(
         &self,
         account: i64,

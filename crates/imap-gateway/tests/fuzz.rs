@@ -85,7 +85,7 @@ proptest! {
             let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
             store.add_message(1, "INBOX", b"Subject: hello\r\n\r\nbody\r\n", &[]);
             store.add_message(1, "INBOX", b"Subject: two\r\n\r\nbody 2\r\n", &["\\Seen"]);
-            let ctx = Context { tls: false, starttls_available: false, plaintext_auth_allowed: true, max_auth_failures: 100 };
+            let ctx = Context { tls: false, starttls_available: false, plaintext_auth_allowed: true, max_auth_failures: 100, client: std::net::Ipv4Addr::LOCALHOST.into() };
             let mut session = Session::new(store, ctx);
             let mut framer = Framer::new(65536);
             for (i, pick) in picks.iter().enumerate() {

@@ -631,7 +631,13 @@ async fn fetch_output_is_streamed_in_order() {
     for i in 0..200 {
         store.add_message(1, "INBOX", format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(), &[]);
     }
-    let ctx = Context { tls: false, starttls_available: false, plaintext_auth_allowed: true, max_auth_failures: 3 };
+    let ctx = Context {
+        tls: false,
+        starttls_available: false,
+        plaintext_auth_allowed: true,
+        max_auth_failures: 3,
+        client: std::net::Ipv4Addr::LOCALHOST.into(),
+    };
     let mut session = Session::new(store, ctx);
     let mut framer = Framer::new(4096);
     framer.push(b"a LOGIN alice@example.org pw\r\nb SELECT INBOX\r\nc FETCH 1:* (UID RFC822.SIZE)\r\n");

@@ -130,7 +130,7 @@ impl<S: MailStore> listener::Protocol for Pop3<S> {
         let Connection { stream, client, drain, metrics, .. } = conn;
         // RFC 2595 §2.2 exception for loopback: judged on the real client, so a
         // load balancer on loopback does not make remote clients "local".
-        let mut session = Session::new(self.session.clone(), stream.is_tls(), client.ip().is_loopback());
+        let mut session = Session::new(self.session.clone(), stream.is_tls(), client.ip());
         if let Err(e) = run(stream, &mut session, self, &drain, &metrics).await {
             tracing::debug!(error = %e, "connection ended with an error");
         }

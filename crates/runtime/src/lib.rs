@@ -11,6 +11,7 @@ pub mod listener;
 pub mod nats;
 pub mod proxy;
 pub mod ready;
+pub mod sasl;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

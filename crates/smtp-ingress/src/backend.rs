@@ -144,9 +144,17 @@ fn unavailable(status: tonic::Status) -> BackendError {
 }
 
 impl Backend for GrpcBackend {
-    async fn authenticate(&self, username: &str, password: &str) -> Result<Option<AuthUser>, BackendError> {
-        let mut req =
-            tonic::Request::new(pb::AuthenticateRequest { username: username.into(), password: password.into() });
+    async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+        client: std::net::IpAddr,
+    ) -> Result<Option<AuthUser>, BackendError> {
+        let mut req = tonic::Request::new(pb::AuthenticateRequest {
+            username: username.into(),
+            password: password.into(),
+            client_ip: client.to_string(),
+        });
         mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
         match self.directory.clone().authenticate(req).await {
             Ok(a) => {
@@ -164,6 +172,8 @@ impl Backend for GrpcBackend {
             {
                 Ok(None)
             }
+            // Authenticate's RESOURCE_EXHAUSTED is the auth throttle.
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => Err(BackendError::Throttled),
             Err(s) => Err(unavailable(s)),
         }
     }

@@ -9,8 +9,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
+use mailfleet_runtime::sasl::{self, Credentials, Exchange, Mechanism, SaslError};
 use smtp_proto::*;
 
 use crate::codec::{Command, Reply};
@@ -51,6 +50,10 @@ pub enum BackendError {
     /// The request was refused for good (e.g. malformed address).
     #[error("rejected: {0}")]
     Rejected(String),
+    /// Authenticate refused unchecked: the client's address (or the account)
+    /// failed too often lately.
+    #[error("too many failed logins")]
+    Throttled,
 }
 
 /// A recipient accepted at RCPT, with its RFC 3461 parameters.
@@ -101,10 +104,12 @@ pub struct InboundVerdict {
 /// What the session needs from storage and the queue.
 pub trait Backend: Send + Sync {
     /// `Ok(None)` means bad credentials.
+    /// `client` is the real client: storage counts failed logins per address.
     fn authenticate(
         &self,
         username: &str,
         password: &str,
+        client: IpAddr,
     ) -> impl Future<Output = Result<Option<AuthUser>, BackendError>> + Send;
     fn resolve_recipient(&self, address: &str) -> impl Future<Output = Result<Resolution, BackendError>> + Send;
     fn can_send_as(&self, user: &AuthUser, address: &str) -> impl Future<Output = Result<bool, BackendError>> + Send;
@@ -206,16 +211,6 @@ pub struct Transaction {
     chunking: bool,
 }
 
-#[derive(Debug)]
-enum Sasl {
-    /// AUTH PLAIN without initial response: waiting for it.
-    Plain,
-    /// AUTH LOGIN: waiting for the username.
-    LoginUser,
-    /// AUTH LOGIN: waiting for the password.
-    LoginPassword(String),
-}
-
 /// RFC 5321 §4.1.4 command order.
 #[derive(Debug)]
 enum State {
@@ -226,7 +221,7 @@ enum State {
     /// After MAIL.
     Mail(Transaction),
     /// Inside an AUTH exchange.
-    Authenticating(Sasl),
+    Authenticating(Exchange),
 }
 
 pub struct Session<B> {
@@ -495,7 +490,7 @@ impl<B: Backend> Session<B> {
         let resolution = match self.backend.resolve_recipient(&to.address).await {
             Ok(r) => r,
             Err(BackendError::Rejected(_)) => Resolution::UnknownUser,
-            Err(BackendError::Unavailable(_)) => return Step::reply(Reply::unavailable()),
+            Err(BackendError::Unavailable(_) | BackendError::Throttled) => return Step::reply(Reply::unavailable()),
         };
         let mut accounts = Vec::new();
         let accepted = match resolution {
@@ -690,86 +685,74 @@ impl<B: Backend> Session<B> {
                 "Encryption required for requested authentication mechanism",
             ));
         }
-        match mechanism {
-            AUTH_PLAIN if initial.is_empty() => {
-                self.state = State::Authenticating(Sasl::Plain);
-                Step::then(Reply::plain(334, ""), Next::AuthLine)
-            }
-            // RFC 4954 §4: "=" is an empty initial response.
-            AUTH_PLAIN => self.auth_plain(if initial == "=" { "" } else { &initial }).await,
-            AUTH_LOGIN if initial.is_empty() => {
-                self.state = State::Authenticating(Sasl::LoginUser);
-                Step::then(Reply::plain(334, "VXNlcm5hbWU6"), Next::AuthLine)
-            }
-            AUTH_LOGIN => match decode(&initial) {
-                Some(user) => {
-                    self.state = State::Authenticating(Sasl::LoginPassword(user));
-                    Step::then(Reply::plain(334, "UGFzc3dvcmQ6"), Next::AuthLine)
-                }
-                None => Step::reply(Reply::new(501, [5, 5, 2], "Invalid base64")),
-            },
-            _ => Step::reply(Reply::new(504, [5, 5, 4], "Unrecognized authentication type")),
+        let mechanism = match mechanism {
+            AUTH_PLAIN => Mechanism::Plain,
+            AUTH_LOGIN => Mechanism::Login,
+            _ => return Step::reply(Reply::new(504, [5, 5, 4], "Unrecognized authentication type")),
+        };
+        let exchange = Exchange::new(mechanism);
+        if initial.is_empty() {
+            return self.challenge(exchange);
+        }
+        // RFC 4954 §4: an initial response ("=" when empty) saves a round trip.
+        match sasl::decode_response(initial.as_bytes()) {
+            Ok(response) => self.respond(exchange, &response).await,
+            Err(e) => sasl_error_reply(&e),
         }
     }
 
     /// One SASL response line.
     pub async fn auth_line(&mut self, line: Result<String, ()>) -> Step {
-        let State::Authenticating(sasl) = std::mem::replace(&mut self.state, State::Ready) else {
+        let State::Authenticating(exchange) = std::mem::replace(&mut self.state, State::Ready) else {
             return Step::reply(Reply::bad_sequence("No AUTH in progress"));
         };
         let Ok(line) = line else {
             return Step::reply(Reply::new(500, [5, 5, 6], "Authentication exchange line is too long"));
         };
         // RFC 4954 §4: "*" cancels.
-        if line.trim() == "*" {
-            return Step::reply(Reply::new(501, [5, 0, 0], "Authentication cancelled"));
-        }
-        match sasl {
-            Sasl::Plain => self.auth_plain(line.trim()).await,
-            Sasl::LoginUser => match decode(line.trim()) {
-                Some(user) => {
-                    self.state = State::Authenticating(Sasl::LoginPassword(user));
-                    Step::then(Reply::plain(334, "UGFzc3dvcmQ6"), Next::AuthLine)
-                }
-                None => Step::reply(Reply::new(501, [5, 5, 2], "Invalid base64")),
-            },
-            Sasl::LoginPassword(user) => match decode(line.trim()) {
-                Some(pass) => self.check_credentials(&user, &pass).await,
-                None => Step::reply(Reply::new(501, [5, 5, 2], "Invalid base64")),
-            },
+        match sasl::decode_response(line.as_bytes()) {
+            Ok(response) => self.respond(exchange, &response).await,
+            Err(e) => sasl_error_reply(&e),
         }
     }
 
-    /// RFC 4616 §2: message = [authzid] NUL authcid NUL passwd.
-    async fn auth_plain(&mut self, b64: &str) -> Step {
-        let Some(decoded) = B64.decode(b64).ok() else {
-            return Step::reply(Reply::new(501, [5, 5, 2], "Invalid base64"));
-        };
-        let mut parts = decoded.split(|&b| b == 0);
-        let (Some(authz), Some(authc), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Step::reply(Reply::new(501, [5, 5, 2], "Malformed PLAIN response"));
-        };
-        let (Ok(authz), Ok(authc), Ok(pass)) =
-            (std::str::from_utf8(authz), std::str::from_utf8(authc), std::str::from_utf8(pass))
-        else {
-            return Step::reply(Reply::new(501, [5, 5, 2], "Malformed PLAIN response"));
-        };
-        // Acting as somebody else (authzid ≠ authcid) is not supported.
-        if !authz.is_empty() && !authz.eq_ignore_ascii_case(authc) {
-            return self.auth_failed();
-        }
-        let (authc, pass) = (authc.to_string(), pass.to_string());
-        self.check_credentials(&authc, &pass).await
+    /// RFC 4954 §4: 334 with the base64 challenge, then wait for the response.
+    fn challenge(&mut self, exchange: Exchange) -> Step {
+        let reply = Reply::plain(334, sasl::encode_challenge(exchange.challenge()));
+        self.state = State::Authenticating(exchange);
+        Step::then(reply, Next::AuthLine)
     }
 
-    async fn check_credentials(&mut self, user: &str, pass: &str) -> Step {
-        match self.backend.authenticate(user, pass).await {
+    async fn respond(&mut self, mut exchange: Exchange, response: &[u8]) -> Step {
+        match exchange.respond(response) {
+            Ok(sasl::Step::Challenge(_)) => self.challenge(exchange),
+            Ok(sasl::Step::Done(credentials)) => self.check_credentials(&credentials).await,
+            Err(SaslError::Malformed) => Step::reply(Reply::new(501, [5, 5, 2], "Malformed PLAIN response")),
+            // Invalid credentials, or acting as somebody else: a failed login.
+            Err(_) => self.auth_failed(),
+        }
+    }
+
+    async fn check_credentials(&mut self, credentials: &Credentials) -> Step {
+        match self.backend.authenticate(&credentials.username, &credentials.password, self.peer).await {
             Ok(Some(account)) => {
                 self.user = Some(account);
                 Step::reply(Reply::new(235, [2, 7, 0], "Authentication successful"))
             }
             Ok(None) => self.auth_failed(),
+            // The address failed too often lately (storage's auth throttle):
+            // 421 and close; the client may come back later.
+            Err(BackendError::Throttled) => {
+                self.auth_failures += 1;
+                Step {
+                    replies: vec![Reply::new(
+                        421,
+                        [4, 7, 0],
+                        "Too many failed logins from your address, try again later",
+                    )],
+                    next: Next::Close,
+                }
+            }
             // RFC 4954 §6: 454 4.7.0 temporary authentication failure.
             Err(_) => Step::reply(Reply::new(454, [4, 7, 0], "Temporary authentication failure")),
         }
@@ -790,8 +773,12 @@ impl<B: Backend> Session<B> {
     }
 }
 
-fn decode(b64: &str) -> Option<String> {
-    B64.decode(b64).ok().and_then(|v| String::from_utf8(v).ok())
+/// A response line that is no answer: cancelled, or not base64.
+fn sasl_error_reply(e: &SaslError) -> Step {
+    Step::reply(match e {
+        SaslError::Cancelled => Reply::new(501, [5, 0, 0], "Authentication cancelled"),
+        _ => Reply::new(501, [5, 5, 2], "Invalid base64"),
+    })
 }
 
 /// Keep header text on one line and free of characters that would end it.
@@ -814,7 +801,12 @@ mod tests {
     }
 
     impl Backend for &Fake {
-        async fn authenticate(&self, username: &str, password: &str) -> Result<Option<AuthUser>, BackendError> {
+        async fn authenticate(
+            &self,
+            username: &str,
+            password: &str,
+            _: IpAddr,
+        ) -> Result<Option<AuthUser>, BackendError> {
             Ok((username == "alice@example.org" && password == "secret")
                 .then(|| AuthUser { account_id: 1, address: "alice@example.org".into() }))
         }

@@ -35,6 +35,50 @@ pub struct StorageConfig {
     pub shutdown_grace: Duration,
     /// The blob sweep (see `crate::sweep`).
     pub sweep: crate::sweep::SweepConfig,
+    /// Password guessing: failed logins counted per client address and
+    /// per account, for every gateway replica and protocol.
+    pub auth_throttle: AuthThrottleConfig,
+}
+
+/// When failed logins slow down, and then refuse, further attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthThrottleConfig {
+    /// How long a failure counts.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Failures from one address in the window after which each further
+    /// attempt from it waits, and its attempts are taken one at a time.
+    pub delay_after: u32,
+    /// The first wait; it doubles with every further failure ...
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// ... up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Failures from one address in the window after which its attempts
+    /// are refused unchecked (the gateways answer "try later").
+    pub refuse_after: u32,
+    /// Failures against one account in the window (from any address) after
+    /// which addresses that failed on it are refused for it; an address
+    /// with no failure on it (its owner, elsewhere) still logs in.
+    pub account_refuse_after: u32,
+}
+
+impl Default for AuthThrottleConfig {
+    fn default() -> Self {
+        AuthThrottleConfig {
+            window: Duration::from_secs(15 * 60),
+            // A user mistyping a few times is not slowed; a phone with an
+            // old password retrying every few minutes is, a little.
+            delay_after: 5,
+            delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(15),
+            // A big NAT can hold many users with stale passwords: generous.
+            refuse_after: 50,
+            account_refuse_after: 10,
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -54,6 +98,7 @@ impl Default for StorageConfig {
             // Within compose's 45 s stop grace period.
             shutdown_grace: Duration::from_secs(30),
             sweep: crate::sweep::SweepConfig::default(),
+            auth_throttle: AuthThrottleConfig::default(),
         }
     }
 }
@@ -71,5 +116,6 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.max_message_size, 50 * 1024 * 1024);
         assert_eq!(c.sweep, crate::sweep::SweepConfig::default());
+        assert_eq!(c.auth_throttle, AuthThrottleConfig::default());
     }
 }

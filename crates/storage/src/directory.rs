@@ -1,6 +1,7 @@
 //! The directory: domains, accounts, aliases, catch-alls; authentication and
 //! recipient resolution.
 
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use mail_types::EmailAddress;
@@ -53,7 +54,37 @@ impl Store {
         row.as_ref().map(account_from_row).ok_or_else(|| StorageError::NotFound(format!("no account {id}")))
     }
 
-    pub async fn authenticate(&self, username: &str, password_text: &str) -> StorageResult<pb::Account> {
+    /// A password login from `client` (the gateway's client; `None`:
+    /// unknown), through the auth throttle: refused unchecked when the
+    /// address or the account failed too often lately, counted when it fails.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password_text: &str,
+        client: Option<IpAddr>,
+    ) -> StorageResult<pb::Account> {
+        let attempt = self.auth_throttle.admit(&self.pool, client, username).await?;
+        let result = self.check_password(username, password_text).await;
+        self.settle(attempt, result).await
+    }
+
+    /// Count a failed attempt, forgive on success; the attempt's own result otherwise.
+    async fn settle(
+        &self,
+        attempt: crate::auth_throttle::Admitted,
+        result: StorageResult<pb::Account>,
+    ) -> StorageResult<pb::Account> {
+        match &result {
+            Err(StorageError::AuthFailed | StorageError::Disabled) => {
+                self.auth_throttle.failed(&self.pool, attempt).await?
+            }
+            Ok(_) => self.auth_throttle.succeeded(&self.pool, attempt).await?,
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn check_password(&self, username: &str, password_text: &str) -> StorageResult<pb::Account> {
         let address = EmailAddress::parse(username).map_err(|_| StorageError::AuthFailed)?;
         let row = sqlx::query("SELECT id, password_hash, disabled FROM accounts WHERE address = $1")
             .bind(address.to_string())
@@ -74,8 +105,21 @@ impl Store {
         self.account_by_id(id).await
     }
 
-    /// RFC 1939 §7: digest = MD5(timestamp || secret), in lowercase hex.
-    pub async fn authenticate_apop(&self, username: &str, timestamp: &str, digest: &str) -> StorageResult<pb::Account> {
+    /// RFC 1939 §7: digest = MD5(timestamp || secret), in lowercase hex;
+    /// through the auth throttle like a password.
+    pub async fn authenticate_apop(
+        &self,
+        username: &str,
+        timestamp: &str,
+        digest: &str,
+        client: Option<IpAddr>,
+    ) -> StorageResult<pb::Account> {
+        let attempt = self.auth_throttle.admit(&self.pool, client, username).await?;
+        let result = self.check_apop(username, timestamp, digest).await;
+        self.settle(attempt, result).await
+    }
+
+    async fn check_apop(&self, username: &str, timestamp: &str, digest: &str) -> StorageResult<pb::Account> {
         let address = EmailAddress::parse(username).map_err(|_| StorageError::AuthFailed)?;
         let row = sqlx::query("SELECT id, apop_secret, disabled FROM accounts WHERE address = $1")
             .bind(address.to_string())
@@ -213,11 +257,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The address failures count under (IPv6 by /64); `None` when the gateway
+/// did not say.
+fn client_source(client_ip: &str) -> Option<IpAddr> {
+    client_ip.parse().ok().map(mailfleet_runtime::listener::source_of)
+}
+
 #[tonic::async_trait]
 impl Directory for DirectoryService {
     async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> Result<Response<pb::Account>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(self.0.authenticate(&r.username, &r.password).await?))
+        Ok(Response::new(self.0.authenticate(&r.username, &r.password, client_source(&r.client_ip)).await?))
     }
 
     async fn authenticate_apop(
@@ -225,7 +275,8 @@ impl Directory for DirectoryService {
         req: Request<pb::AuthenticateApopRequest>,
     ) -> Result<Response<pb::Account>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(self.0.authenticate_apop(&r.username, &r.timestamp, &r.digest).await?))
+        let client = client_source(&r.client_ip);
+        Ok(Response::new(self.0.authenticate_apop(&r.username, &r.timestamp, &r.digest, client).await?))
     }
 
     async fn resolve_recipient(

@@ -19,6 +19,9 @@ pub enum StorageError {
     AuthFailed,
     #[error("account disabled")]
     Disabled,
+    /// The auth throttle refused the attempt unchecked.
+    #[error("too many failed logins; try again later")]
+    Throttled,
     #[error("{0}")]
     Locked(String),
     #[error("database: {0}")]
@@ -43,6 +46,7 @@ impl From<StorageError> for Status {
             StorageError::FailedPrecondition(_) => Code::FailedPrecondition,
             StorageError::AuthFailed => Code::Unauthenticated,
             StorageError::Disabled => Code::PermissionDenied,
+            StorageError::Throttled => Code::ResourceExhausted,
             StorageError::Locked(_) => Code::Aborted,
             StorageError::Database(e) => match e {
                 sqlx::Error::RowNotFound => Code::NotFound,

@@ -2,6 +2,7 @@
 //! Gateways, the queue and mailctl reach it over gRPC (see `proto/`).
 
 pub mod admin;
+pub mod auth_throttle;
 pub mod blob;
 pub mod config;
 pub mod directory;
@@ -32,6 +33,8 @@ pub struct Store {
     /// For the sweep's look at the queue; `None` without NATS.
     pub jetstream: Option<async_nats::jetstream::Context>,
     pub config: Arc<StorageConfig>,
+    /// Failed logins per client address and account (shared through Postgres).
+    pub auth_throttle: auth_throttle::AuthThrottle,
 }
 
 /// Embedded migrations (crates/storage/migrations).

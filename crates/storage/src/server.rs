@@ -77,6 +77,20 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
 }
 
 /// Connect, migrate and start serving. Returns once both listeners are bound.
+/// Delete failed logins older than the throttle's window, once a minute.
+async fn forget_old_auth_failures(store: Arc<Store>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = store.auth_throttle.forget_old(&store.pool).await {
+            tracing::warn!(error = %e, "deleting old failed logins");
+        }
+    }
+}
+
 pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow::Result<RunningStorage> {
     ensure_database(&config.database_url).await?;
     let pool = PgPoolOptions::new()
@@ -109,7 +123,9 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
         jetstream: Some(async_nats::jetstream::new(nats.clone())),
         events: EventPublisher::new(Some(nats), config.events_prefix.clone()),
         config: Arc::new(config.clone()),
+        auth_throttle: crate::auth_throttle::AuthThrottle::new(config.auth_throttle.clone()),
     });
+    tokio::spawn(forget_old_auth_failures(store.clone(), shutdown.clone()));
 
     let listener = TcpListener::bind(config.listen).await?;
     let admin_listener = TcpListener::bind(config.admin_listen).await?;

@@ -36,6 +36,7 @@ async fn accounts_authenticate_with_their_password_only() {
         .authenticate(pb::AuthenticateRequest {
             username: "ALICE@example.org".into(),
             password: "correct horse battery".into(),
+            ..Default::default()
         })
         .await
         .expect("login with the right password")
@@ -43,12 +44,20 @@ async fn accounts_authenticate_with_their_password_only() {
     assert_eq!(ok.id, alice.id);
 
     let bad = dir
-        .authenticate(pb::AuthenticateRequest { username: "alice@example.org".into(), password: "wrong".into() })
+        .authenticate(pb::AuthenticateRequest {
+            username: "alice@example.org".into(),
+            password: "wrong".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::Unauthenticated);
     let unknown = dir
-        .authenticate(pb::AuthenticateRequest { username: "nobody@example.org".into(), password: "whatever1".into() })
+        .authenticate(pb::AuthenticateRequest {
+            username: "nobody@example.org".into(),
+            password: "whatever1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::Unauthenticated);
@@ -63,6 +72,7 @@ async fn accounts_authenticate_with_their_password_only() {
         .authenticate(pb::AuthenticateRequest {
             username: "alice@example.org".into(),
             password: "correct horse battery".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -181,6 +191,7 @@ async fn apop_digest_is_checked_against_the_shared_secret() {
             username: "alice@example.org".into(),
             timestamp: banner.into(),
             digest: digest("tanstaaf-secret"),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -202,6 +213,7 @@ async fn apop_digest_is_checked_against_the_shared_secret() {
             username: "alice@example.org".into(),
             timestamp: banner.into(),
             digest: digest("tanstaaf-secret"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -212,6 +224,7 @@ async fn apop_digest_is_checked_against_the_shared_secret() {
             username: "alice@example.org".into(),
             timestamp: banner.into(),
             digest: digest("another-secret"),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -47,12 +47,19 @@ pub struct TestEnv {
     pub blob_dir: PathBuf,
     db_name: String,
     storage: Option<(RunningStorage, CancellationToken)>,
+    /// Changes this test makes to storage's configuration.
+    storage_tweak: fn(&mut StorageConfig),
     _tmp: tempfile::TempDir,
 }
 
 impl TestEnv {
     /// A fresh database and a storage service serving on loopback.
     pub async fn start() -> TestEnv {
+        TestEnv::start_with(|_| {}).await
+    }
+
+    /// `start`, with storage's configuration changed by `tweak` (also on restarts).
+    pub async fn start_with(tweak: fn(&mut StorageConfig)) -> TestEnv {
         mailfleet_runtime::init_crypto();
         let id = unique();
         let db_name = format!("mf_t_{id}");
@@ -72,6 +79,7 @@ impl TestEnv {
             blob_dir: tmp.path().join("blobs"),
             db_name,
             storage: None,
+            storage_tweak: tweak,
             _tmp: tmp,
         };
         env.start_storage().await;
@@ -80,7 +88,7 @@ impl TestEnv {
 
     /// The configuration the in-process storage runs with.
     pub fn storage_config(&self) -> StorageConfig {
-        StorageConfig {
+        let mut config = StorageConfig {
             listen: "127.0.0.1:0".parse().expect("static"),
             admin_listen: "127.0.0.1:0".parse().expect("static"),
             database_url: self.database_url.clone(),
@@ -95,7 +103,9 @@ impl TestEnv {
             // names its streams here.
             sweep: storage::sweep::SweepConfig { queue_streams: Vec::new(), ..Default::default() },
             ..StorageConfig::default()
-        }
+        };
+        (self.storage_tweak)(&mut config);
+        config
     }
 
     /// (Re)start storage; after a restart it listens on a new port.

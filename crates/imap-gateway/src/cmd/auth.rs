@@ -7,9 +7,11 @@ use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
 use imap_codec::imap_types::core::{AString, Tag};
 use imap_codec::imap_types::secret::Secret;
 
+use mailfleet_runtime::sasl::{Credentials, Exchange, Mechanism, SaslError, Step};
+
 use crate::codec;
 use crate::session::{CmdResult, Done, ImapError, Out, PendingAuth, Session, State, Then};
-use crate::store::MailStore;
+use crate::store::{MailStore, StoreError};
 
 fn need_not_authenticated<S: MailStore>(s: &Session<S>) -> Result<(), ImapError> {
     match &s.state {
@@ -43,13 +45,20 @@ pub async fn login<S: MailStore>(
 ) -> CmdResult {
     need_not_authenticated(s)?;
     need_privacy(s)?;
-    let user = String::from_utf8_lossy(username.as_ref()).to_string();
-    let pass = String::from_utf8_lossy(password.declassify().as_ref()).to_string();
-    complete_login(s, &user, &pass).await
+    let credentials = Credentials::new(username.as_ref(), password.declassify().as_ref());
+    complete_login(s, credentials).await
 }
 
-async fn complete_login<S: MailStore>(s: &mut Session<S>, user: &str, pass: &str) -> CmdResult {
-    let account = s.store.authenticate(user, pass).await?;
+/// Credentials that passed the SASL policy go to storage; any that did not
+/// are a failed login without asking it.
+async fn complete_login<S: MailStore>(s: &mut Session<S>, credentials: Result<Credentials, SaslError>) -> CmdResult {
+    let account = match credentials {
+        Ok(c) => s.store.authenticate(&c.username, &c.password, s.ctx.client).await?,
+        Err(SaslError::OtherIdentity) => {
+            return Err(ImapError::no(Some("AUTHORIZATIONFAILED"), "Cannot act as another user"));
+        }
+        Err(_) => return Err(StoreError::BadCredentials.into()),
+    };
     s.state = State::Authenticated { account };
     // RFC 3501 §7.1: a CAPABILITY code saves the client a round trip.
     Done::with_code(
@@ -71,31 +80,19 @@ pub async fn authenticate<S: MailStore>(
 ) -> CmdResult {
     need_not_authenticated(s)?;
     need_privacy(s)?;
-    match (mechanism, initial) {
-        (AuthMechanism::Plain, Some(ir)) => plain(s, ir.declassify()).await,
-        (AuthMechanism::Plain, None) => {
-            out.push(codec::continuation_base64(b""));
-            s.state = State::NotAuthenticated { pending: Some(PendingAuth::Plain { tag: tag.clone() }) };
+    let mechanism = match mechanism {
+        AuthMechanism::Plain => Mechanism::Plain,
+        AuthMechanism::Login => Mechanism::Login,
+        other => return Err(ImapError::no(Some("CANNOT"), format!("Unsupported mechanism {other}"))),
+    };
+    let pending = PendingAuth { tag: tag.clone(), exchange: Exchange::new(mechanism) };
+    match initial {
+        Some(response) => respond(s, pending, response.declassify(), out).await,
+        None => {
+            out.push(codec::continuation_base64(pending.exchange.challenge()));
+            s.state = State::NotAuthenticated { pending: Some(pending) };
             Done::then(Then::AuthData, "")
         }
-        (AuthMechanism::Login, ir) => {
-            match ir {
-                // RFC 4959 allows an initial response: the user name.
-                Some(user) => {
-                    let user = String::from_utf8_lossy(user.declassify()).to_string();
-                    out.push(codec::continuation_base64(b"Password:"));
-                    s.state = State::NotAuthenticated {
-                        pending: Some(PendingAuth::LoginPassword { tag: tag.clone(), user }),
-                    };
-                }
-                None => {
-                    out.push(codec::continuation_base64(b"Username:"));
-                    s.state = State::NotAuthenticated { pending: Some(PendingAuth::LoginUser { tag: tag.clone() }) };
-                }
-            }
-            Done::then(Then::AuthData, "")
-        }
-        (other, _) => Err(ImapError::no(Some("CANNOT"), format!("Unsupported mechanism {other}"))),
     }
 }
 
@@ -110,32 +107,24 @@ pub async fn continue_authenticate<S: MailStore>(
     let AuthenticateData::Continue(data) = data else {
         return Err(ImapError::bad("Authentication cancelled"));
     };
-    let data = data.declassify();
-    match pending {
-        PendingAuth::Plain { .. } => plain(s, data).await,
-        PendingAuth::LoginUser { tag } => {
-            let user = String::from_utf8_lossy(data).to_string();
-            out.push(codec::continuation_base64(b"Password:"));
-            s.state = State::NotAuthenticated { pending: Some(PendingAuth::LoginPassword { tag, user }) };
-            Done::then(Then::AuthData, "")
-        }
-        PendingAuth::LoginPassword { user, .. } => {
-            let pass = String::from_utf8_lossy(data).to_string();
-            complete_login(s, &user, &pass).await
-        }
-    }
+    respond(s, pending, data.declassify(), out).await
 }
 
-/// RFC 4616 §2: `[authzid] NUL authcid NUL passwd`; we act only as authcid.
-async fn plain<S: MailStore>(s: &mut Session<S>, msg: &[u8]) -> CmdResult {
-    let mut parts = msg.split(|b| *b == 0);
-    let (Some(authz), Some(authc), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(ImapError::bad("Malformed PLAIN response"));
-    };
-    let authc = String::from_utf8_lossy(authc).to_string();
-    if !authz.is_empty() && !String::from_utf8_lossy(authz).eq_ignore_ascii_case(&authc) {
-        return Err(ImapError::no(Some("AUTHORIZATIONFAILED"), "Cannot act as another user"));
+/// One decoded response: the next challenge, or the login.
+async fn respond<S: MailStore>(
+    s: &mut Session<S>,
+    mut pending: PendingAuth,
+    response: &[u8],
+    out: &mut Out,
+) -> CmdResult {
+    match pending.exchange.respond(response) {
+        Ok(Step::Challenge(challenge)) => {
+            out.push(codec::continuation_base64(challenge));
+            s.state = State::NotAuthenticated { pending: Some(pending) };
+            Done::then(Then::AuthData, "")
+        }
+        Ok(Step::Done(credentials)) => complete_login(s, Ok(credentials)).await,
+        Err(SaslError::Malformed) => Err(ImapError::bad("Malformed PLAIN response")),
+        Err(e) => complete_login(s, Err(e)).await,
     }
-    let pass = String::from_utf8_lossy(pass).to_string();
-    complete_login(s, &authc, &pass).await
 }

@@ -226,7 +226,7 @@ fn meta(uid: u32, m: &Msg, with_envelope: bool) -> pb::MessageMeta {
 }
 
 impl MailStore for FakeStore {
-    async fn authenticate(&self, username: &str, password: &str) -> StoreResult<Account> {
+    async fn authenticate(&self, username: &str, password: &str, _client: std::net::IpAddr) -> StoreResult<Account> {
         self.check()?;
         let d = self.lock();
         d.accounts

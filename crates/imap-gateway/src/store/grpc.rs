@@ -35,9 +35,18 @@ impl GrpcStore {
 }
 
 impl MailStore for GrpcStore {
-    async fn authenticate(&self, username: &str, password: &str) -> StoreResult<Account> {
-        let req = pb::AuthenticateRequest { username: username.into(), password: password.into() };
-        let a = self.directory.clone().authenticate(traced(req)).await?.into_inner();
+    async fn authenticate(&self, username: &str, password: &str, client: std::net::IpAddr) -> StoreResult<Account> {
+        let req = pb::AuthenticateRequest {
+            username: username.into(),
+            password: password.into(),
+            client_ip: client.to_string(),
+        };
+        let a = match self.directory.clone().authenticate(traced(req)).await {
+            Ok(a) => a.into_inner(),
+            // Authenticate's RESOURCE_EXHAUSTED is the auth throttle, not a quota.
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => return Err(StoreError::Throttled),
+            Err(s) => return Err(s.into()),
+        };
         if a.disabled {
             return Err(StoreError::Disabled);
         }

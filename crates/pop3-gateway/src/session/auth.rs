@@ -5,11 +5,10 @@
 use std::collections::BTreeSet;
 use std::io;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
+use mailfleet_runtime::sasl::{self, Credentials, Exchange, Mechanism, SaslError, Step};
 use tokio::io::AsyncWrite;
 
-use super::{Flow, Lease, Maildrop, Sasl, Session, State, store_error, write, write_flow};
+use super::{Flow, Lease, Maildrop, Session, State, store_error, write, write_flow};
 use crate::codec::{self, RespCode};
 use crate::store::{Account, MailStore, StoreError};
 
@@ -48,8 +47,8 @@ impl Session {
         if !self.plaintext_ok() {
             return write_flow(out, codec::err(Some(RespCode::Auth), PLAINTEXT_REFUSED)).await;
         }
-        let result = store.authenticate(&name, &password).await;
-        self.login(result, store, out).await
+        let credentials = Credentials::new(name.as_bytes(), password.as_bytes());
+        self.check(credentials, store, out).await
     }
 
     /// RFC 1939 §7 APOP name digest: MD5 over the greeting's timestamp and
@@ -67,7 +66,7 @@ impl Session {
         if digest.len() != 32 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return write_flow(out, codec::err(None, "APOP digest must be 32 hex digits")).await;
         }
-        let result = store.authenticate_apop(&name, &self.timestamp, &digest).await;
+        let result = store.authenticate_apop(&name, &self.timestamp, &digest, self.client).await;
         self.login(result, store, out).await
     }
 
@@ -81,33 +80,25 @@ impl Session {
         out: &mut W,
     ) -> io::Result<Flow> {
         let Some(mechanism) = mechanism else {
-            return write_flow(out, codec::multiline("SASL mechanisms follow", ["PLAIN".into(), "LOGIN".into()])).await;
+            let names = Mechanism::ALL.map(|m| m.name().to_string());
+            return write_flow(out, codec::multiline("SASL mechanisms follow", names)).await;
         };
-        let step = match mechanism.as_str() {
-            "PLAIN" => Sasl::Plain,
-            "LOGIN" => Sasl::LoginUser,
-            _ => return write_flow(out, codec::err(None, "unsupported SASL mechanism")).await,
+        let Some(mechanism) = Mechanism::from_name(&mechanism) else {
+            return write_flow(out, codec::err(None, "unsupported SASL mechanism")).await;
         };
         if !self.plaintext_ok() {
             return write_flow(out, codec::err(Some(RespCode::Auth), PLAINTEXT_REFUSED)).await;
         }
+        let exchange = Exchange::new(mechanism);
+        let challenge = exchange.challenge();
+        if let State::Authorization { sasl, .. } = &mut self.state {
+            *sasl = Some(exchange);
+        }
         match initial {
             // RFC 5034 §4: an initial response saves a round trip.
-            Some(initial) => {
-                if let State::Authorization { sasl, .. } = &mut self.state {
-                    *sasl = Some(step);
-                }
-                self.sasl_response(initial.as_bytes(), store, out).await
-            }
+            Some(initial) => self.sasl_response(initial.as_bytes(), store, out).await,
             None => {
-                let challenge = match step {
-                    Sasl::LoginUser => "+ VXNlcm5hbWU6\r\n", // "Username:"
-                    _ => "+ \r\n",
-                };
-                if let State::Authorization { sasl, .. } = &mut self.state {
-                    *sasl = Some(step);
-                }
-                write(out, challenge.to_string()).await?;
+                write(out, format!("+ {}\r\n", sasl::encode_challenge(challenge))).await?;
                 Ok(Flow::Continue)
             }
         }
@@ -121,47 +112,36 @@ impl Session {
         out: &mut W,
     ) -> io::Result<Flow> {
         let State::Authorization { sasl, .. } = &mut self.state else { return Ok(Flow::Continue) };
-        let Some(step) = sasl.take() else { return Ok(Flow::Continue) };
-        let line = codec::trim_eol(line);
-        if line == b"*" {
-            return write_flow(out, codec::err(None, "authentication cancelled")).await;
-        }
-        // "=" is an empty initial response (RFC 5034 §4).
-        let decoded = if line == b"=" { Ok(Vec::new()) } else { B64.decode(line) };
-        let Ok(decoded) = decoded else {
-            return write_flow(out, codec::err(None, "invalid base64 in SASL response")).await;
+        let Some(mut exchange) = sasl.take() else { return Ok(Flow::Continue) };
+        let response = match sasl::decode_response(codec::trim_eol(line)) {
+            Ok(r) => r,
+            Err(SaslError::Cancelled) => return write_flow(out, codec::err(None, "authentication cancelled")).await,
+            Err(e) => return write_flow(out, codec::err(None, &e.to_string())).await,
         };
-        match step {
-            Sasl::Plain => {
-                // RFC 4616 §2: [authzid] NUL authcid NUL passwd.
-                let mut parts = decoded.split(|&b| b == 0);
-                let (Some(authz), Some(authc), Some(pass), None) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                else {
-                    return self.login(Err(StoreError::BadCredentials), store, out).await;
-                };
-                if !authz.is_empty() && authz != authc {
-                    // Acting as another user is not supported.
-                    return self.login(Err(StoreError::BadCredentials), store, out).await;
-                }
-                let (Ok(user), Ok(pass)) = (std::str::from_utf8(authc), std::str::from_utf8(pass)) else {
-                    return self.login(Err(StoreError::BadCredentials), store, out).await;
-                };
-                let result = store.authenticate(user, pass).await;
-                self.login(result, store, out).await
-            }
-            Sasl::LoginUser => {
-                let user = String::from_utf8_lossy(&decoded).into_owned();
-                *sasl = Some(Sasl::LoginPass(user));
-                write(out, "+ UGFzc3dvcmQ6\r\n".to_string()).await?; // "Password:"
+        match exchange.respond(&response) {
+            Ok(Step::Challenge(challenge)) => {
+                *sasl = Some(exchange);
+                write(out, format!("+ {}\r\n", sasl::encode_challenge(challenge))).await?;
                 Ok(Flow::Continue)
             }
-            Sasl::LoginPass(user) => {
-                let pass = String::from_utf8_lossy(&decoded).into_owned();
-                let result = store.authenticate(&user, &pass).await;
-                self.login(result, store, out).await
-            }
+            Ok(Step::Done(credentials)) => self.check(Ok(credentials), store, out).await,
+            Err(e) => self.check(Err(e), store, out).await,
         }
+    }
+
+    /// Credentials that passed the SASL policy go to storage; any that did
+    /// not are a failed login without asking it.
+    async fn check<S: MailStore, W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        credentials: Result<Credentials, SaslError>,
+        store: &S,
+        out: &mut W,
+    ) -> io::Result<Flow> {
+        let result = match credentials {
+            Ok(c) => store.authenticate(&c.username, &c.password, self.client).await,
+            Err(_) => Err(StoreError::BadCredentials),
+        };
+        self.login(result, store, out).await
     }
 
     /// After the credentials were checked: lock the maildrop (RFC 1939 §8:
@@ -174,7 +154,7 @@ impl Session {
     ) -> io::Result<Flow> {
         let account = match result {
             Ok(account) => account,
-            Err(e @ (StoreError::BadCredentials | StoreError::Disabled)) => {
+            Err(e @ (StoreError::BadCredentials | StoreError::Disabled | StoreError::Throttled)) => {
                 self.bad_auths += 1;
                 tracing::info!(failures = self.bad_auths, "authentication failed");
                 // Slow down guessing; then give up on this connection.

@@ -17,6 +17,7 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::codec::{self, Command, MsgNum, RespCode};
 use crate::config::Pop3Config;
 use crate::store::{Account, MailStore, MessageInfo, StoreError};
+use mailfleet_runtime::sasl::Exchange;
 
 pub use lease::{Lease, Renewal};
 
@@ -73,14 +75,6 @@ impl SessionConfig {
     }
 }
 
-/// A SASL exchange in progress (RFC 5034 §4): the next line is a response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sasl {
-    Plain,
-    LoginUser,
-    LoginPass(String),
-}
-
 /// RFC 1939 §4: the maildrop as it was at login, numbered 1..n, with the
 /// messages marked by DELE.
 #[derive(Debug)]
@@ -127,7 +121,8 @@ pub struct PendingBatch {
 pub enum State {
     Authorization {
         user: Option<String>,
-        sasl: Option<Sasl>,
+        /// A SASL exchange in progress (RFC 5034 §4): the next line is a response.
+        sasl: Option<Exchange>,
     },
     Transaction {
         account: Account,
@@ -142,7 +137,9 @@ pub struct Session {
     cfg: Arc<SessionConfig>,
     state: State,
     tls_active: bool,
-    peer_is_loopback: bool,
+    /// The real client (after PROXY): the loopback exception, and the
+    /// address failed logins count under in storage.
+    client: IpAddr,
     /// RFC 1939 §7: `<pid.clock@host>`, unique per greeting.
     timestamp: String,
     /// Lock holder id, unique per session.
@@ -152,14 +149,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(cfg: Arc<SessionConfig>, tls_active: bool, peer_is_loopback: bool) -> Session {
+    pub fn new(cfg: Arc<SessionConfig>, tls_active: bool, client: IpAddr) -> Session {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let timestamp = format!("<{}.{}@{}>", std::process::id(), &id[..16], cfg.hostname);
         Session {
             cfg,
             state: State::Authorization { user: None, sasl: None },
             tls_active,
-            peer_is_loopback,
+            client,
             timestamp,
             holder: id,
             bad_auths: 0,
@@ -212,7 +209,7 @@ impl Session {
     fn plaintext_ok(&self) -> bool {
         self.tls_active
             || self.cfg.allow_plaintext_auth
-            || (self.cfg.allow_plaintext_auth_on_loopback && self.peer_is_loopback)
+            || (self.cfg.allow_plaintext_auth_on_loopback && self.client.is_loopback())
     }
 
     /// Handle one line from the client (terminator included or not).
@@ -351,6 +348,10 @@ fn store_error(e: &StoreError) -> String {
     match e {
         StoreError::BadCredentials => codec::err(Some(RespCode::Auth), "authentication failed"),
         StoreError::Disabled => codec::err(Some(RespCode::Auth), "account disabled"),
+        // RFC 3206 §4: a temporary condition; the client may try later.
+        StoreError::Throttled => {
+            codec::err(Some(RespCode::SysTemp), "too many failed logins from your address, try again later")
+        }
         StoreError::Unavailable(why) => {
             tracing::warn!(error = %why, "storage unavailable");
             codec::err(Some(RespCode::SysTemp), "storage temporarily unavailable, try again later")

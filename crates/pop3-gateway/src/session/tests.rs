@@ -29,7 +29,7 @@ fn cfg() -> SessionConfig {
 }
 
 fn loopback(cfg: SessionConfig) -> Session {
-    Session::new(Arc::new(cfg), false, true)
+    Session::new(Arc::new(cfg), false, std::net::Ipv4Addr::LOCALHOST.into())
 }
 
 fn escape(b: &[u8]) -> String {
@@ -321,7 +321,7 @@ async fn capa_depends_on_state_and_tls() {
     )
     .await;
     // Not loopback, no TLS yet: no plaintext mechanisms, only STLS.
-    let mut s = Session::new(Arc::new(with.clone()), false, false);
+    let mut s = Session::new(Arc::new(with.clone()), false, "192.0.2.1".parse().unwrap());
     transcript(
         &mut s,
         &store,

@@ -1,6 +1,7 @@
 //! In-memory [`MailStore`] for the session's transcript tests.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -76,7 +77,7 @@ fn header_size(data: &[u8]) -> u64 {
 }
 
 impl MailStore for FakeStore {
-    async fn authenticate(&self, user: &str, password: &str) -> Result<Account, StoreError> {
+    async fn authenticate(&self, user: &str, password: &str, _client: IpAddr) -> Result<Account, StoreError> {
         self.check()?;
         match self.accounts.get(user) {
             Some((id, pw, _)) if pw == password => Ok(Account { id: *id, address: user.into() }),
@@ -84,7 +85,13 @@ impl MailStore for FakeStore {
         }
     }
 
-    async fn authenticate_apop(&self, user: &str, timestamp: &str, digest: &str) -> Result<Account, StoreError> {
+    async fn authenticate_apop(
+        &self,
+        user: &str,
+        timestamp: &str,
+        digest: &str,
+        _client: IpAddr,
+    ) -> Result<Account, StoreError> {
         self.check()?;
         match self.accounts.get(user) {
             Some((id, _, Some(secret))) if hex::encode(Md5::digest(format!("{timestamp}{secret}"))) == digest => {

@@ -1,6 +1,7 @@
 //! [`MailStore`] over the storage service's gRPC API
 //! (proto/mailfleet/storage/v1/storage.proto).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -66,6 +67,14 @@ fn stream_req<T>(msg: T) -> Request<T> {
     r
 }
 
+/// For Authenticate: RESOURCE_EXHAUSTED is the auth throttle's refusal.
+fn auth_status(status: Status) -> StoreError {
+    match status.code() {
+        Code::ResourceExhausted => StoreError::Throttled,
+        _ => map_status(status),
+    }
+}
+
 fn lock_request(account_id: i64, holder: &str, ttl_seconds: u32) -> pb::LockRequest {
     pb::LockRequest { account_id, name: LOCK_NAME.into(), holder: holder.into(), ttl_seconds }
 }
@@ -79,23 +88,29 @@ fn uid_range(start: u32, end: u32) -> pb::UidRange {
 }
 
 impl MailStore for GrpcStore {
-    async fn authenticate(&self, user: &str, password: &str) -> Result<Account, StoreError> {
-        let r = DirectoryClient::new(self.channel.clone())
-            .authenticate(req(pb::AuthenticateRequest { username: user.into(), password: password.into() }))
-            .await
-            .map_err(map_status)?;
+    async fn authenticate(&self, user: &str, password: &str, client: IpAddr) -> Result<Account, StoreError> {
+        let request =
+            pb::AuthenticateRequest { username: user.into(), password: password.into(), client_ip: client.to_string() };
+        let r = DirectoryClient::new(self.channel.clone()).authenticate(req(request)).await.map_err(auth_status)?;
         Ok(account(r.into_inner()))
     }
 
-    async fn authenticate_apop(&self, user: &str, timestamp: &str, digest: &str) -> Result<Account, StoreError> {
+    async fn authenticate_apop(
+        &self,
+        user: &str,
+        timestamp: &str,
+        digest: &str,
+        client: IpAddr,
+    ) -> Result<Account, StoreError> {
         let r = DirectoryClient::new(self.channel.clone())
             .authenticate_apop(req(pb::AuthenticateApopRequest {
                 username: user.into(),
                 timestamp: timestamp.into(),
                 digest: digest.to_ascii_lowercase(),
+                client_ip: client.to_string(),
             }))
             .await
-            .map_err(map_status)?;
+            .map_err(auth_status)?;
         Ok(account(r.into_inner()))
     }
 

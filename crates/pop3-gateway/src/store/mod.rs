@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::Stream;
+use std::net::IpAddr;
 
 pub mod grpc;
 
@@ -23,6 +24,10 @@ pub enum StoreError {
     /// PERMISSION_DENIED: the account is disabled.
     #[error("account disabled")]
     Disabled,
+    /// RESOURCE_EXHAUSTED from Authenticate: the client's address (or the
+    /// account) failed too often lately; refused unchecked (`-ERR [SYS/TEMP]`).
+    #[error("too many failed logins")]
+    Throttled,
     /// UNAVAILABLE and friends: try again later (`-ERR [SYS/TEMP]`, RFC 3206).
     #[error("storage temporarily unavailable: {0}")]
     Unavailable(String),
@@ -62,13 +67,20 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Sen
 
 /// The storage operations a POP3 session uses.
 pub trait MailStore: Send + Sync + 'static {
-    fn authenticate(&self, user: &str, password: &str) -> impl Future<Output = Result<Account, StoreError>> + Send;
+    /// A password login from `client` (storage counts failures per address).
+    fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> impl Future<Output = Result<Account, StoreError>> + Send;
     /// RFC 1939 §7: storage checks MD5(timestamp + secret) == digest.
     fn authenticate_apop(
         &self,
         user: &str,
         timestamp: &str,
         digest: &str,
+        client: IpAddr,
     ) -> impl Future<Output = Result<Account, StoreError>> + Send;
     /// Take the maildrop lease; false when another session holds it.
     fn lock(
