@@ -45,6 +45,8 @@ pub enum QueueError {
     Config(#[from] redelivery::RuleError),
     #[error("DNS resolver: {0}")]
     Resolver(String),
+    #[error("relay TLS: {0}")]
+    Tls(#[from] relay::tls::TrustError),
     #[error("binding the health endpoint {addr}: {source}")]
     HealthBind { addr: SocketAddr, source: std::io::Error },
 }

@@ -12,6 +12,7 @@
 
 pub mod alloc;
 pub mod process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,22 +6,21 @@
 //! recipients with a result per recipient. A connection can carry several
 //! transactions (connection reuse); the caller decides.
 //!
-//! TLS: like common MTAs talking to MX hosts, certificates are not verified
-//! (RFC 7435 opportunistic security: any encryption beats plain text, and
-//! MX certificates are often self-signed). `Required` means "encrypt or do
-//! not send" (Postfix `encrypt` level); certificate checks (DANE, MTA-STS)
-//! are not implemented.
+//! TLS: the caller decides per destination ([`super::tls`]) whether
+//! STARTTLS is optional or required and how the certificate is checked;
+//! a handshake that fails the check ends the connection before MAIL or
+//! AUTH. AUTH is sent only over TLS whose certificate was verified (or in
+//! plain text to a loopback address, for development).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+
+use super::tls::{TlsChecks, Verify};
 
 /// Longest reply line we accept (RFC 5321 §4.5.3.1.5 says 512; be lenient).
 const MAX_REPLY_LINE: u64 = 8192;
@@ -44,6 +43,8 @@ pub struct ClientOptions {
     /// Our name in EHLO/HELO (RFC 5321 §4.1.1.1: the FQDN of the client).
     pub helo_name: String,
     pub tls: TlsMode,
+    /// How the certificate is checked when TLS is used.
+    pub tls_checks: TlsChecks,
     pub connect_timeout: Duration,
     /// RFC 5321 §4.5.3.2: 5 min for the greeting, MAIL, RCPT; we use one value.
     pub command_timeout: Duration,
@@ -249,6 +250,8 @@ pub struct SmtpConnection {
     pub transactions: u32,
     /// Logged in with AUTH.
     pub authenticated: bool,
+    /// TLS with a certificate verified for `host` (not merely encrypted).
+    pub verified: bool,
 }
 
 /// RFC 3461 §4.2 NOTIFY value from the bit set; None when not given.
@@ -342,6 +345,7 @@ impl SmtpConnection {
             options: options.clone(),
             transactions: 0,
             authenticated: false,
+            verified: false,
         };
         // RFC 5321 §3.1: the 220 greeting; 554 means "no service here".
         let greeting = conn.read_reply("greeting").await?;
@@ -368,6 +372,12 @@ impl SmtpConnection {
         if !self.tls && !self.addr.ip().is_loopback() {
             // RFC 4954 §4 / RFC 8314: no clear-text passwords on the wire.
             return Err(ClientError::Auth("the server offers no TLS; refusing to send the password".into()));
+        }
+        if self.tls && !self.verified {
+            // Encrypted to whom? Only a verified certificate says.
+            return Err(ClientError::Auth(
+                "the server's certificate was not verified; refusing to send the password".into(),
+            ));
         }
         if !self.caps.auth.iter().any(|m| m == "PLAIN") {
             return Err(ClientError::Auth(format!("the server offers no AUTH PLAIN ({:?})", self.caps.auth)));
@@ -420,7 +430,7 @@ impl SmtpConnection {
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let placeholder: Box<dyn Io> = Box::new(placeholder_stream());
         let inner = std::mem::replace(&mut self.stream, BufReader::new(placeholder)).into_inner();
-        let connector = tokio_rustls::TlsConnector::from(tls_client_config());
+        let connector = tokio_rustls::TlsConnector::from(self.options.tls_checks.config.clone());
         let tls = timeout(self.options.command_timeout, connector.connect(name, inner))
             .await
             .map_err(|_| ClientError::Timeout("TLS handshake"))?
@@ -428,6 +438,7 @@ impl SmtpConnection {
         let boxed: Box<dyn Io> = Box::new(tls);
         self.stream = BufReader::new(boxed);
         self.tls = true;
+        self.verified = self.options.tls_checks.verify == Verify::Enforce;
         self.caps = Capabilities::default();
         self.hello().await
     }
@@ -629,61 +640,6 @@ fn rcpt_results(env: &Envelope, rcpt_replies: &[Reply], data: Option<&Reply>) ->
 /// into the TLS handshake.
 fn placeholder_stream() -> tokio::io::DuplexStream {
     tokio::io::duplex(1).0
-}
-
-/// rustls client config that accepts any certificate (see the module docs).
-fn tls_client_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth());
-    match config {
-        Ok(c) => Arc::new(c),
-        // Only fails if the provider lacks every protocol version.
-        Err(_) => Arc::new(
-            rustls::ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))))
-                .with_no_client_auth(),
-        ),
-    }
-}
-
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -22,11 +22,14 @@
 //! author's domain and the sender may send as the author.
 
 pub mod client;
+mod destination;
 pub mod dkim;
 pub mod dsn;
 pub mod metrics;
+pub mod mta_sts;
 pub mod route;
 pub mod schedule;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -92,10 +95,20 @@ pub struct RelayConfig {
     pub smarthosts: BTreeMap<String, String>,
     /// Login for smarthosts (AUTH PLAIN, only over TLS or loopback).
     pub smarthost_auth: Option<client::Credentials>,
-    /// TLS for every destination: opportunistic (default), required, disabled.
+    /// TLS for every destination: opportunistic (default; certificates not
+    /// checked, RFC 7435), required (verified certificates), disabled.
     pub tls: TlsMode,
-    /// Domains for which TLS is required (no plain-text fallback).
+    /// Domains for which TLS with a verified certificate is required (no
+    /// plain-text fallback).
     pub require_tls: Vec<String>,
+    /// PEM certificates trusted besides the system's trust anchors (a
+    /// private CA of a smarthost or of `require_tls` destinations).
+    pub tls_extra_roots: Option<std::path::PathBuf>,
+    /// Honour MTA-STS policies (RFC 8461) of destination domains.
+    pub mta_sts: bool,
+    /// How long fetching one MTA-STS policy over HTTPS may take.
+    #[serde(with = "humantime_serde")]
+    pub mta_sts_fetch_timeout: Duration,
     pub schedule: Schedule,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -140,6 +153,9 @@ impl Default for RelayConfig {
             smarthost_auth: None,
             tls: TlsMode::Opportunistic,
             require_tls: Vec::new(),
+            tls_extra_roots: None,
+            mta_sts: true,
+            mta_sts_fetch_timeout: Duration::from_secs(30),
             schedule: Schedule::default(),
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
@@ -223,6 +239,9 @@ pub struct Relay {
     dkim: dkim::DkimKeys,
     dsn: DsnSender,
     metrics: metrics::Metrics,
+    /// Trust anchors and TLS client configurations.
+    trust: tls::TlsTrust,
+    sts: mta_sts::MtaSts,
 }
 
 /// Connect to NATS and storage and start the relay (used by tests and by
@@ -249,8 +268,14 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, QueueError> {
     let rc = config.relay.clone();
+    let trust = tls::TlsTrust::load(rc.tls_extra_roots.as_deref())?;
+    let fetcher = mta_sts::HttpsFetcher::new(trust.roots(), resolver.clone(), rc.mta_sts_fetch_timeout)
+        .map_err(|e| tls::TrustError::Config(e.to_string()))?;
+    let sts = mta_sts::MtaSts::new(resolver.clone(), Arc::new(fetcher));
     let consumer = crate::ensure_consumer(&js, &config.relay_stream, &rc.consumer, rc.ack_wait).await?;
     let relay = Arc::new(Relay {
+        trust,
+        sts,
         dkim: dkim::DkimKeys::new(channel.clone(), rc.dkim, &rc.hostname),
         dsn: DsnSender::new(channel.clone(), js.clone(), config),
         relay_stream: config.relay_stream.clone(),
@@ -518,22 +543,6 @@ impl Relay {
             .clone()
     }
 
-    fn client_options(&self, domain: &str, smarthost: bool) -> ClientOptions {
-        let tls = if self.config.require_tls.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
-            TlsMode::Required
-        } else {
-            self.config.tls
-        };
-        ClientOptions {
-            helo_name: self.config.hostname.clone(),
-            tls,
-            connect_timeout: self.config.connect_timeout,
-            command_timeout: self.config.command_timeout,
-            data_timeout: self.config.data_timeout,
-            auth: if smarthost { self.config.smarthost_auth.clone() } else { None },
-        }
-    }
-
     /// Deliver to every recipient of one domain.
     async fn deliver_domain<'r>(
         &self,
@@ -553,8 +562,11 @@ impl Relay {
                 return all(RcptOutcome::Failed { status: e.status().into(), diagnostic: e.to_string(), remote: None });
             }
         };
+        let (hops, options) = match self.destination(domain, smarthost.is_some(), hops).await {
+            Ok(destination) => destination,
+            Err(outcome) => return all(outcome),
+        };
         let _permit = self.limit(domain).acquire_owned().await;
-        let options = self.client_options(domain, smarthost.is_some());
         let eight_bit = job.body_type != "7BIT" && message.iter().any(|b| *b >= 0x80);
         let smtputf8 = needs_smtputf8(job, message);
         let mut results = Vec::with_capacity(rcpts.len());
@@ -689,8 +701,12 @@ impl Relay {
         options: &ClientOptions,
     ) -> Result<SmtpConnection, ClientError> {
         while let Some(mut conn) = self.pool.take(addr, self.config.idle_timeout) {
-            let usable =
-                (conn.tls || options.tls != TlsMode::Required) && (conn.authenticated || options.auth.is_none());
+            // A connection made under a weaker TLS policy, or verified for
+            // another host name at the same address, is not reused.
+            let verified = options.tls_checks.verify != tls::Verify::Enforce || (conn.verified && conn.host == host);
+            let usable = (conn.tls || options.tls != TlsMode::Required)
+                && (conn.authenticated || options.auth.is_none())
+                && verified;
             if usable && conn.reset().await.is_ok() {
                 return Ok(conn);
             }

@@ -38,6 +38,9 @@ pub trait Resolver: Send + Sync {
     /// Addresses (A and AAAA) of `host`; `port` is the SMTP port to use when
     /// the resolver has no port of its own.
     fn addrs<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, Result<Vec<SocketAddr>, DnsError>>;
+    /// TXT records of `name`, each one's character-strings joined (MTA-STS
+    /// discovery, RFC 8461 §3.1).
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>>;
 }
 
 /// Production resolver (system configuration, `/etc/resolv.conf`).
@@ -51,6 +54,11 @@ impl HickoryResolver {
     }
 }
 
+/// The name as an absolute DNS name (a trailing dot: no search domains).
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
+}
+
 fn hickory_err(e: hickory_resolver::net::NetError) -> DnsError {
     if e.is_no_records_found() || e.is_nx_domain() { DnsError::NotFound } else { DnsError::Temporary(e.to_string()) }
 }
@@ -58,8 +66,7 @@ fn hickory_err(e: hickory_resolver::net::NetError) -> DnsError {
 impl Resolver for HickoryResolver {
     fn mx<'a>(&'a self, domain: &'a str) -> BoxFuture<'a, Result<Vec<Mx>, DnsError>> {
         Box::pin(async move {
-            let fqdn = format!("{}.", domain.trim_end_matches('.'));
-            let lookup = self.0.mx_lookup(fqdn.as_str()).await.map_err(hickory_err)?;
+            let lookup = self.0.mx_lookup(fqdn(domain).as_str()).await.map_err(hickory_err)?;
             Ok(lookup
                 .answers()
                 .iter()
@@ -79,9 +86,24 @@ impl Resolver for HickoryResolver {
             if let Ok(ip) = host.parse::<IpAddr>() {
                 return Ok(vec![SocketAddr::new(ip, port)]);
             }
-            let fqdn = format!("{}.", host.trim_end_matches('.'));
-            let lookup = self.0.lookup_ip(fqdn.as_str()).await.map_err(hickory_err)?;
+            let lookup = self.0.lookup_ip(fqdn(host).as_str()).await.map_err(hickory_err)?;
             Ok(lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+        })
+    }
+
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        Box::pin(async move {
+            let lookup = self.0.txt_lookup(fqdn(name).as_str()).await.map_err(hickory_err)?;
+            Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    hickory_resolver::proto::rr::RData::TXT(txt) => {
+                        Some(txt.txt_data.iter().map(|s| String::from_utf8_lossy(s)).collect::<String>())
+                    }
+                    _ => None,
+                })
+                .collect())
         })
     }
 }
@@ -92,6 +114,7 @@ impl Resolver for HickoryResolver {
 pub struct TableResolver {
     mx: HashMap<String, Vec<Mx>>,
     hosts: HashMap<String, Vec<SocketAddr>>,
+    txt: HashMap<String, Vec<String>>,
     failing: Vec<String>,
 }
 
@@ -112,6 +135,10 @@ impl TableResolver {
     }
     pub fn with_host(mut self, host: &str, addr: SocketAddr) -> TableResolver {
         self.hosts.entry(host.to_ascii_lowercase()).or_default().push(addr);
+        self
+    }
+    pub fn with_txt(mut self, name: &str, record: &str) -> TableResolver {
+        self.txt.entry(name.to_ascii_lowercase()).or_default().push(record.to_string());
         self
     }
     /// Lookups of `name` fail temporarily (SERVFAIL).
@@ -141,6 +168,15 @@ impl Resolver for TableResolver {
                 return Err(DnsError::Temporary(format!("SERVFAIL for {key}")));
             }
             self.hosts.get(&key).cloned().ok_or(DnsError::NotFound)
+        })
+    }
+    fn txt<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        let key = name.to_ascii_lowercase();
+        Box::pin(async move {
+            if self.failing.contains(&key) {
+                return Err(DnsError::Temporary(format!("SERVFAIL for {key}")));
+            }
+            self.txt.get(&key).cloned().ok_or(DnsError::NotFound)
         })
     }
 }

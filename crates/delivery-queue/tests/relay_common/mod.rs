@@ -40,6 +40,9 @@ pub struct Script {
     pub data_delay: Option<Duration>,
     /// Require AUTH PLAIN with this user and password before MAIL.
     pub auth: Option<(String, String)>,
+    /// Certificate and key (PEM) for STARTTLS; default: self-signed for
+    /// mx.remote.test, which no relay trusts.
+    pub cert: Option<(String, String)>,
 }
 
 /// One message the MX accepted.
@@ -65,6 +68,8 @@ pub struct ScriptedMx {
     /// Sessions open right now, and the most ever open at once.
     pub active: Arc<AtomicUsize>,
     pub max_active: Arc<AtomicUsize>,
+    /// Every command line received, in order, across sessions.
+    pub commands: Arc<Mutex<Vec<String>>>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -74,7 +79,10 @@ impl ScriptedMx {
     pub async fn start(script: Script) -> ScriptedMx {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind scripted MX");
         let addr = listener.local_addr().expect("addr");
-        let (cert, key) = mailfleet_runtime::tls::generate_self_signed("mx.remote.test").expect("cert");
+        let (cert, key) = match &script.cert {
+            Some(pair) => pair.clone(),
+            None => mailfleet_runtime::tls::generate_self_signed("mx.remote.test").expect("cert"),
+        };
         let tls = mailfleet_runtime::tls::server_config_from_pem(&cert, &key).expect("tls config");
         let mx = ScriptedMx {
             addr,
@@ -84,12 +92,14 @@ impl ScriptedMx {
             attempts_at: Arc::default(),
             active: Arc::default(),
             max_active: Arc::default(),
+            commands: Arc::default(),
         };
         let shared = Shared {
             script: Arc::new(script),
             received: mx.received.clone(),
             transactions: mx.transactions.clone(),
             attempts_at: mx.attempts_at.clone(),
+            commands: mx.commands.clone(),
             acceptor: tokio_rustls::TlsAcceptor::from(tls),
         };
         let connections = mx.connections.clone();
@@ -114,6 +124,11 @@ impl ScriptedMx {
         self.received.lock().expect("lock").clone()
     }
 
+    /// Whether any command line received so far starts with `verb`.
+    pub fn saw(&self, verb: &str) -> bool {
+        self.commands.lock().expect("lock").iter().any(|c| c.to_ascii_uppercase().starts_with(verb))
+    }
+
     /// How many accepted messages list `rcpt`.
     pub fn count_for(&self, rcpt: &str) -> usize {
         self.received().iter().filter(|r| r.rcpts.iter().any(|x| x == rcpt)).count()
@@ -126,6 +141,7 @@ struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
     transactions: Arc<AtomicUsize>,
     attempts_at: Arc<Mutex<Vec<Instant>>>,
+    commands: Arc<Mutex<Vec<String>>>,
     acceptor: tokio_rustls::TlsAcceptor,
 }
 
@@ -145,6 +161,7 @@ async fn session(stream: Box<dyn Io>, sh: Shared) -> std::io::Result<()> {
             return Ok(());
         }
         let upper = line.trim_end().to_ascii_uppercase();
+        sh.commands.lock().expect("lock").push(line.trim_end().to_string());
         let reply: String = if upper.starts_with("EHLO") {
             if s.helo_only {
                 "502 5.5.1 EHLO not implemented\r\n".into()
