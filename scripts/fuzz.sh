@@ -56,16 +56,18 @@ run_one() {
 }
 
 status=0
-pids=()
+running=0
 for target in "${targets[@]}"; do
-    run_one "$target" &
-    pids+=("$!")
-    if [ ${#pids[@]} -ge "$jobs" ]; then
-        wait "${pids[0]}" || status=1
-        pids=("${pids[@]:1}")
+    if [ "$running" -ge "$jobs" ]; then
+        # Whichever finishes first frees its slot.
+        wait -n || status=1
+        running=$((running - 1))
     fi
+    run_one "$target" &
+    running=$((running + 1))
 done
-for pid in "${pids[@]}"; do
-    wait "$pid" || status=1
+while [ "$running" -gt 0 ]; do
+    wait -n || status=1
+    running=$((running - 1))
 done
 exit "$status"

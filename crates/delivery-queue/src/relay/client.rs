@@ -459,7 +459,10 @@ impl SmtpConnection {
             let line = String::from_utf8_lossy(&buf);
             let (code, last, text) =
                 parse_reply_line(&line).ok_or_else(|| ClientError::Protocol(format!("bad reply line {line:?}")))?;
-            lines.push(text.to_string());
+            // The far side's words end up in DSNs, logs and `mailctl queue
+            // list`: its control characters (a bare CR, terminal escapes)
+            // do not come along.
+            lines.push(text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect());
             if last || lines.len() >= MAX_REPLY_LINES {
                 return Ok(Reply { code, lines });
             }
@@ -657,6 +660,44 @@ mod tests {
         assert_eq!(r.enhanced().as_deref(), Some("5.1.1"));
         assert_eq!(Reply::new(451, "try later").status(), "4.0.0");
         assert_eq!(r.to_string(), "550 5.1.1 <x@y> no such user");
+    }
+
+    #[tokio::test]
+    async fn control_characters_in_replies_are_not_kept() {
+        let (mut server, client) = tokio::io::duplex(1024);
+        let io: Box<dyn Io> = Box::new(client);
+        let mut conn = SmtpConnection {
+            stream: BufReader::new(io),
+            caps: Capabilities::default(),
+            tls: false,
+            host: "mx.test".into(),
+            addr: "127.0.0.1:25".parse().expect("addr"),
+            greeting: Reply::new(0, ""),
+            options: ClientOptions {
+                helo_name: "me.test".into(),
+                tls: TlsMode::Disabled,
+                tls_checks: crate::relay::tls::TlsTrust::with_roots(test_roots()).expect("trust").checks(Verify::None),
+                connect_timeout: std::time::Duration::from_secs(5),
+                command_timeout: std::time::Duration::from_secs(5),
+                data_timeout: std::time::Duration::from_secs(5),
+                auth: None,
+            },
+            transactions: 0,
+            authenticated: false,
+            verified: false,
+        };
+        server.write_all(b"550-5.1.1 gone\x1b[2J\r\n550 5.1.1 really\rX-Evil: 1\r\n").await.expect("write");
+        let reply = conn.read_reply("RCPT").await.expect("reply");
+        assert_eq!(reply.lines, vec!["5.1.1 gone [2J", "5.1.1 really X-Evil: 1"]);
+    }
+
+    /// One self-signed certificate as the only trust anchor.
+    fn test_roots() -> rustls::RootCertStore {
+        use rustls::pki_types::pem::PemObject;
+        let (cert, _) = mailfleet_runtime::tls::generate_self_signed("ca.test").expect("cert");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).flatten());
+        roots
     }
 
     #[test]
