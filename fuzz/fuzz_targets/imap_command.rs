@@ -3,7 +3,7 @@
 //! and the framer always comes back asking for more.
 #![no_main]
 
-use mailfleet_fuzz::imap::codec::{Framer, Input, Mode};
+use mailfleet_fuzz::imap::codec::{Framer, Input, Limits, Mode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,9 +19,9 @@ fuzz_target!(|data: &[u8]| {
         framer.push(chunk);
         // Every event consumes input, so this ends; the bound catches a loop.
         for _ in 0..=data.len() + 1 {
-            match framer.next(mode, 1024) {
+            match framer.next(mode, Limits { line: 4096, literals: 1024 }) {
                 Input::NeedMore => break,
-                Input::LiteralTooBig { sync: false, .. } => return,
+                Input::LiteralTooBig { sync: false, .. } | Input::LineTooLong => return,
                 _ => {}
             }
         }

@@ -36,7 +36,10 @@ pub struct ImapConfig {
     pub max_line: u32,
     /// Largest literal (APPEND message) accepted; over it: `NO [TOOBIG]`.
     pub max_literal: u32,
-    /// Largest literal before authentication (LOGIN arguments only).
+    /// Before login: the longest command line, and the literal octets of
+    /// one command together (LOGIN's arguments only). A client that has not
+    /// logged in cannot make the gateway hold more than their sum.
+    pub max_line_unauthenticated: u32,
     pub max_literal_unauthenticated: u32,
     /// Commands per second a connection may sustain; beyond it the
     /// connection is slowed down (not dropped). Bursts up to `command_burst`.
@@ -65,6 +68,7 @@ impl Default for ImapConfig {
             max_line: 64 * 1024,
             // Matches storage's default message limit (50 MiB).
             max_literal: 50 * 1024 * 1024,
+            max_line_unauthenticated: 8 * 1024,
             max_literal_unauthenticated: 8 * 1024,
             // Generous for pipelining clients, fatal for a flood.
             commands_per_second: 200,

@@ -23,7 +23,7 @@ use tracing::{Instrument, info_span};
 use mailfleet_runtime::listener::{self, Connection, ConnectionMetrics, Drain, Refusal};
 use mailfleet_runtime::proxy;
 
-use crate::codec::{self, Framer, Input, Mode, StatusKindArg};
+use crate::codec::{self, Framer, Input, Limits, Mode, StatusKindArg};
 use crate::compress::Deflate;
 use crate::config::ImapConfig;
 use crate::events::{AccountFeed, EventHub, Signal};
@@ -209,8 +209,12 @@ async fn connection<S: MailStore>(
 
     loop {
         let authenticated = session.account().is_some();
-        let limit = if authenticated { config.max_literal } else { config.max_literal_unauthenticated };
-        let input = framer.next(mode, limit);
+        let limits = if authenticated {
+            Limits { line: config.max_line, literals: config.max_literal }
+        } else {
+            Limits { line: config.max_line_unauthenticated, literals: config.max_literal_unauthenticated }
+        };
+        let input = framer.next(mode, limits);
         // Shutdown: no new command after the one that just finished, even
         // if the client pipelined more (RFC 3501 §7.1.5 BYE); only one whose
         // upload began before shutdown may still complete.
@@ -289,6 +293,11 @@ async fn connection<S: MailStore>(
             }
             Input::LiteralTooBig { sync: false, .. } => {
                 send(&mut stream, &[codec::bye(Some(codec::code("TOOBIG")), "Literal too large")]).await?;
+                return Ok(());
+            }
+            Input::LineTooLong => {
+                tracing::info!(authenticated, "command over its length limit; closing");
+                send(&mut stream, &[codec::bye(Some(codec::code("TOOBIG")), "Command too long")]).await?;
                 return Ok(());
             }
             Input::Malformed { tag, too_long } => match mode {

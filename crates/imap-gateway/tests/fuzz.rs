@@ -54,8 +54,8 @@ fn framer_events(bytes: &[u8]) -> usize {
     f.push(bytes);
     let mut n = 0;
     for mode in [Mode::Command, Mode::AuthData, Mode::IdleDone].iter().cycle().take(64) {
-        match f.next(*mode, 1024) {
-            Input::NeedMore => break,
+        match f.next(*mode, imap_gateway::codec::Limits { line: 2048, literals: 1024 }) {
+            Input::NeedMore | Input::LineTooLong => break,
             _ => n += 1,
         }
     }
@@ -91,7 +91,7 @@ proptest! {
             for (i, pick) in picks.iter().enumerate() {
                 let tag = format!("t{i}");
                 framer.push(format!("{tag} {}\r\n", COMMANDS[*pick]).as_bytes());
-                let Input::Command(cmd) = framer.next(Mode::Command, 1024) else {
+                let Input::Command(cmd) = framer.next(Mode::Command, imap_gateway::codec::Limits { line: 64 * 1024, literals: 1024 }) else {
                     panic!("{} did not parse", COMMANDS[*pick]);
                 };
                 let mut reply = session.handle(cmd).await;

@@ -641,7 +641,7 @@ async fn fetch_output_is_streamed_in_order() {
     let mut session = Session::new(store, ctx);
     let mut framer = Framer::new(4096);
     framer.push(b"a LOGIN alice@example.org pw\r\nb SELECT INBOX\r\nc FETCH 1:* (UID RFC822.SIZE)\r\n");
-    let mut next = || match framer.next(Mode::Command, 100) {
+    let mut next = || match framer.next(Mode::Command, imap_gateway::codec::Limits { line: 64 * 1024, literals: 100 }) {
         Input::Command(c) => c,
         other => panic!("{other:?}"),
     };
