@@ -17,3 +17,4 @@ pub mod quota;
 pub mod search;
 pub mod searchres;
 pub mod select;
+pub mod wildcard;

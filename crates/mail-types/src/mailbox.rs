@@ -25,6 +25,9 @@ pub struct MailboxName(String);
 const MAX_NAME: usize = 1000;
 
 impl MailboxName {
+    /// The longest name, in octets.
+    pub const MAX_LEN: usize = MAX_NAME;
+
     pub fn parse(input: &str) -> Result<Self, MailboxNameError> {
         let trimmed = input.trim_end_matches(HIERARCHY_SEPARATOR);
         if trimmed.is_empty() {

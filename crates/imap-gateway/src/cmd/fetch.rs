@@ -17,7 +17,6 @@ use mailfleet_proto::storage::v1 as pb;
 
 use super::bodystructure::body_structure;
 use super::select::{fetch_flags, resolve, sequence_set};
-use crate::session::Selected;
 use crate::session::{CmdResult, Done, ImapError, Out, Session};
 use crate::store::{MailStore, RangeStream, StoreError, uid_ranges};
 
@@ -429,23 +428,6 @@ fn next_batch<'j, 'a>(
     Ok(Some((batch, plans, ranges)))
 }
 
-/// Is `uid` in a UID set (`*` = the highest UID of the mailbox)?
-fn in_set(set: &SequenceSet, uid: u32, mailbox: &Selected) -> bool {
-    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
-    let largest = mailbox.uids.last().copied().unwrap_or(0);
-    let value = |v: &SeqOrUid| match v {
-        SeqOrUid::Value(n) => n.get(),
-        SeqOrUid::Asterisk => largest,
-    };
-    set.0.as_ref().iter().any(|s| match s {
-        Sequence::Single(v) => value(v) == uid,
-        Sequence::Range(a, b) => {
-            let (a, b) = (value(a), value(b));
-            a.min(b) <= uid && uid <= a.max(b)
-        }
-    })
-}
-
 fn internal_date(meta: &pb::MessageMeta) -> Option<DateTime> {
     let ts = meta.internal_date.as_ref()?;
     let utc = chrono::DateTime::from_timestamp(ts.seconds, 0)?;
@@ -567,8 +549,9 @@ pub async fn fetch<S: MailStore>(
             include_vanished: true,
             claim_recent: false,
         };
-        let gone: Vec<u32> =
-            store.changes(req).await?.vanished.into_iter().filter(|u| in_set(&set, *u, mailbox)).collect();
+        // RFC 7162 §3.2.6: only UIDs in the asked set (`*` = the highest UID).
+        let asked = super::select::Ranges::new(&set, mailbox.uids.last().copied().unwrap_or(0));
+        let gone: Vec<u32> = store.changes(req).await?.vanished.into_iter().filter(|u| asked.contains(*u)).collect();
         if let Some(known_uids) = sequence_set(&gone) {
             out.push(Response::Data(Data::Vanished { earlier: true, known_uids }));
         }

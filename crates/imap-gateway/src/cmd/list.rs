@@ -11,7 +11,8 @@ use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Data, Response};
 use mailfleet_proto::storage::v1 as pb;
 
-use super::mailbox::{DELIMITER, attr, matches, status_items};
+use super::mailbox::{DELIMITER, attr, has_children, status_items};
+use super::wildcard::Pattern;
 use crate::codec::ext::ListCommand;
 use crate::codec::{self, wire_mailbox};
 use crate::session::{CmdResult, Done, ImapError, Out, Session};
@@ -56,13 +57,16 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
     // RFC 5258 §3: the reference is prepended to each pattern; an empty
     // pattern in a list matches nothing.
     let mut patterns = Vec::new();
+    let mut wildcard_percent = false;
     for p in cmd.patterns.iter().filter(|p| !p.is_empty()) {
-        patterns.push(format!("{reference}{}", decode(p)?));
+        let full = format!("{reference}{}", decode(p)?);
+        wildcard_percent |= full.contains('%');
+        patterns.push(Pattern::new(&full));
     }
     let listing = s.store.list_mailboxes(account.id, false).await?;
     let existing: BTreeMap<&str, &pb::MailboxInfo> = listing.mailboxes.iter().map(|m| (m.name.as_str(), m)).collect();
     let subscribed: BTreeSet<&str> = listing.subscriptions.iter().map(String::as_str).collect();
-    let matching = |name: &str| patterns.iter().any(|p| matches(p, name));
+    let matching = |name: &str| patterns.iter().any(|p| p.matches(name));
     // RFC 5258 §3.1 / RFC 6154 §5.1: what the selection options keep.
     let selected = |name: &str| {
         (!cmd.select_subscribed || subscribed.contains(name))
@@ -71,7 +75,6 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
     };
     let base: BTreeSet<&str> =
         if cmd.select_subscribed { subscribed.iter().copied().collect() } else { existing.keys().copied().collect() };
-    let wildcard_percent = patterns.iter().any(|p| p.contains('%'));
     let filtering = cmd.select_subscribed || cmd.select_special_use;
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for name in base.iter().copied().filter(|n| selected(n)) {
@@ -93,10 +96,8 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
             }
         }
     }
-    let has_children = |name: &str| {
-        let prefix = format!("{name}{DELIMITER}");
-        existing.keys().any(|n| n.starts_with(&prefix))
-    };
+    let names: BTreeSet<&str> = existing.keys().copied().collect();
+    let has_children = |name: &str| has_children(&names, name);
     let show_subscribed = cmd.return_subscribed || cmd.select_subscribed;
     for (name, entry) in entries {
         let info = existing.get(name.as_str()).copied();

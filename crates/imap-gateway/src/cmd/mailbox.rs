@@ -13,6 +13,7 @@ use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::response::{Data, Response};
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 
+use super::wildcard::Pattern;
 use crate::codec::{self, mailbox_name, wire_mailbox};
 use crate::session::{CmdResult, Done, ImapError, Out, Session, State};
 use crate::store::{MailStore, StoreError};
@@ -73,33 +74,6 @@ pub fn namespace<S: MailStore>(s: &Session<S>, out: &mut Out) -> CmdResult {
     Done::ok("NAMESPACE completed")
 }
 
-/// RFC 3501 §6.3.8 wildcards: `*` matches anything, `%` anything but the delimiter.
-pub fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some(('*', rest)) => (0..=name.len()).any(|i| pattern_matches(rest, &name[i..])),
-        Some(('%', rest)) => (0..=name.len())
-            .take_while(|&i| i == 0 || name[i - 1] != DELIMITER)
-            .any(|i| pattern_matches(rest, &name[i..])),
-        Some((p, rest)) => name.first() == Some(p) && pattern_matches(rest, &name[1..]),
-    }
-}
-
-pub(crate) fn matches(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    // RFC 3501 §5.1: INBOX is case-insensitive.
-    let n: Vec<char> = name.chars().collect();
-    if pattern_matches(&p, &n) {
-        return true;
-    }
-    if name == "INBOX" || name.starts_with("INBOX/") {
-        let upper: Vec<char> =
-            pattern.chars().take(5).flat_map(|c| c.to_uppercase()).chain(pattern.chars().skip(5)).collect();
-        return pattern_matches(&upper, &n);
-    }
-    false
-}
-
 /// RFC 3501 §6.3.9 LSUB (LIST, with RFC 5258, is in `cmd/list.rs`).
 pub async fn list<S: MailStore>(
     s: &Session<S>,
@@ -131,16 +105,16 @@ pub async fn list<S: MailStore>(
         return Done::ok("LIST completed");
     }
     let full = format!("{reference}{pattern}");
+    let compiled = Pattern::new(&full);
     let listing = s.store.list_mailboxes(account.id, false).await?;
 
     // name → attributes; existing mailboxes first, then implied parents.
     let mut entries: BTreeMap<String, Vec<FlagNameAttribute<'static>>> = BTreeMap::new();
     let existing: BTreeSet<&str> = listing.mailboxes.iter().map(|m| m.name.as_str()).collect();
     let subscribed: BTreeSet<&str> = listing.subscriptions.iter().map(String::as_str).collect();
-    let names: Vec<&str> = if lsub { subscribed.iter().copied().collect() } else { existing.iter().copied().collect() };
-    let has_children = |name: &str| existing.iter().any(|n| n.starts_with(&format!("{name}{DELIMITER}")));
-    for name in &names {
-        if matches(&full, name) {
+    let names: &BTreeSet<&str> = if lsub { &subscribed } else { &existing };
+    for name in names {
+        if compiled.matches(name) {
             let mut attrs = Vec::new();
             if let Some(info) = listing.mailboxes.iter().find(|m| m.name == *name) {
                 // RFC 6154 §2: special-use attributes.
@@ -149,7 +123,7 @@ pub async fn list<S: MailStore>(
                 attrs.push(FlagNameAttribute::Noselect);
             }
             // RFC 3348 CHILDREN.
-            attrs.extend(attr(if has_children(name) { "HasChildren" } else { "HasNoChildren" }));
+            attrs.extend(attr(if has_children(&existing, name) { "HasChildren" } else { "HasNoChildren" }));
             entries.insert(name.to_string(), attrs);
         }
         // RFC 3501 §6.3.8: with "%", a parent that is not itself a mailbox
@@ -162,7 +136,7 @@ pub async fn list<S: MailStore>(
                 parent.push(DELIMITER);
             }
             parent.push_str(segment);
-            if full.contains('%') && !names.contains(&parent.as_str()) && matches(&full, &parent) {
+            if full.contains('%') && !names.contains(parent.as_str()) && compiled.matches(&parent) {
                 let mut attrs = vec![FlagNameAttribute::Noselect];
                 attrs.extend(attr("HasChildren"));
                 entries.entry(parent.clone()).or_insert(attrs);
@@ -318,20 +292,9 @@ pub async fn subscribe<S: MailStore>(s: &Session<S>, mailbox: Mailbox<'static>, 
     Done::ok(if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn wildcards() {
-        assert!(matches("*", "a/b/c"));
-        assert!(matches("%", "a"));
-        assert!(!matches("%", "a/b"));
-        assert!(matches("a/%", "a/b"));
-        assert!(!matches("a/%", "a/b/c"));
-        assert!(matches("a/*", "a/b/c"));
-        assert!(matches("inbox", "INBOX"));
-        assert!(matches("In%", "INBOX"));
-        assert!(!matches("Sent", "Drafts"));
-    }
+/// RFC 3348: whether `name` has a child among `names` (sorted: a look at
+/// the first name after `name/`, not a scan of them all).
+pub(crate) fn has_children(names: &BTreeSet<&str>, name: &str) -> bool {
+    let prefix = format!("{name}{DELIMITER}");
+    names.range(prefix.as_str()..).next().is_some_and(|n| n.starts_with(&prefix))
 }

@@ -96,6 +96,34 @@ fn translate(mailbox: &Selected, k: &SearchKey<'_>) -> Result<pb::SearchKey, Ima
     })
 }
 
+/// Keys in one search program at most: each is a condition Postgres
+/// evaluates for every message of the mailbox (text keys scan the text).
+pub const MAX_SEARCH_KEYS: usize = 100;
+/// Nesting (parentheses, NOT, OR) at most.
+pub const MAX_SEARCH_DEPTH: usize = 16;
+
+/// The keys of a program and its deepest nesting.
+fn size(k: &SearchKey<'_>) -> (usize, usize) {
+    let nested = |children: &mut dyn Iterator<Item = &SearchKey<'_>>| {
+        children.map(size).fold((1, 1), |(n, d), (cn, cd)| (n + cn, d.max(cd + 1)))
+    };
+    match k {
+        SearchKey::And(keys) => nested(&mut keys.as_ref().iter()),
+        SearchKey::Or(a, b) => nested(&mut [a.as_ref(), b.as_ref()].into_iter()),
+        SearchKey::Not(a) => nested(&mut std::iter::once(a.as_ref())),
+        _ => (1, 1),
+    }
+}
+
+/// RFC 5530 §3 LIMIT: a program over the bounds is refused before any work.
+fn check_size(criteria: &[SearchKey<'_>]) -> Result<(), ImapError> {
+    let (keys, depth) = criteria.iter().map(size).fold((0, 0), |(n, d), (cn, cd)| (n + cn, d.max(cd)));
+    if keys > MAX_SEARCH_KEYS || depth > MAX_SEARCH_DEPTH {
+        return Err(ImapError::no(Some("LIMIT"), "Search program too large"));
+    }
+    Ok(())
+}
+
 fn has_modseq(k: &SearchKey<'_>) -> bool {
     match k {
         SearchKey::ModSequence { .. } => true,
@@ -118,6 +146,7 @@ async fn run<S: MailStore>(
     charset: Option<Charset<'static>>,
     criteria: Vec1<SearchKey<'static>>,
 ) -> Result<Found, ImapError> {
+    check_size(criteria.as_ref())?;
     let store = s.store.clone();
     let uses_modseq = criteria.as_ref().iter().any(has_modseq);
     if uses_modseq {

@@ -334,6 +334,56 @@ pub fn need_writable(mailbox: &Selected) -> Result<(), ImapError> {
     if mailbox.read_only { Err(ImapError::no(Some("READ-ONLY"), "Mailbox is read-only")) } else { Ok(()) }
 }
 
+/// A sequence or UID set as sorted, merged, inclusive ranges (`*`
+/// resolved): a message's membership is a binary search, so a set of many
+/// ranges over a big mailbox costs N log R, not N × R.
+pub struct Ranges(Vec<(u32, u32)>);
+
+impl Ranges {
+    /// `largest`: what `*` stands for (the last sequence number or UID).
+    pub fn new(set: &imap_codec::imap_types::sequence::SequenceSet, largest: u32) -> Ranges {
+        use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+        let value = |v: &SeqOrUid| match v {
+            SeqOrUid::Value(n) => n.get(),
+            SeqOrUid::Asterisk => largest,
+        };
+        let mut ranges: Vec<(u32, u32)> = set
+            .0
+            .as_ref()
+            .iter()
+            .map(|seq| {
+                let (a, b) = match seq {
+                    Sequence::Single(v) => (value(v), value(v)),
+                    Sequence::Range(a, b) => (value(a), value(b)),
+                };
+                (a.min(b), a.max(b))
+            })
+            // `*` in an empty mailbox names nothing.
+            .filter(|&(_, hi)| hi != 0)
+            .map(|(lo, hi)| (lo.max(1), hi))
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        Ranges(merged)
+    }
+
+    pub fn contains(&self, n: u32) -> bool {
+        let i = self.0.partition_point(|&(lo, _)| lo <= n);
+        i > 0 && n <= self.0[i - 1].1
+    }
+
+    /// The highest number named.
+    fn max(&self) -> Option<u32> {
+        self.0.last().map(|&(_, hi)| hi)
+    }
+}
+
 /// Messages named by a sequence set, as (sequence number, UID), ascending.
 /// RFC 3501 §6.4.8: UIDs not in the mailbox are ignored; `*` is the last
 /// message. A sequence number beyond EXISTS is a client error (BAD).
@@ -342,34 +392,37 @@ pub fn resolve(
     set: &imap_codec::imap_types::sequence::SequenceSet,
     uid: bool,
 ) -> Result<Vec<(u32, u32)>, ImapError> {
-    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
     let largest = if uid { mailbox.uids.last().copied().unwrap_or(0) } else { mailbox.exists() };
-    let value = |v: &SeqOrUid| match v {
-        SeqOrUid::Value(n) => n.get(),
-        SeqOrUid::Asterisk => largest,
-    };
-    let mut ranges = Vec::new();
-    for seq in set.0.as_ref() {
-        let (a, b) = match seq {
-            Sequence::Single(v) => (value(v), value(v)),
-            Sequence::Range(a, b) => (value(a), value(b)),
-        };
-        let (lo, hi) = (a.min(b), a.max(b));
-        if hi == 0 {
-            continue; // `*` in an empty mailbox names nothing
-        }
-        if !uid && hi > largest {
-            return Err(ImapError::bad("Invalid sequence number"));
-        }
-        ranges.push((lo.max(1), hi));
+    let ranges = Ranges::new(set, largest);
+    if !uid && ranges.max().is_some_and(|hi| hi > largest) {
+        return Err(ImapError::bad("Invalid sequence number"));
     }
     let mut out = Vec::new();
     for (i, &u) in mailbox.uids.iter().enumerate() {
         let seq = i as u32 + 1;
-        let key = if uid { u } else { seq };
-        if ranges.iter().any(|&(lo, hi)| lo <= key && key <= hi) {
+        if ranges.contains(if uid { u } else { seq }) {
             out.push((seq, u));
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ranges;
+    use imap_codec::imap_types::sequence::SequenceSet;
+
+    fn ranges(set: &str, largest: u32) -> Ranges {
+        Ranges::new(&SequenceSet::try_from(set).expect("sequence set"), largest)
+    }
+
+    #[test]
+    fn ranges_merge_and_answer_membership() {
+        let r = ranges("9:7,1,3,2,20:*,15,16", 30);
+        assert_eq!(r.0, [(1, 3), (7, 9), (15, 16), (20, 30)]);
+        let members: Vec<u32> = (0..=31).filter(|n| r.contains(*n)).collect();
+        assert_eq!(members, [1, 2, 3, 7, 8, 9, 15, 16, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]);
+        assert!(ranges("*", 0).0.is_empty(), "`*` in an empty mailbox names nothing");
+        assert_eq!(ranges("4294967295,1:4294967294", 5).0, [(1, u32::MAX)]);
+    }
 }
