@@ -12,10 +12,14 @@ scripts/ensure-deps.sh
 #   curl, python3: real POP3/IMAP/SMTP clients (imaplib, poplib, smtplib).
 #   docker-compose: validates docker-compose.yml (no Docker engine needed);
 #   haproxy: `haproxy -c` checks deploy/haproxy.cfg (crates/runtime/tests/deploy.rs).
+#   nats-server: tests/crash.rs runs a 3-node cluster of its own (Debian
+#   installs it in /usr/sbin; ensure-deps.sh skips it when a NATS already
+#   listens).
 missing=()
 for tool in curl python3 docker-compose haproxy; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test: installing ${missing[*]}" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

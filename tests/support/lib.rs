@@ -7,6 +7,8 @@
 //! builds into the same target directory as this test.
 
 pub mod client;
+pub mod nats;
 pub mod process;
+pub mod sink;
 
 pub use process::{Service, System};

@@ -160,6 +160,14 @@ impl Service {
         self.start().await;
     }
 
+    /// SIGKILL: a crash or a power cut of the process — nothing is
+    /// finished, flushed or handed back.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap_or_else(|e| panic!("SIGKILL {}: {e}", self.name));
+        }
+    }
+
     /// The last lines the process wrote (for failure messages).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
