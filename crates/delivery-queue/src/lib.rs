@@ -166,6 +166,7 @@ pub async fn run_with_clock(
                     channel.clone(),
                     kv.clone(),
                     std::sync::Arc::new(resolver),
+                    clock.clone(),
                     shutdown.clone(),
                 )
                 .await?,

@@ -54,8 +54,11 @@ async fn delivers_once_per_domain_with_starttls_pipelining_and_relayed_dsn() {
     assert!(dsn.contains("Content-Type: text/rfc822-headers"), "success notices carry headers only by default");
     assert!(!dsn.contains("bob@remote.test>: relayed"));
 
-    // Nothing is sent twice, even after a while.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing is sent twice: once every job is finished (the relay job
+    // acked and gone from its work queue, the DSN delivered) no copy is
+    // left that could be sent again, and JetStream handed the job out once.
+    ctx.settled(WAIT).await;
+    assert_eq!(ctx.relay_deliveries().await, 1, "the relay job was never redelivered");
     assert_eq!(tls_mx.count_for("bob@remote.test"), 1);
     assert_eq!(plain_mx.count_for("dave@other.test"), 1);
     ctx.stop().await;
@@ -88,7 +91,10 @@ async fn temporary_failure_is_retried_on_schedule_and_shown_in_queue_state() {
     for pair in at.windows(2) {
         assert!(pair[1] - pair[0] >= Duration::from_millis(600), "retries follow the schedule: {at:?}");
     }
-    assert!(ctx.relay_state("Q2").await.is_none(), "state removed once delivered");
+    // The entry is removed just after the ack that emptied the stream.
+    wait_for(WAIT, "state removed once delivered", || async { ctx.relay_state("Q2").await.is_none() }).await;
+    ctx.settled(WAIT).await;
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "no DSN queued");
     assert!(ctx.inbox().await.is_empty(), "no DSN for a delivered message without NOTIFY=SUCCESS");
     ctx.stop().await;
 }
@@ -168,8 +174,10 @@ async fn no_bounce_for_a_bounce_and_notify_never() {
     wait_for(WAIT, "both attempts", || async { mx.transactions.load(std::sync::atomic::Ordering::SeqCst) >= 2 }).await;
     let first = mx.received();
     assert!(first.is_empty(), "bob was refused");
-    // Nothing was queued for local delivery: no DSN at all.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing was queued for local delivery: no DSN at all. A DSN is
+    // published before the failed job is acked, so with both jobs finished
+    // the count is final.
+    ctx.settled(WAIT).await;
     assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "no DSN queued");
     assert!(ctx.inbox().await.is_empty());
     ctx.stop().await;
@@ -180,9 +188,10 @@ async fn connection_lost_mid_data_is_retried_and_delivered_once() {
     let mx = ScriptedMx::start(Script { drop_mid_data: 1, pipelining: true, ..Script::default() }).await;
     let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |_| {}).await;
     ctx.queue("Q7", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
-    ctx.relay_idle(WAIT).await;
+    ctx.settled(WAIT).await;
     assert_eq!(mx.count_for("bob@remote.test"), 1);
     assert_eq!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "no bounce: the retry succeeded");
     assert!(ctx.inbox().await.is_empty(), "no bounce: the retry succeeded");
     ctx.stop().await;
 }
@@ -218,7 +227,9 @@ async fn required_tls_is_not_downgraded() {
     let state = ctx.relay_state("Q9").await.expect("state");
     assert!(state.last_error.contains("TLS required"), "{}", state.last_error);
     assert!(mx.received().is_empty(), "nothing sent in plain text");
-    assert!(ctx.inbox().await.is_empty(), "deferred, not bounced");
+    // The attempt ended (its state is saved just before the nak); a bounce
+    // would have been queued before that.
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "deferred, not bounced");
     ctx.stop().await;
 }
 
@@ -278,18 +289,27 @@ async fn deferred_mail_survives_a_relay_restart() {
 
 #[tokio::test]
 async fn delay_notice_then_expiry_bounce() {
+    // The message is aged by moving the services' clock past max_age, so
+    // no real time has to pass and a slow first attempt cannot find the
+    // message already expired.
+    const MAX_AGE: Duration = Duration::from_secs(3600);
     let mx = ScriptedMx::start(Script { tempfail_rcpt: usize::MAX, ..Script::default() }).await;
     let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| {
         c.relay.schedule.intervals = vec![Duration::from_millis(300)];
-        c.relay.schedule.max_age = Duration::from_secs(2);
+        c.relay.schedule.max_age = MAX_AGE;
         c.relay.delay_notice_after = Some(Duration::ZERO);
     })
     .await;
     let mut bob = rcpt("bob@remote.test");
     bob.notify = 4 | 8; // FAILURE,DELAY
     ctx.queue("E1", SENDER, vec![bob], MSG, |_| {}).await;
-    wait_for(WAIT, "delay notice and final bounce", || async { ctx.inbox().await.len() >= 2 }).await;
-    ctx.relay_idle(WAIT).await;
+    wait_for(WAIT, "delay notice", || async { !ctx.inbox().await.is_empty() }).await;
+    // More attempts after the notice, each of which could have sent another.
+    wait_for(WAIT, "three attempts", || async { mx.transactions.load(std::sync::atomic::Ordering::SeqCst) >= 3 }).await;
+    assert_eq!(ctx.stream_len(&ctx.config.relay_stream).await, 1, "not expired yet: still queued");
+    ctx.clock_ahead.store(MAX_AGE.as_secs(), std::sync::atomic::Ordering::SeqCst);
+    // Expired at its next attempt: bounced, and every DSN delivered.
+    ctx.settled(WAIT).await;
     let inbox: Vec<String> = ctx.inbox().await.iter().map(|m| text(m)).collect();
     assert_eq!(inbox.len(), 2, "one delay notice (not one per attempt) and one bounce");
     let delayed = inbox.iter().find(|m| m.contains("Action: delayed")).expect("delay notice");
@@ -298,7 +318,6 @@ async fn delay_notice_then_expiry_bounce() {
     let failed = inbox.iter().find(|m| m.contains("Action: failed")).expect("bounce");
     assert!(failed.contains("Status: 4.4.7"), "expired: {failed}");
     assert!(failed.contains("Diagnostic-Code: smtp; 451 4.7.1 greylisted"), "{failed}");
-    assert!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst) >= 3);
     ctx.stop().await;
 }
 
@@ -374,12 +393,12 @@ async fn submitted_mail_reaches_local_and_remote_recipients_and_remote_bounces_g
 
     // When the DSN itself fails, nothing more is generated (no bounce loop).
     ctx.submit("S3", "gone@remote.test", vec![rcpt("gone@remote.test")], MSG).await;
-    // S1, S2, S3, the DSN for S2 and the DSN for S3: five jobs on the main queue.
+    // S1, S2, S3, the DSN for S2 and the DSN for S3: five jobs on the main
+    // queue. Once the DSN for S3 is queued and every job is finished (its
+    // relay attempt failed and was acked), a DSN about it would already
+    // have been published.
     wait_for(WAIT, "the DSN for S3", || async { ctx.stream_published(&ctx.config.stream).await >= 5 }).await;
-    wait_for(WAIT, "main queue drained", || async { ctx.stream_len(&ctx.config.stream).await == 0 }).await;
-    ctx.relay_idle(WAIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    ctx.relay_idle(WAIT).await;
+    ctx.settled(WAIT).await;
     assert_eq!(ctx.stream_published(&ctx.config.stream).await, 5, "the failed DSN produced no DSN");
     assert_eq!(mx.received().iter().filter(|r| r.mail_from.is_empty()).count(), 1);
     ctx.stop().await;
@@ -409,7 +428,8 @@ async fn falls_back_to_the_next_mx_and_honours_smarthosts() {
     ctx.relay_idle(WAIT).await;
     assert_eq!(backup.count_for("bob@remote.test"), 1, "RFC 5321 §5.1: next MX when the first is unreachable");
     assert_eq!(relay_host.count_for("sam@via-smarthost.test"), 1);
-    assert!(ctx.inbox().await.is_empty());
+    // The job is finished: a bounce would have been queued before its ack.
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "no bounce");
     ctx.stop().await;
 }
 
@@ -480,7 +500,7 @@ async fn a_wrong_smarthost_password_defers() {
     wait_for(WAIT, "deferred", || async { ctx.relay_state("A2").await.is_some() }).await;
     let state = ctx.relay_state("A2").await.expect("state");
     assert!(state.last_error.contains("535 5.7.8"), "{}", state.last_error);
-    assert!(ctx.inbox().await.is_empty(), "not bounced");
+    assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "deferred, not bounced");
     assert!(isp.received().is_empty(), "nothing delivered");
     ctx.stop().await;
 }
@@ -493,7 +513,10 @@ async fn a_slow_far_side_does_not_cause_a_redelivery() {
     let ctx = Ctx::start(resolver_for("remote.test", mx.addr), |c| c.relay.ack_wait = Duration::from_secs(1)).await;
     ctx.queue("W1", SENDER, vec![rcpt("bob@remote.test")], MSG, |_| {}).await;
     ctx.relay_idle(WAIT).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A redelivery after the ack wait would be a second delivery of the
+    // job by JetStream, counted by the consumer whether or not its attempt
+    // had reached the MX yet; the ack removed the job, so none can follow.
+    assert_eq!(ctx.relay_deliveries().await, 1, "JetStream redelivered the job during the slow session");
     assert_eq!(mx.count_for("bob@remote.test"), 1);
     assert_eq!(mx.transactions.load(std::sync::atomic::Ordering::SeqCst), 1, "no second attempt");
     ctx.stop().await;

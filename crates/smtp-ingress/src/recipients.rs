@@ -30,16 +30,26 @@ impl RecipientCache {
 
     /// The accounts `address` led to, if remembered less than `ttl` ago.
     pub fn get(&self, address: &str) -> Option<Vec<LocalAccount>> {
+        self.get_at(address, Instant::now())
+    }
+
+    /// Remember that `address` leads to `accounts` (local, resolved now).
+    pub fn put(&self, address: &str, accounts: &[LocalAccount]) {
+        self.put_at(address, accounts, Instant::now());
+    }
+
+    // The clock is a parameter so that the tests can say what time it is
+    // instead of racing a short TTL.
+    fn get_at(&self, address: &str, now: Instant) -> Option<Vec<LocalAccount>> {
         if self.ttl.is_zero() {
             return None;
         }
         let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let (at, accounts) = entries.get(address)?;
-        (at.elapsed() < self.ttl).then(|| accounts.clone())
+        (now.saturating_duration_since(*at) < self.ttl).then(|| accounts.clone())
     }
 
-    /// Remember that `address` leads to `accounts` (local, resolved now).
-    pub fn put(&self, address: &str, accounts: &[LocalAccount]) {
+    fn put_at(&self, address: &str, accounts: &[LocalAccount], now: Instant) {
         if self.ttl.is_zero() || self.capacity == 0 {
             return;
         }
@@ -48,12 +58,12 @@ impl RecipientCache {
             // Full: drop what has expired; if that frees nothing, start over
             // (the cache only saves lookups, it never decides anything).
             let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
             if entries.len() >= self.capacity {
                 entries.clear();
             }
         }
-        entries.insert(address.to_string(), (Instant::now(), accounts.to_vec()));
+        entries.insert(address.to_string(), (now, accounts.to_vec()));
     }
 }
 
@@ -67,13 +77,18 @@ mod tests {
 
     #[test]
     fn remembers_for_the_ttl_only() {
-        let cache = RecipientCache::new(Duration::from_millis(50), 10);
-        assert_eq!(cache.get("alice@example.org"), None);
-        cache.put("alice@example.org", &alice());
-        assert_eq!(cache.get("alice@example.org"), Some(alice()));
-        assert_eq!(cache.get("bob@example.org"), None);
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(cache.get("alice@example.org"), None, "expired");
+        let ttl = Duration::from_secs(10);
+        let cache = RecipientCache::new(ttl, 10);
+        let t0 = Instant::now();
+        assert_eq!(cache.get_at("alice@example.org", t0), None);
+        cache.put_at("alice@example.org", &alice(), t0);
+        assert_eq!(cache.get_at("alice@example.org", t0), Some(alice()));
+        assert_eq!(cache.get_at("alice@example.org", t0 + ttl - Duration::from_millis(1)), Some(alice()));
+        assert_eq!(cache.get_at("bob@example.org", t0), None);
+        assert_eq!(cache.get_at("alice@example.org", t0 + ttl), None, "expired");
+        // Remembered again: the TTL counts from then.
+        cache.put_at("alice@example.org", &alice(), t0 + ttl);
+        assert_eq!(cache.get_at("alice@example.org", t0 + ttl * 2 - Duration::from_millis(1)), Some(alice()));
     }
 
     #[test]

@@ -242,6 +242,9 @@ pub struct Relay {
     /// Trust anchors and TLS client configurations.
     trust: tls::TlsTrust,
     sts: mta_sts::MtaSts,
+    /// What message ages (expiry, delay notices) and retry times are
+    /// measured against: the system clock, or one a test moves.
+    clock: crate::worker::Clock,
 }
 
 /// Connect to NATS and storage and start the relay (used by tests and by
@@ -251,11 +254,21 @@ pub async fn run(
     resolver: SharedResolver,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, QueueError> {
+    run_with_clock(config, resolver, crate::worker::Clock::system(), shutdown).await
+}
+
+/// [`run`], with message ages measured against `clock` (tests).
+pub async fn run_with_clock(
+    config: QueueConfig,
+    resolver: SharedResolver,
+    clock: crate::worker::Clock,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, QueueError> {
     let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(120)))
         .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
     let js = crate::connect_nats(&config).await?;
     let kv = crate::ensure_streams(&js, &config).await?;
-    start(&config, js, channel, kv, resolver, shutdown).await
+    start(&config, js, channel, kv, resolver, clock, shutdown).await
 }
 
 /// Start the relay consumer on existing connections.
@@ -265,6 +278,7 @@ pub async fn start(
     channel: Channel,
     kv: kv::Store,
     resolver: SharedResolver,
+    clock: crate::worker::Clock,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, QueueError> {
     let rc = config.relay.clone();
@@ -286,6 +300,7 @@ pub async fn start(
         kv,
         pool: Pool::default(),
         limits: Mutex::new(HashMap::new()),
+        clock,
     });
     Ok(tokio::spawn(consume(consumer, relay, config.shutdown_grace, shutdown)))
 }
@@ -306,10 +321,6 @@ fn utc_now() -> DateTime<Utc> {
     DateTime::from_timestamp(d.as_secs() as i64, d.subsec_nanos()).unwrap_or_default()
 }
 
-fn now_unix() -> i64 {
-    utc_now().timestamp()
-}
-
 fn domain_of(address: &str) -> String {
     address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
 }
@@ -322,6 +333,11 @@ pub fn needs_smtputf8(job: &qpb::DeliveryJob, message: &[u8]) -> bool {
 }
 
 impl Relay {
+    /// Now in Unix seconds by the relay's clock.
+    fn now_unix(&self) -> i64 {
+        self.clock.now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+    }
+
     async fn handle(&self, msg: jetstream::Message) {
         let (attempts, seq) = match msg.info() {
             Ok(info) => (info.delivered.max(1) as u64, info.stream_sequence),
@@ -367,7 +383,7 @@ impl Relay {
                     state.queue_id = job.queue_id.clone();
                     state.stream_seq = seq;
                     state.attempts = attempts;
-                    state.next_retry = (now_unix().max(0) as u64) + delay.as_secs();
+                    state.next_retry = (self.now_unix().max(0) as u64) + delay.as_secs();
                     state.mail_from = job.mail_from.clone();
                     state.remote = true;
                     state.stream = self.relay_stream.clone();
@@ -428,8 +444,8 @@ impl Relay {
         )
         .await;
 
-        let received = job.received_at.as_ref().map(|t| t.seconds).unwrap_or_else(now_unix);
-        let expired = self.config.schedule.expired(received, now_unix());
+        let received = job.received_at.as_ref().map(|t| t.seconds).unwrap_or_else(|| self.now_unix());
+        let expired = self.config.schedule.expired(received, self.now_unix());
         let mut reports: Vec<(dsn::RecipientReport, u32)> = Vec::new();
         let mut deferred: Vec<String> = Vec::new();
         let mut last = String::new();
@@ -481,7 +497,7 @@ impl Relay {
                     deferred.push(rcpt.address.clone());
                     if let Some(after) = self.config.delay_notice_after
                         && !state.delay_notified
-                        && now_unix().saturating_sub(received) >= after.as_secs() as i64
+                        && self.now_unix().saturating_sub(received) >= after.as_secs() as i64
                     {
                         let status =
                             status_in(&diagnostic).filter(|s| s.starts_with('4')).unwrap_or_else(|| "4.0.0".into());

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -311,6 +311,9 @@ pub struct Ctx {
     resolver: SharedResolver,
     pub js: jetstream::Context,
     pub alice: pb::Account,
+    /// Seconds the services' clock runs ahead of the system clock: a test
+    /// ages its messages by moving it instead of waiting.
+    pub clock_ahead: Arc<AtomicU64>,
 }
 
 pub const SENDER: &str = "alice@local.test";
@@ -345,19 +348,24 @@ impl Ctx {
         config.relay.data_timeout = Duration::from_secs(10);
         tune(&mut config);
         let shutdown = CancellationToken::new();
-        delivery_queue::run(config.clone(), shutdown.clone()).await.expect("local delivery starts");
+        let clock_ahead = Arc::new(AtomicU64::new(0));
+        delivery_queue::run_with_clock(config.clone(), clock(&clock_ahead), shutdown.clone())
+            .await
+            .expect("local delivery starts");
         let resolver: SharedResolver = Arc::new(resolver);
         let js = jetstream::new(env.nats().await);
-        let mut ctx = Ctx { env, config, shutdown, relay: None, resolver, js, alice };
+        let mut ctx = Ctx { env, config, shutdown, relay: None, resolver, js, alice, clock_ahead };
         ctx.start_relay().await;
         ctx
     }
 
     pub async fn start_relay(&mut self) {
         let token = self.shutdown.child_token();
-        let task = delivery_queue::relay::run(self.config.clone(), self.resolver.clone(), token.clone())
-            .await
-            .expect("relay starts");
+        let clock = clock(&self.clock_ahead);
+        let task =
+            delivery_queue::relay::run_with_clock(self.config.clone(), self.resolver.clone(), clock, token.clone())
+                .await
+                .expect("relay starts");
         self.relay = Some((token, task));
     }
 
@@ -365,7 +373,8 @@ impl Ctx {
     pub async fn stop_relay(&mut self) {
         if let Some((token, task)) = self.relay.take() {
             token.cancel();
-            let _ = task.await;
+            // A relay that panicked must fail the test, not pass as stopped.
+            task.await.expect("the relay task ends without panicking");
         }
     }
 
@@ -450,10 +459,38 @@ impl Ctx {
     }
 
     /// The relay's state entry for a job (what `mailctl queue` lists).
+    /// `None` only when the bucket says there is no entry: a read that
+    /// fails or an entry that does not parse fails the test, so "state
+    /// removed" cannot pass because NATS was unreachable.
     pub async fn relay_state(&self, queue_id: &str) -> Option<JobState> {
-        let kv = self.js.get_key_value(self.config.state_bucket.clone()).await.expect("bucket");
-        let v = kv.get(delivery_queue::relay::state_key(queue_id)).await.ok()??;
-        JobState::from_json(&v)
+        let kv = self.js.get_key_value(self.config.state_bucket.clone()).await.expect("state bucket");
+        let v = kv.get(delivery_queue::relay::state_key(queue_id)).await.expect("read the relay state")?;
+        Some(JobState::from_json(&v).unwrap_or_else(|| panic!("unparseable relay state: {}", text(&v))))
+    }
+
+    /// Wait until every job of this test is finished: the relay stream and
+    /// the main queue are both empty (work queues: a job leaves only when it
+    /// is acked or terminated; a retry is a delayed nak and stays). Whatever
+    /// a job produces (a DSN, a hand-over to the relay) is published before
+    /// its ack, so once this returns nothing more can be delivered, bounced
+    /// or notified: absence checked after it is final, not a guess.
+    pub async fn settled(&self, within: Duration) {
+        let (main, relay) = (self.config.stream.clone(), self.config.relay_stream.clone());
+        wait_for(within, "every job finished", || async {
+            self.stream_len(&relay).await == 0
+                && self.stream_len(&main).await == 0
+                && self.stream_len(&relay).await == 0
+        })
+        .await;
+    }
+
+    /// How many times JetStream handed relay jobs out (first deliveries
+    /// and redeliveries together).
+    pub async fn relay_deliveries(&self) -> u64 {
+        let stream = self.js.get_stream(&self.config.relay_stream).await.expect("relay stream");
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&self.config.relay.consumer).await.expect("relay consumer");
+        consumer.info().await.expect("consumer info").delivered.consumer_sequence
     }
 
     /// Raw messages in alice's INBOX.
@@ -469,15 +506,26 @@ impl Ctx {
     }
 }
 
+/// The system clock, `ahead` seconds later.
+fn clock(ahead: &Arc<AtomicU64>) -> delivery_queue::worker::Clock {
+    let ahead = ahead.clone();
+    delivery_queue::worker::Clock::new(move || {
+        std::time::SystemTime::now() + Duration::from_secs(ahead.load(Ordering::SeqCst))
+    })
+}
+
 pub async fn inbox_of(env: &TestEnv, account_id: i64) -> Vec<Vec<u8>> {
     let channel = env.channel().await;
     let mut mailboxes = pb::mailboxes_client::MailboxesClient::new(channel.clone());
     let mut messages = pb::messages_client::MessagesClient::new(channel);
-    let Ok(mb) = mailboxes.get_mailbox(pb::GetMailboxRequest { account_id, name: "INBOX".into(), select: false }).await
-    else {
-        return Vec::new();
-    };
-    let mb = mb.into_inner();
+    // Every account has an INBOX from its creation: an error here is
+    // storage failing, which must fail the test rather than read as "no
+    // mail" (every "no DSN" check would pass with storage down).
+    let mb = mailboxes
+        .get_mailbox(pb::GetMailboxRequest { account_id, name: "INBOX".into(), select: false })
+        .await
+        .expect("GetMailbox INBOX")
+        .into_inner();
     let uids = messages
         .list_uids(pb::ListUidsRequest { account_id, mailbox_id: mb.id })
         .await

@@ -102,7 +102,8 @@ impl Mail {
     pub async fn stop_ingress(&mut self) {
         if let Some((running, token)) = self.ingress.take() {
             token.cancel();
-            let _ = running.task.await;
+            // A service that panicked must fail the test, not pass as stopped.
+            running.task.await.expect("the service task ends without panicking");
         }
     }
 
@@ -115,7 +116,8 @@ impl Mail {
     pub async fn stop_queue(&mut self) {
         if let Some((running, token)) = self.queue.take() {
             token.cancel();
-            let _ = running.task.await;
+            // A service that panicked must fail the test, not pass as stopped.
+            running.task.await.expect("the service task ends without panicking");
         }
     }
 
@@ -216,13 +218,39 @@ impl Mail {
         let keys: Vec<String> = kv.keys().await.expect("keys").try_collect().await.expect("keys");
         let mut out = Vec::new();
         for k in keys {
-            if let Ok(Some(v)) = kv.get(&k).await
-                && let Some(s) = delivery_queue::state::JobState::from_json(&v)
-            {
-                out.push(s);
-            }
+            // A read error or an unparseable entry fails the test: read as
+            // "no entry", every "state removed" check would pass with NATS
+            // unreachable. An entry deleted since the listing is just gone.
+            let Some(v) = kv.get(&k).await.expect("read a queue-state entry") else { continue };
+            out.push(
+                delivery_queue::state::JobState::from_json(&v)
+                    .unwrap_or_else(|| panic!("unparseable queue state {k}: {}", String::from_utf8_lossy(&v))),
+            );
         }
         out
+    }
+
+    /// Jobs ever published to a stream of this test.
+    pub async fn stream_published(&self, stream: &str) -> u64 {
+        let js = async_nats::jetstream::new(self.env.nats().await);
+        let mut s = js.get_stream(stream).await.expect("stream exists");
+        s.info().await.expect("stream info").state.last_sequence
+    }
+
+    /// Wait until every job queued so far is finished (the work-queue
+    /// stream is empty: a job leaves it only when acked, after its delivery
+    /// and any DSN it causes are done) and return how many were ever
+    /// queued. smtp-ingress queues a message before it answers 250, and
+    /// queues nothing for a refused one, so after the replies were read the
+    /// count is final and absence checked after this is not a guess.
+    pub async fn settled(&self, within: Duration) -> u64 {
+        let stream = self.queue_config().stream;
+        let deadline = Instant::now() + within;
+        while self.stream_len(&stream).await > 0 {
+            assert!(Instant::now() < deadline, "queued jobs not finished within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stream_published(&stream).await
     }
 
     /// Run a Python script (smtplib is the real client); returns stdout.
