@@ -3,6 +3,7 @@
 
 mod dkim;
 mod output;
+mod pki;
 mod queue;
 
 use crate::output::out;
@@ -46,6 +47,9 @@ enum Command {
     Dkim(dkim::DkimCmd),
     /// The delivery queue (NATS JetStream): list, retry, delete.
     Queue(queue::QueueArgs),
+    /// The fleet's private CA and service certificates (mutual TLS).
+    #[command(subcommand)]
+    Pki(pki::PkiCmd),
 }
 
 #[derive(Subcommand)]
@@ -135,9 +139,11 @@ enum BlobsCmd {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `queue` talks to NATS, not to the storage admin API.
+    // `queue` talks to NATS, not to the storage admin API; `pki` only
+    // writes files.
     let result = match cli.command {
         Command::Queue(args) => queue::run(args).await,
+        Command::Pki(cmd) => pki::run(cmd),
         _ => run(cli).await,
     };
     match result {
@@ -359,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dkim(cmd) => dkim::run(&mut admin, cmd).await?,
         Command::Queue(args) => queue::run(args).await?,
+        Command::Pki(cmd) => pki::run(cmd)?,
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod health;
 pub mod listener;
 pub mod nats;
+pub mod pki;
 pub mod proxy;
 pub mod ready;
 pub mod sasl;
