@@ -15,11 +15,16 @@ scripts/ensure-deps.sh
 #   nats-server: tests/crash.rs runs a 3-node cluster of its own (Debian
 #   installs it in /usr/sbin; ensure-deps.sh skips it when a NATS already
 #   listens).
+#   debootstrap, docker (Debian's docker.io): scripts/compose_test.py builds
+#   the images with scripts/images.sh and runs the compose deployment; the
+#   Docker Engine must be running.
 missing=()
 for tool in curl python3 docker-compose haproxy; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+command -v docker >/dev/null 2>&1 || missing+=(docker.io)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test: installing ${missing[*]}" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -34,6 +39,11 @@ fi
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 cargo test --workspace --locked "$@"
+
+# The compose deployment as containers (scripts/compose_test.py, README
+# "What the compose test proves"): images built from the binaries the
+# tests above just built, then up, mail, scaled, killed, down and up.
+scripts/compose_test.py --bin-dir target/debug
 
 # A short run of every fuzz target (SMTP, IMAP, POP3 command parsers, MIME,
 # PROXY header): it proves they still build against the parsers in crates/

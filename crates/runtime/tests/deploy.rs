@@ -69,7 +69,11 @@ fn compose_file_is_valid_and_scalable() {
     }
     let lb = service_block(&config, "lb").join("\n");
     for port in MAIL_PORTS {
-        assert!(lb.contains(&format!("published: {port}\n")), "lb publishes {port}");
+        // Long syntax, or short when an address is given (MAILFLEET_PUBLISH_ADDRESS).
+        assert!(
+            lb.contains(&format!("published: {port}\n")) || lb.contains(&format!("- 0.0.0.0:{port}:")),
+            "lb publishes {port} on every address by default:\n{lb}"
+        );
     }
     // Every gateway reads PROXY headers, trusted from the edge network's
     // subnet only, joins that network and serves /healthz on the port
@@ -187,4 +191,24 @@ fn the_image_builds_every_binary_once_and_runs_unprivileged_with_a_healthcheck()
     let user = lines.iter().rfind(|l| l.starts_with("USER ")).expect("USER");
     assert!(!user.contains("root") && !user.ends_with(" 0"), "{user}");
     assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK ") && l.contains("health")), "HEALTHCHECK");
+}
+
+#[test]
+fn the_offline_override_uses_only_images_built_by_the_images_script() {
+    require("docker-compose", "docker-compose");
+    let offline = root().join("deploy/compose.offline.yml");
+    let config = compose(&["-f", offline.to_str().expect("utf-8 path"), "config"]);
+    let script = std::fs::read_to_string(root().join("scripts/images.sh")).expect("scripts/images.sh");
+    let images: Vec<&str> = config.lines().filter_map(|l| l.trim_start().strip_prefix("image: ")).collect::<Vec<_>>();
+    let services = compose(&["-f", offline.to_str().expect("utf-8 path"), "config", "--services"]);
+    // Every service names an image, and each is one scripts/images.sh
+    // builds: nothing is pulled from a registry.
+    assert_eq!(images.len(), services.lines().count(), "{config}");
+    for image in images {
+        assert!(image == "mailfleet:latest" || image.starts_with("mailfleet-offline/"), "{image} needs a registry");
+        let (name, tag) = image.split_once(':').expect("tagged image");
+        let built = script.contains(image)
+            || (name == "mailfleet-offline/debian" && script.contains("SUITE=") && script.contains(tag));
+        assert!(built, "scripts/images.sh builds {image}");
+    }
 }

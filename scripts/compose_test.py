@@ -1,0 +1,618 @@
+#!/usr/bin/env python3
+"""The compose deployment, for real: docker-compose.yml with
+deploy/compose.offline.yml runs as containers on this machine, built by
+scripts/images.sh from this checkout, and is used the way an operator and
+mail clients would (README, "What the compose test proves").
+
+  1. Up from nothing: every service healthy by its own healthcheck within
+     HEALTHY_WITHIN, the migration run once, volumes owned right.
+  2. mailctl through `docker compose exec` creates a domain and accounts.
+  3. Mail in through the balancer's published SMTP port (25) and
+     submission (587, STARTTLS + AUTH); read back over IMAP (143 STARTTLS,
+     993) and POP3 (110 STLS, 995); the Received: header names the client
+     address the balancer saw (PROXY protocol v2).
+  4. Scaled (imap-gateway=3, pop3-gateway=2, smtp-ingress=2,
+     delivery-queue=2): every replica healthy; 30 IMAP clients through the
+     balancer are spread over all three IMAP replicas (their own
+     connection metrics, exported to the collector stand-in); an IDLE
+     client is told about new mail.
+  5. One message's trace reaches the collector as one trace across
+     smtp-ingress, storage, delivery-queue and the idling IMAP session.
+  6. Under a bounded submission load: SIGKILL of a delivery-queue replica,
+     of storage and of an smtp-ingress replica, each started again; every
+     message that got a 250 arrives exactly once, others at most once.
+  7. `down` then `up`: every message is still there (volumes).
+
+Clients connect only to ports published on 127.0.0.1. Containers,
+networks and volumes of the test's own compose project are removed at the
+end, whatever happens. Fails (never skips) when anything is missing.
+
+Usage: scripts/compose_test.py [--bin-dir DIR]  (default target/debug,
+which `cargo test --workspace` has just built under scripts/test.sh).
+"""
+
+import argparse
+import atexit
+import hashlib
+import imaplib
+import ipaddress
+import json
+import os
+import poplib
+import random
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# Generous for a loaded 2-core machine: the services are debug builds, and
+# the healthchecks run every 5-10 s.
+HEALTHY_WITHIN = 240
+# Mail delivered after a fault: ack_wait (20 s) plus restarts and backoff.
+ARRIVES_WITHIN = 150
+DOMAIN = "example.test"
+PASSWORD = "compose test password"
+# At most this many submissions, one every 0.2 s or slower.
+LOAD_MESSAGES = 600
+
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"compose-test [{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_subnet():
+    """A /24 for the edge network that overlaps no Docker network here."""
+    out = subprocess.run(
+        ["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"]
+        + subprocess.run(["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True).stdout.split(),
+        capture_output=True, text=True, check=True).stdout.split()
+    used = [ipaddress.ip_network(s, strict=False) for s in out if ":" not in s]
+    # In random order: two tests starting at once should not both pick the
+    # first free one.
+    for third in random.sample(range(200, 255), 55):
+        net = ipaddress.ip_network(f"172.29.{third}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise Failure("no free 172.29.x.0/24 for the edge network")
+
+
+# The Mailfleet image this checkout's test builds and runs: a name of its
+# own, so that a test from another checkout on the same machine neither
+# replaces it mid-run nor is replaced by it.
+IMAGE = "mailfleet:compose-test-" + hashlib.sha256(ROOT.encode()).hexdigest()[:12]
+
+
+class Deployment:
+    def __init__(self):
+        self.project = f"mfcompose{os.getpid()}"
+        self.pick_addresses()
+        if shutil.which("docker-compose"):
+            self.tool = ["docker-compose"]
+        else:
+            self.tool = ["docker", "compose"]
+        self.files = ["-f", "docker-compose.yml", "-f", "deploy/compose.offline.yml"]
+        self.scale = []
+
+    def pick_addresses(self):
+        self.ports = {name: free_port() for name in
+                      ["SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S",
+                       "ADMIN", "JAEGER", "PROMETHEUS", "GRAFANA"]}
+        self.edge = free_subnet()
+        self.env = dict(os.environ)
+        for key in list(self.env):
+            if key.startswith("MAILFLEET_") or key.startswith("COMPOSE_") or key.startswith("OTEL_"):
+                del self.env[key]
+        self.env.update({f"MAILFLEET_{name}_PORT": str(port) for name, port in self.ports.items()})
+        self.env.update({
+            "COMPOSE_PROJECT_NAME": self.project,
+            "MAILFLEET_PUBLISH_ADDRESS": "127.0.0.1",
+            "MAILFLEET_EDGE_SUBNET": str(self.edge),
+            "MAILFLEET_HOSTNAME": "mail.example.test",
+            "MAILFLEET_IMAGE": IMAGE,
+        })
+
+    def compose(self, *args, timeout=300, capture=False):
+        cmd = self.tool + self.files + list(args)
+        res = subprocess.run(cmd, cwd=ROOT, env=self.env, timeout=timeout, text=True,
+                             stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        if res.returncode != 0:
+            raise Failure(f"{' '.join(cmd[len(self.tool):])} failed ({res.returncode}):\n{res.stderr}")
+        return res.stdout
+
+    def down(self, volumes):
+        """Removes the project's containers and networks (and volumes)."""
+        args = ["down", "--remove-orphans", "-t", "20"] + (["-v"] if volumes else [])
+        self.compose(*args, timeout=300)
+
+    def containers(self):
+        """{container name: (service, state, health, exit code)} of the project."""
+        ids = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}"],
+            capture_output=True, text=True, check=True).stdout.split()
+        if not ids:
+            return {}
+        out = subprocess.run(["docker", "inspect"] + ids, capture_output=True, text=True, check=True).stdout
+        result = {}
+        for c in json.loads(out):
+            state = c["State"]
+            health = state.get("Health", {}).get("Status", "")
+            service = c["Config"]["Labels"].get("com.docker.compose.service", "?")
+            result[c["Name"].lstrip("/")] = (service, state["Status"], health, state["ExitCode"])
+        return result
+
+    def replicas(self, service):
+        return sorted(name for name, (svc, state, _, _) in self.containers().items()
+                      if svc == service and state == "running")
+
+    def wait_healthy(self, what, within=HEALTHY_WITHIN):
+        """Every container healthy (or running, without a healthcheck), the
+        migration exited 0; fails at once when one died."""
+        start = time.monotonic()
+        while True:
+            cs = self.containers()
+            waiting = []
+            for name, (service, state, health, code) in sorted(cs.items()):
+                if service == "migrate":
+                    if state == "exited":
+                        check(code == 0, f"migrate exited {code}:\n{self.logs('migrate')}")
+                    else:
+                        waiting.append(f"{name} {state}")
+                    continue
+                if state != "running" or (health and health != "healthy"):
+                    waiting.append(f"{name} {state}/{health or '-'}")
+            if cs and not waiting:
+                log(f"{what}: {len(cs)} containers healthy in {time.monotonic() - start:.0f} s")
+                return time.monotonic() - start
+            if time.monotonic() - start > within:
+                raise Failure(f"{what}: not healthy within {within} s: {waiting}\n"
+                              + "\n".join(self.logs(s) for s in {cs[n.split()[0]][0] for n in waiting}))
+            time.sleep(2)
+
+    def logs(self, service, tail=40):
+        try:
+            return self.compose("logs", "--no-color", f"--tail={tail}", service, capture=True, timeout=60)
+        except Exception as e:  # noqa: BLE001 - only for a failure message
+            return f"(no logs of {service}: {e})"
+
+    def docker(self, *args):
+        subprocess.run(["docker"] + list(args), check=True, capture_output=True, timeout=120)
+
+
+def tls_context():
+    # Each gateway replica made a self-signed certificate at first start.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def retrying(what, fn, within=60):
+    """Clients connect through the balancer, which marks a replica up only
+    after two checks (deploy/haproxy.cfg): retry until then."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return fn()
+        except (OSError, smtplib.SMTPException, imaplib.IMAP4.error, poplib.error_proto, EOFError) as e:
+            if time.monotonic() > deadline:
+                raise Failure(f"{what}: {e!r}") from e
+            time.sleep(1)
+
+
+def message(sender, to, subject, body="Hello from the compose test.\r\n"):
+    return (f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{uuid.uuid4()}@compose.test>\r\n\r\n{body}")
+
+
+def smtp_mx(dep, sender, to, subject):
+    def send():
+        with smtplib.SMTP("127.0.0.1", dep.ports["SMTP"], timeout=30) as s:
+            s.ehlo("client.compose.test")
+            s.sendmail(sender, [to], message(sender, to, subject))
+    retrying("SMTP to port 25", send)
+
+
+def submission(dep, user, to, subject):
+    with smtplib.SMTP("127.0.0.1", dep.ports["SUBMISSION"], timeout=30) as s:
+        s.ehlo("client.compose.test")
+        s.starttls(context=tls_context())
+        s.ehlo("client.compose.test")
+        s.login(user, PASSWORD)
+        s.sendmail(user, [to], message(user, to, subject))
+
+
+def imap_login(dep, user, implicit_tls=False):
+    if implicit_tls:
+        c = imaplib.IMAP4_SSL("127.0.0.1", dep.ports["IMAPS"], ssl_context=tls_context(), timeout=30)
+    else:
+        c = imaplib.IMAP4("127.0.0.1", dep.ports["IMAP"], timeout=30)
+        c.starttls(ssl_context=tls_context())
+    c.login(user, PASSWORD)
+    return c
+
+
+def subjects(dep, user):
+    """Subject of every message in the user's INBOX, over IMAP (143 STARTTLS)."""
+    def read():
+        c = imap_login(dep, user)
+        try:
+            typ, data = c.select("INBOX", readonly=True)
+            check(typ == "OK", f"SELECT {data}")
+            if int(data[0]) == 0:
+                return []
+            typ, data = c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            check(typ == "OK", f"FETCH {data}")
+            out = []
+            for item in data:
+                if isinstance(item, tuple):
+                    m = re.search(rb"Subject: (\S+)", item[1])
+                    out.append(m.group(1).decode() if m else "")
+            return out
+        finally:
+            c.logout()
+    return retrying("IMAP read", read)
+
+
+def wait_for(what, fn, within=ARRIVES_WITHIN):
+    deadline = time.monotonic() + within
+    while True:
+        result = fn()
+        if result is True:
+            return
+        if time.monotonic() > deadline:
+            raise Failure(f"{what} not within {within} s: {result}")
+        time.sleep(2)
+
+
+def read_back_everywhere(dep, user, subject):
+    """The message, by subject, over IMAP 143 + STARTTLS, IMAPS 993, POP3
+    110 + STLS and POP3S 995; returns its full text."""
+    texts = []
+    for implicit in (False, True):
+        def imap_read():
+            c = imap_login(dep, user, implicit_tls=implicit)
+            try:
+                c.select("INBOX", readonly=True)
+                typ, data = c.search(None, "SUBJECT", subject)
+                check(typ == "OK" and data[0].split(), f"SEARCH SUBJECT {subject}: {data}")
+                typ, data = c.fetch(data[0].split()[0], "(BODY.PEEK[])")
+                check(typ == "OK", f"FETCH {data}")
+                return data[0][1].decode("utf-8", "replace")
+            finally:
+                c.logout()
+        texts.append(retrying(f"IMAP{'S' if implicit else ''} read", imap_read))
+    for implicit in (False, True):
+        def pop_read():
+            if implicit:
+                p = poplib.POP3_SSL("127.0.0.1", dep.ports["POP3S"], context=tls_context(), timeout=30)
+            else:
+                p = poplib.POP3("127.0.0.1", dep.ports["POP3"], timeout=30)
+                p.stls(context=tls_context())
+            try:
+                p.user(user)
+                p.pass_(PASSWORD)
+                count, _ = p.stat()
+                for i in range(1, count + 1):
+                    text = b"\r\n".join(p.retr(i)[1]).decode("utf-8", "replace")
+                    if f"Subject: {subject}" in text:
+                        return text
+                raise Failure(f"POP3: {subject} not among {count} messages")
+            finally:
+                p.quit()
+        texts.append(retrying(f"POP3{'S' if implicit else ''} read", pop_read))
+    return texts[0]
+
+
+def step_up(dep):
+    for attempt in range(3):
+        log(f"project {dep.project}, edge {dep.edge}, ports {dep.ports}")
+        try:
+            dep.compose("up", "-d", timeout=600)
+            break
+        except Failure as e:
+            # A port or the subnet taken meanwhile (free_port and
+            # free_subnet only looked): new ones, once more.
+            if attempt == 2 or not re.search(r"already allocated|address already in use|overlap", str(e), re.I):
+                raise
+            log(f"up failed, trying other ports and subnet: {e}")
+            dep.down(volumes=True)
+            dep.pick_addresses()
+    took = dep.wait_healthy("up from nothing")
+    # Volumes created with the right owners: storage wrote its blob
+    # directory (a message is stored below), PostgreSQL initialised its own.
+    return took
+
+
+def step_accounts(dep):
+    # One exec for the lot: each `docker-compose exec` costs seconds.
+    listed = dep.compose(
+        "exec", "-T", "-e", f"PASSWORD={PASSWORD}", "storage", "sh", "-ec",
+        # mailctl's defaults (admin URL, credentials) are the storage
+        # container's, as the README's commands use them.
+        'm() { mailctl "$@"; }\n'
+        f'm domain add {DOMAIN}\n'
+        f'm account add alice@{DOMAIN} --password "$PASSWORD"\n'
+        f'm account add bob@{DOMAIN} --password "$PASSWORD"\n'
+        'm account list\n',
+        capture=True, timeout=120)
+    check(f"alice@{DOMAIN}" in listed and f"bob@{DOMAIN}" in listed, f"account list: {listed}")
+    log("mailctl created the domain and two accounts")
+
+
+def edge_gateway(dep):
+    """The address the host's port forwarding connects to the balancer
+    from: the edge network's gateway."""
+    out = subprocess.run(["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                          f"{dep.project}_edge"], capture_output=True, text=True, check=True).stdout.strip()
+    return out or str(next(dep.edge.hosts()))
+
+
+def step_first_mail(dep):
+    alice, bob = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
+    smtp_mx(dep, "someone@sender.test", alice, "first-mx")
+    retrying("submission", lambda: submission(dep, bob, alice, "first-submission"))
+    wait_for("both first messages in alice's INBOX",
+             lambda: {"first-mx", "first-submission"} <= set(subjects(dep, alice)) or subjects(dep, alice))
+    text = read_back_everywhere(dep, alice, "first-mx")
+    received = re.findall(r"^Received: .*(?:\r\n[ \t].*)*", text, re.M)
+    check(received, f"no Received: header in\n{text}")
+    # PROXY v2: the gateway names the client the balancer saw, not the
+    # balancer itself.
+    client = edge_gateway(dep)
+    check(client in received[0], f"Received: does not name the client {client}: {received[0]}")
+    read_back_everywhere(dep, alice, "first-submission")
+    log("first mail in over 25 and 587, read back over 143, 993, 110 and 995; Received: names the client")
+
+
+SCALE = {"imap-gateway": 3, "pop3-gateway": 2, "smtp-ingress": 2, "delivery-queue": 2}
+
+
+def step_scale(dep):
+    dep.scale = [a for s, n in SCALE.items() for a in ("--scale", f"{s}={n}")]
+    dep.compose("up", "-d", "--no-recreate", *dep.scale, timeout=600)
+    dep.wait_healthy("scaled")
+    for service, n in SCALE.items():
+        check(len(dep.replicas(service)) == n, f"{service}: {dep.replicas(service)}")
+    wait_for("the balancer sees all three IMAP replicas up", lambda: balancer_up(dep, "imap", 3), within=90)
+    alice = f"alice@{DOMAIN}"
+    # 30 IMAP clients through the balancer (leastconn): each replica gets
+    # some, as its own connection metric (service.instance.id) shows.
+    clients = []
+    try:
+        for _ in range(30):
+            clients.append(retrying("IMAP login", lambda: imap_login(dep, alice)))
+        # An IDLE client hears of mail delivered meanwhile, whichever
+        # replicas it and the delivery went through.
+        idler = clients[0]
+        idler.select("INBOX")
+        tag = idler._new_tag().decode()
+        idler.send(f"{tag} IDLE\r\n".encode())
+        check(idler.readline().startswith(b"+"), "IDLE continuation")
+        retrying("submission", lambda: submission(dep, f"bob@{DOMAIN}", alice, "while-idling"))
+        idler.sock.settimeout(60)
+        lines = []
+        while not (lines and re.match(rb"\* \d+ EXISTS", lines[-1])):
+            lines.append(idler.readline())
+            check(lines[-1] and len(lines) < 20, f"IDLE got {lines!r}")
+        idler.send(b"DONE\r\n")
+        log("30 IMAP clients connected; the IDLE client got EXISTS for new mail")
+        wait_for("connections on all three IMAP replicas in their metrics",
+                 lambda: imap_spread(dep), within=90)
+    finally:
+        for c in clients:
+            try:
+                c.logout()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+
+
+def balancer_up(dep, backend, n):
+    """True once HAProxy's log says n servers of the backend are up (it
+    finds replicas through Docker's DNS and checks /healthz)."""
+    up = set()
+    for line in dep.logs("lb", tail=100000).splitlines():
+        # "Server imap/imap1 is UP, reason: ...", "... ('imap-gateway') is
+        # UP/READY (resolves again)", "... is DOWN", "... is going DOWN for
+        # maintenance".
+        m = re.search(rf"Server {backend}/(\S+)(?: \('[^']*'\))? is (UP|DOWN|going DOWN)", line)
+        if m:
+            (up.add if m.group(2) == "UP" else up.discard)(m.group(1))
+    return len(up) >= n or f"up: {sorted(up)}"
+
+
+def sink_lines(dep):
+    return dep.compose("logs", "--no-color", "otel-collector", capture=True, timeout=60).splitlines()
+
+
+def imap_spread(dep):
+    """True once each IMAP replica exported a connection count > 0."""
+    seen = {}
+    for line in sink_lines(dep):
+        m = re.search(r"metric service=imap-gateway instance=(\S+) name=mailfleet\.connections .*value=(\S+)", line)
+        if m:
+            seen[m.group(1)] = max(seen.get(m.group(1), 0), float(m.group(2)))
+    busy = [i for i, v in seen.items() if v > 0]
+    return len(busy) >= 3 or f"replicas with connections: {seen}"
+
+
+def step_trace(dep):
+    """The message delivered while the client idled: one trace across
+    smtp-ingress, storage, delivery-queue and imap-gateway."""
+    def connected():
+        services = {}
+        for line in sink_lines(dep):
+            m = re.search(r"span trace=(\S+) span=\S+ parent=\S+ service=(\S+) name=", line)
+            if m:
+                services.setdefault(m.group(1), set()).add(m.group(2))
+        want = {"smtp-ingress", "storage", "delivery-queue", "imap-gateway"}
+        full = [t for t, s in services.items() if want <= s]
+        return bool(full) or f"no trace with all of {want}; {len(services)} traces"
+    wait_for("one trace across the services", connected, within=60)
+    log("one message's trace reached the collector across smtp-ingress, storage, delivery-queue, imap-gateway")
+
+
+class Load(threading.Thread):
+    """Submissions as bob to alice, one at a time over a connection kept
+    open, reconnecting after any failure; records what got a 250."""
+
+    def __init__(self, dep):
+        super().__init__(daemon=True)
+        self.dep = dep
+        self.accepted = []
+        self.attempted = []
+        self.stop = threading.Event()
+
+    def run(self):
+        bob, alice = f"bob@{DOMAIN}", f"alice@{DOMAIN}"
+        s = None
+        n = 0
+        while not self.stop.is_set() and n < LOAD_MESSAGES:
+            # Paced: the load must last through every kill, bounded.
+            time.sleep(0.2)
+            subject = f"load-{n}"
+            try:
+                if s is None:
+                    s = smtplib.SMTP("127.0.0.1", self.dep.ports["SUBMISSION"], timeout=30)
+                    s.ehlo("client.compose.test")
+                    s.starttls(context=tls_context())
+                    s.ehlo("client.compose.test")
+                    s.login(bob, PASSWORD)
+                n += 1
+                self.attempted.append(subject)
+                s.sendmail(bob, [alice], message(bob, alice, subject))
+                self.accepted.append(subject)
+            except (OSError, smtplib.SMTPException):
+                s = None
+                time.sleep(0.5)
+        if s is not None:
+            try:
+                s.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+
+
+def step_faults(dep):
+    load = Load(dep)
+    load.start()
+
+    def kill(service, which=0):
+        name = dep.replicas(service)[which]
+        progress = len(load.accepted)
+        wait_for(f"load progressing before killing {name}", lambda: len(load.accepted) >= progress + 5 or
+                 len(load.accepted), within=90)
+        dep.docker("kill", "-s", "KILL", name)
+        log(f"killed {name} after {len(load.accepted)} accepted")
+        dep.docker("start", name)
+        dep.wait_healthy(f"after killing {name}")
+
+    try:
+        kill("delivery-queue")
+        kill("storage")
+        kill("smtp-ingress", which=1)
+    finally:
+        load.stop.set()
+        load.join(timeout=120)
+    check(not load.is_alive(), "the load did not stop")
+    log(f"load: {len(load.attempted)} attempts, {len(load.accepted)} accepted")
+    check(len(load.accepted) >= 15, f"too little mail got through: {len(load.accepted)}")
+    alice = f"alice@{DOMAIN}"
+    wait_for("every accepted message in alice's INBOX",
+             lambda: not (set(load.accepted) - set(subjects(dep, alice)))
+             or f"missing {sorted(set(load.accepted) - set(subjects(dep, alice)))[:10]}")
+    check_exactly_once(dep, load)
+    return load
+
+
+def check_exactly_once(dep, load):
+    seen = subjects(dep, f"alice@{DOMAIN}")
+    counts = {s: seen.count(s) for s in set(seen)}
+    twice = sorted(s for s in load.accepted if counts.get(s, 0) != 1)
+    check(not twice, f"accepted but not exactly once: {[(s, counts.get(s, 0)) for s in twice]}")
+    unaccepted = sorted(s for s in load.attempted if s not in load.accepted and counts.get(s, 0) > 1)
+    check(not unaccepted, f"attempts without a 250 there more than once: {unaccepted}")
+    unknown = sorted(s for s in counts if s.startswith("load-") and s not in load.attempted)
+    check(not unknown, f"messages nobody sent: {unknown}")
+    return len(seen)
+
+
+def step_down_up(dep, load):
+    before = subjects(dep, f"alice@{DOMAIN}")
+    dep.down(volumes=False)
+    dep.compose("up", "-d", timeout=600)
+    dep.wait_healthy("up again after down")
+    after = subjects(dep, f"alice@{DOMAIN}")
+    check(sorted(after) == sorted(before), f"down/up changed the mailbox: {len(before)} -> {len(after)}")
+    check_exactly_once(dep, load)
+    log(f"down then up: all {len(after)} messages still there, each load message once")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "debug"))
+    args = parser.parse_args()
+    for tool in ("docker",):
+        check(shutil.which(tool), f"{tool} is not installed")
+    check(shutil.which("docker-compose") or subprocess.run(["docker", "compose", "version"],
+                                                          capture_output=True).returncode == 0,
+          "neither docker-compose nor docker compose is installed")
+
+    t = time.monotonic()
+    subprocess.run([os.path.join(ROOT, "scripts", "images.sh"), "--bin-dir", args.bin_dir, "--tag", IMAGE],
+                   check=True, timeout=1200)
+    timings = {"images": time.monotonic() - t}
+
+    dep = Deployment()
+
+    def cleanup(*_):
+        try:
+            dep.down(volumes=True)
+        except Exception as e:  # noqa: BLE001 - report, then go on
+            log(f"cleanup: {e}")
+    atexit.register(cleanup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(1))
+
+    t = time.monotonic()
+    timings["healthy"] = step_up(dep)
+    step_accounts(dep)
+    step_first_mail(dep)
+    step_scale(dep)
+    step_trace(dep)
+    load = step_faults(dep)
+    step_down_up(dep, load)
+    timings["tests"] = time.monotonic() - t
+    log("passed; " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Failure as e:
+        log(f"FAILED: {e}")
+        sys.exit(1)
