@@ -89,6 +89,9 @@ impl ImapError {
                         (codec::code("AUTHENTICATIONFAILED"), "Authentication failed".to_string())
                     }
                     StoreError::Disabled => (codec::code("AUTHORIZATIONFAILED"), "Account disabled".to_string()),
+                    StoreError::SessionEnded(_) => {
+                        (codec::code("AUTHORIZATIONFAILED"), "Session ended, log in again".to_string())
+                    }
                     // RFC 5530 §3: UNAVAILABLE, try again later.
                     StoreError::Throttled => (
                         codec::code("UNAVAILABLE"),

@@ -7,6 +7,7 @@ pub mod grpc;
 use std::future::Future;
 
 use mailfleet_proto::storage::v1 as pb;
+pub use mailfleet_runtime::session::SessionToken;
 
 /// A storage failure, sorted by what the client should be told
 /// (storage.proto's error conventions → IMAP response codes, RFC 5530).
@@ -26,6 +27,10 @@ pub enum StoreError {
     BadCredentials,
     #[error("account disabled")]
     Disabled,
+    /// PERMISSION_DENIED after login: storage no longer accepts the
+    /// session's token (it expired unrenewed, or the account was disabled).
+    #[error("session ended: {0}")]
+    SessionEnded(String),
     /// The auth throttle refused the login unchecked (RESOURCE_EXHAUSTED
     /// from Authenticate): the address or account failed too often lately.
     #[error("too many failed logins")]
@@ -46,7 +51,7 @@ impl From<tonic::Status> for StoreError {
             Code::ResourceExhausted => StoreError::OverQuota(msg),
             Code::FailedPrecondition | Code::Aborted => StoreError::NotAllowed(msg),
             Code::Unauthenticated => StoreError::BadCredentials,
-            Code::PermissionDenied => StoreError::Disabled,
+            Code::PermissionDenied => StoreError::SessionEnded(msg),
             _ => StoreError::Unavailable(format!("{:?}: {msg}", s.code())),
         }
     }
@@ -66,13 +71,17 @@ pub struct Account {
 
 /// Storage operations used by IMAP, one per storage RPC.
 pub trait MailStore: Send + Sync + 'static {
-    /// A password login from `client` (storage counts failures per address).
+    /// A password login from `client` (storage counts failures per address):
+    /// the account and the session token storage scopes its calls with.
     fn authenticate(
         &self,
         username: &str,
         password: &str,
         client: std::net::IpAddr,
-    ) -> impl Future<Output = StoreResult<Account>> + Send;
+    ) -> impl Future<Output = StoreResult<(Account, SessionToken)>> + Send;
+    /// The store a logged-in session uses from then on: every call carries
+    /// `session` (storage serves an account only to its own session).
+    fn for_session(store: &std::sync::Arc<Self>, session: SessionToken) -> std::sync::Arc<Self>;
     fn list_mailboxes(
         &self,
         account: i64,

@@ -609,3 +609,68 @@ print("sections ok")
     let out = python(script, gw.addr.port()).await;
     assert!(out.contains("sections ok"), "{out}");
 }
+
+/// The gateway's own connection to storage, with nobody logged in, reads
+/// no account's mail: storage serves an account only to a call carrying a
+/// login's session token for it (README "Security model").
+#[tokio::test]
+async fn the_gateways_own_credentials_alone_read_no_mailbox() {
+    use imap_gateway::store::grpc::GrpcStore;
+    use imap_gateway::store::{MailStore, StoreError};
+    use mailfleet_proto::storage::v1 as pb;
+    let env = TestEnv::start().await;
+    let alice = env.add_account("alice@example.org", "secret-pw").await;
+    deliver(&env, alice.id, b"").await;
+    let inbox = pb::mailboxes_client::MailboxesClient::new(env.session_channel(alice.id).await)
+        .get_mailbox(pb::GetMailboxRequest { account_id: alice.id, name: "INBOX".into(), select: false })
+        .await
+        .expect("INBOX")
+        .into_inner()
+        .id;
+
+    let store = GrpcStore::connect_lazy(&env.storage_url()).expect("store");
+    let refused = |r: Result<(), StoreError>| matches!(r, Err(StoreError::SessionEnded(_)));
+    assert!(refused(store.list_mailboxes(alice.id, true).await.map(drop)));
+    assert!(refused(store.list_uids(alice.id, inbox).await.map(drop)));
+    let fetch = pb::FetchRequest { account_id: alice.id, mailbox_id: inbox, uid: 1, offset: 0, length: None };
+    assert!(refused(store.fetch(fetch).await.map(drop)));
+    let list = pb::ListMessagesRequest {
+        account_id: alice.id,
+        mailbox_id: inbox,
+        uids: vec![pb::UidRange { start: 1, end: u32::MAX }],
+        with_envelope: true,
+        ..Default::default()
+    };
+    assert!(refused(store.list_messages(list).await.map(drop)));
+    let search = pb::SearchRequest { account_id: alice.id, mailbox_id: inbox, criteria: None };
+    assert!(refused(store.search(search).await.map(drop)));
+
+    // The same store, once alice logged in through it, reads her INBOX.
+    let client = std::net::Ipv4Addr::LOCALHOST.into();
+    let (account, session) = store.authenticate("alice@example.org", "secret-pw", client).await.expect("login");
+    assert_eq!(account.id, alice.id);
+    let hers = GrpcStore::for_session(&std::sync::Arc::new(store), session);
+    assert!(hers.fetch(fetch).await.expect("alice's session reads").ends_with(b"lunch?\r\n"));
+}
+
+/// An IMAP session lasts many token lifetimes (a client in IDLE for hours):
+/// the gateway renews the session's token before it expires.
+#[tokio::test]
+async fn a_session_outlives_its_token() {
+    let env = TestEnv::start_with(|c| c.session_ttl = std::time::Duration::from_millis(1200)).await;
+    let alice = env.add_account("alice@example.org", "secret-pw").await;
+    deliver(&env, alice.id, b"").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut c = login(gw.addr).await;
+    let sel = c.cmd("a1", "SELECT INBOX").await;
+    assert!(sel.contains(&"* 1 EXISTS".to_string()), "{sel:?}");
+    assert_eq!(c.cmd("a2", "IDLE").await, vec!["+ idling"]);
+    // Three lifetimes of the login's token go by in IDLE.
+    tokio::time::sleep(std::time::Duration::from_millis(3600)).await;
+    c.send(b"DONE\r\n").await;
+    assert_lines(&c.until("a2").await, &["a2 OK IDLE terminated"]);
+    assert_lines(
+        &c.cmd("a3", "FETCH 1 (BODY.PEEK[TEXT])").await,
+        &["* 1 FETCH (BODY[TEXT] {19}", "Hi Alice,", "lunch?", ")", "a3 OK FETCH completed"],
+    );
+}

@@ -1,7 +1,8 @@
 //! Mechanisms every Mailfleet service needs and nothing else: configuration
 //! loading, telemetry, TLS, graceful shutdown, PROXY protocol, a health
 //! endpoint, the connection layer every listening service uses, NATS
-//! connections and the shared work-queue streams. No service's config
+//! connections, the shared work-queue streams and a gateway's storage
+//! session token. No service's config
 //! lives here.
 
 pub mod config;
@@ -13,6 +14,7 @@ pub mod pki;
 pub mod proxy;
 pub mod ready;
 pub mod sasl;
+pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -11,6 +11,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use mailfleet_proto::queue::v1 as qpb;
 use mailfleet_proto::storage::v1 as pb;
+use mailfleet_runtime::session::SessionToken;
 use pb::directory_client::DirectoryClient;
 use pb::messages_client::MessagesClient;
 use prost::Message;
@@ -157,9 +158,12 @@ impl Backend for GrpcBackend {
         });
         mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
         match self.directory.clone().authenticate(req).await {
-            Ok(a) => {
-                let a = a.into_inner();
-                Ok(Some(AuthUser { account_id: a.id, address: a.address }))
+            Ok(grant) => {
+                let grant = grant.into_inner();
+                let session = SessionToken::renewed(&grant, self.directory.clone())
+                    .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+                let a = grant.account.unwrap_or_default();
+                Ok(Some(AuthUser { account_id: a.id, address: a.address, session }))
             }
             Err(s)
                 if matches!(
@@ -202,6 +206,9 @@ impl Backend for GrpcBackend {
         let mut req =
             tonic::Request::new(pb::CanSendAsRequest { account_id: user.account_id, address: address.into() });
         mailfleet_runtime::telemetry::inject_grpc(req.metadata_mut());
+        // The submitter's own session: storage refuses a question about
+        // another account.
+        let req = user.session.attach(req);
         match self.directory.clone().can_send_as(req).await {
             Ok(r) => Ok(r.into_inner().allowed),
             Err(s) if s.code() == tonic::Code::InvalidArgument => Ok(false),

@@ -26,11 +26,13 @@ pub enum Port {
 /// Negotiated TLS parameters, written into the `Received:` header.
 pub use mailfleet_runtime::listener::TlsInfo;
 
-/// The account behind a successful AUTH.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The account behind a successful AUTH, and the session token storage
+/// scopes calls for it with (CanSendAs).
+#[derive(Debug, Clone)]
 pub struct AuthUser {
     pub account_id: i64,
     pub address: String,
+    pub session: mailfleet_runtime::session::SessionToken,
 }
 
 /// Where a recipient goes, per storage's directory.
@@ -807,8 +809,11 @@ mod tests {
             password: &str,
             _: IpAddr,
         ) -> Result<Option<AuthUser>, BackendError> {
-            Ok((username == "alice@example.org" && password == "secret")
-                .then(|| AuthUser { account_id: 1, address: "alice@example.org".into() }))
+            Ok((username == "alice@example.org" && password == "secret").then(|| AuthUser {
+                account_id: 1,
+                address: "alice@example.org".into(),
+                session: Default::default(),
+            }))
         }
         async fn resolve_recipient(&self, address: &str) -> Result<Resolution, BackendError> {
             if self.down {

@@ -38,6 +38,14 @@ pub struct StorageConfig {
     /// Password guessing: failed logins counted per client address and
     /// per account, for every gateway replica and protocol.
     pub auth_throttle: AuthThrottleConfig,
+    /// How long a session token from Authenticate stays valid; sessions
+    /// renew theirs (RenewSession) well before it runs out.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// The key that signs session tokens, as hex or base64 (at least 32
+    /// octets), the same file for every replica. Unset: a key generated at
+    /// the first start and kept in Postgres, shared by every replica.
+    pub session_key_file: Option<PathBuf>,
 }
 
 /// When failed logins slow down, and then refuse, further attempts.
@@ -99,6 +107,11 @@ impl Default for StorageConfig {
             shutdown_grace: Duration::from_secs(30),
             sweep: crate::sweep::SweepConfig::default(),
             auth_throttle: AuthThrottleConfig::default(),
+            // Short enough that a token read off a gateway is soon useless
+            // and a disabled account's sessions end within it; a session
+            // renews at half of it.
+            session_ttl: Duration::from_secs(15 * 60),
+            session_key_file: None,
         }
     }
 }
@@ -117,5 +130,6 @@ mod tests {
         assert_eq!(c.max_message_size, 50 * 1024 * 1024);
         assert_eq!(c.sweep, crate::sweep::SweepConfig::default());
         assert_eq!(c.auth_throttle, AuthThrottleConfig::default());
+        assert_eq!(c.session_ttl, Duration::from_secs(15 * 60));
     }
 }

@@ -265,18 +265,34 @@ fn client_source(client_ip: &str) -> Option<IpAddr> {
 
 #[tonic::async_trait]
 impl Directory for DirectoryService {
-    async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> Result<Response<pb::Account>, Status> {
+    async fn authenticate(&self, req: Request<pb::AuthenticateRequest>) -> Result<Response<pb::SessionToken>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(self.0.authenticate(&r.username, &r.password, client_source(&r.client_ip)).await?))
+        let account = self.0.authenticate(&r.username, &r.password, client_source(&r.client_ip)).await?;
+        Ok(Response::new(self.0.sessions.issue(account)))
     }
 
     async fn authenticate_apop(
         &self,
         req: Request<pb::AuthenticateApopRequest>,
-    ) -> Result<Response<pb::Account>, Status> {
+    ) -> Result<Response<pb::SessionToken>, Status> {
         let r = req.into_inner();
         let client = client_source(&r.client_ip);
-        Ok(Response::new(self.0.authenticate_apop(&r.username, &r.timestamp, &r.digest, client).await?))
+        let account = self.0.authenticate_apop(&r.username, &r.timestamp, &r.digest, client).await?;
+        Ok(Response::new(self.0.sessions.issue(account)))
+    }
+
+    /// Only a valid, unexpired token renews, and only while its account
+    /// exists and is enabled: disabling an account ends its sessions within
+    /// one token lifetime.
+    async fn renew_session(&self, req: Request<pb::RenewSessionRequest>) -> Result<Response<pb::SessionToken>, Status> {
+        let claims = self.0.sessions.claims(&req)?;
+        let account = match self.0.account_by_id(claims.account_id).await {
+            Ok(account) if !account.disabled => account,
+            Ok(_) => return Err(StorageError::Disabled.into()),
+            Err(StorageError::NotFound(_)) => return Err(Status::permission_denied("the account no longer exists")),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(self.0.sessions.issue(account)))
     }
 
     async fn resolve_recipient(
@@ -286,9 +302,16 @@ impl Directory for DirectoryService {
         Ok(Response::new(self.0.resolve_recipient(&req.get_ref().address).await?))
     }
 
+    /// Token-scoped: an account's own session only (by address too, so the
+    /// answer is checked after the look-up; NOT_FOUND for an unknown address
+    /// tells no more than ResolveRecipient does).
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
         use pb::get_account_request::Key;
-        let account = match req.into_inner().key {
+        let claims = self.0.sessions.claims(&req)?;
+        if let Some(Key::Id(id)) = req.get_ref().key {
+            claims.require(id).map_err(|e| self.0.sessions.refuse(&req, e))?;
+        }
+        let account = match req.get_ref().key.clone() {
             Some(Key::Id(id)) => self.0.account_by_id(id).await?,
             Some(Key::Address(a)) => {
                 let address = EmailAddress::parse(&a).map_err(StorageError::from)?;
@@ -299,10 +322,17 @@ impl Directory for DirectoryService {
             }
             None => return Err(Status::invalid_argument("id or address is required")),
         };
+        claims.require(account.id).map_err(|e| self.0.sessions.refuse(&req, e))?;
         Ok(Response::new(account))
     }
 
+    /// A directory look-up (the relay asks it for DKIM without a session):
+    /// role-scoped. A submission session sends its token, which must then
+    /// name the account asked about.
     async fn can_send_as(&self, req: Request<pb::CanSendAsRequest>) -> Result<Response<pb::CanSendAsResponse>, Status> {
+        if req.metadata().contains_key("authorization") {
+            self.0.sessions.check(&req, req.get_ref().account_id)?;
+        }
         let r = req.into_inner();
         Ok(Response::new(pb::CanSendAsResponse { allowed: self.0.can_send_as(r.account_id, &r.address).await? }))
     }

@@ -24,6 +24,9 @@ pub enum StorageError {
     Throttled,
     #[error("{0}")]
     Locked(String),
+    /// The call's session token does not allow it (PERMISSION_DENIED).
+    #[error(transparent)]
+    Session(#[from] crate::auth::session::TokenError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("blob store: {0}")]
@@ -48,6 +51,7 @@ impl From<StorageError> for Status {
             StorageError::Disabled => Code::PermissionDenied,
             StorageError::Throttled => Code::ResourceExhausted,
             StorageError::Locked(_) => Code::Aborted,
+            StorageError::Session(_) => Code::PermissionDenied,
             StorageError::Database(e) => match e {
                 sqlx::Error::RowNotFound => Code::NotFound,
                 // A broken or exhausted pool, I/O and protocol trouble are all

@@ -2,6 +2,7 @@
 //! Gateways, the queue and mailctl reach it over gRPC (see `proto/`).
 
 pub mod admin;
+pub mod auth;
 pub mod auth_throttle;
 pub mod blob;
 pub mod config;
@@ -35,6 +36,8 @@ pub struct Store {
     pub config: Arc<StorageConfig>,
     /// Failed logins per client address and account (shared through Postgres).
     pub auth_throttle: auth_throttle::AuthThrottle,
+    /// Signs and checks session tokens (see `auth::session`).
+    pub sessions: auth::session::SessionKeys,
 }
 
 /// Embedded migrations (crates/storage/migrations).

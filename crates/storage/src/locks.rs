@@ -84,16 +84,19 @@ impl Store {
 #[tonic::async_trait]
 impl Locks for LocksService {
     async fn acquire(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         let held = self.0.acquire_lock(req.get_ref()).await?;
         Ok(Response::new(LockResponse { held }))
     }
 
     async fn renew(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         let held = self.0.renew_lock(req.get_ref()).await?;
         Ok(Response::new(LockResponse { held }))
     }
 
     async fn release(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         self.0.release_lock(req.get_ref()).await?;
         Ok(Response::new(LockResponse { held: false }))
     }

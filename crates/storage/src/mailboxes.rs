@@ -457,27 +457,32 @@ impl Mailboxes for MailboxesService {
         &self,
         req: Request<pb::ListMailboxesRequest>,
     ) -> Result<Response<pb::ListMailboxesResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.list_mailboxes(req.get_ref()).await?))
     }
     async fn get_mailbox(&self, req: Request<pb::GetMailboxRequest>) -> Result<Response<pb::MailboxInfo>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.get_mailbox(req.get_ref()).await?))
     }
     async fn create_mailbox(
         &self,
         req: Request<pb::CreateMailboxRequest>,
     ) -> Result<Response<pb::MailboxInfo>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.create_mailbox(req.get_ref()).await?))
     }
     async fn rename_mailbox(
         &self,
         req: Request<pb::RenameMailboxRequest>,
     ) -> Result<Response<pb::MailboxInfo>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.rename_mailbox(req.get_ref()).await?))
     }
     async fn delete_mailbox(
         &self,
         req: Request<pb::DeleteMailboxRequest>,
     ) -> Result<Response<pb::DeleteMailboxResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         self.0.delete_mailbox(req.get_ref()).await?;
         Ok(Response::new(pb::DeleteMailboxResponse {}))
     }
@@ -485,10 +490,12 @@ impl Mailboxes for MailboxesService {
         &self,
         req: Request<pb::SetSubscribedRequest>,
     ) -> Result<Response<pb::SetSubscribedResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         self.0.set_subscribed(req.get_ref()).await?;
         Ok(Response::new(pb::SetSubscribedResponse {}))
     }
     async fn get_quota(&self, req: Request<pb::GetQuotaRequest>) -> Result<Response<pb::QuotaInfo>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.get_quota(req.get_ref()).await?))
     }
 }

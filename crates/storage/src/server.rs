@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::admin::AdminService;
+use crate::auth::session::SessionKeys;
 use crate::blob::FsBlobStore;
 use crate::directory::DirectoryService;
 use crate::events::EventPublisher;
@@ -117,6 +118,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
     )
     .await?;
     let blobs = Arc::new(FsBlobStore::new(&config.blob_dir)?);
+    let sessions = SessionKeys::load(&pool, config.session_key_file.as_deref(), config.session_ttl).await?;
     let store = Arc::new(Store {
         pool,
         blobs,
@@ -124,6 +126,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
         events: EventPublisher::new(Some(nats), config.events_prefix.clone()),
         config: Arc::new(config.clone()),
         auth_throttle: crate::auth_throttle::AuthThrottle::new(config.auth_throttle.clone()),
+        sessions,
     });
     tokio::spawn(forget_old_auth_failures(store.clone(), shutdown.clone()));
 

@@ -29,7 +29,7 @@ fn quick_throttle(c: &mut StorageConfig) {
 
 async fn login(dir: &mut DirectoryClient<Channel>, user: &str, password: &str, ip: &str) -> Result<pb::Account, Code> {
     let request = pb::AuthenticateRequest { username: user.into(), password: password.into(), client_ip: ip.into() };
-    dir.authenticate(request).await.map(|r| r.into_inner()).map_err(|s| s.code())
+    dir.authenticate(request).await.map(|r| r.into_inner().account.unwrap_or_default()).map_err(|s| s.code())
 }
 
 #[tokio::test]

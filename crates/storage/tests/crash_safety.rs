@@ -122,7 +122,7 @@ async fn committed_mail_survives_a_restart() {
     assert_eq!(r.results[0].status(), D::Delivered);
     ctx.env.stop_storage().await;
     ctx.env.start_storage().await;
-    let channel = ctx.env.channel().await;
+    let channel = ctx.env.session_channel(ctx.account.id).await;
     ctx.messages = pb::messages_client::MessagesClient::new(channel.clone()).max_decoding_message_size(MAX);
     ctx.mailboxes = pb::mailboxes_client::MailboxesClient::new(channel);
     // The queue redelivers after the restart: still one message.

@@ -41,7 +41,8 @@ async fn accounts_authenticate_with_their_password_only() {
         .await
         .expect("login with the right password")
         .into_inner();
-    assert_eq!(ok.id, alice.id);
+    assert_eq!(ok.account.map(|a| a.id), Some(alice.id));
+    assert!(!ok.token.is_empty(), "a login comes with its session token");
 
     let bad = dir
         .authenticate(pb::AuthenticateRequest {
@@ -218,7 +219,8 @@ async fn apop_digest_is_checked_against_the_shared_secret() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ok.address, "alice@example.org");
+    assert_eq!(ok.account.map(|a| a.address).as_deref(), Some("alice@example.org"));
+    assert!(!ok.token.is_empty(), "APOP comes with a session token too");
     let wrong = dir
         .authenticate_apop(pb::AuthenticateApopRequest {
             username: "alice@example.org".into(),

@@ -32,7 +32,9 @@ async fn new_account_lists_default_mailboxes_with_special_use() {
 
     let e = ctx
         .mailboxes
-        .list_mailboxes(pb::ListMailboxesRequest { account_id: 9_999_999, with_status: false })
+        .list_mailboxes(
+            ctx.env.as_account(9_999_999, pb::ListMailboxesRequest { account_id: 9_999_999, with_status: false }),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -114,7 +116,10 @@ async fn create_makes_parents_and_refuses_duplicates() {
     assert_eq!(all.special_use, vec!["\\All"]);
     let e = ctx
         .mailboxes
-        .create_mailbox(pb::CreateMailboxRequest { account_id: 9_999_999, name: "X".into(), special_use: vec![] })
+        .create_mailbox(ctx.env.as_account(
+            9_999_999,
+            pb::CreateMailboxRequest { account_id: 9_999_999, name: "X".into(), special_use: vec![] },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -248,6 +253,7 @@ async fn quota_is_reported() {
     ctx.append("INBOX", &message(1), &[]).await;
     let q = ctx.quota(account.id).await;
     assert_eq!((q.limit_bytes, q.used_bytes, q.message_count), (1_000_000, message(1).len() as u64, 1));
-    let e = ctx.mailboxes.get_quota(pb::GetQuotaRequest { account_id: 9_999_999 }).await.unwrap_err();
+    let request = ctx.env.as_account(9_999_999, pb::GetQuotaRequest { account_id: 9_999_999 });
+    let e = ctx.mailboxes.get_quota(request).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }

@@ -140,7 +140,8 @@ async fn bad_uid_sets_and_cross_account_access() {
     let e = ctx.try_fetch(ctx.account.id, a.mailbox_id, 42, 0, None).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
 
-    // Another account can neither read nor list nor change alice's mailbox.
+    // Another account's session can neither read nor list nor change
+    // alice's mailbox: mailbox ids are looked up within the account.
     let mallory = ctx.add_account("mallory").await;
     let e = ctx.try_fetch(mallory.id, a.mailbox_id, a.uid, 0, None).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
@@ -148,55 +149,69 @@ async fn bad_uid_sets_and_cross_account_access() {
     assert_eq!(e.code(), Code::NotFound, "{e}");
     let e = ctx
         .messages
-        .list_uids(pb::ListUidsRequest { account_id: mallory.id, mailbox_id: a.mailbox_id })
+        .list_uids(
+            ctx.env.as_account(mallory.id, pb::ListUidsRequest { account_id: mallory.id, mailbox_id: a.mailbox_id }),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = ctx
         .messages
-        .expunge(pb::ExpungeRequest {
-            account_id: mallory.id,
-            mailbox_id: a.mailbox_id,
-            uids: vec![range(1, 1)],
-            ignore_deleted_flag: true,
-        })
+        .expunge(ctx.env.as_account(
+            mallory.id,
+            pb::ExpungeRequest {
+                account_id: mallory.id,
+                mailbox_id: a.mailbox_id,
+                uids: vec![range(1, 1)],
+                ignore_deleted_flag: true,
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = ctx
         .messages
-        .store_flags(pb::StoreFlagsRequest {
-            account_id: mallory.id,
-            mailbox_id: a.mailbox_id,
-            uids: vec![range(1, 1)],
-            operation: pb::store_flags_request::Operation::Add as i32,
-            flags: vec!["\\Deleted".into()],
-            unchanged_since: None,
-        })
+        .store_flags(ctx.env.as_account(
+            mallory.id,
+            pb::StoreFlagsRequest {
+                account_id: mallory.id,
+                mailbox_id: a.mailbox_id,
+                uids: vec![range(1, 1)],
+                operation: pb::store_flags_request::Operation::Add as i32,
+                flags: vec!["\\Deleted".into()],
+                unchanged_since: None,
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = ctx
         .messages
-        .copy(pb::CopyRequest {
-            account_id: mallory.id,
-            mailbox_id: a.mailbox_id,
-            uids: vec![range(1, 1)],
-            destination: "INBOX".into(),
-            r#move: true,
-        })
+        .copy(ctx.env.as_account(
+            mallory.id,
+            pb::CopyRequest {
+                account_id: mallory.id,
+                mailbox_id: a.mailbox_id,
+                uids: vec![range(1, 1)],
+                destination: "INBOX".into(),
+                r#move: true,
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = ctx
         .messages
-        .changes(pb::ChangesRequest {
-            account_id: mallory.id,
-            mailbox_id: a.mailbox_id,
-            since_modseq: 0,
-            include_vanished: true,
-            claim_recent: true,
-        })
+        .changes(ctx.env.as_account(
+            mallory.id,
+            pb::ChangesRequest {
+                account_id: mallory.id,
+                mailbox_id: a.mailbox_id,
+                since_modseq: 0,
+                include_vanished: true,
+                claim_recent: true,
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -553,7 +568,10 @@ async fn fetch_ranges_answers_many_messages_in_order() {
 
     // Someone else's mailbox: refused before anything is read.
     let mallory = ctx.add_account("mallory").await;
-    let refused = ctx.messages.fetch_ranges(pb::FetchRangesRequest { account_id: mallory.id, ..req }).await;
+    let refused = ctx
+        .messages
+        .fetch_ranges(ctx.env.as_account(mallory.id, pb::FetchRangesRequest { account_id: mallory.id, ..req }))
+        .await;
     assert_eq!(refused.expect_err("cross-account").code(), Code::NotFound);
 }
 

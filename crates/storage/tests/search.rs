@@ -176,14 +176,13 @@ async fn search_errors_and_isolation() {
     }
     let e = f.try_search(deep).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    // Another account cannot search this mailbox.
+    // Another account's session cannot search this mailbox.
     let mallory = f.ctx.add_account("mallory").await;
-    let e = f
+    let request = f
         .ctx
-        .messages
-        .search(pb::SearchRequest { account_id: mallory.id, mailbox_id: f.mailbox_id, criteria: None })
-        .await
-        .unwrap_err();
+        .env
+        .as_account(mallory.id, pb::SearchRequest { account_id: mallory.id, mailbox_id: f.mailbox_id, criteria: None });
+    let e = f.ctx.messages.search(request).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
 

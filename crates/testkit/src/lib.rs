@@ -18,12 +18,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use mailfleet_proto::storage::v1 as pb;
+use mailfleet_runtime::session::SessionToken;
 use pb::admin_client::AdminClient;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use storage::{RunningStorage, StorageConfig};
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
+
+/// A channel whose calls carry an account's session token.
+pub type Scoped = InterceptedService<Channel, SessionToken>;
 
 pub fn pg_base_url() -> String {
     std::env::var("MAILFLEET_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -165,6 +170,25 @@ impl TestEnv {
 
     pub async fn nats(&self) -> async_nats::Client {
         async_nats::connect(self.nats_url.as_str()).await.expect("NATS is reachable (run scripts/test.sh)")
+    }
+
+    /// A session token for `account_id`, minted with storage's own key:
+    /// what a login to that account returns.
+    pub fn session_token(&self, account_id: i64) -> SessionToken {
+        let store = self.store();
+        let token = store.sessions.mint(account_id, std::time::SystemTime::now() + store.sessions.ttl());
+        SessionToken::fixed(&token).expect("storage mints ASCII tokens")
+    }
+
+    /// `message` as a call of `account_id`'s session.
+    pub fn as_account<T>(&self, account_id: i64, message: T) -> tonic::Request<T> {
+        self.session_token(account_id).attach(tonic::Request::new(message))
+    }
+
+    /// A channel to storage whose calls carry a session token for
+    /// `account_id` (unless a call brings its own, see `as_account`).
+    pub async fn session_channel(&self, account_id: i64) -> Scoped {
+        InterceptedService::new(self.channel().await, self.session_token(account_id))
     }
 
     /// Create the domain if needed, then the account.

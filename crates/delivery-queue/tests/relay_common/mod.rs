@@ -515,7 +515,7 @@ fn clock(ahead: &Arc<AtomicU64>) -> delivery_queue::worker::Clock {
 }
 
 pub async fn inbox_of(env: &TestEnv, account_id: i64) -> Vec<Vec<u8>> {
-    let channel = env.channel().await;
+    let channel = env.session_channel(account_id).await;
     let mut mailboxes = pb::mailboxes_client::MailboxesClient::new(channel.clone());
     let mut messages = pb::messages_client::MessagesClient::new(channel);
     // Every account has an INBOX from its creation: an error here is
@@ -551,7 +551,7 @@ pub async fn inbox_of(env: &TestEnv, account_id: i64) -> Vec<Vec<u8>> {
 /// MIME structure of every message in the INBOX as storage parsed it:
 /// "type/subtype" of the message and of its top-level parts.
 pub async fn inbox_structure(env: &TestEnv, account_id: i64) -> Vec<(String, Vec<String>)> {
-    let channel = env.channel().await;
+    let channel = env.session_channel(account_id).await;
     let mut mailboxes = pb::mailboxes_client::MailboxesClient::new(channel.clone());
     let mut messages = pb::messages_client::MessagesClient::new(channel);
     let mb = mailboxes

@@ -52,13 +52,14 @@ pub async fn login<S: MailStore>(
 /// Credentials that passed the SASL policy go to storage; any that did not
 /// are a failed login without asking it.
 async fn complete_login<S: MailStore>(s: &mut Session<S>, credentials: Result<Credentials, SaslError>) -> CmdResult {
-    let account = match credentials {
+    let (account, session) = match credentials {
         Ok(c) => s.store.authenticate(&c.username, &c.password, s.ctx.client).await?,
         Err(SaslError::OtherIdentity) => {
             return Err(ImapError::no(Some("AUTHORIZATIONFAILED"), "Cannot act as another user"));
         }
         Err(_) => return Err(StoreError::BadCredentials.into()),
     };
+    s.store = S::for_session(&s.store, session);
     s.state = State::Authenticated { account };
     // RFC 3501 §7.1: a CAPABILITY code saves the client a round trip.
     Done::with_code(

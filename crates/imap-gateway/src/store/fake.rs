@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use mailfleet_proto::storage::v1 as pb;
 
-use super::{Account, MailStore, RangeStream, StoreError, StoreResult, in_ranges};
+use super::{Account, MailStore, RangeStream, SessionToken, StoreError, StoreResult, in_ranges};
 
 #[derive(Debug, Clone)]
 struct Msg {
@@ -226,14 +226,28 @@ fn meta(uid: u32, m: &Msg, with_envelope: bool) -> pb::MessageMeta {
 }
 
 impl MailStore for FakeStore {
-    async fn authenticate(&self, username: &str, password: &str, _client: std::net::IpAddr) -> StoreResult<Account> {
+    async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+        _client: std::net::IpAddr,
+    ) -> StoreResult<(Account, SessionToken)> {
         self.check()?;
         let d = self.lock();
-        d.accounts
+        let account = d
+            .accounts
             .iter()
             .find(|(u, p, _)| u.eq_ignore_ascii_case(username) && p == password)
             .map(|(u, _, id)| Account { id: *id, address: u.clone() })
-            .ok_or(StoreError::BadCredentials)
+            .ok_or(StoreError::BadCredentials)?;
+        let token =
+            SessionToken::fixed(&format!("fake.{}", account.id)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok((account, token))
+    }
+
+    /// In memory there is nobody to show a token to.
+    fn for_session(store: &std::sync::Arc<Self>, _session: SessionToken) -> std::sync::Arc<Self> {
+        store.clone()
     }
 
     async fn list_mailboxes(&self, account: i64, _with_status: bool) -> StoreResult<pb::ListMailboxesResponse> {

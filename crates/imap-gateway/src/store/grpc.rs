@@ -5,20 +5,27 @@ use mailfleet_proto::storage::v1 as pb;
 use pb::directory_client::DirectoryClient;
 use pb::mailboxes_client::MailboxesClient;
 use pb::messages_client::MessagesClient;
+use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 
 use mailfleet_runtime::telemetry::grpc_request as traced;
 
-use super::{Account, MailStore, RangeStream, StoreError, StoreResult};
+use super::{Account, MailStore, RangeStream, SessionToken, StoreError, StoreResult};
 
 /// Append streams the message in chunks of this size.
 const APPEND_CHUNK: usize = 64 * 1024;
 
+/// A client whose every call carries the session's token.
+type Scoped = InterceptedService<Channel, SessionToken>;
+
+/// Shared by every connection until login; each logged-in session has its
+/// own copy whose mailbox and message calls carry its token.
 #[derive(Clone)]
 pub struct GrpcStore {
+    channel: Channel,
     directory: DirectoryClient<Channel>,
-    mailboxes: MailboxesClient<Channel>,
-    messages: MessagesClient<Channel>,
+    mailboxes: MailboxesClient<Scoped>,
+    messages: MessagesClient<Scoped>,
 }
 
 impl GrpcStore {
@@ -26,16 +33,26 @@ impl GrpcStore {
     /// temporary failure of each command (`NO [UNAVAILABLE]`), not a crash.
     pub fn connect_lazy(url: &str) -> Result<GrpcStore, tonic::transport::Error> {
         let channel = mailfleet_runtime::grpc::storage_channel(url, None)?;
-        Ok(GrpcStore {
+        Ok(GrpcStore::scoped(channel, SessionToken::default()))
+    }
+
+    fn scoped(channel: Channel, session: SessionToken) -> GrpcStore {
+        GrpcStore {
             directory: DirectoryClient::new(channel.clone()),
-            mailboxes: MailboxesClient::new(channel.clone()),
-            messages: MessagesClient::new(channel),
-        })
+            mailboxes: MailboxesClient::with_interceptor(channel.clone(), session.clone()),
+            messages: MessagesClient::with_interceptor(channel.clone(), session),
+            channel,
+        }
     }
 }
 
 impl MailStore for GrpcStore {
-    async fn authenticate(&self, username: &str, password: &str, client: std::net::IpAddr) -> StoreResult<Account> {
+    async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+        client: std::net::IpAddr,
+    ) -> StoreResult<(Account, SessionToken)> {
         let req = pb::AuthenticateRequest {
             username: username.into(),
             password: password.into(),
@@ -45,12 +62,21 @@ impl MailStore for GrpcStore {
             Ok(a) => a.into_inner(),
             // Authenticate's RESOURCE_EXHAUSTED is the auth throttle, not a quota.
             Err(s) if s.code() == tonic::Code::ResourceExhausted => return Err(StoreError::Throttled),
+            // A login's PERMISSION_DENIED is a disabled account.
+            Err(s) if s.code() == tonic::Code::PermissionDenied => return Err(StoreError::Disabled),
             Err(s) => return Err(s.into()),
         };
-        if a.disabled {
+        let account = a.account.clone().unwrap_or_default();
+        if account.disabled {
             return Err(StoreError::Disabled);
         }
-        Ok(Account { id: a.id, address: a.address })
+        let session =
+            SessionToken::renewed(&a, self.directory.clone()).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok((Account { id: account.id, address: account.address }, session))
+    }
+
+    fn for_session(store: &std::sync::Arc<Self>, session: SessionToken) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(GrpcStore::scoped(store.channel.clone(), session))
     }
 
     async fn list_mailboxes(&self, account: i64, with_status: bool) -> StoreResult<pb::ListMailboxesResponse> {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::sync::Arc;
 
 use mailfleet_runtime::sasl::{self, Credentials, Exchange, Mechanism, SaslError, Step};
 use tokio::io::AsyncWrite;
@@ -167,14 +168,15 @@ impl Session {
             }
             Err(e) => return write_flow(out, store_error(&e)).await,
         };
-        match store.lock(account.id, &self.holder, self.cfg.lock_ttl_secs).await {
+        match store.lock(&account, &self.holder, self.cfg.lock_ttl_secs).await {
             Ok(true) => {}
             // RFC 2449 §8.1.1 / RFC 3206: the maildrop is in use elsewhere.
             Ok(false) => return write_flow(out, codec::err(Some(RespCode::InUse), "maildrop already locked")).await,
             Err(e) => return write_flow(out, store_error(&e)).await,
         }
-        let lease = Lease::new(account.id, &self.holder, self.cfg.lock_ttl_secs);
-        let snapshot = match store.snapshot(account.id).await {
+        let account = Arc::new(account);
+        let lease = Lease::new(account.clone(), &self.holder, self.cfg.lock_ttl_secs);
+        let snapshot = match store.snapshot(&account).await {
             Ok(s) => s,
             Err(e) => {
                 lease.release(store).await;

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Mutex;
 
-use crate::store::MailStore;
+use crate::store::{Account, MailStore};
 
 /// A held lease; clones share it.
 #[derive(Clone, Debug)]
 pub struct Lease {
-    pub account_id: i64,
+    pub account: Arc<Account>,
     holder: Arc<str>,
     ttl_secs: u32,
     /// True once released: renewals stop.
@@ -33,9 +33,9 @@ pub enum Renewal {
 }
 
 impl Lease {
-    pub(super) fn new(account_id: i64, holder: &str, ttl_secs: u32) -> Lease {
+    pub(super) fn new(account: Arc<Account>, holder: &str, ttl_secs: u32) -> Lease {
         Lease {
-            account_id,
+            account,
             holder: holder.into(),
             ttl_secs,
             released: Arc::new(Mutex::new(false)),
@@ -53,7 +53,7 @@ impl Lease {
         if *released {
             return Renewal::Released;
         }
-        match store.renew(self.account_id, &self.holder, self.ttl_secs).await {
+        match store.renew(&self.account, &self.holder, self.ttl_secs).await {
             Ok(true) => Renewal::Held,
             Ok(false) => {
                 self.lost.store(true, Ordering::SeqCst);
@@ -74,7 +74,7 @@ impl Lease {
             return;
         }
         *released = true;
-        if let Err(e) = store.unlock(self.account_id, &self.holder).await {
+        if let Err(e) = store.unlock(&self.account, &self.holder).await {
             tracing::warn!(error = %e, "releasing the maildrop lease failed; it will expire");
         }
     }
@@ -88,8 +88,10 @@ mod tests {
     #[tokio::test]
     async fn renew_release_and_loss() {
         let store = FakeStore::alice(1);
-        assert!(store.lock(1, "me", 60).await.unwrap());
-        let lease = Lease::new(1, "me", 60);
+        let alice = store.authenticate("alice", "pw", std::net::Ipv4Addr::LOCALHOST.into()).await.unwrap();
+        assert!(store.lock(&alice, "me", 60).await.unwrap());
+        let alice = Arc::new(alice);
+        let lease = Lease::new(alice.clone(), "me", 60);
         assert_eq!(lease.renew(&store).await, Renewal::Held);
         lease.release(&store).await;
         assert!(store.locks.lock().unwrap().is_empty());
@@ -97,7 +99,7 @@ mod tests {
         assert_eq!(lease.renew(&store).await, Renewal::Released);
         assert!(store.locks.lock().unwrap().is_empty());
 
-        let lease = Lease::new(1, "me", 60);
+        let lease = Lease::new(alice, "me", 60);
         store.locks.lock().unwrap().insert(1, "other".into());
         assert_eq!(lease.renew(&store).await, Renewal::Lost);
         assert!(lease.is_lost());

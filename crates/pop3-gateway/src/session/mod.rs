@@ -125,7 +125,8 @@ pub enum State {
         sasl: Option<Exchange>,
     },
     Transaction {
-        account: Account,
+        /// Shared with the lease (which renews with the account's token).
+        account: Arc<Account>,
         drop: Maildrop,
         lease: Lease,
     },

@@ -3,6 +3,7 @@
 //! DELE stays unusable until RSET and is never given to another message.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Flow, Maildrop, Session, State, store_error, write_flow};
 use crate::codec::{self, MsgNum, Stuffer};
-use crate::store::{ByteStream, MailStore, MessageInfo, StoreError};
+use crate::store::{Account, ByteStream, MailStore, MessageInfo, StoreError};
 
 impl Maildrop {
     /// The message behind `n`, or the `-ERR` line (RFC 1939 §5: commands on
@@ -63,7 +64,7 @@ impl Maildrop {
     /// `None` when `n` is to be streamed. A RETR right after the previous
     /// one reads the following messages too; a storage failure here only
     /// means the message is streamed the ordinary way.
-    async fn read_ahead<S: MailStore>(&mut self, n: MsgNum, account_id: i64, store: &S) -> Option<Bytes> {
+    async fn read_ahead<S: MailStore>(&mut self, n: MsgNum, account: &Account, store: &S) -> Option<Bytes> {
         let index = n.index();
         let sequential = self.ahead.last.is_some_and(|last| last + 1 == index);
         self.ahead.last = Some(index);
@@ -79,7 +80,7 @@ impl Maildrop {
             }
         }
         if let Some(data) = self.ahead.held.remove(&index) {
-            self.read_on(index, account_id, store);
+            self.read_on(index, account, store);
             return Some(data);
         }
         // Out of order: what was read ahead is not what the client wants.
@@ -95,7 +96,7 @@ impl Maildrop {
             return None;
         }
         let (indexes, uids): (Vec<usize>, Vec<u32>) = batch.into_iter().unzip();
-        match store.fetch_many(account_id, self.mailbox_id, uids).await {
+        match store.fetch_many(account, self.mailbox_id, uids).await {
             Ok(fetched) => self.hold(indexes, fetched),
             Err(e) => {
                 tracing::debug!(error = %e, "read-ahead failed; streaming instead");
@@ -103,7 +104,7 @@ impl Maildrop {
             }
         }
         let first = self.ahead.held.remove(&index);
-        self.read_on(index, account_id, store);
+        self.read_on(index, account, store);
         first
     }
 
@@ -136,7 +137,7 @@ impl Maildrop {
 
     /// After `index` was served from what is held: once at most half a
     /// window is left, ask for the batch after it in the background.
-    fn read_on<S: MailStore>(&mut self, index: usize, account_id: i64, store: &S) {
+    fn read_on<S: MailStore>(&mut self, index: usize, account: &Account, store: &S) {
         if self.ahead.pending.is_some() || self.ahead.held.len() > self.ahead.window / 2 {
             return;
         }
@@ -147,7 +148,7 @@ impl Maildrop {
             return;
         }
         let (indexes, uids): (Vec<usize>, Vec<u32>) = batch.into_iter().unzip();
-        let task = tokio::spawn(store.fetch_many(account_id, self.mailbox_id, uids));
+        let task = tokio::spawn(store.fetch_many(account, self.mailbox_id, uids));
         self.ahead.pending =
             Some(super::PendingBatch { indexes, task: tokio_util::task::AbortOnDropHandle::new(task) });
     }
@@ -247,13 +248,13 @@ impl Session {
             Err(e) => return write_flow(out, e).await,
         };
         let status = format!("{size} octets");
-        let flow = match drop.read_ahead(n, account.id, store).await {
+        let flow = match drop.read_ahead(n, account, store).await {
             Some(data) => {
                 let stream: ByteStream = Box::pin(futures::stream::once(async move { Ok(data) }));
                 send_stream(Ok(stream), uid, &status, Stuffer::retr(), out).await?
             }
             None => {
-                let which = Which { account_id: account.id, mailbox_id: drop.mailbox_id, uid, length: None };
+                let which = Which { account: account.clone(), mailbox_id: drop.mailbox_id, uid, length: None };
                 send_message(store, which, &status, Stuffer::retr(), out).await?
             }
         };
@@ -283,14 +284,14 @@ impl Session {
         // still finds the blank line itself, so a wrong size cannot matter).
         let length = (lines == 0 && header_size > 0).then_some(header_size);
         let stuffer = Stuffer::top(lines);
-        let which = Which { account_id: account.id, mailbox_id: drop.mailbox_id, uid, length };
+        let which = Which { account: account.clone(), mailbox_id: drop.mailbox_id, uid, length };
         send_message(store, which, "top of message follows", stuffer, out).await
     }
 }
 
 /// The message (or its first `length` octets) to send.
 struct Which {
-    account_id: i64,
+    account: Arc<Account>,
     mailbox_id: i64,
     uid: u32,
     length: Option<u64>,
@@ -316,7 +317,7 @@ async fn send_message<S: MailStore, W: AsyncWrite + Unpin + Send>(
     stuffer: Stuffer,
     out: &mut W,
 ) -> io::Result<Flow> {
-    let stream = store.fetch(which.account_id, which.mailbox_id, which.uid, which.length).await;
+    let stream = store.fetch(&which.account, which.mailbox_id, which.uid, which.length).await;
     send_stream(stream, which.uid, status, stuffer, out).await
 }
 

@@ -25,7 +25,7 @@ impl Session {
         let seen: Vec<u32> = drop.retrieved.iter().copied().filter(|u| !uids.contains(u)).collect();
         if !seen.is_empty()
             && !lease.is_lost()
-            && let Err(e) = store.mark_seen(account.id, drop.mailbox_id, &seen).await
+            && let Err(e) = store.mark_seen(&account, drop.mailbox_id, &seen).await
         {
             // The client has its messages; a missing flag is not worth an error.
             tracing::warn!(error = %e, "setting \\Seen at QUIT failed");
@@ -36,7 +36,7 @@ impl Session {
             // Our lease lapsed and another session has the maildrop now.
             Some(codec::err(Some(RespCode::InUse), "maildrop lock lost, no messages removed"))
         } else {
-            match store.expunge(account.id, drop.mailbox_id, &uids).await {
+            match store.expunge(&account, drop.mailbox_id, &uids).await {
                 Ok(()) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, "expunge at QUIT failed; nothing removed");

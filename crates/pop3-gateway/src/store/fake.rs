@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
 
-use super::{Account, ByteStream, MailStore, MessageInfo, Snapshot, StoreError};
+use super::{Account, ByteStream, MailStore, MessageInfo, SessionToken, Snapshot, StoreError};
 
 pub struct FakeMessage {
     pub uid: u32,
@@ -76,11 +76,17 @@ fn header_size(data: &[u8]) -> u64 {
     data.windows(4).position(|w| w == b"\r\n\r\n").map_or(data.len(), |i| i + 4) as u64
 }
 
+/// A fake session token: nothing checks it in memory.
+fn account(id: i64, user: &str) -> Account {
+    let session = SessionToken::fixed(&format!("fake.{id}")).unwrap_or_default();
+    Account { id, address: user.into(), session }
+}
+
 impl MailStore for FakeStore {
     async fn authenticate(&self, user: &str, password: &str, _client: IpAddr) -> Result<Account, StoreError> {
         self.check()?;
         match self.accounts.get(user) {
-            Some((id, pw, _)) if pw == password => Ok(Account { id: *id, address: user.into() }),
+            Some((id, pw, _)) if pw == password => Ok(account(*id, user)),
             _ => Err(StoreError::BadCredentials),
         }
     }
@@ -95,38 +101,38 @@ impl MailStore for FakeStore {
         self.check()?;
         match self.accounts.get(user) {
             Some((id, _, Some(secret))) if hex::encode(Md5::digest(format!("{timestamp}{secret}"))) == digest => {
-                Ok(Account { id: *id, address: user.into() })
+                Ok(account(*id, user))
             }
             _ => Err(StoreError::BadCredentials),
         }
     }
 
-    async fn lock(&self, account_id: i64, holder: &str, _ttl: u32) -> Result<bool, StoreError> {
+    async fn lock(&self, account: &Account, holder: &str, _ttl: u32) -> Result<bool, StoreError> {
         self.check()?;
         let mut locks = self.locks.lock().unwrap();
-        match locks.get(&account_id) {
+        match locks.get(&account.id) {
             Some(h) if h != holder => Ok(false),
             _ => {
-                locks.insert(account_id, holder.into());
+                locks.insert(account.id, holder.into());
                 Ok(true)
             }
         }
     }
 
-    async fn renew(&self, account_id: i64, holder: &str, ttl: u32) -> Result<bool, StoreError> {
-        self.lock(account_id, holder, ttl).await
+    async fn renew(&self, account: &Account, holder: &str, ttl: u32) -> Result<bool, StoreError> {
+        self.lock(account, holder, ttl).await
     }
 
-    async fn unlock(&self, account_id: i64, holder: &str) -> Result<(), StoreError> {
+    async fn unlock(&self, account: &Account, holder: &str) -> Result<(), StoreError> {
         self.check()?;
         let mut locks = self.locks.lock().unwrap();
-        if locks.get(&account_id).is_some_and(|h| h == holder) {
-            locks.remove(&account_id);
+        if locks.get(&account.id).is_some_and(|h| h == holder) {
+            locks.remove(&account.id);
         }
         Ok(())
     }
 
-    async fn snapshot(&self, _account_id: i64) -> Result<Snapshot, StoreError> {
+    async fn snapshot(&self, _account: &Account) -> Result<Snapshot, StoreError> {
         self.check()?;
         let messages = self
             .messages
@@ -143,7 +149,7 @@ impl MailStore for FakeStore {
         Ok(Snapshot { mailbox_id: 5, uid_validity: UID_VALIDITY, messages })
     }
 
-    async fn fetch(&self, _a: i64, _m: i64, uid: u32, length: Option<u64>) -> Result<ByteStream, StoreError> {
+    async fn fetch(&self, _a: &Account, _m: i64, uid: u32, length: Option<u64>) -> Result<ByteStream, StoreError> {
         self.check()?;
         self.fetch_lengths.lock().unwrap().push(length);
         let msgs = self.messages.lock().unwrap();
@@ -161,7 +167,7 @@ impl MailStore for FakeStore {
 
     fn fetch_many(
         &self,
-        _a: i64,
+        _a: &Account,
         _m: i64,
         uids: Vec<u32>,
     ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send + 'static {
@@ -176,7 +182,7 @@ impl MailStore for FakeStore {
         std::future::ready(answer)
     }
 
-    async fn mark_seen(&self, _a: i64, _m: i64, uids: &[u32]) -> Result<(), StoreError> {
+    async fn mark_seen(&self, _a: &Account, _m: i64, uids: &[u32]) -> Result<(), StoreError> {
         self.check()?;
         for m in self.messages.lock().unwrap().iter_mut().filter(|m| uids.contains(&m.uid)) {
             m.seen = true;
@@ -184,7 +190,7 @@ impl MailStore for FakeStore {
         Ok(())
     }
 
-    async fn expunge(&self, _a: i64, _m: i64, uids: &[u32]) -> Result<(), StoreError> {
+    async fn expunge(&self, _a: &Account, _m: i64, uids: &[u32]) -> Result<(), StoreError> {
         self.check()?;
         if self.expunge_down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("fake outage".into()));

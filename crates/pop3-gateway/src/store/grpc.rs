@@ -15,7 +15,7 @@ use tonic::{Code, Request, Status};
 
 use bytes::Bytes;
 
-use super::{Account, ByteStream, MailStore, MessageInfo, Snapshot, StoreError};
+use super::{Account, ByteStream, MailStore, MessageInfo, SessionToken, Snapshot, StoreError};
 
 /// The lock name in `Locks` for POP3 maildrops.
 const LOCK_NAME: &str = "pop3";
@@ -79,8 +79,15 @@ fn lock_request(account_id: i64, holder: &str, ttl_seconds: u32) -> pb::LockRequ
     pb::LockRequest { account_id, name: LOCK_NAME.into(), holder: holder.into(), ttl_seconds }
 }
 
-fn account(a: pb::Account) -> Account {
-    Account { id: a.id, address: a.address }
+impl GrpcStore {
+    /// The account of a login, its token renewed for as long as the session
+    /// keeps the account.
+    fn logged_in(&self, grant: pb::SessionToken) -> Result<Account, StoreError> {
+        let session = SessionToken::renewed(&grant, DirectoryClient::new(self.channel.clone()))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let a = grant.account.unwrap_or_default();
+        Ok(Account { id: a.id, address: a.address, session })
+    }
 }
 
 fn uid_range(start: u32, end: u32) -> pb::UidRange {
@@ -92,7 +99,7 @@ impl MailStore for GrpcStore {
         let request =
             pb::AuthenticateRequest { username: user.into(), password: password.into(), client_ip: client.to_string() };
         let r = DirectoryClient::new(self.channel.clone()).authenticate(req(request)).await.map_err(auth_status)?;
-        Ok(account(r.into_inner()))
+        self.logged_in(r.into_inner())
     }
 
     async fn authenticate_apop(
@@ -111,46 +118,50 @@ impl MailStore for GrpcStore {
             }))
             .await
             .map_err(auth_status)?;
-        Ok(account(r.into_inner()))
+        self.logged_in(r.into_inner())
     }
 
-    async fn lock(&self, account_id: i64, holder: &str, ttl: u32) -> Result<bool, StoreError> {
+    async fn lock(&self, account: &Account, holder: &str, ttl: u32) -> Result<bool, StoreError> {
         let r = LocksClient::new(self.channel.clone())
-            .acquire(req(lock_request(account_id, holder, ttl)))
+            .acquire(account.session.attach(req(lock_request(account.id, holder, ttl))))
             .await
             .map_err(map_status)?;
         Ok(r.into_inner().held)
     }
 
-    async fn renew(&self, account_id: i64, holder: &str, ttl: u32) -> Result<bool, StoreError> {
+    async fn renew(&self, account: &Account, holder: &str, ttl: u32) -> Result<bool, StoreError> {
         let r = LocksClient::new(self.channel.clone())
-            .renew(req(lock_request(account_id, holder, ttl)))
+            .renew(account.session.attach(req(lock_request(account.id, holder, ttl))))
             .await
             .map_err(map_status)?;
         Ok(r.into_inner().held)
     }
 
-    async fn unlock(&self, account_id: i64, holder: &str) -> Result<(), StoreError> {
+    async fn unlock(&self, account: &Account, holder: &str) -> Result<(), StoreError> {
         LocksClient::new(self.channel.clone())
-            .release(req(lock_request(account_id, holder, 1)))
+            .release(account.session.attach(req(lock_request(account.id, holder, 1))))
             .await
             .map_err(map_status)?;
         Ok(())
     }
 
-    async fn snapshot(&self, account_id: i64) -> Result<Snapshot, StoreError> {
+    async fn snapshot(&self, account: &Account) -> Result<Snapshot, StoreError> {
         let mailbox = MailboxesClient::new(self.channel.clone())
-            .get_mailbox(req(pb::GetMailboxRequest { account_id, name: "INBOX".into(), select: false }))
+            .get_mailbox(account.session.attach(req(pb::GetMailboxRequest {
+                account_id: account.id,
+                name: "INBOX".into(),
+                select: false,
+            })))
             .await
             .map_err(map_status)?
             .into_inner();
         let mut stream = MessagesClient::new(self.channel.clone())
-            .list_messages(stream_req(pb::ListMessagesRequest {
-                account_id,
+            .list_messages(account.session.attach(stream_req(pb::ListMessagesRequest {
+                account_id: account.id,
                 mailbox_id: mailbox.id,
                 uids: vec![uid_range(1, u32::MAX)],
                 ..Default::default()
-            }))
+            })))
             .await
             .map_err(map_status)?
             .into_inner();
@@ -171,13 +182,19 @@ impl MailStore for GrpcStore {
 
     async fn fetch(
         &self,
-        account_id: i64,
+        account: &Account,
         mailbox_id: i64,
         uid: u32,
         length: Option<u64>,
     ) -> Result<ByteStream, StoreError> {
         let stream = MessagesClient::new(self.channel.clone())
-            .fetch(stream_req(pb::FetchRequest { account_id, mailbox_id, uid, offset: 0, length }))
+            .fetch(account.session.attach(stream_req(pb::FetchRequest {
+                account_id: account.id,
+                mailbox_id,
+                uid,
+                offset: 0,
+                length,
+            })))
             .await
             .map_err(map_status)?
             .into_inner();
@@ -186,14 +203,15 @@ impl MailStore for GrpcStore {
 
     fn fetch_many(
         &self,
-        account_id: i64,
+        account: &Account,
         mailbox_id: i64,
         uids: Vec<u32>,
     ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send + 'static {
         let ranges = uids.iter().map(|uid| pb::ByteRange { uid: *uid, ..Default::default() }).collect();
         // Built now, in the caller's span, so the trace context goes along
         // even when the future runs as a task of its own.
-        let request = req(pb::FetchRangesRequest { account_id, mailbox_id, ranges });
+        let request =
+            account.session.attach(req(pb::FetchRangesRequest { account_id: account.id, mailbox_id, ranges }));
         let mut client = MessagesClient::new(self.channel.clone());
         async move {
             let mut stream = client.fetch_ranges(request).await.map_err(map_status)?.into_inner();
@@ -226,29 +244,29 @@ impl MailStore for GrpcStore {
         }
     }
 
-    async fn mark_seen(&self, account_id: i64, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {
+    async fn mark_seen(&self, account: &Account, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {
         MessagesClient::new(self.channel.clone())
-            .store_flags(req(pb::StoreFlagsRequest {
-                account_id,
+            .store_flags(account.session.attach(req(pb::StoreFlagsRequest {
+                account_id: account.id,
                 mailbox_id,
                 uids: uids.iter().map(|u| uid_range(*u, *u)).collect(),
                 operation: pb::store_flags_request::Operation::Add as i32,
                 flags: vec!["\\Seen".into()],
                 unchanged_since: None,
-            }))
+            })))
             .await
             .map_err(map_status)?;
         Ok(())
     }
 
-    async fn expunge(&self, account_id: i64, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {
+    async fn expunge(&self, account: &Account, mailbox_id: i64, uids: &[u32]) -> Result<(), StoreError> {
         MessagesClient::new(self.channel.clone())
-            .expunge(req(pb::ExpungeRequest {
-                account_id,
+            .expunge(account.session.attach(req(pb::ExpungeRequest {
+                account_id: account.id,
                 mailbox_id,
                 uids: uids.iter().map(|&u| uid_range(u, u)).collect(),
                 ignore_deleted_flag: true,
-            }))
+            })))
             .await
             .map_err(map_status)?;
         Ok(())

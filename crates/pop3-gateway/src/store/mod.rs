@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod fake;
 
 pub use grpc::GrpcStore;
+pub use mailfleet_runtime::session::SessionToken;
 
 /// Storage failures, sorted by what the client is told.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,11 +37,13 @@ pub enum StoreError {
     Permanent(String),
 }
 
-/// The authenticated account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The authenticated account, and the session token storage scopes every
+/// call for it with (each store method below that takes it sends it).
+#[derive(Debug, Clone)]
 pub struct Account {
     pub id: i64,
     pub address: String,
+    pub session: SessionToken,
 }
 
 /// One message of the maildrop snapshot taken at login.
@@ -85,23 +88,23 @@ pub trait MailStore: Send + Sync + 'static {
     /// Take the maildrop lease; false when another session holds it.
     fn lock(
         &self,
-        account_id: i64,
+        account: &Account,
         holder: &str,
         ttl_secs: u32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Extend the lease; false when it lapsed and somebody else took it.
     fn renew(
         &self,
-        account_id: i64,
+        account: &Account,
         holder: &str,
         ttl_secs: u32,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    fn unlock(&self, account_id: i64, holder: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
-    fn snapshot(&self, account_id: i64) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+    fn unlock(&self, account: &Account, holder: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn snapshot(&self, account: &Account) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
     /// The raw message from its start, `length` octets at most (all when None).
     fn fetch(
         &self,
-        account_id: i64,
+        account: &Account,
         mailbox_id: i64,
         uid: u32,
         length: Option<u64>,
@@ -111,21 +114,21 @@ pub trait MailStore: Send + Sync + 'static {
     /// of its own while earlier messages are being sent.
     fn fetch_many(
         &self,
-        account_id: i64,
+        account: &Account,
         mailbox_id: i64,
         uids: Vec<u32>,
     ) -> impl Future<Output = Result<Vec<Option<Bytes>>, StoreError>> + Send + 'static;
     /// Add `\Seen` to these messages (what RETR does to the IMAP view).
     fn mark_seen(
         &self,
-        account_id: i64,
+        account: &Account,
         mailbox_id: i64,
         uids: &[u32],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Remove these messages for good (the UPDATE state).
     fn expunge(
         &self,
-        account_id: i64,
+        account: &Account,
         mailbox_id: i64,
         uids: &[u32],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;

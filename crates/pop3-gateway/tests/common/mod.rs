@@ -65,11 +65,15 @@ pub async fn append(env: &TestEnv, account_id: i64, data: &[u8]) -> pb::AppendRe
     for chunk in data.chunks(1 << 20) {
         parts.push(pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(chunk.to_vec())) });
     }
-    MessagesClient::new(env.channel().await).append(futures::stream::iter(parts)).await.expect("append").into_inner()
+    MessagesClient::new(env.session_channel(account_id).await)
+        .append(futures::stream::iter(parts))
+        .await
+        .expect("append")
+        .into_inner()
 }
 
 pub async fn inbox_uids(env: &TestEnv, account_id: i64, mailbox_id: i64) -> Vec<u32> {
-    MessagesClient::new(env.channel().await)
+    MessagesClient::new(env.session_channel(account_id).await)
         .list_uids(pb::ListUidsRequest { account_id, mailbox_id })
         .await
         .expect("list uids")
@@ -79,7 +83,7 @@ pub async fn inbox_uids(env: &TestEnv, account_id: i64, mailbox_id: i64) -> Vec<
 
 pub async fn flags(env: &TestEnv, account_id: i64, mailbox_id: i64, uid: u32) -> Vec<String> {
     use futures::StreamExt;
-    let mut stream = MessagesClient::new(env.channel().await)
+    let mut stream = MessagesClient::new(env.session_channel(account_id).await)
         .list_messages(pb::ListMessagesRequest {
             account_id,
             mailbox_id,

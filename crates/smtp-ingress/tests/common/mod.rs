@@ -136,7 +136,7 @@ impl Mail {
 
     /// Every message in the account's INBOX, raw bytes, ascending UID.
     pub async fn inbox(&self, account: &pb::Account) -> Vec<Vec<u8>> {
-        let channel = self.env.channel().await;
+        let channel = self.env.session_channel(account.id).await;
         let mut mailboxes = MailboxesClient::new(channel.clone());
         let mut messages = MessagesClient::new(channel).max_decoding_message_size(64 << 20);
         let mailbox = mailboxes
@@ -174,7 +174,7 @@ impl Mail {
 
     /// Number of messages in the account's INBOX (cheap: ListUids only).
     pub async fn inbox_count(&self, account: &pb::Account) -> usize {
-        let channel = self.env.channel().await;
+        let channel = self.env.session_channel(account.id).await;
         let mailbox = MailboxesClient::new(channel.clone())
             .get_mailbox(pb::GetMailboxRequest { account_id: account.id, name: "INBOX".into(), select: false })
             .await

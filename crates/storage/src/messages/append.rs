@@ -13,6 +13,7 @@ use tonic::Streaming;
 use super::flags::normalize_flags;
 use super::{add_usage, allocate_uids, internal_date, lock_account, mailbox_by_name, u32_of, u64_of};
 use crate::Store;
+use crate::auth::session::Claims;
 use crate::error::{StorageError, StorageResult};
 
 /// A broken request stream: the client is gone or sent garbage.
@@ -187,11 +188,18 @@ impl Store {
         Ok(pb::PutBlobResponse { blob_id, size: u64_of(size) })
     }
 
-    pub(crate) async fn append(&self, mut stream: Streaming<pb::AppendRequest>) -> StorageResult<pb::AppendResponse> {
+    /// `session`: the claims of the call's token, which must name the
+    /// header's account.
+    pub(crate) async fn append(
+        &self,
+        session: Claims,
+        mut stream: Streaming<pb::AppendRequest>,
+    ) -> StorageResult<pb::AppendResponse> {
         let header = match stream.message().await.map_err(stream_error)?.and_then(|m| m.part) {
             Some(pb::append_request::Part::Header(h)) => h,
             _ => return Err(StorageError::InvalidArgument("the first Append message must be the header".into())),
         };
+        session.require(header.account_id)?;
         let flags = normalize_flags(&header.flags)?;
         let date = internal_date(header.internal_date.as_ref())?;
         let name = mail_types::MailboxName::parse(&header.mailbox)?;

@@ -326,7 +326,14 @@ pub(crate) fn u64_of(v: i64) -> u64 {
 #[tonic::async_trait]
 impl Messages for MessagesService {
     async fn append(&self, req: Request<Streaming<pb::AppendRequest>>) -> Result<Response<pb::AppendResponse>, Status> {
-        Ok(Response::new(self.0.append(req.into_inner()).await?))
+        // The account is in the stream's first message: checked there.
+        let claims = self.0.sessions.claims(&req)?;
+        let peer = req.remote_addr();
+        match self.0.append(claims, req.into_inner()).await {
+            Ok(appended) => Ok(Response::new(appended)),
+            Err(StorageError::Session(e)) => Err(self.0.sessions.refuse_from(peer, e)),
+            Err(e) => Err(e.into()),
+        }
     }
     async fn put_blob(
         &self,
@@ -342,10 +349,12 @@ impl Messages for MessagesService {
         &self,
         req: Request<pb::FetchRangesRequest>,
     ) -> Result<Response<Self::FetchRangesStream>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.clone().fetch_ranges(req.into_inner()).await?))
     }
     type FetchStream = BoxStream<pb::FetchChunk>;
     async fn fetch(&self, req: Request<pb::FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.clone().fetch(req.into_inner()).await?))
     }
     type FetchBlobStream = BoxStream<pb::FetchChunk>;
@@ -357,27 +366,34 @@ impl Messages for MessagesService {
         &self,
         req: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<Self::ListMessagesStream>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.clone().list_messages(req.into_inner()).await?))
     }
     async fn list_uids(&self, req: Request<pb::ListUidsRequest>) -> Result<Response<pb::ListUidsResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.list_uids(req.get_ref()).await?))
     }
     async fn store_flags(
         &self,
         req: Request<pb::StoreFlagsRequest>,
     ) -> Result<Response<pb::StoreFlagsResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.store_flags(req.get_ref()).await?))
     }
     async fn copy(&self, req: Request<pb::CopyRequest>) -> Result<Response<pb::CopyResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.copy_messages(req.get_ref()).await?))
     }
     async fn expunge(&self, req: Request<pb::ExpungeRequest>) -> Result<Response<pb::ExpungeResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.expunge(req.get_ref()).await?))
     }
     async fn changes(&self, req: Request<pb::ChangesRequest>) -> Result<Response<pb::ChangesResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.changes(req.get_ref()).await?))
     }
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.search(req.get_ref()).await?))
     }
 }

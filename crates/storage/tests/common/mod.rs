@@ -4,16 +4,18 @@
 
 use futures::StreamExt;
 use mailfleet_proto::storage::v1 as pb;
-use mailfleet_testkit::TestEnv;
+use mailfleet_testkit::{Scoped, TestEnv};
 use pb::mailboxes_client::MailboxesClient;
 use pb::messages_client::MessagesClient;
-use tonic::transport::Channel;
 
+/// The clients' calls carry a session token for `account` (storage
+/// refuses account calls without one); a call made for another account
+/// brings its own (`env.as_account`).
 pub struct Ctx {
     pub env: TestEnv,
     pub account: pb::Account,
-    pub mailboxes: MailboxesClient<Channel>,
-    pub messages: MessagesClient<Channel>,
+    pub mailboxes: MailboxesClient<Scoped>,
+    pub messages: MessagesClient<Scoped>,
 }
 
 pub const MAX: usize = 64 * 1024 * 1024;
@@ -21,7 +23,7 @@ pub const MAX: usize = 64 * 1024 * 1024;
 pub async fn setup() -> Ctx {
     let env = TestEnv::start().await;
     let account = env.add_account(&format!("alice@{}.test", env.id), "correct horse battery").await;
-    let channel = env.channel().await;
+    let channel = env.session_channel(account.id).await;
     Ctx {
         account,
         mailboxes: MailboxesClient::new(channel.clone()),
@@ -58,7 +60,9 @@ impl Ctx {
         raw: &[u8],
         flags: &[&str],
     ) -> Result<pb::AppendResponse, tonic::Status> {
-        append_with(&mut self.messages, account_id, mailbox, raw, flags, None).await
+        let request =
+            self.env.as_account(account_id, tokio_stream::iter(append_parts(account_id, mailbox, raw, flags, None)));
+        self.messages.append(request).await.map(|r| r.into_inner())
     }
 
     pub async fn fetch(&mut self, mailbox_id: i64, uid: u32, offset: u64, length: Option<u64>) -> (Vec<u8>, u64) {
@@ -73,8 +77,11 @@ impl Ctx {
         offset: u64,
         length: Option<u64>,
     ) -> Result<(Vec<u8>, u64), tonic::Status> {
-        let mut stream =
-            self.messages.fetch(pb::FetchRequest { account_id, mailbox_id, uid, offset, length }).await?.into_inner();
+        let mut stream = self
+            .messages
+            .fetch(self.env.as_account(account_id, pb::FetchRequest { account_id, mailbox_id, uid, offset, length }))
+            .await?
+            .into_inner();
         let mut data = Vec::new();
         let mut total = None;
         while let Some(chunk) = stream.next().await {
@@ -100,14 +107,17 @@ impl Ctx {
     ) -> Result<Vec<pb::MessageMeta>, tonic::Status> {
         let mut stream = self
             .messages
-            .list_messages(pb::ListMessagesRequest {
+            .list_messages(self.env.as_account(
                 account_id,
-                mailbox_id,
-                uids,
-                with_envelope: true,
-                with_body_structure: true,
-                changed_since,
-            })
+                pb::ListMessagesRequest {
+                    account_id,
+                    mailbox_id,
+                    uids,
+                    with_envelope: true,
+                    with_body_structure: true,
+                    changed_since,
+                },
+            ))
             .await?
             .into_inner();
         let mut out = Vec::new();
@@ -132,7 +142,8 @@ impl Ctx {
     }
 
     pub async fn quota(&mut self, account_id: i64) -> pb::QuotaInfo {
-        self.mailboxes.get_quota(pb::GetQuotaRequest { account_id }).await.expect("quota").into_inner()
+        let request = self.env.as_account(account_id, pb::GetQuotaRequest { account_id });
+        self.mailboxes.get_quota(request).await.expect("quota").into_inner()
     }
 
     pub async fn set_quota(&self, account: &pb::Account, bytes: u64) {
@@ -166,14 +177,27 @@ impl Ctx {
     }
 }
 
+/// Append through `client`, whose session is `account_id`'s.
 pub async fn append_with(
-    client: &mut MessagesClient<Channel>,
+    client: &mut MessagesClient<Scoped>,
     account_id: i64,
     mailbox: &str,
     raw: &[u8],
     flags: &[&str],
     internal_date: Option<prost_types::Timestamp>,
 ) -> Result<pb::AppendResponse, tonic::Status> {
+    let reqs = append_parts(account_id, mailbox, raw, flags, internal_date);
+    client.append(tokio_stream::iter(reqs)).await.map(|r| r.into_inner())
+}
+
+/// The header and the chunks of an Append stream.
+pub fn append_parts(
+    account_id: i64,
+    mailbox: &str,
+    raw: &[u8],
+    flags: &[&str],
+    internal_date: Option<prost_types::Timestamp>,
+) -> Vec<pb::AppendRequest> {
     let mut reqs = vec![pb::AppendRequest {
         part: Some(pb::append_request::Part::Header(pb::AppendHeader {
             account_id,
@@ -185,7 +209,7 @@ pub async fn append_with(
     for c in raw.chunks(64 * 1024) {
         reqs.push(pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(c.to_vec())) });
     }
-    client.append(tokio_stream::iter(reqs)).await.map(|r| r.into_inner())
+    reqs
 }
 
 pub fn range(start: u32, end: u32) -> pb::UidRange {
