@@ -336,7 +336,7 @@ fn check(who: &str, seen: &[u32], accepted: &BTreeSet<u32>, uncertain: &BTreeSet
 #[tokio::test]
 async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
     let mut sys = System::new(None);
-    let mut nats = NatsCluster::start(sys.dir.path()).await;
+    let mut nats = NatsCluster::start(&sys.dir.path().join("nats"), &sys.pki).await;
     sys.nats_url = nats.url();
     let sink = SinkMx::start().await;
     for (key, value) in [
@@ -405,10 +405,8 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
 
     // The server leading the queue stream: the stream goes on with the
     // other two (a new leader), mail keeps being accepted meanwhile.
-    let js = async_nats::jetstream::new(
-        async_nats::connect(mailfleet_runtime::nats::server_addrs(&sys.nats_url).expect("urls")).await.expect("NATS"),
-    );
-    let mut stream = js.get_stream(format!("S{}_QUEUE", sys.id)).await.expect("queue stream");
+    let js = async_nats::jetstream::new(sys.nats_as("mailctl").await);
+    let mut stream = js.get_stream("MAIL_QUEUE").await.expect("queue stream");
     let info = stream.info().await.expect("stream info");
     let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("the stream has a leader");
     assert_eq!(info.config.num_replicas, 3, "the queue stream has three replicas");

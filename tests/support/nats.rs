@@ -1,8 +1,12 @@
-//! A NATS cluster of three `nats-server` processes of this test's own
-//! (JetStream, a store directory each under the test's temporary
-//! directory), for tests that kill a server. Every server binds port 0 and
-//! reports its ports (`ports_file_dir`); one started again comes back on
-//! the same ports with routes to the other two, as a server of a real
+//! NATS of this test's own, configured as the system runs it: TLS with the
+//! fleet's certificates, every client a user by its certificate
+//! (`verify_and_map`), each user's permissions from the shipped
+//! `deploy/nats/auth.conf`. One server ([`NatsCluster::single`], what every
+//! [`System`](crate::System) gets), or a cluster of three `nats-server`
+//! processes for tests that kill a server (JetStream, a store directory
+//! each under the test's temporary directory). Every server binds port 0
+//! and reports its ports (`ports_file_dir`); one started again comes back
+//! on the same ports with routes to the other two, as a server of a real
 //! cluster does after a crash.
 
 use std::net::SocketAddr;
@@ -34,15 +38,107 @@ struct Node {
     monitor: Option<SocketAddr>,
 }
 
+/// The identities of the fleet (as `mailctl pki init` makes them).
+pub const IDENTITIES: [&str; 7] =
+    ["storage", "smtp-ingress", "delivery-queue", "imap-gateway", "pop3-gateway", "mailctl", "nats"];
+
+/// A fleet CA and a certificate for every identity, in the layout of
+/// `mailctl pki init DIR`: `DIR/ca.crt`, `DIR/NAME.crt`, `DIR/NAME.key`
+/// (subject and DNS names NAME, localhost, 127.0.0.1).
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: mailfleet_testkit::tls::TestCa,
+}
+
+impl Pki {
+    pub fn create(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let ca = mailfleet_testkit::tls::TestCa::new();
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).expect("write ca.crt");
+        let pki = Pki { dir: dir.to_path_buf(), ca };
+        for name in IDENTITIES {
+            pki.issue(name);
+        }
+        pki
+    }
+
+    /// (Another) certificate for `name` from this CA, written as NAME.crt/.key.
+    pub fn issue(&self, name: &str) {
+        let (cert, key) = self.ca.issue(&[name, "localhost", "127.0.0.1"]);
+        std::fs::write(self.dir.join(format!("{name}.crt")), cert).expect("write certificate");
+        std::fs::write(self.dir.join(format!("{name}.key")), key).expect("write key");
+    }
+
+    /// A service's `nats_tls` settings for identity `name`.
+    pub fn nats_tls(&self, name: &str) -> mailfleet_runtime::nats::NatsTls {
+        mailfleet_runtime::nats::NatsTls {
+            ca_file: Some(self.dir.join("ca.crt")),
+            cert_file: Some(self.dir.join(format!("{name}.crt"))),
+            key_file: Some(self.dir.join(format!("{name}.key"))),
+            ..Default::default()
+        }
+    }
+
+    /// The same as environment variables of a service (`prefix` e.g.
+    /// `MAILFLEET_SMTP_`).
+    pub fn nats_tls_env(&self, prefix: &str, name: &str) -> Vec<(String, String)> {
+        let tls = self.nats_tls(name);
+        let path = |p: Option<PathBuf>| p.expect("set").display().to_string();
+        vec![
+            (format!("{prefix}NATS_TLS__CA_FILE"), path(tls.ca_file)),
+            (format!("{prefix}NATS_TLS__CERT_FILE"), path(tls.cert_file)),
+            (format!("{prefix}NATS_TLS__KEY_FILE"), path(tls.key_file)),
+        ]
+    }
+
+    /// A client connected to `url` as identity `name`.
+    pub async fn connect(&self, url: &str, name: &str) -> Result<async_nats::Client, String> {
+        let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(10));
+        mailfleet_runtime::nats::connect(url, &self.nats_tls(name), name, options).await.map_err(|e| e.to_string())
+    }
+
+    /// The server side: TLS with the `nats` certificate, client
+    /// certificates required and mapped to users, the shipped users and
+    /// permissions (`auth.conf` is copied next to the configuration, since
+    /// an include is relative to the including file).
+    fn server_config(&self, conf_dir: &Path) -> String {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/auth.conf");
+        std::fs::copy(&shipped, conf_dir.join("auth.conf")).expect("copy deploy/nats/auth.conf");
+        let file = |name: &str| self.dir.join(name).display().to_string();
+        // A handshake on a loaded 2-core machine can take longer than the
+        // default half second.
+        format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify_and_map: true, timeout: 10 }}\n\
+             include ./auth.conf\n",
+            file("nats.crt"),
+            file("nats.key"),
+            file("ca.crt"),
+        )
+    }
+}
+
 pub struct NatsCluster {
     nodes: Vec<Node>,
+    /// The TLS and users block every server's configuration ends with.
+    auth: String,
 }
 
 impl NatsCluster {
     /// Three servers `n1`..`n3` under `dir`, ready for JetStream.
-    pub async fn start(dir: &Path) -> NatsCluster {
+    pub async fn start(dir: &Path, pki: &Pki) -> NatsCluster {
+        NatsCluster::start_n(dir, pki, 3).await
+    }
+
+    /// One server, no cluster.
+    pub async fn single(dir: &Path, pki: &Pki) -> NatsCluster {
+        NatsCluster::start_n(dir, pki, 1).await
+    }
+
+    async fn start_n(dir: &Path, pki: &Pki, n: usize) -> NatsCluster {
+        std::fs::create_dir_all(dir).expect("nats dir");
         let mut cluster = NatsCluster {
-            nodes: (1..=3)
+            auth: pki.server_config(dir),
+            nodes: (1..=n)
                 .map(|i| Node {
                     name: format!("n{i}"),
                     dir: dir.join(format!("nats-n{i}")),
@@ -56,8 +152,8 @@ impl NatsCluster {
         // The first server's route ports are not known before it runs, and
         // JetStream wants a route configured: it gets one to a port nobody
         // listens on, and learns the others when they connect to it.
-        for name in ["n1", "n2", "n3"] {
-            cluster.start_node(name).await;
+        for name in cluster.names() {
+            cluster.start_node(&name).await;
         }
         cluster.wait_ready().await;
         cluster
@@ -78,6 +174,7 @@ impl NatsCluster {
         let known_routes: Vec<String> =
             self.nodes.iter().filter_map(|n| n.route).map(|r| format!("nats-route://{r}")).collect();
         let routes = if known_routes.is_empty() { vec!["nats-route://127.0.0.1:1".to_string()] } else { known_routes };
+        let single = self.nodes.len() == 1;
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "{} already runs", node.name);
         let at = |addr: Option<SocketAddr>| addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:-1".into());
@@ -86,19 +183,27 @@ impl NatsCluster {
         for old in std::fs::read_dir(&ports_dir).expect("ports dir") {
             let _ = std::fs::remove_file(old.expect("entry").path());
         }
+        let cluster = match single {
+            true => String::new(),
+            false => format!(
+                "cluster {{ name: mailfleet-test, listen: {route}, routes: [{routes}] }}\n",
+                route = at(node.route),
+                routes = routes.join(", ")
+            ),
+        };
         let config = format!(
             "server_name: {name}\nlisten: {client}\nhttp: {monitor}\nports_file_dir: \"{ports}\"\n\
-             jetstream {{ store_dir: \"{store}\" }}\n\
-             cluster {{ name: mailfleet-test, listen: {route}, routes: [{routes}] }}\n",
+             jetstream {{ store_dir: \"{store}\" }}\n{cluster}{auth}",
             name = node.name,
             client = at(node.client),
             monitor = at(node.monitor),
-            route = at(node.route),
             ports = ports_dir.display(),
             store = node.dir.join("store").display(),
-            routes = routes.join(", "),
+            auth = self.auth,
         );
-        let conf = node.dir.join("nats.conf");
+        // Next to the cluster's copy of auth.conf (the include is relative).
+        let conf = self.nodes[i].dir.parent().expect("cluster dir").join(format!("{}.conf", self.nodes[i].name));
+        let node = &mut self.nodes[i];
         std::fs::write(&conf, config).expect("write nats.conf");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("nats.log")).expect("log");
         let child = Command::new(nats_server())
@@ -128,7 +233,7 @@ impl NatsCluster {
             url.rsplit("//").next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("bad address {url}"))
         };
         node.client = Some(addr("nats"));
-        node.route = Some(addr("cluster"));
+        node.route = (!single).then(|| addr("cluster"));
         node.monitor = Some(addr("monitoring"));
     }
 

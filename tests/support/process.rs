@@ -176,13 +176,21 @@ impl Service {
     }
 }
 
-/// Names that keep one test's data apart from every other run's.
+/// One test's system: a database of its own, and a NATS of its own
+/// (started with storage unless a test set `nats_url` to a cluster it
+/// started) run as deployed — TLS, one user per service with the shipped
+/// permissions — so the JetStream names are the default ones and every
+/// service connects with its own certificate from `pki`.
 pub struct System {
     pub id: String,
     pub dir: tempfile::TempDir,
     pub database_url: String,
     db_name: String,
+    /// The fleet certificates (`dir/pki`, `mailctl pki init`'s layout).
+    pub pki: crate::nats::Pki,
+    /// Empty until NATS runs.
     pub nats_url: String,
+    nats: Option<crate::nats::NatsCluster>,
     pub events_prefix: String,
     /// OTLP/gRPC endpoint every service exports to, when set.
     pub otlp: Option<String>,
@@ -200,12 +208,15 @@ impl System {
             Some((server, _)) => format!("{server}/{db_name}"),
             None => panic!("MAILFLEET_TEST_PG must be a URL with a database"),
         };
+        let dir = tempfile::tempdir().expect("temp dir");
         System {
-            events_prefix: format!("s{id}.events"),
+            events_prefix: "mail.events".into(),
             database_url,
             db_name,
-            nats_url: mailfleet_testkit::nats_url(),
-            dir: tempfile::tempdir().expect("temp dir"),
+            pki: crate::nats::Pki::create(&dir.path().join("pki")),
+            nats_url: String::new(),
+            nats: None,
+            dir,
             otlp,
             id,
             storage: None,
@@ -254,18 +265,24 @@ impl System {
         }
     }
 
-    fn queue_names(&self, prefix: &str, env: &mut BTreeMap<String, String>) {
-        let id = &self.id;
-        env.insert(format!("{prefix}STREAM"), format!("S{id}_QUEUE"));
-        env.insert(format!("{prefix}SUBJECT"), format!("s{id}.queue.jobs"));
+    /// The NATS address and identity (certificate) of service `binary`.
+    fn connect_to_nats(&self, s: &mut Service, prefix: &str) {
+        assert!(!self.nats_url.is_empty(), "NATS runs once storage does");
+        s.env.insert(format!("{prefix}NATS_URL"), self.nats_url.clone());
+        s.env.extend(self.pki.nats_tls_env(prefix, s.binary));
     }
 
-    /// A service's storage and NATS addresses, and where its development
-    /// certificate goes (shared by the gateways of one test).
-    fn connect_to_storage_and_nats(&self, s: &mut Service, prefix: &str) {
+    /// A service's storage address, and where its development certificate
+    /// goes (shared by the gateways of one test).
+    fn connect_to_storage(&self, s: &mut Service, prefix: &str) {
         s.env.insert(format!("{prefix}STORAGE_URL"), self.storage_url());
-        s.env.insert(format!("{prefix}NATS_URL"), self.nats_url.clone());
         s.env.insert(format!("{prefix}TLS__SELF_SIGNED_DIR"), self.dir.path().join("tls").display().to_string());
+    }
+
+    /// A NATS client connected as identity `name` (`mailctl` may read the
+    /// queue).
+    pub async fn nats_as(&self, name: &str) -> async_nats::Client {
+        self.pki.connect(&self.nats_url, name).await.unwrap_or_else(|e| panic!("NATS as {name}: {e}"))
     }
 
     pub fn storage_url(&self) -> String {
@@ -278,10 +295,15 @@ impl System {
 
     /// Storage with a database of its own (it creates it and migrates).
     pub async fn start_storage(&mut self) {
+        if self.nats_url.is_empty() {
+            let nats = crate::nats::NatsCluster::single(&self.dir.path().join("nats"), &self.pki).await;
+            self.nats_url = nats.url();
+            self.nats = Some(nats);
+        }
         let mut s =
             self.service("storage", "storage", "MAILFLEET_STORAGE_", &[("grpc", "LISTEN"), ("admin", "ADMIN_LISTEN")]);
         s.env.insert("MAILFLEET_STORAGE_DATABASE_URL".into(), self.database_url.clone());
-        s.env.insert("MAILFLEET_STORAGE_NATS_URL".into(), self.nats_url.clone());
+        self.connect_to_nats(&mut s, "MAILFLEET_STORAGE_");
         s.env.insert("MAILFLEET_STORAGE_EVENTS_PREFIX".into(), self.events_prefix.clone());
         s.env.insert("MAILFLEET_STORAGE_BLOB_DIR".into(), self.dir.path().join("blobs").display().to_string());
         s.start().await;
@@ -295,14 +317,8 @@ impl System {
     /// A delivery-queue replica (replicas share the durable consumer).
     pub async fn start_queue(&self, name: &str) -> Service {
         let mut s = self.service(name, "delivery-queue", "MAILFLEET_QUEUE_", &[("health", "HEALTH_LISTEN")]);
-        self.queue_names("MAILFLEET_QUEUE_", &mut s.env);
-        let id = &self.id;
         s.env.insert("MAILFLEET_QUEUE_STORAGE_URL".into(), self.storage_url());
-        s.env.insert("MAILFLEET_QUEUE_NATS_URL".into(), self.nats_url.clone());
-        s.env.insert("MAILFLEET_QUEUE_CONSUMER".into(), format!("d{id}"));
-        s.env.insert("MAILFLEET_QUEUE_RELAY_STREAM".into(), format!("S{id}_RELAY"));
-        s.env.insert("MAILFLEET_QUEUE_RELAY_SUBJECT".into(), format!("s{id}.relay.jobs"));
-        s.env.insert("MAILFLEET_QUEUE_STATE_BUCKET".into(), format!("S{id}_STATE"));
+        self.connect_to_nats(&mut s, "MAILFLEET_QUEUE_");
         // Retries come quickly in a test (storage restarts).
         s.env.insert("MAILFLEET_QUEUE_RETRY_INITIAL".into(), "1s".into());
         s.env.insert("MAILFLEET_QUEUE_RETRY_MAX".into(), "2s".into());
@@ -322,11 +338,11 @@ impl System {
                 ("health", "HEALTH_LISTEN"),
             ],
         );
-        self.queue_names("MAILFLEET_SMTP_QUEUE__", &mut s.env);
         s.env.insert("MAILFLEET_SMTP_HOSTNAME".into(), format!("{name}.mailfleet.test"));
         // No DNS on a test machine: SPF/DKIM/DMARC lookups would only wait.
         s.env.insert("MAILFLEET_SMTP_INBOUND_AUTH__ENABLED".into(), "false".into());
-        self.connect_to_storage_and_nats(&mut s, "MAILFLEET_SMTP_");
+        self.connect_to_storage(&mut s, "MAILFLEET_SMTP_");
+        self.connect_to_nats(&mut s, "MAILFLEET_SMTP_");
         s.start().await;
         s
     }
@@ -339,7 +355,8 @@ impl System {
             &[("imap", "LISTEN"), ("imaps", "TLS_LISTEN"), ("health", "HEALTH_LISTEN")],
         );
         s.env.insert("MAILFLEET_IMAP_EVENTS_PREFIX".into(), self.events_prefix.clone());
-        self.connect_to_storage_and_nats(&mut s, "MAILFLEET_IMAP_");
+        self.connect_to_storage(&mut s, "MAILFLEET_IMAP_");
+        self.connect_to_nats(&mut s, "MAILFLEET_IMAP_");
         s.start().await;
         s
     }
@@ -352,7 +369,8 @@ impl System {
             &[("pop3", "LISTEN"), ("pop3s", "TLS_LISTEN"), ("health", "HEALTH_LISTEN")],
         );
         s.env.insert("MAILFLEET_POP3_HOSTNAME".into(), format!("{name}.mailfleet.test"));
-        self.connect_to_storage_and_nats(&mut s, "MAILFLEET_POP3_");
+        // pop3-gateway does not use NATS.
+        self.connect_to_storage(&mut s, "MAILFLEET_POP3_");
         s.start().await;
         s
     }

@@ -11,6 +11,8 @@ pub struct QueueConfig {
     pub storage_url: String,
     /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
+    /// delivery-queue's NATS identity (docs/nats.md).
+    pub nats_tls: mailfleet_runtime::nats::NatsTls,
     /// Work-queue stream smtp-ingress publishes to (same names in both services).
     pub stream: String,
     pub subject: String,
@@ -71,6 +73,7 @@ impl Default for QueueConfig {
         QueueConfig {
             storage_url: "http://127.0.0.1:50051".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_tls: Default::default(),
             stream: "MAIL_QUEUE".into(),
             subject: "mail.queue.jobs".into(),
             consumer: "delivery".into(),

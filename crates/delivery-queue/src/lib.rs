@@ -116,7 +116,9 @@ pub async fn ensure_consumer(
 /// Connect to the configured NATS server(s).
 pub async fn connect_nats(config: &QueueConfig) -> Result<jetstream::Context, QueueError> {
     let options = async_nats::ConnectOptions::new().retry_on_initial_connect();
-    Ok(jetstream::new(mailfleet_runtime::nats::connect(&config.nats_url, options).await?))
+    Ok(jetstream::new(
+        mailfleet_runtime::nats::connect(&config.nats_url, &config.nats_tls, "delivery-queue", options).await?,
+    ))
 }
 
 /// A running delivery-queue; `task` ends after shutdown once in-flight jobs

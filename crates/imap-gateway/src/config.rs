@@ -16,6 +16,8 @@ pub struct ImapConfig {
     pub tls_listen: Option<SocketAddr>,
     pub storage_url: String,
     pub nats_url: String,
+    /// imap-gateway's NATS identity (docs/nats.md).
+    pub nats_tls: mailfleet_runtime::nats::NatsTls,
     /// Storage publishes change events on `<events_prefix>.<account_id>`.
     pub events_prefix: String,
     /// Allow LOGIN/AUTHENTICATE without TLS when the client is on loopback.
@@ -59,6 +61,7 @@ impl Default for ImapConfig {
             tls_listen: Some("127.0.0.1:9993".parse().expect("static address")),
             storage_url: "http://127.0.0.1:50051".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_tls: Default::default(),
             events_prefix: "mail.events".into(),
             allow_plaintext_auth_on_loopback: true,
             allow_plaintext_auth: false,

@@ -51,9 +51,9 @@ pub struct EventHub {
 impl EventHub {
     /// Connects in the background (retrying); until NATS answers, sessions
     /// rely on the periodic check while idling.
-    pub async fn connect(url: &str, prefix: &str) -> EventHub {
+    pub async fn connect(url: &str, tls: &mailfleet_runtime::nats::NatsTls, prefix: &str) -> EventHub {
         let options = async_nats::ConnectOptions::new().retry_on_initial_connect();
-        let client = mailfleet_runtime::nats::connect(url, options)
+        let client = mailfleet_runtime::nats::connect(url, tls, "imap-gateway", options)
             .await
             .map_err(|e| tracing::warn!(error = %e, "NATS connection failed; IDLE falls back to polling"))
             .ok();

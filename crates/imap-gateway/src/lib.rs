@@ -53,7 +53,7 @@ pub struct RunningImap {
 /// Start the gateway against the storage service at `config.storage_url`.
 pub async fn serve(config: ImapConfig, shutdown: CancellationToken) -> Result<RunningImap, ServeError> {
     let store = Arc::new(GrpcStore::connect_lazy(&config.storage_url)?);
-    let events = Arc::new(EventHub::connect(&config.nats_url, &config.events_prefix).await);
+    let events = Arc::new(EventHub::connect(&config.nats_url, &config.nats_tls, &config.events_prefix).await);
     serve_with_store(config, store, events, shutdown).await
 }
 

@@ -16,6 +16,16 @@ pub struct QueueArgs {
     /// NATS server delivery-queue uses.
     #[arg(long, env = "MAILCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// The fleet CA certificate the NATS server's certificate must chain to.
+    #[arg(long, env = "MAILCTL_NATS_CA_FILE")]
+    pub nats_ca_file: Option<std::path::PathBuf>,
+    /// mailctl's certificate from the fleet CA (`mailctl.crt`): the NATS
+    /// user `mailctl`, the only one allowed to change the queue.
+    #[arg(long, env = "MAILCTL_NATS_CERT_FILE")]
+    pub nats_cert_file: Option<std::path::PathBuf>,
+    /// Its private key (`mailctl.key`).
+    #[arg(long, env = "MAILCTL_NATS_KEY_FILE")]
+    pub nats_key_file: Option<std::path::PathBuf>,
     /// Queue stream (delivery-queue `stream`).
     #[arg(long, default_value = "MAIL_QUEUE")]
     pub stream: String,
@@ -54,14 +64,15 @@ impl Queue {
 
 async fn open(args: &QueueArgs) -> anyhow::Result<Queue> {
     // One server, or every server of a cluster, comma-separated.
-    let servers = args
-        .nats_url
-        .split(',')
-        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("NATS URL {}", args.nats_url))?;
-    let client =
-        async_nats::connect(servers).await.with_context(|| format!("cannot reach NATS at {}", args.nats_url))?;
+    let tls = mailfleet_runtime::nats::NatsTls {
+        ca_file: args.nats_ca_file.clone(),
+        cert_file: args.nats_cert_file.clone(),
+        key_file: args.nats_key_file.clone(),
+        ..Default::default()
+    };
+    let client = mailfleet_runtime::nats::connect(&args.nats_url, &tls, "mailctl", async_nats::ConnectOptions::new())
+        .await
+        .with_context(|| format!("cannot reach NATS at {}", args.nats_url))?;
     let js = jetstream::new(client);
     let stream = js.get_stream(&args.stream).await.with_context(|| format!("queue stream {}", args.stream))?;
     let kv = js.get_key_value(args.bucket.clone()).await.with_context(|| format!("state bucket {}", args.bucket))?;

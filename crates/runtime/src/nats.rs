@@ -1,11 +1,22 @@
-//! NATS: connecting to one server or to every server of a cluster, and
-//! creating (or bringing up to date) the JetStream work-queue streams that
-//! smtp-ingress and delivery-queue share.
+//! NATS: connecting to one server or to every server of a cluster — as the
+//! service's own NATS user, proven by its client certificate from the fleet
+//! CA (`nats_tls`) — and creating (or bringing up to date) the JetStream
+//! work-queue streams that smtp-ingress and delivery-queue share.
+//!
+//! Which user may publish and subscribe to what is the server's
+//! configuration (`deploy/nats/auth.conf`); docs/nats.md explains it.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, stream};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -15,6 +26,112 @@ pub enum NatsError {
     Connect(String, String),
     #[error("JetStream stream {0}: {1}")]
     Stream(String, String),
+    #[error("nats_tls: {0}")]
+    Tls(String),
+}
+
+/// How a service proves itself to NATS (the `nats_tls` settings of every
+/// service, and mailctl's `--nats-tls-*` options). With `cert_file` set the
+/// connection is TLS: the server's certificate must chain to `ca_file` and
+/// carry `server_name`, and the service presents its own certificate, which
+/// the server maps to the NATS user named like the certificate
+/// (`verify_and_map`). With nothing set the connection is plain and
+/// anonymous — only a NATS without users (the test suite's shared server)
+/// accepts that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsTls {
+    /// The fleet CA certificate (PEM), `ca.crt` of `mailctl pki init`.
+    pub ca_file: Option<PathBuf>,
+    /// This service's certificate (PEM), e.g. `smtp-ingress.crt`.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The name the NATS server's certificate must carry. Every fleet
+    /// certificate also names `localhost` and 127.0.0.1, so checking the
+    /// address dialled would let any service's certificate pose as NATS;
+    /// this checks for the NATS server's own name instead, whatever host
+    /// (nats-1, 127.0.0.1) was dialled.
+    pub server_name: String,
+}
+
+impl Default for NatsTls {
+    fn default() -> Self {
+        NatsTls { ca_file: None, cert_file: None, key_file: None, server_name: "nats".into() }
+    }
+}
+
+impl NatsTls {
+    /// The client TLS configuration, or `None` for a plain connection.
+    pub fn client_config(&self) -> Result<Option<rustls::ClientConfig>, NatsError> {
+        let (ca, cert, key) = match (&self.ca_file, &self.cert_file, &self.key_file) {
+            (None, None, None) => return Ok(None),
+            (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+            _ => return Err(NatsError::Tls("ca_file, cert_file and key_file are set together or not at all".into())),
+        };
+        let tls_err = |e: &dyn std::fmt::Display| NatsError::Tls(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::tls::read_certs(ca).map_err(|e| tls_err(&e))? {
+            roots.add(c).map_err(|e| tls_err(&format!("CA certificate in {}: {e}", ca.display())))?;
+        }
+        let name = ServerName::try_from(self.server_name.clone())
+            .map_err(|e| tls_err(&format!("server_name {:?}: {e}", self.server_name)))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| tls_err(&e))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err(&e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NamedServer { webpki, name }))
+            .with_client_auth_cert(
+                crate::tls::read_certs(cert).map_err(|e| tls_err(&e))?,
+                crate::tls::read_key(key).map_err(|e| tls_err(&e))?,
+            )
+            .map_err(|e| tls_err(&format!("{}: {e}", cert.display())))?;
+        Ok(Some(config))
+    }
+}
+
+/// Checks the server's certificate against the fleet CA for one fixed name
+/// (`NatsTls::server_name`) rather than the host that was dialled.
+#[derive(Debug)]
+struct NamedServer {
+    webpki: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// The servers of `urls`, a comma-separated list
@@ -34,8 +151,36 @@ pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>, NatsError> {
     Ok(addrs)
 }
 
-/// Connect with `options` to the servers of `urls` (see [`server_addrs`]).
-pub async fn connect(urls: &str, options: async_nats::ConnectOptions) -> Result<async_nats::Client, NatsError> {
+/// Connect with `options` to the servers of `urls` (see [`server_addrs`])
+/// as `identity` (the service's name, which is also its NATS user's name),
+/// authenticated by `tls`. Replies (JetStream API answers, publish acks,
+/// pulled jobs) come to inboxes under `_INBOX.<identity>.`, the only
+/// inboxes its user may subscribe to: no service can read another's.
+pub async fn connect(
+    urls: &str,
+    tls: &NatsTls,
+    identity: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, NatsError> {
+    let user = identity.to_string();
+    let mut options = options.custom_inbox_prefix(format!("_INBOX.{identity}")).event_callback(move |event| {
+        let user = user.clone();
+        async move {
+            match event {
+                // A refused login or a denied subject: the server says which
+                // (`Authorization Violation`, `Permissions Violation for
+                // Publish to "…"`); the operator needs to see it.
+                async_nats::Event::ServerError(e) => tracing::warn!(nats_user = %user, error = %e, "NATS refused"),
+                async_nats::Event::ClientError(e) => tracing::warn!(nats_user = %user, error = %e, "NATS client error"),
+                async_nats::Event::Disconnected => tracing::info!(nats_user = %user, "NATS disconnected"),
+                async_nats::Event::Connected => tracing::info!(nats_user = %user, "NATS connected"),
+                _ => {}
+            }
+        }
+    });
+    if let Some(config) = tls.client_config()? {
+        options = options.require_tls(true).tls_client_config(config);
+    }
     options.connect(server_addrs(urls)?).await.map_err(|e| NatsError::Connect(urls.to_string(), e.to_string()))
 }
 

@@ -123,14 +123,14 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = std::fs::read(path).map_err(|e| TlsError::Read { path: path.into(), source: e })?;
     CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem { path: path.into(), message: e.to_string() })
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = std::fs::read(path).map_err(|e| TlsError::Read { path: path.into(), source: e })?;
     PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::Pem { path: path.into(), message: e.to_string() })
 }

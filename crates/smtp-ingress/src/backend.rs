@@ -63,9 +63,12 @@ impl GrpcBackend {
             .map_err(|e| ConnectError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
         let options =
             async_nats::ConnectOptions::new().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
-        let client = mailfleet_runtime::nats::connect(&config.nats_url, options).await?;
+        let client =
+            mailfleet_runtime::nats::connect(&config.nats_url, &config.nats_tls, "smtp-ingress", options).await?;
         let js = jetstream::new(client);
-        ensure_stream(&js, &config.queue).await?;
+        // In the background: with NATS down at start, the answer waits
+        // for the JetStream timeout, and mail gets 451 meanwhile anyway.
+        tokio::spawn(check_stream(js.clone(), config.queue.clone()));
         Ok(GrpcBackend {
             directory: DirectoryClient::new(channel.clone()),
             // The 10 MB+ messages go through one stream; lift tonic's 4 MB decode limit.
@@ -92,12 +95,27 @@ impl GrpcBackend {
     }
 }
 
-/// The work-queue stream both smtp-ingress and delivery-queue rely on; the
-/// first to start creates it (same settings in both, see
-/// `mailfleet_runtime::nats::work_queue`).
-pub async fn ensure_stream(js: &jetstream::Context, names: &QueueNames) -> Result<(), ConnectError> {
-    let config = mailfleet_runtime::nats::work_queue(&names.stream, &names.subject, names.replicas);
-    Ok(mailfleet_runtime::nats::ensure_stream(js, config).await?)
+/// The work-queue stream is delivery-queue's: it creates the stream and
+/// keeps its settings, and smtp-ingress's NATS user may only publish jobs
+/// and read the stream's description (docs/nats.md) — a compromised
+/// smtp-ingress cannot reconfigure the queue and drop what it holds. So at
+/// start smtp-ingress only says what is wrong: a job published before the
+/// stream exists gets no acknowledgement, and its sender a 451.
+async fn check_stream(js: jetstream::Context, names: QueueNames) {
+    match js.get_stream(&names.stream).await {
+        Ok(stream) => {
+            let config = &stream.cached_info().config;
+            if !config.subjects.contains(&names.subject) {
+                tracing::warn!(stream = %names.stream, subject = %names.subject, subjects = ?config.subjects,
+                    "the queue stream does not capture the job subject: every message gets 451");
+            } else if config.num_replicas != names.replicas.max(1) {
+                tracing::warn!(stream = %names.stream, replicas = config.num_replicas, configured = names.replicas,
+                    "the queue stream has another replica count than queue.replicas (delivery-queue sets it)");
+            }
+        }
+        Err(e) => tracing::warn!(stream = %names.stream, error = %e,
+            "the queue stream is not there yet (delivery-queue creates it): mail gets 451 until it is"),
+    }
 }
 
 /// Publish `job` until JetStream acknowledges it, for up to

@@ -28,6 +28,8 @@ pub struct IngressConfig {
     pub storage_url: String,
     /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
+    /// smtp-ingress's NATS identity (docs/nats.md).
+    pub nats_tls: mailfleet_runtime::nats::NatsTls,
     pub queue: QueueNames,
     /// SIZE (RFC 1870); 25 MiB like common providers, below storage's 50 MiB.
     pub max_message_size: usize,
@@ -136,6 +138,7 @@ impl Default for IngressConfig {
             tls: TlsSettings::default(),
             storage_url: "http://127.0.0.1:50051".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_tls: Default::default(),
             queue: QueueNames::default(),
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,

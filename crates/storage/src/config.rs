@@ -22,6 +22,8 @@ pub struct StorageConfig {
     pub blob_dir: PathBuf,
     /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
+    /// Storage's NATS identity (docs/nats.md).
+    pub nats_tls: mailfleet_runtime::nats::NatsTls,
     /// Events go to `<events_prefix>.<account_id>`.
     pub events_prefix: String,
     /// Largest message accepted by Append/PutBlob, in octets.
@@ -99,6 +101,7 @@ impl Default for StorageConfig {
             database_max_connections: 16,
             blob_dir: PathBuf::from("var/blobs"),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_tls: Default::default(),
             events_prefix: "mail.events".into(),
             // 50 MiB, a little above common provider limits (Gmail 25 MB, M365 35 MB).
             max_message_size: 50 * 1024 * 1024,

@@ -114,6 +114,8 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
 
     let nats = mailfleet_runtime::nats::connect(
         &config.nats_url,
+        &config.nats_tls,
+        "storage",
         async_nats::ConnectOptions::new().retry_on_initial_connect(),
     )
     .await?;
