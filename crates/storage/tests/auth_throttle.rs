@@ -117,7 +117,13 @@ async fn one_address_cannot_fill_the_password_hashing_queue() {
     for a in attack {
         a.await.expect("attempt");
     }
-    // Bob waited for at most the attacker's hash in progress (and one that
-    // started meanwhile), not for the attacker's queue of 29.
-    assert!(overtaking <= 3, "{overtaking} of the attacker's attempts finished while bob waited");
+    // Without a turn per address, the hashing slots are handed out first
+    // come, first served, so bob would wait behind the attacker's whole
+    // queue (about 29 attempts). With it, the attacker has one hash at a
+    // time: bob waits for the one in progress and the few that finish while
+    // his own request is parsed, looked up and hashed — on a loaded
+    // two-core machine that was seen to be 4, so the bound leaves room for
+    // slowness while staying far below the unfair queue.
+    assert!(overtaking <= 10, "{overtaking} of the attacker's attempts finished while bob waited");
+    assert_eq!(done.lock().expect("lock").len(), 30, "every attempt was answered");
 }
