@@ -43,7 +43,9 @@ NATS_URL=${MF_NATS_URL:-nats://127.0.0.1:4222}
 STREAM=BENCH_MAIL_QUEUE
 RELAY_STREAM=BENCH_MAIL_RELAY
 STATE_BUCKET=BENCH_QUEUE_STATE
-STORAGE_URL=http://127.0.0.1:$MF_STORAGE_PORT
+STORAGE_URL=https://127.0.0.1:$MF_STORAGE_PORT
+# Storage speaks mutual TLS only: the instance's own fleet PKI.
+PKI=$MF_DIR/pki
 
 SERVICES=(storage delivery-queue smtp-ingress imap-gateway pop3-gateway)
 
@@ -56,6 +58,14 @@ listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # (made for the internet) would stop the idle scenario's thousand.
 service_env() {
     local common=(RUST_LOG=warn OTEL_EXPORTER_OTLP_ENDPOINT=)
+    local prefix
+    case "$1" in
+        storage) prefix=STORAGE ;; delivery-queue) prefix=QUEUE ;; smtp-ingress) prefix=SMTP ;;
+        imap-gateway) prefix=IMAP ;; pop3-gateway) prefix=POP3 ;;
+    esac
+    common+=(MAILFLEET_${prefix}_IDENTITY__CA_FILE=$PKI/ca.crt
+        MAILFLEET_${prefix}_IDENTITY__CERT_FILE=$PKI/$1.crt
+        MAILFLEET_${prefix}_IDENTITY__KEY_FILE=$PKI/$1.key)
     case "$1" in
         storage) echo "${common[@]}" \
             MAILFLEET_STORAGE_LISTEN=127.0.0.1:$MF_STORAGE_PORT \
@@ -112,6 +122,7 @@ up() {
         [ -x "$BIN/$b" ] || die "$BIN/$b missing: cargo build --release --bins"
     done
     mkdir -p "$MF_DIR/run" "$MF_DIR/log" "$MF_DIR/blobs"
+    "$BIN/mailctl" pki init "$PKI" >/dev/null
     # Idle IMAP connections by the thousand need file descriptors.
     ulimit -n "$(ulimit -Hn)"
     for svc in "${SERVICES[@]}"; do
@@ -131,7 +142,7 @@ up() {
         fi
     done
     # The users (mailctl refuses duplicates; that is fine on a second up).
-    local ctl=("$BIN/mailctl" --admin-url "http://127.0.0.1:$MF_ADMIN_PORT")
+    local ctl=("$BIN/mailctl" --pki "$PKI" --admin-url "https://127.0.0.1:$MF_ADMIN_PORT")
     "${ctl[@]}" domain add "$MF_DOMAIN" >/dev/null 2>&1 || true
     local have
     have=$("${ctl[@]}" account list 2>/dev/null | grep -c "@$MF_DOMAIN" || true)

@@ -12,5 +12,5 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/mailfleet --cr
 COPY bin/ /usr/local/bin/
 USER mailfleet
 WORKDIR /var/lib/mailfleet
-HEALTHCHECK --interval=10s --timeout=3s --retries=5 CMD ["storage", "health", "--url", "http://127.0.0.1:50051"]
+HEALTHCHECK --interval=10s --timeout=3s --retries=5 CMD ["storage", "health", "--url", "https://127.0.0.1:50051"]
 CMD ["storage"]

@@ -276,6 +276,7 @@ impl System {
     /// goes (shared by the gateways of one test).
     fn connect_to_storage(&self, s: &mut Service, prefix: &str) {
         s.env.insert(format!("{prefix}STORAGE_URL"), self.storage_url());
+        s.env.extend(self.identity_env(prefix, s.binary));
         s.env.insert(format!("{prefix}TLS__SELF_SIGNED_DIR"), self.dir.path().join("tls").display().to_string());
     }
 
@@ -286,11 +287,31 @@ impl System {
     }
 
     pub fn storage_url(&self) -> String {
-        format!("http://{}", self.storage.as_ref().expect("storage started").port("grpc"))
+        format!("https://{}", self.storage.as_ref().expect("storage started").port("grpc"))
     }
 
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.storage.as_ref().expect("storage started").port("admin"))
+        format!("https://{}", self.storage.as_ref().expect("storage started").port("admin"))
+    }
+
+    /// A service's fleet identity `name` (its certificate in `pki`) as
+    /// its `identity.*` settings.
+    fn identity_env(&self, prefix: &str, name: &str) -> Vec<(String, String)> {
+        let id = mailfleet_runtime::grpc::FleetIdentity::in_dir(&self.pki.dir, name);
+        let path = |p: Option<std::path::PathBuf>| p.expect("set").display().to_string();
+        vec![
+            (format!("{prefix}IDENTITY__CA_FILE"), path(id.ca_file)),
+            (format!("{prefix}IDENTITY__CERT_FILE"), path(id.cert_file)),
+            (format!("{prefix}IDENTITY__KEY_FILE"), path(id.key_file)),
+        ]
+    }
+
+    /// The Admin API, as mailctl.
+    pub async fn admin(&self) -> AdminClient<tonic::transport::Channel> {
+        let identity = mailfleet_runtime::grpc::FleetIdentity::in_dir(&self.pki.dir, "mailctl");
+        let endpoint =
+            mailfleet_runtime::grpc::storage_endpoint(&self.admin_url(), &identity, None).expect("admin URL");
+        AdminClient::new(endpoint.connect().await.expect("admin API"))
     }
 
     /// Storage with a database of its own (it creates it and migrates).
@@ -304,6 +325,7 @@ impl System {
             self.service("storage", "storage", "MAILFLEET_STORAGE_", &[("grpc", "LISTEN"), ("admin", "ADMIN_LISTEN")]);
         s.env.insert("MAILFLEET_STORAGE_DATABASE_URL".into(), self.database_url.clone());
         self.connect_to_nats(&mut s, "MAILFLEET_STORAGE_");
+        s.env.extend(self.identity_env("MAILFLEET_STORAGE_", "storage"));
         s.env.insert("MAILFLEET_STORAGE_EVENTS_PREFIX".into(), self.events_prefix.clone());
         s.env.insert("MAILFLEET_STORAGE_BLOB_DIR".into(), self.dir.path().join("blobs").display().to_string());
         s.start().await;
@@ -318,6 +340,7 @@ impl System {
     pub async fn start_queue(&self, name: &str) -> Service {
         let mut s = self.service(name, "delivery-queue", "MAILFLEET_QUEUE_", &[("health", "HEALTH_LISTEN")]);
         s.env.insert("MAILFLEET_QUEUE_STORAGE_URL".into(), self.storage_url());
+        s.env.extend(self.identity_env("MAILFLEET_QUEUE_", "delivery-queue"));
         self.connect_to_nats(&mut s, "MAILFLEET_QUEUE_");
         // Retries come quickly in a test (storage restarts).
         s.env.insert("MAILFLEET_QUEUE_RETRY_INITIAL".into(), "1s".into());
@@ -377,7 +400,7 @@ impl System {
 
     /// Create the domain if needed, then the account, through the Admin API.
     pub async fn add_account(&self, address: &str, password: &str) {
-        let mut admin = AdminClient::connect(self.admin_url()).await.expect("admin API");
+        let mut admin = self.admin().await;
         mailfleet_testkit::add_account(&mut admin, address, password).await;
     }
 }

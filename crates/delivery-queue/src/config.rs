@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct QueueConfig {
     pub storage_url: String,
+    /// This service's fleet certificate for its calls to storage, which
+    /// accepts mutual TLS only (`mailctl pki init`; README "Security model").
+    pub identity: mailfleet_runtime::grpc::FleetIdentity,
     /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
     /// delivery-queue's NATS identity (docs/nats.md).
@@ -71,7 +74,8 @@ pub enum OverQuota {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            storage_url: "http://127.0.0.1:50051".into(),
+            storage_url: "https://127.0.0.1:50051".into(),
+            identity: Default::default(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_tls: Default::default(),
             stream: "MAIL_QUEUE".into(),

@@ -141,8 +141,10 @@ pub async fn run_with_clock(
     shutdown: CancellationToken,
 ) -> Result<RunningQueue, QueueError> {
     redelivery::check(&config)?;
-    let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(120)))
-        .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
+    let channel =
+        mailfleet_runtime::grpc::storage_channel(&config.storage_url, &config.identity, Some(Duration::from_secs(120)))
+            .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
+    config.identity.report_expiry("delivery-queue");
     let js = connect_nats(&config).await?;
     let kv = ensure_streams(&js, &config).await?;
     let consumer = ensure_consumer(&js, &config.stream, &config.consumer, config.ack_wait).await?;

@@ -38,6 +38,7 @@ fn config(env: &TestEnv) -> QueueConfig {
     let id = &env.id;
     let mut c = QueueConfig {
         storage_url: env.storage_url(),
+        identity: mailfleet_testkit::identity("delivery-queue"),
         nats_url: env.nats_url.clone(),
         stream: format!("LQ_{id}"),
         subject: format!("t{id}.lq"),
@@ -82,6 +83,7 @@ async fn start_binary(config: &QueueConfig, relay_smarthost: Option<SocketAddr>)
     cmd.arg("--ready-file")
         .arg(&ready_file)
         .env("MAILFLEET_QUEUE_STORAGE_URL", &config.storage_url)
+        .envs(mailfleet_testkit::identity_env("MAILFLEET_QUEUE_", "delivery-queue"))
         .env("MAILFLEET_QUEUE_NATS_URL", &config.nats_url)
         .env("MAILFLEET_QUEUE_STREAM", &config.stream)
         .env("MAILFLEET_QUEUE_SUBJECT", &config.subject)
@@ -111,7 +113,7 @@ async fn start_binary(config: &QueueConfig, relay_smarthost: Option<SocketAddr>)
 /// Store `message` and publish its job on `subject`, as smtp-ingress (or
 /// local delivery, for the relay stream) does.
 async fn publish_job(env: &TestEnv, js: &jetstream::Context, subject: &str, job: qpb::DeliveryJob, message: &[u8]) {
-    let mut messages = pb::messages_client::MessagesClient::new(env.channel().await);
+    let mut messages = pb::messages_client::MessagesClient::new(env.channel_as("smtp-ingress").await);
     let chunks = vec![pb::PutBlobRequest { chunk: message.to_vec() }];
     let blob = messages.put_blob(futures::stream::iter(chunks)).await.expect("put blob").into_inner();
     let job = qpb::DeliveryJob { blob_id: blob.blob_id, size: message.len() as u64, ..job };
@@ -185,7 +187,7 @@ async fn a_killed_workers_local_job_is_delivered_once_within_ack_wait() {
     // The process's storage hangs: its Deliver call never returns.
     let (hanging_storage, held) = black_hole().await;
     let worker =
-        start_binary(&QueueConfig { storage_url: format!("http://{hanging_storage}"), ..config.clone() }, None).await;
+        start_binary(&QueueConfig { storage_url: format!("https://{hanging_storage}"), ..config.clone() }, None).await;
     publish_job(
         &env,
         &js,

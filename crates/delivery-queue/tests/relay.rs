@@ -436,9 +436,11 @@ async fn falls_back_to_the_next_mx_and_honours_smarthosts() {
 #[tokio::test]
 async fn local_permanent_failures_can_be_bounced_with_the_same_dsn_path() {
     let ctx = Ctx::start(TableResolver::new(), |_| {}).await;
-    let sender = delivery_queue::relay::DsnSender::new(ctx.env.channel().await, ctx.js.clone(), &ctx.config);
+    let sender =
+        delivery_queue::relay::DsnSender::new(ctx.env.channel_as("delivery-queue").await, ctx.js.clone(), &ctx.config);
     // A stored message and the job that carried it.
-    let mut messages = mailfleet_proto::storage::v1::messages_client::MessagesClient::new(ctx.env.channel().await);
+    let mut messages =
+        mailfleet_proto::storage::v1::messages_client::MessagesClient::new(ctx.env.channel_as("delivery-queue").await);
     let chunks = vec![mailfleet_proto::storage::v1::PutBlobRequest { chunk: MSG.to_vec() }];
     let blob = messages.put_blob(futures::stream::iter(chunks)).await.expect("blob").into_inner();
     let mut never = rcpt("quiet@local.test");
@@ -528,6 +530,7 @@ async fn the_relay_runs_inside_delivery_queue_when_enabled() {
     let id = env.id.clone();
     let mut config = delivery_queue::QueueConfig {
         storage_url: env.storage_url(),
+        identity: mailfleet_testkit::identity("delivery-queue"),
         nats_url: env.nats_url.clone(),
         stream: format!("EQ_{id}"),
         subject: format!("t{id}.queue"),

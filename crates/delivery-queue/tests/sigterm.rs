@@ -23,7 +23,8 @@ async fn sigterm_stops_the_worker_with_exit_status_zero() {
         .arg(&ready_file)
         .env("MAILFLEET_QUEUE_NATS_URL", mailfleet_testkit::nats_url())
         // Never contacted: no job arrives on this test's stream.
-        .env("MAILFLEET_QUEUE_STORAGE_URL", "http://127.0.0.1:9")
+        .env("MAILFLEET_QUEUE_STORAGE_URL", "https://127.0.0.1:9")
+        .envs(mailfleet_testkit::identity_env("MAILFLEET_QUEUE_", "delivery-queue"))
         .env("MAILFLEET_QUEUE_STREAM", &stream)
         .env("MAILFLEET_QUEUE_SUBJECT", format!("sig{id}.jobs"))
         .env("MAILFLEET_QUEUE_CONSUMER", format!("sig{id}"))

@@ -15,6 +15,9 @@ pub struct ImapConfig {
     /// Implicit TLS (RFC 8314 §3.3); dev port 9993 (production 993). `None` disables it.
     pub tls_listen: Option<SocketAddr>,
     pub storage_url: String,
+    /// This service's fleet certificate for its calls to storage, which
+    /// accepts mutual TLS only (`mailctl pki init`; README "Security model").
+    pub identity: mailfleet_runtime::grpc::FleetIdentity,
     pub nats_url: String,
     /// imap-gateway's NATS identity (docs/nats.md).
     pub nats_tls: mailfleet_runtime::nats::NatsTls,
@@ -59,7 +62,8 @@ impl Default for ImapConfig {
         ImapConfig {
             listen: "127.0.0.1:1143".parse().expect("static address"),
             tls_listen: Some("127.0.0.1:9993".parse().expect("static address")),
-            storage_url: "http://127.0.0.1:50051".into(),
+            storage_url: "https://127.0.0.1:50051".into(),
+            identity: Default::default(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_tls: Default::default(),
             events_prefix: "mail.events".into(),
@@ -116,11 +120,11 @@ mod tests {
         // SAFETY: the variable names are unique to this test.
         unsafe {
             std::env::set_var("MF_IMAP_TEST_A_IDLE_TIMEOUT", "45m");
-            std::env::set_var("MF_IMAP_TEST_A_STORAGE_URL", "http://10.0.0.1:50051");
+            std::env::set_var("MF_IMAP_TEST_A_STORAGE_URL", "https://10.0.0.1:50051");
         }
         let from_env: ImapConfig = mailfleet_runtime::config::load_service(Some(&path), "MF_IMAP_TEST_A_").unwrap();
         assert_eq!(from_env.connection.idle_timeout, Duration::from_secs(45 * 60));
-        assert_eq!(from_env.storage_url, "http://10.0.0.1:50051");
+        assert_eq!(from_env.storage_url, "https://10.0.0.1:50051");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(#[from] mailfleet_runtime::tls::TlsError),
     #[error("storage URL: {0}")]
-    Storage(#[from] tonic::transport::Error),
+    Storage(#[from] mailfleet_runtime::grpc::GrpcError),
 }
 
 /// A running gateway: where it listens, and the task that ends after shutdown.
@@ -52,7 +52,8 @@ pub struct RunningImap {
 
 /// Start the gateway against the storage service at `config.storage_url`.
 pub async fn serve(config: ImapConfig, shutdown: CancellationToken) -> Result<RunningImap, ServeError> {
-    let store = Arc::new(GrpcStore::connect_lazy(&config.storage_url)?);
+    let store = Arc::new(GrpcStore::connect_lazy(&config.storage_url, &config.identity)?);
+    config.identity.report_expiry("imap-gateway");
     let events = Arc::new(EventHub::connect(&config.nats_url, &config.nats_tls, &config.events_prefix).await);
     serve_with_store(config, store, events, shutdown).await
 }

@@ -43,6 +43,7 @@ async fn sigterm_says_bye_to_an_idle_session_and_exits_zero() {
         .env("MAILFLEET_IMAP_TLS_LISTEN", "127.0.0.1:0")
         .env("MAILFLEET_IMAP_HEALTH_LISTEN", "127.0.0.1:0")
         .env("MAILFLEET_IMAP_STORAGE_URL", env.storage_url())
+        .envs(mailfleet_testkit::identity_env("MAILFLEET_IMAP_", "imap-gateway"))
         .env("MAILFLEET_IMAP_NATS_URL", &env.nats_url)
         .env("MAILFLEET_IMAP_EVENTS_PREFIX", &env.events_prefix)
         .env("MAILFLEET_IMAP_TLS__SELF_SIGNED_DIR", tmp.path())

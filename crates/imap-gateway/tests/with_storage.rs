@@ -31,7 +31,7 @@ async fn append(c: &mut Client, tag: &str, mailbox: &str, flags: &str, msg: &str
 /// Deliver with a per-recipient header prefix).
 async fn deliver(env: &TestEnv, account_id: i64, header_prefix: &[u8]) {
     use mailfleet_proto::storage::v1 as pb;
-    let mut messages = pb::messages_client::MessagesClient::new(env.channel().await);
+    let mut messages = pb::messages_client::MessagesClient::new(env.channel_as("delivery-queue").await);
     let chunk = pb::PutBlobRequest { chunk: MSG.as_bytes().to_vec() };
     let blob = messages.put_blob(futures::stream::iter(vec![chunk])).await.expect("put blob").into_inner();
     let target = pb::DeliveryTarget {
@@ -628,7 +628,8 @@ async fn the_gateways_own_credentials_alone_read_no_mailbox() {
         .into_inner()
         .id;
 
-    let store = GrpcStore::connect_lazy(&env.storage_url()).expect("store");
+    let store =
+        GrpcStore::connect_lazy(&env.storage_url(), &mailfleet_testkit::identity("imap-gateway")).expect("store");
     let refused = |r: Result<(), StoreError>| matches!(r, Err(StoreError::SessionEnded(_)));
     assert!(refused(store.list_mailboxes(alice.id, true).await.map(drop)));
     assert!(refused(store.list_uids(alice.id, inbox).await.map(drop)));

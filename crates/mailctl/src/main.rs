@@ -8,6 +8,7 @@ mod queue;
 
 use crate::output::out;
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -18,9 +19,14 @@ use tonic::transport::Channel;
 #[derive(Parser)]
 #[command(name = "mailctl", about = "Administer Mailfleet: domains, accounts, aliases, quotas")]
 struct Cli {
-    /// Storage admin API.
-    #[arg(long, env = "MAILCTL_ADMIN_URL", default_value = "http://127.0.0.1:50052")]
+    /// Storage admin API (mutual TLS only).
+    #[arg(long, env = "MAILCTL_ADMIN_URL", default_value = "https://127.0.0.1:50052")]
     admin_url: String,
+    /// The fleet PKI directory (`mailctl pki init`): mailctl proves who it
+    /// is to storage with DIR/mailctl.crt and DIR/mailctl.key and trusts
+    /// DIR/ca.crt; only the `mailctl` identity may call the Admin API.
+    #[arg(long, env = "MAILCTL_PKI", default_value = "var/pki")]
+    pki: PathBuf,
     /// Bearer token, when storage is configured with `admin_token`.
     #[arg(long, env = "MAILCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -216,7 +222,8 @@ impl tonic::service::Interceptor for Token {
 type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Token>>;
 
 async fn connect(cli: &Cli) -> anyhow::Result<Admin> {
-    let channel = Channel::from_shared(cli.admin_url.clone())?
+    let identity = mailfleet_runtime::grpc::FleetIdentity::in_dir(&cli.pki, "mailctl");
+    let channel = mailfleet_runtime::grpc::storage_endpoint(&cli.admin_url, &identity, None)?
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach storage admin API at {}: {e}", cli.admin_url))?;

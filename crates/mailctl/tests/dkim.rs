@@ -6,6 +6,7 @@ use mailfleet_testkit::TestEnv;
 
 fn mailctl(env: &TestEnv, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .env("MAILCTL_PKI", mailfleet_testkit::fleet_pki())
         .arg("--admin-url")
         .arg(env.admin_url())
         .args(args)

@@ -7,6 +7,7 @@ use mailfleet_testkit::TestEnv;
 
 fn mailctl(env: &TestEnv, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .env("MAILCTL_PKI", mailfleet_testkit::fleet_pki())
         .arg("--admin-url")
         .arg(env.admin_url())
         .args(args)
@@ -37,6 +38,7 @@ async fn administrator_sets_up_a_domain() {
 
     // Password from stdin, as a script would pass it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .env("MAILCTL_PKI", mailfleet_testkit::fleet_pki())
         .args(["--admin-url", &env.admin_url(), "account", "add", "bob@example.org"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -74,7 +76,8 @@ async fn administrator_sets_up_a_domain() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_storage_is_reported() {
     let out = Command::new(env!("CARGO_BIN_EXE_mailctl"))
-        .args(["--admin-url", "http://127.0.0.1:1", "domain", "list"])
+        .env("MAILCTL_PKI", mailfleet_testkit::fleet_pki())
+        .args(["--admin-url", "https://127.0.0.1:1", "domain", "list"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -91,6 +94,7 @@ async fn a_reader_that_goes_away_ends_the_listing_quietly() {
         ok(&env, &["account", "add", &format!("user{n}@example.org"), "--password", "correct horse"]);
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_mailctl"))
+        .env("MAILCTL_PKI", mailfleet_testkit::fleet_pki())
         .args(["--admin-url", &env.admin_url(), "account", "list"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

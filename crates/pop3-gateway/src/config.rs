@@ -21,6 +21,9 @@ pub struct Pop3Config {
     pub tls: TlsSettings,
     /// The storage service's gRPC endpoint.
     pub storage_url: String,
+    /// This service's fleet certificate for its calls to storage, which
+    /// accepts mutual TLS only (`mailctl pki init`; README "Security model").
+    pub identity: mailfleet_runtime::grpc::FleetIdentity,
     /// Not used by POP3 today (it needs no change events); kept so one
     /// deployment file can configure every service the same way.
     pub nats_url: String,
@@ -60,7 +63,8 @@ impl Default for Pop3Config {
             tls_listen: Some("127.0.0.1:9995".parse().expect("static address")),
             tls_enabled: true,
             tls: TlsSettings::default(),
-            storage_url: "http://127.0.0.1:50051".into(),
+            storage_url: "https://127.0.0.1:50051".into(),
+            identity: Default::default(),
             nats_url: "nats://127.0.0.1:4222".into(),
             hostname: "localhost".into(),
             // Most clients never use it, but it costs nothing to offer.

@@ -33,7 +33,7 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] mailfleet_runtime::tls::TlsError),
     #[error("storage URL: {0}")]
-    StorageUrl(#[from] tonic::transport::Error),
+    StorageUrl(#[from] mailfleet_runtime::grpc::GrpcError),
 }
 
 /// A gateway serving on real sockets.
@@ -59,7 +59,8 @@ pub enum Port {
 
 /// Start the gateway against the storage service at `config.storage_url`.
 pub async fn serve(config: Pop3Config, shutdown: CancellationToken) -> Result<RunningPop3, ServeError> {
-    let store = Arc::new(GrpcStore::new(&config.storage_url)?);
+    let store = Arc::new(GrpcStore::new(&config.storage_url, &config.identity)?);
+    config.identity.report_expiry("pop3-gateway");
     serve_with_store(config, store, shutdown).await
 }
 

@@ -22,7 +22,8 @@ async fn a_megabyte_line_before_login_is_cut_off_with_memory_bounded() {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_listen: None,
         tls_enabled: false,
-        storage_url: "http://127.0.0.1:1".into(),
+        storage_url: "https://127.0.0.1:1".into(),
+        identity: mailfleet_testkit::identity("pop3-gateway"),
         connection: ConnectionConfig { auth_failure_delay: Duration::ZERO, ..ConnectionConfig::default() },
         ..Pop3Config::default()
     };

@@ -100,6 +100,7 @@ async fn connections_commands_and_auth_failures_are_exported() {
         tls_listen: None,
         tls_enabled: false,
         storage_url: env.storage_url(),
+        identity: mailfleet_testkit::identity("pop3-gateway"),
         connection: ConnectionConfig { auth_failure_delay: Duration::from_millis(10), ..ConnectionConfig::default() },
         ..Pop3Config::default()
     };

@@ -359,7 +359,14 @@ async fn lease_is_renewed_while_the_session_lives_and_expires_after_a_crash() {
     // renewed nor released, yet it lapses by itself.
     let crashed =
         pb::LockRequest { account_id: acct.id, name: "pop3".into(), holder: "crashed".into(), ttl_seconds: 1 };
-    assert!(LocksClient::new(env.session_channel(acct.id).await).acquire(crashed).await.unwrap().into_inner().held);
+    assert!(
+        LocksClient::new(env.session_channel_as("pop3-gateway", acct.id).await)
+            .acquire(crashed)
+            .await
+            .unwrap()
+            .into_inner()
+            .held
+    );
     let (mut c, _) = connect(gw1.port()).await;
     assert_eq!(c.cmd(&format!("USER {USER}")).await, "+OK send PASS\r\n");
     assert_eq!(c.cmd(&format!("PASS {PASS}")).await, "-ERR [IN-USE] maildrop already locked\r\n");

@@ -3,10 +3,15 @@
 //! `200 OK` while the service is serving and `503` before that and once
 //! shutdown began. Compose healthchecks and load balancers (HAProxy
 //! `option httpchk`) call it; nothing else is served there.
+//!
+//! A service that serves but needs its operator soon (its certificate is
+//! about to expire) is *degraded*: still `200` — taking it out of service
+//! would turn a warning into an outage — with the reasons in the body
+//! (`serving, degraded: …`), which monitoring can look for.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +39,23 @@ impl Health {
     pub fn is_serving(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+}
+
+/// Why this process is degraded; every health endpoint in it reports them.
+static DEGRADED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Report the process degraded for `reason` (once per distinct reason).
+pub fn report_degraded(reason: String) {
+    if let Ok(mut reasons) = DEGRADED.lock()
+        && !reasons.contains(&reason)
+    {
+        reasons.push(reason);
+    }
+}
+
+/// The reasons reported so far.
+pub fn degraded() -> Vec<String> {
+    DEGRADED.lock().map(|r| r.clone()).unwrap_or_default()
 }
 
 /// A bound health endpoint.
@@ -91,15 +113,19 @@ async fn answer(mut stream: TcpStream, serving: bool) -> std::io::Result<()> {
     };
     let mut words = line.split(|&b| b == b' ');
     let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let reasons = degraded();
     let (status, body) = match (method, target) {
-        (b"GET" | b"HEAD", b"/healthz") if serving => ("200 OK", "serving\n"),
-        (b"GET" | b"HEAD", b"/healthz") => ("503 Service Unavailable", "not serving\n"),
-        _ => ("404 Not Found", "not found\n"),
+        (b"GET" | b"HEAD", b"/healthz") if serving && reasons.is_empty() => ("200 OK", "serving\n".to_string()),
+        (b"GET" | b"HEAD", b"/healthz") if serving => {
+            ("200 OK", format!("serving, degraded: {}\n", reasons.join("; ")))
+        }
+        (b"GET" | b"HEAD", b"/healthz") => ("503 Service Unavailable", "not serving\n".to_string()),
+        _ => ("404 Not Found", "not found\n".to_string()),
     };
     let response = format!(
         "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
         body.len(),
-        if method == b"HEAD" { "" } else { body }
+        if method == b"HEAD" { "" } else { body.as_str() }
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
@@ -126,12 +152,27 @@ mod tests {
         assert!(get(server.addr, "/healthz").await.starts_with("HTTP/1.0 503 "));
         health.set_serving(true);
         let ok = get(server.addr, "/healthz").await;
-        assert!(ok.starts_with("HTTP/1.0 200 OK\r\n") && ok.ends_with("\r\n\r\nserving\n"), "{ok}");
+        // (`serving, degraded: …` when the other test reported a reason.)
+        assert!(ok.starts_with("HTTP/1.0 200 OK\r\n") && ok.contains("\r\n\r\nserving"), "{ok}");
         assert!(get(server.addr, "/").await.starts_with("HTTP/1.0 404 "));
 
         shutdown.cancel();
         server.task.await.unwrap();
         assert!(!health.is_serving());
         assert!(TcpStream::connect(server.addr).await.is_err(), "listener closed after shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_degraded_service_still_serves_and_says_why() {
+        let health = Health::new();
+        health.set_serving(true);
+        let shutdown = CancellationToken::new();
+        let server = serve("127.0.0.1:0".parse().unwrap(), health.clone(), shutdown.clone()).await.unwrap();
+        report_degraded("certificate test expires in 3 days".into());
+        report_degraded("certificate test expires in 3 days".into());
+        let answer = get(server.addr, "/healthz").await;
+        assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("serving, degraded: certificate test expires in 3 days\n"), "{answer}");
+        shutdown.cancel();
     }
 }

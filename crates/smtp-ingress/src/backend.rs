@@ -59,8 +59,13 @@ impl GrpcBackend {
         inbound: Option<InboundVerifier>,
     ) -> Result<GrpcBackend, ConnectError> {
         // Lazy: storage may be down at start; calls fail (→ 451) until it is back.
-        let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(60)))
-            .map_err(|e| ConnectError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
+        let channel = mailfleet_runtime::grpc::storage_channel(
+            &config.storage_url,
+            &config.identity,
+            Some(Duration::from_secs(60)),
+        )
+        .map_err(|e| ConnectError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
+        config.identity.report_expiry("smtp-ingress");
         let options =
             async_nats::ConnectOptions::new().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
         let client =

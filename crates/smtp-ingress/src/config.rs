@@ -26,6 +26,9 @@ pub struct IngressConfig {
     pub tls: TlsSettings,
     /// Storage gRPC (Directory and Messages).
     pub storage_url: String,
+    /// This service's fleet certificate for its calls to storage, which
+    /// accepts mutual TLS only (`mailctl pki init`; README "Security model").
+    pub identity: mailfleet_runtime::grpc::FleetIdentity,
     /// NATS server, or every server of a cluster, comma-separated.
     pub nats_url: String,
     /// smtp-ingress's NATS identity (docs/nats.md).
@@ -136,7 +139,8 @@ impl Default for IngressConfig {
             submission_listen: Some("127.0.0.1:5587".parse().expect("static address")),
             submissions_listen: Some("127.0.0.1:4465".parse().expect("static address")),
             tls: TlsSettings::default(),
-            storage_url: "http://127.0.0.1:50051".into(),
+            storage_url: "https://127.0.0.1:50051".into(),
+            identity: Default::default(),
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_tls: Default::default(),
             queue: QueueNames::default(),

@@ -296,7 +296,7 @@ async fn a_job_stuck_past_the_grace_period_is_given_back_at_once() {
     // A storage that accepts connections and never answers: the delivery hangs.
     let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut config = mail.queue_config();
-    config.storage_url = format!("http://{}", black_hole.local_addr().expect("addr"));
+    config.storage_url = format!("https://{}", black_hole.local_addr().expect("addr"));
     config.shutdown_grace = Duration::from_millis(300);
     let token = tokio_util::sync::CancellationToken::new();
     let stuck = delivery_queue::run(config, token.clone()).await.expect("delivery-queue starts");

@@ -44,6 +44,7 @@ async fn sigterm_during_data_the_message_is_delivered_once_and_the_process_exits
         .env("MAILFLEET_SMTP_SUBMISSIONS_LISTEN", "127.0.0.1:0")
         .env("MAILFLEET_SMTP_HEALTH_LISTEN", "127.0.0.1:0")
         .env("MAILFLEET_SMTP_STORAGE_URL", &ingress.storage_url)
+        .envs(mailfleet_testkit::identity_env("MAILFLEET_SMTP_", "smtp-ingress"))
         .env("MAILFLEET_SMTP_NATS_URL", &ingress.nats_url)
         .env("MAILFLEET_SMTP_QUEUE__STREAM", &ingress.queue.stream)
         .env("MAILFLEET_SMTP_QUEUE__SUBJECT", &ingress.queue.subject)

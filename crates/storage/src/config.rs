@@ -13,8 +13,15 @@ pub struct StorageConfig {
     pub listen: SocketAddr,
     /// gRPC Admin API for mailctl; loopback by default so it is not exposed.
     pub admin_listen: SocketAddr,
-    /// When set, mailctl must send `authorization: Bearer <token>`.
+    /// When set, mailctl must also send `authorization: Bearer <token>`
+    /// (on top of its `mailctl` certificate, which the Admin API always
+    /// requires).
     pub admin_token: Option<String>,
+    /// Storage's own fleet certificate and the CA every caller's must chain
+    /// to (`mailctl pki init`): both listeners accept mutual TLS only, and
+    /// the caller's certificate decides which calls it may make
+    /// (`auth::identity`). Required: storage does not start without it.
+    pub identity: mailfleet_runtime::grpc::FleetIdentity,
     pub database_url: String,
     /// Postgres connections; each append or delivery holds one briefly.
     pub database_max_connections: u32,
@@ -97,6 +104,7 @@ impl Default for StorageConfig {
             listen: "127.0.0.1:50051".parse().expect("static address"),
             admin_listen: "127.0.0.1:50052".parse().expect("static address"),
             admin_token: None,
+            identity: Default::default(),
             database_url: "postgres://postgres@127.0.0.1:5432/mailfleet".into(),
             database_max_connections: 16,
             blob_dir: PathBuf::from("var/blobs"),

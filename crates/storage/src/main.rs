@@ -28,9 +28,10 @@ enum Command {
     /// Create the database if needed, apply migrations, and exit.
     Migrate,
     /// Ask a running storage for its gRPC health (grpc.health.v1); exit 0
-    /// when it is SERVING. The compose healthcheck runs this.
+    /// when it is SERVING. The compose healthcheck runs this; it connects
+    /// with storage's own certificate (`identity` of the configuration).
     Health {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, default_value = "https://127.0.0.1:50051")]
         url: String,
     },
 }
@@ -41,7 +42,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         // No telemetry for a probe that compose runs every few seconds.
-        Command::Health { url } => health(&url).await,
+        Command::Health { url } => {
+            let config: StorageConfig = mailfleet_runtime::config::load(cli.config.as_deref(), "MAILFLEET_STORAGE_")
+                .context("loading configuration")?;
+            health(&url, &config.identity).await
+        }
         command => run(cli.config, cli.ready_file, command).await,
     }
 }
@@ -72,10 +77,10 @@ async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>, command: Comm
 }
 
 /// One health check with a short deadline: a hung storage is unhealthy too.
-async fn health(url: &str) -> anyhow::Result<()> {
+async fn health(url: &str, identity: &mailfleet_runtime::grpc::FleetIdentity) -> anyhow::Result<()> {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
+        let channel = mailfleet_runtime::grpc::storage_channel(url, identity, None)?;
         let reply = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
         anyhow::Ok(reply.into_inner().status())
     };

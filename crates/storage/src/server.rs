@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use mailfleet_proto::storage::v1::admin_server::AdminServer;
 use mailfleet_proto::storage::v1::directory_server::DirectoryServer;
 use mailfleet_proto::storage::v1::locks_server::LocksServer;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::admin::AdminService;
+use crate::auth::identity::Guarded;
 use crate::auth::session::SessionKeys;
 use crate::blob::FsBlobStore;
 use crate::directory::DirectoryService;
@@ -93,6 +95,11 @@ async fn forget_old_auth_failures(store: Arc<Store>, shutdown: CancellationToken
 }
 
 pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow::Result<RunningStorage> {
+    // Mutual TLS on both listeners: every caller shows its fleet
+    // certificate, and `Guarded` lets it call only what its role allows.
+    // Checked first: without an identity storage serves nothing.
+    let tls = config.identity.server_tls().context("identity")?;
+    config.identity.report_expiry("storage");
     ensure_database(&config.database_url).await?;
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
@@ -143,28 +150,33 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
 
     let max = config.max_message_size as usize + 1024 * 1024;
     let service_router = Server::builder()
+        .tls_config(tls.clone())
+        .context("identity")?
         .trace_fn(mailfleet_runtime::telemetry::grpc_server_span)
         // Messages arrive streamed (PutBlob, Append): see runtime::grpc.
         .initial_stream_window_size(mailfleet_runtime::grpc::STREAM_WINDOW)
         .initial_connection_window_size(mailfleet_runtime::grpc::CONNECTION_WINDOW)
         .max_frame_size(mailfleet_runtime::grpc::MAX_FRAME)
         .add_service(health_service.clone())
-        .add_service(DirectoryServer::new(DirectoryService(store.clone())))
-        .add_service(MailboxesServer::new(MailboxesService(store.clone())))
-        .add_service(
+        .add_service(Guarded(DirectoryServer::new(DirectoryService(store.clone()))))
+        .add_service(Guarded(MailboxesServer::new(MailboxesService(store.clone()))))
+        .add_service(Guarded(
             MessagesServer::new(MessagesService(store.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .add_service(LocksServer::new(LocksService(store.clone())));
+        ))
+        .add_service(Guarded(LocksServer::new(LocksService(store.clone()))));
 
     let token = config.admin_token.clone();
     let admin_router = Server::builder()
+        .tls_config(tls)
+        .context("identity")?
         .trace_fn(mailfleet_runtime::telemetry::grpc_server_span)
         .add_service(health_service)
-        .add_service(AdminServer::with_interceptor(AdminService(store.clone()), move |req: tonic::Request<()>| {
-            check_admin_token(token.as_deref(), req)
-        }));
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            Guarded(AdminServer::new(AdminService(store.clone()))),
+            move |req: tonic::Request<()>| check_admin_token(token.as_deref(), req),
+        ));
 
     let shutdown_for_sweep = shutdown.clone();
     let s1 = shutdown.clone();

@@ -114,10 +114,9 @@ async fn admin_token_is_enforced_when_configured() {
     config.admin_token = Some("let-me-in".into());
     let token = tokio_util::sync::CancellationToken::new();
     let running = storage::serve(config, token.clone()).await.unwrap();
-    let mut admin =
-        mailfleet_proto::storage::v1::admin_client::AdminClient::connect(format!("http://{}", running.admin_addr))
-            .await
-            .unwrap();
+    let mut admin = mailfleet_proto::storage::v1::admin_client::AdminClient::new(
+        mailfleet_testkit::channel_as(&format!("https://{}", running.admin_addr), "mailctl").await,
+    );
     let denied = admin.list_domains(pb::ListDomainsRequest {}).await.unwrap_err();
     assert_eq!(denied.code(), Code::Unauthenticated);
     let mut req = tonic::Request::new(pb::ListDomainsRequest {});

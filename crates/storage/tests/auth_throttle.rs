@@ -37,7 +37,7 @@ async fn fifty_failures_from_one_address_slow_it_then_refuse_it_but_no_one_else(
     let env = TestEnv::start_with(quick_throttle).await;
     env.add_account(ALICE.0, ALICE.1).await;
     env.add_account(BOB.0, BOB.1).await;
-    let mut dir = DirectoryClient::new(env.channel().await);
+    let mut dir = DirectoryClient::new(env.channel_as("imap-gateway").await);
     let attacker = "2001:db8:66::1";
 
     // A password spray: a guess at a different name each time.
@@ -92,7 +92,7 @@ async fn one_address_cannot_fill_the_password_hashing_queue() {
     .await;
     env.add_account(ALICE.0, ALICE.1).await;
     env.add_account(BOB.0, BOB.1).await;
-    let channel = env.channel().await;
+    let channel = env.channel_as("imap-gateway").await;
 
     // An attacker's 30 attempts at once (as from 30 connections).
     let done: Arc<Mutex<Vec<&'static str>>> = Arc::default();

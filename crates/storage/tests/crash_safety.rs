@@ -51,7 +51,7 @@ async fn swept_queued_blob_cannot_be_delivered() {
     // Unreferenced (never delivered) and old enough: swept, row and file.
     assert_eq!(sweep(&ctx).await.removed, 1);
     let e = ctx
-        .messages
+        .queue
         .deliver(pb::DeliverRequest {
             blob_id: blob.blob_id,
             targets: vec![pb::DeliveryTarget {
@@ -118,15 +118,16 @@ async fn committed_mail_survives_a_restart() {
         flags: vec![],
     };
     let req = pb::DeliverRequest { blob_id: blob.blob_id, targets: vec![target], internal_date: None };
-    let r = ctx.messages.deliver(req.clone()).await.unwrap().into_inner();
+    let r = ctx.queue.deliver(req.clone()).await.unwrap().into_inner();
     assert_eq!(r.results[0].status(), D::Delivered);
     ctx.env.stop_storage().await;
     ctx.env.start_storage().await;
     let channel = ctx.env.session_channel(ctx.account.id).await;
     ctx.messages = pb::messages_client::MessagesClient::new(channel.clone()).max_decoding_message_size(MAX);
     ctx.mailboxes = pb::mailboxes_client::MailboxesClient::new(channel);
+    ctx.queue = pb::messages_client::MessagesClient::new(ctx.env.channel_as("delivery-queue").await);
     // The queue redelivers after the restart: still one message.
-    let again = ctx.messages.deliver(req).await.unwrap().into_inner();
+    let again = ctx.queue.deliver(req).await.unwrap().into_inner();
     assert_eq!(again.results[0].status(), D::Duplicate);
     let inbox = ctx.mailbox("INBOX").await;
     assert_eq!(inbox.messages, 1);

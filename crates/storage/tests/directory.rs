@@ -8,8 +8,10 @@ use pb::directory_client::DirectoryClient;
 use pb::resolve_recipient_response::Kind;
 use tonic::Code;
 
+/// The directory as smtp-ingress sees it: it resolves recipients, checks
+/// logins and who may send as whom.
 async fn directory(env: &TestEnv) -> DirectoryClient<tonic::transport::Channel> {
-    DirectoryClient::new(env.channel().await)
+    DirectoryClient::new(env.channel_as("smtp-ingress").await)
 }
 
 async fn resolve(env: &TestEnv, address: &str) -> pb::ResolveRecipientResponse {
@@ -178,7 +180,8 @@ async fn can_send_as_own_address_and_aliases_only() {
 async fn apop_digest_is_checked_against_the_shared_secret() {
     let env = TestEnv::start().await;
     env.add_account("alice@example.org", "password-a1").await;
-    let mut dir = directory(&env).await;
+    // APOP is POP3's alone.
+    let mut dir = DirectoryClient::new(env.channel_as("pop3-gateway").await);
     let banner = "<1896.697170952@dbc.mtview.ca.us>";
     let digest = |secret: &str| {
         let mut h = Md5::new();

@@ -67,7 +67,7 @@ async fn each_kind_of_change_publishes_an_event() {
     );
 
     let blob = ctx.put_blob(&message(2)).await;
-    ctx.messages
+    ctx.queue
         .deliver(pb::DeliverRequest {
             blob_id: blob.blob_id,
             targets: vec![pb::DeliveryTarget {

@@ -12,7 +12,7 @@ fn req(account_id: i64, holder: &str, ttl_seconds: u32) -> pb::LockRequest {
 async fn one_holder_at_a_time_and_leases_expire() {
     let env = TestEnv::start().await;
     let alice = env.add_account("alice@example.org", "password-a1").await;
-    let mut locks = LocksClient::new(env.session_channel(alice.id).await);
+    let mut locks = LocksClient::new(env.session_channel_as("pop3-gateway", alice.id).await);
 
     assert!(locks.acquire(req(alice.id, "gw-a", 60)).await.unwrap().into_inner().held);
     assert!(!locks.acquire(req(alice.id, "gw-b", 60)).await.unwrap().into_inner().held, "second holder refused");
@@ -35,7 +35,7 @@ async fn one_holder_at_a_time_and_leases_expire() {
 #[tokio::test]
 async fn bad_lock_requests_are_invalid() {
     let env = TestEnv::start().await;
-    let mut locks = LocksClient::new(env.session_channel(1).await);
+    let mut locks = LocksClient::new(env.session_channel_as("pop3-gateway", 1).await);
     let err = locks.acquire(req(1, "", 60)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = locks.acquire(req(1, "x", 0)).await.unwrap_err();

@@ -261,7 +261,7 @@ async fn put_blob_then_deliver_is_idempotent_and_reports_each_target() {
         ],
         internal_date: None,
     };
-    let res = ctx.messages.deliver(req.clone()).await.unwrap().into_inner().results;
+    let res = ctx.queue.deliver(req.clone()).await.unwrap().into_inner().results;
     let statuses: Vec<D> = res.iter().map(|r| r.status()).collect();
     assert_eq!(
         statuses,
@@ -285,7 +285,7 @@ async fn put_blob_then_deliver_is_idempotent_and_reports_each_target() {
     assert_eq!(body.body_offset, (prefix.len() + hdr) as u64);
 
     // Retried delivery: DUPLICATE with the original location, nothing stored.
-    let again = ctx.messages.deliver(req).await.unwrap().into_inner().results;
+    let again = ctx.queue.deliver(req).await.unwrap().into_inner().results;
     assert_eq!(again[0].status(), D::Duplicate);
     assert_eq!((again[0].mailbox_id, again[0].uid), (inbox.id, 1));
     assert_eq!(again[1].status(), D::Duplicate);
@@ -301,7 +301,7 @@ async fn concurrent_duplicate_deliveries_store_one_message() {
     let blob = c.put_blob(&message(3)).await;
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let mut client = c.messages.clone();
+        let mut client = c.queue.clone();
         let req = pb::DeliverRequest {
             blob_id: blob.blob_id.clone(),
             targets: vec![target(c.account.id, "job-same:alice", "INBOX", b"")],
@@ -330,15 +330,15 @@ async fn deliver_unknown_or_malformed_blob_stores_nothing() {
         targets: vec![target(id, "k1", "", b"")],
         internal_date: None,
     };
-    let e = ctx.messages.deliver(req(&"ab".repeat(32), ctx.account.id)).await.unwrap_err();
+    let e = ctx.queue.deliver(req(&"ab".repeat(32), ctx.account.id)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
-    let e = ctx.messages.deliver(req("../../etc/passwd", ctx.account.id)).await.unwrap_err();
+    let e = ctx.queue.deliver(req("../../etc/passwd", ctx.account.id)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     let inbox = ctx.mailbox("INBOX").await;
     assert!(ctx.uids(inbox.id).await.uids.is_empty());
     // The key was not consumed: a later delivery with a real blob works.
     let blob = ctx.put_blob(&message(1)).await;
-    let res = ctx.messages.deliver(req(&blob.blob_id, ctx.account.id)).await.unwrap().into_inner();
+    let res = ctx.queue.deliver(req(&blob.blob_id, ctx.account.id)).await.unwrap().into_inner();
     assert_eq!(res.results[0].status(), D::Delivered);
 }
 
@@ -348,7 +348,7 @@ async fn fetch_blob_streams_the_raw_bytes() {
     let mut ctx = setup().await;
     let raw: Vec<u8> = (0..300_000u32).map(|i| (i % 7) as u8 + b'a').collect();
     let blob = ctx.put_blob(&raw).await;
-    let mut s = ctx.messages.fetch_blob(pb::FetchBlobRequest { blob_id: blob.blob_id }).await.unwrap().into_inner();
+    let mut s = ctx.queue.fetch_blob(pb::FetchBlobRequest { blob_id: blob.blob_id }).await.unwrap().into_inner();
     let mut data = Vec::new();
     let mut first = true;
     while let Some(c) = s.next().await {
@@ -360,7 +360,7 @@ async fn fetch_blob_streams_the_raw_bytes() {
         data.extend(c.data);
     }
     assert!(data == raw);
-    let e = ctx.messages.fetch_blob(pb::FetchBlobRequest { blob_id: "0".repeat(64) }).await.unwrap_err();
+    let e = ctx.queue.fetch_blob(pb::FetchBlobRequest { blob_id: "0".repeat(64) }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
 
@@ -480,7 +480,7 @@ async fn fetch_ranges_answers_many_messages_in_order() {
     let prefix = b"Return-Path: <a@b.example>\r\nDelivered-To: alice@example.com\r\n".to_vec();
     let blob = ctx.put_blob(&small[0]).await;
     let delivered = ctx
-        .messages
+        .queue
         .deliver(pb::DeliverRequest {
             blob_id: blob.blob_id,
             targets: vec![target(ctx.account.id, "ranges:alice", "", &prefix)],
@@ -596,7 +596,7 @@ async fn deliver_parses_a_blob_recorded_without_metadata() {
         .await
         .expect("forget metadata");
     let res = ctx
-        .messages
+        .queue
         .deliver(pb::DeliverRequest {
             blob_id: blob.blob_id.clone(),
             targets: vec![target(ctx.account.id, "legacy:alice", "", b"")],
@@ -630,7 +630,7 @@ async fn deliver_recovers_a_blob_row_lost_in_a_crash() {
         targets: vec![target(account_id, key, "", b"")],
         internal_date: None,
     };
-    let res = ctx.messages.deliver(deliver("lost:alice", &blob.blob_id)).await.expect("deliver").into_inner().results;
+    let res = ctx.queue.deliver(deliver("lost:alice", &blob.blob_id)).await.expect("deliver").into_inner().results;
     assert_eq!(res[0].status(), D::Delivered);
     let inbox = ctx.mailbox("INBOX").await;
     let meta = &ctx.list(inbox.id, vec![range(res[0].uid, res[0].uid)], 0).await[0];
@@ -638,7 +638,7 @@ async fn deliver_recovers_a_blob_row_lost_in_a_crash() {
     assert_eq!(meta.size, raw.len() as u64);
 
     let missing = "0".repeat(64);
-    let refused = ctx.messages.deliver(deliver("missing:alice", &missing)).await;
+    let refused = ctx.queue.deliver(deliver("missing:alice", &missing)).await;
     assert_eq!(refused.expect_err("no such blob").code(), Code::NotFound);
 }
 

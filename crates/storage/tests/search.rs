@@ -191,7 +191,7 @@ async fn header_search_sees_the_delivery_prefix() {
     let mut ctx = setup().await;
     let blob = ctx.put_blob(&message(1)).await;
     let res = ctx
-        .messages
+        .queue
         .deliver(pb::DeliverRequest {
             blob_id: blob.blob_id,
             targets: vec![pb::DeliveryTarget {

@@ -45,7 +45,10 @@ const SCOPED: &[&str] = &[
 /// destructive calls work on.
 struct Fixture {
     env: TestEnv,
+    /// As imap-gateway: may make every account call but POP3's locks.
     channel: Channel,
+    /// As pop3-gateway: the maildrop locks.
+    pop3: Channel,
     alice: pb::Account,
     bob: pb::Account,
     inbox: i64,
@@ -55,7 +58,8 @@ async fn fixture() -> Fixture {
     let env = TestEnv::start().await;
     let alice = env.add_account(&format!("alice@{}.test", env.id), "correct horse battery").await;
     let bob = env.add_account(&format!("bob@{}.test", env.id), "correct horse battery").await;
-    let channel = env.channel().await;
+    let channel = env.channel_as("imap-gateway").await;
+    let pop3 = env.channel_as("pop3-gateway").await;
     let mut mailboxes = MailboxesClient::new(env.session_channel(alice.id).await);
     for name in ["Work", "Old", "Gone"] {
         let create = pb::CreateMailboxRequest { account_id: alice.id, name: name.into(), special_use: vec![] };
@@ -69,7 +73,7 @@ async fn fixture() -> Fixture {
         .expect("INBOX")
         .into_inner()
         .id;
-    Fixture { env, channel, alice, bob, inbox }
+    Fixture { env, channel, pop3, alice, bob, inbox }
 }
 
 fn append_parts(account_id: i64) -> Vec<pb::AppendRequest> {
@@ -95,7 +99,7 @@ async fn call(f: &Fixture, rpc: &str, token: Option<&str>) -> Result<(), Status>
     let (id, inbox) = (f.alice.id, f.inbox);
     let mut mailboxes = MailboxesClient::new(f.channel.clone());
     let mut messages = MessagesClient::new(f.channel.clone());
-    let mut locks = LocksClient::new(f.channel.clone());
+    let mut locks = LocksClient::new(f.pop3.clone());
     let mut directory = DirectoryClient::new(f.channel.clone());
     let uids = vec![pb::UidRange { start: 1, end: 1 }];
     let lock = pb::LockRequest { account_id: id, name: "pop3".into(), holder: "h".into(), ttl_seconds: 60 };
@@ -247,11 +251,13 @@ async fn a_token_for_one_account_reads_nothing_of_another_even_naming_its_mailbo
     let e = messages.list_uids(pb::ListUidsRequest { account_id: f.bob.id, mailbox_id: f.inbox }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // Submission's CanSendAs: a token, when sent, must be the account's own.
-    let mut directory = DirectoryClient::with_interceptor(f.channel.clone(), bobs);
+    let submission = f.env.channel_as("smtp-ingress").await;
+    let mut directory = DirectoryClient::with_interceptor(submission, bobs);
     let ask = pb::CanSendAsRequest { account_id: f.alice.id, address: f.alice.address.clone() };
     assert_eq!(directory.can_send_as(ask.clone()).await.unwrap_err().code(), Code::PermissionDenied);
     // Without one it is the relay's directory look-up (role-scoped).
-    let allowed = DirectoryClient::new(f.channel.clone()).can_send_as(ask).await.expect("look-up").into_inner();
+    let relay = f.env.channel_as("delivery-queue").await;
+    let allowed = DirectoryClient::new(relay).can_send_as(ask).await.expect("look-up").into_inner();
     assert!(allowed.allowed);
 }
 
@@ -311,8 +317,7 @@ async fn every_replica_accepts_every_replicas_tokens() {
     let config = f.env.storage_config();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let other = storage::serve(config, shutdown.clone()).await.expect("a second replica starts");
-    let channel =
-        Channel::from_shared(format!("http://{}", other.addr)).expect("url").connect().await.expect("connect");
+    let channel = mailfleet_testkit::channel_as(&format!("https://{}", other.addr), "imap-gateway").await;
     let mut messages = MessagesClient::with_interceptor(channel, token);
     let uids = messages.list_uids(pb::ListUidsRequest { account_id: f.alice.id, mailbox_id: f.inbox }).await;
     assert_eq!(uids.expect("the other replica accepts the token").into_inner().uids, vec![1]);

@@ -19,11 +19,7 @@ async fn a_call_that_never_ends_does_not_keep_storage_from_stopping() {
     let token = CancellationToken::new();
     let running = storage::serve(config, token.clone()).await.expect("storage starts");
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", running.addr))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = mailfleet_testkit::channel_as(&format!("https://{}", running.addr), "smtp-ingress").await;
     let mut messages = pb::messages_client::MessagesClient::new(channel);
     let (chunks, rx) = tokio::sync::mpsc::channel(1);
     chunks.send(pb::PutBlobRequest { chunk: b"Subject: never ends\r\n".to_vec() }).await.expect("queue a chunk");

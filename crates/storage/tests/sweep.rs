@@ -31,15 +31,17 @@ async fn storage_with(
 }
 
 async fn put_blob(running: &storage::RunningStorage, data: &[u8]) -> String {
-    let mut messages =
-        pb::messages_client::MessagesClient::connect(format!("http://{}", running.addr)).await.expect("connect");
+    let mut messages = pb::messages_client::MessagesClient::new(
+        mailfleet_testkit::channel_as(&format!("https://{}", running.addr), "smtp-ingress").await,
+    );
     let chunks = vec![pb::PutBlobRequest { chunk: data.to_vec() }];
     messages.put_blob(futures::stream::iter(chunks)).await.expect("put blob").into_inner().blob_id
 }
 
 async fn sweep(running: &storage::RunningStorage, min_age: u64) -> Result<pb::SweepBlobsResponse, tonic::Status> {
-    let mut admin =
-        pb::admin_client::AdminClient::connect(format!("http://{}", running.admin_addr)).await.expect("admin");
+    let mut admin = pb::admin_client::AdminClient::new(
+        mailfleet_testkit::channel_as(&format!("https://{}", running.admin_addr), "mailctl").await,
+    );
     admin.sweep_blobs(pb::SweepBlobsRequest { min_age_seconds: min_age }).await.map(|r| r.into_inner())
 }
 
@@ -173,8 +175,9 @@ async fn a_blob_stored_again_while_the_sweep_removes_it_is_written_again() {
     let again = {
         let addr = running.addr;
         tokio::spawn(async move {
-            let mut messages =
-                pb::messages_client::MessagesClient::connect(format!("http://{addr}")).await.expect("connect");
+            let mut messages = pb::messages_client::MessagesClient::new(
+                mailfleet_testkit::channel_as(&format!("https://{addr}"), "smtp-ingress").await,
+            );
             let chunks = vec![pb::PutBlobRequest { chunk: data.to_vec() }];
             messages.put_blob(futures::stream::iter(chunks)).await.map(|r| r.into_inner().blob_id)
         })

@@ -15,9 +15,11 @@ pub mod process;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use mailfleet_proto::storage::v1 as pb;
+use mailfleet_runtime::grpc::FleetIdentity;
 use mailfleet_runtime::session::SessionToken;
 use pb::admin_client::AdminClient;
 use sqlx::ConnectOptions;
@@ -36,6 +38,48 @@ pub fn pg_base_url() -> String {
 
 pub fn nats_url() -> String {
     std::env::var("MAILFLEET_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The fleet PKI every test of this process uses (`mailctl pki init`'s
+/// layout, made once, in a directory removed with the process's temp
+/// files): storage requires mutual TLS, so every test client and service
+/// is some fleet identity.
+pub fn fleet_pki() -> &'static Path {
+    static PKI: OnceLock<tempfile::TempDir> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("mailfleet-pki-").tempdir().expect("temp dir");
+        mailfleet_runtime::pki::init(dir.path(), false).expect("create the test PKI");
+        dir
+    })
+    .path()
+}
+
+/// Identity `name` (`storage`, `smtp-ingress`, `delivery-queue`,
+/// `imap-gateway`, `pop3-gateway`, `mailctl`) of [`fleet_pki`].
+pub fn identity(name: &str) -> FleetIdentity {
+    FleetIdentity::in_dir(fleet_pki(), name)
+}
+
+/// The settings that give a service process identity `name`: its
+/// `identity.*` keys as environment variables under `prefix`
+/// (`MAILFLEET_SMTP_`).
+pub fn identity_env(prefix: &str, name: &str) -> Vec<(String, String)> {
+    let id = identity(name);
+    let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    vec![
+        (format!("{prefix}IDENTITY__CA_FILE"), path(id.ca_file)),
+        (format!("{prefix}IDENTITY__CERT_FILE"), path(id.cert_file)),
+        (format!("{prefix}IDENTITY__KEY_FILE"), path(id.key_file)),
+    ]
+}
+
+/// A channel to storage at `url` as identity `name`.
+pub async fn channel_as(url: &str, name: &str) -> Channel {
+    mailfleet_runtime::grpc::storage_endpoint(url, &identity(name), None)
+        .expect("storage endpoint")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to storage at {url} as {name}: {e}"))
 }
 
 /// A short unique token for names (databases, subjects, streams).
@@ -102,6 +146,7 @@ impl TestEnv {
             blob_dir: self.blob_dir.clone(),
             nats_url: self.nats_url.clone(),
             events_prefix: self.events_prefix.clone(),
+            identity: identity("storage"),
             // `stop_storage` simulates an outage: no need to wait long for
             // connections a test keeps open.
             shutdown_grace: std::time::Duration::from_secs(2),
@@ -146,13 +191,14 @@ impl TestEnv {
         self.running().addr
     }
 
-    /// `http://127.0.0.1:port` for gRPC clients.
+    /// `https://127.0.0.1:port` for gRPC clients (with a fleet identity:
+    /// [`identity`]).
     pub fn storage_url(&self) -> String {
-        format!("http://{}", self.storage_addr())
+        format!("https://{}", self.storage_addr())
     }
 
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.running().admin_addr)
+        format!("https://{}", self.running().admin_addr)
     }
 
     /// Direct access to the store (for assertions on Postgres state).
@@ -160,12 +206,15 @@ impl TestEnv {
         &self.running().store
     }
 
-    pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.storage_url()).expect("url").connect().await.expect("connect to storage")
+    /// A channel to storage's service listener as identity `name`: what
+    /// that service may call is what the test may call.
+    pub async fn channel_as(&self, name: &str) -> Channel {
+        channel_as(&self.storage_url(), name).await
     }
 
+    /// The Admin API, as mailctl.
     pub async fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::connect(self.admin_url()).await.expect("connect to admin API")
+        AdminClient::new(channel_as(&self.admin_url(), "mailctl").await)
     }
 
     pub async fn nats(&self) -> async_nats::Client {
@@ -185,10 +234,16 @@ impl TestEnv {
         self.session_token(account_id).attach(tonic::Request::new(message))
     }
 
-    /// A channel to storage whose calls carry a session token for
-    /// `account_id` (unless a call brings its own, see `as_account`).
+    /// A channel to storage as imap-gateway (which may call every mailbox
+    /// and message RPC a session makes) whose calls carry a session token
+    /// for `account_id` (unless a call brings its own, see `as_account`).
     pub async fn session_channel(&self, account_id: i64) -> Scoped {
-        InterceptedService::new(self.channel().await, self.session_token(account_id))
+        self.session_channel_as("imap-gateway", account_id).await
+    }
+
+    /// [`Self::session_channel`] as identity `name`.
+    pub async fn session_channel_as(&self, name: &str, account_id: i64) -> Scoped {
+        InterceptedService::new(self.channel_as(name).await, self.session_token(account_id))
     }
 
     /// Create the domain if needed, then the account.

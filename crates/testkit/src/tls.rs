@@ -22,8 +22,13 @@ impl TestCa {
 
     /// A certificate for `names` signed by this CA: (certificate PEM, key PEM).
     pub fn issue(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).expect("certificate parameters");
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("certificate parameters");
+        // The first name is also the subject, as in the fleet's certificates
+        // (storage authorises a caller by its CN).
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("certificate");
         (cert.pem(), key.serialize_pem())

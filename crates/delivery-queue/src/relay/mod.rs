@@ -264,8 +264,9 @@ pub async fn run_with_clock(
     clock: crate::worker::Clock,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, QueueError> {
-    let channel = mailfleet_runtime::grpc::storage_channel(&config.storage_url, Some(Duration::from_secs(120)))
-        .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
+    let channel =
+        mailfleet_runtime::grpc::storage_channel(&config.storage_url, &config.identity, Some(Duration::from_secs(120)))
+            .map_err(|e| QueueError::StorageUrl(config.storage_url.clone(), e.to_string()))?;
     let js = crate::connect_nats(&config).await?;
     let kv = crate::ensure_streams(&js, &config).await?;
     start(&config, js, channel, kv, resolver, clock, shutdown).await

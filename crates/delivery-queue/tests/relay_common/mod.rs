@@ -327,6 +327,7 @@ impl Ctx {
         let id = env.id.clone();
         let mut config = QueueConfig {
             storage_url: env.storage_url(),
+            identity: mailfleet_testkit::identity("delivery-queue"),
             nats_url: env.nats_url.clone(),
             stream: format!("RQ_{id}"),
             subject: format!("t{id}.queue"),
@@ -387,7 +388,7 @@ impl Ctx {
         message: &[u8],
         tune: impl FnOnce(&mut qpb::DeliveryJob),
     ) {
-        let mut messages = pb::messages_client::MessagesClient::new(self.env.channel().await);
+        let mut messages = pb::messages_client::MessagesClient::new(self.env.channel_as("smtp-ingress").await);
         let chunks = vec![pb::PutBlobRequest { chunk: message.to_vec() }];
         let blob = messages.put_blob(futures::stream::iter(chunks)).await.expect("put blob").into_inner();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
@@ -416,7 +417,7 @@ impl Ctx {
     /// smtp-ingress does: local delivery runs first and hands remote
     /// recipients to the relay.
     pub async fn submit(&self, queue_id: &str, mail_from: &str, recipients: Vec<qpb::Recipient>, message: &[u8]) {
-        let mut messages = pb::messages_client::MessagesClient::new(self.env.channel().await);
+        let mut messages = pb::messages_client::MessagesClient::new(self.env.channel_as("smtp-ingress").await);
         let chunks = vec![pb::PutBlobRequest { chunk: message.to_vec() }];
         let blob = messages.put_blob(futures::stream::iter(chunks)).await.expect("put blob").into_inner();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");

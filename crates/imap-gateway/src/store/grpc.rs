@@ -31,8 +31,11 @@ pub struct GrpcStore {
 impl GrpcStore {
     /// A lazily connected client: storage being down at start-up is a
     /// temporary failure of each command (`NO [UNAVAILABLE]`), not a crash.
-    pub fn connect_lazy(url: &str) -> Result<GrpcStore, tonic::transport::Error> {
-        let channel = mailfleet_runtime::grpc::storage_channel(url, None)?;
+    pub fn connect_lazy(
+        url: &str,
+        identity: &mailfleet_runtime::grpc::FleetIdentity,
+    ) -> Result<GrpcStore, mailfleet_runtime::grpc::GrpcError> {
+        let channel = mailfleet_runtime::grpc::storage_channel(url, identity, None)?;
         Ok(GrpcStore::scoped(channel, SessionToken::default()))
     }
 

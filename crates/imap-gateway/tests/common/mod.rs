@@ -27,6 +27,7 @@ pub fn test_config(storage_url: &str, tmp: &tempfile::TempDir) -> ImapConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         tls_listen: Some("127.0.0.1:0".parse().expect("addr")),
         storage_url: storage_url.into(),
+        identity: mailfleet_testkit::identity("imap-gateway"),
         ..ImapConfig::default()
     };
     config.connection.auth_failure_delay = Duration::ZERO;
@@ -38,7 +39,7 @@ impl Gateway {
     pub async fn start_with<S: MailStore>(store: Arc<S>, edit: impl FnOnce(&mut ImapConfig)) -> Gateway {
         mailfleet_runtime::init_crypto();
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut config = test_config("http://127.0.0.1:1", &tmp);
+        let mut config = test_config("https://127.0.0.1:1", &tmp);
         edit(&mut config);
         let shutdown = CancellationToken::new();
         let events = Arc::new(imap_gateway::events::EventHub::disconnected());

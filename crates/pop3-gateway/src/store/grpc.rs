@@ -28,8 +28,11 @@ pub struct GrpcStore {
 impl GrpcStore {
     /// Connects lazily, so the gateway starts (and answers `-ERR [SYS/TEMP]`)
     /// while storage is still down.
-    pub fn new(url: &str) -> Result<GrpcStore, tonic::transport::Error> {
-        let channel = mailfleet_runtime::grpc::storage_channel(url, None)?;
+    pub fn new(
+        url: &str,
+        identity: &mailfleet_runtime::grpc::FleetIdentity,
+    ) -> Result<GrpcStore, mailfleet_runtime::grpc::GrpcError> {
+        let channel = mailfleet_runtime::grpc::storage_channel(url, identity, None)?;
         Ok(GrpcStore { channel })
     }
 }

@@ -25,6 +25,7 @@ pub fn config(env: &TestEnv) -> Pop3Config {
         tls_listen: None,
         tls_enabled: false,
         storage_url: env.storage_url(),
+        identity: mailfleet_testkit::identity("pop3-gateway"),
         connection: ConnectionConfig { auth_failure_delay: Duration::from_millis(10), ..ConnectionConfig::default() },
         ..Pop3Config::default()
     }

@@ -61,6 +61,7 @@ impl Mail {
             submission_listen: Some("127.0.0.1:0".parse().expect("addr")),
             submissions_listen: Some("127.0.0.1:0".parse().expect("addr")),
             storage_url: self.env.storage_url(),
+            identity: mailfleet_testkit::identity("smtp-ingress"),
             nats_url: self.env.nats_url.clone(),
             ..IngressConfig::default()
         };
@@ -80,6 +81,7 @@ impl Mail {
         let id = &self.env.id;
         QueueConfig {
             storage_url: self.env.storage_url(),
+            identity: mailfleet_testkit::identity("delivery-queue"),
             nats_url: self.env.nats_url.clone(),
             stream: format!("MAIL_QUEUE_{id}"),
             subject: format!("t{id}.queue.jobs"),

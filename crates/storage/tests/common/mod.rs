@@ -8,14 +8,17 @@ use mailfleet_testkit::{Scoped, TestEnv};
 use pb::mailboxes_client::MailboxesClient;
 use pb::messages_client::MessagesClient;
 
-/// The clients' calls carry a session token for `account` (storage
-/// refuses account calls without one); a call made for another account
-/// brings its own (`env.as_account`).
+/// `mailboxes` and `messages` call as imap-gateway and carry a session
+/// token for `account` (storage refuses account calls without one); a
+/// call made for another account brings its own (`env.as_account`).
+/// `queue` calls as delivery-queue: the only identity that may store
+/// blobs for delivery, deliver them and read them back.
 pub struct Ctx {
     pub env: TestEnv,
     pub account: pb::Account,
     pub mailboxes: MailboxesClient<Scoped>,
     pub messages: MessagesClient<Scoped>,
+    pub queue: MessagesClient<tonic::transport::Channel>,
 }
 
 pub const MAX: usize = 64 * 1024 * 1024;
@@ -24,8 +27,12 @@ pub async fn setup() -> Ctx {
     let env = TestEnv::start().await;
     let account = env.add_account(&format!("alice@{}.test", env.id), "correct horse battery").await;
     let channel = env.session_channel(account.id).await;
+    let queue = MessagesClient::new(env.channel_as("delivery-queue").await)
+        .max_decoding_message_size(MAX)
+        .max_encoding_message_size(MAX);
     Ctx {
         account,
+        queue,
         mailboxes: MailboxesClient::new(channel.clone()),
         messages: MessagesClient::new(channel).max_decoding_message_size(MAX).max_encoding_message_size(MAX),
         env,
@@ -138,7 +145,7 @@ impl Ctx {
     pub async fn put_blob(&mut self, raw: &[u8]) -> pb::PutBlobResponse {
         let chunks: Vec<pb::PutBlobRequest> =
             raw.chunks(64 * 1024).map(|c| pb::PutBlobRequest { chunk: c.to_vec() }).collect();
-        self.messages.put_blob(tokio_stream::iter(chunks)).await.expect("put blob").into_inner()
+        self.queue.put_blob(tokio_stream::iter(chunks)).await.expect("put blob").into_inner()
     }
 
     pub async fn quota(&mut self, account_id: i64) -> pb::QuotaInfo {
