@@ -6,7 +6,9 @@ mail clients would (README, "What the compose test proves").
 
   1. Up from nothing: every service healthy by its own healthcheck within
      HEALTHY_WITHIN, the migration run once, volumes owned right.
-  2. mailctl through `docker compose exec` creates a domain and accounts.
+  2. mailctl through `docker compose exec` creates a domain and accounts
+     and reads the queue as the NATS user mailctl, with its own fleet
+     certificate.
   3. Mail in through the balancer's published SMTP port (25) and
      submission (587, STARTTLS + AUTH); read back over IMAP (143 STARTTLS,
      993) and POP3 (110 STLS, 995); the Received: header names the client
@@ -359,10 +361,14 @@ def step_accounts(dep):
         f'm domain add {DOMAIN}\n'
         f'm account add alice@{DOMAIN} --password "$PASSWORD"\n'
         f'm account add bob@{DOMAIN} --password "$PASSWORD"\n'
-        'm account list\n',
+        'm account list\n'
+        # NATS with mailctl's identity (MAILCTL_NATS_* of the container):
+        # TLS, the certificate mapped to the user mailctl.
+        'm queue list\n',
         capture=True, timeout=120)
     check(f"alice@{DOMAIN}" in listed and f"bob@{DOMAIN}" in listed, f"account list: {listed}")
-    log("mailctl created the domain and two accounts")
+    check("job(s) in MAIL_QUEUE" in listed, f"queue list: {listed}")
+    log("mailctl created the domain and two accounts and listed the queue over NATS")
 
 
 def edge_gateway(dep):
