@@ -7,8 +7,8 @@ mail clients would (README, "What the compose test proves").
   1. Up from nothing: every service healthy by its own healthcheck within
      HEALTHY_WITHIN, the migration run once, volumes owned right.
   2. mailctl through `docker compose exec` creates a domain and accounts
-     and reads the queue as the NATS user mailctl, with its own fleet
-     certificate.
+     (the admin API listens only inside the storage container) and reads
+     the queue as the NATS user mailctl, with its own fleet certificate.
   3. Mail in through the balancer's published SMTP port (25) and
      submission (587, STARTTLS + AUTH); read back over IMAP (143 STARTTLS,
      993) and POP3 (110 STLS, 995); the Received: header names the client
@@ -123,7 +123,7 @@ class Deployment:
     def pick_addresses(self):
         self.ports = {name: free_port() for name in
                       ["SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S",
-                       "ADMIN", "JAEGER", "PROMETHEUS", "GRAFANA"]}
+                       "JAEGER", "PROMETHEUS", "GRAFANA"]}
         self.edge = free_subnet()
         self.env = dict(os.environ)
         for key in list(self.env):
