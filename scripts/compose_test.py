@@ -6,6 +6,8 @@ mail clients would (README, "What the compose test proves").
 
   1. Up from nothing: every service healthy by its own healthcheck within
      HEALTHY_WITHIN, the migration run once, volumes owned right.
+     Each container mounts only its own fleet identity; a dashboard
+     container cannot resolve storage, PostgreSQL or NATS.
   2. mailctl through `docker compose exec` creates a domain and accounts
      (the admin API listens only inside the storage container) and reads
      the queue as the NATS user mailctl, with its own fleet certificate.
@@ -66,6 +68,8 @@ PASSWORD = "compose test password"
 LOAD_MESSAGES = 600
 
 T0 = time.monotonic()
+# Services that run once and exit: the fleet PKI and the migration.
+ONE_OFF = {"pki", "migrate"}
 
 
 def log(msg):
@@ -174,15 +178,16 @@ class Deployment:
 
     def wait_healthy(self, what, within=HEALTHY_WITHIN):
         """Every container healthy (or running, without a healthcheck), the
-        migration exited 0; fails at once when one died."""
+        one-off services (certificates, migration) exited 0; fails at once
+        when one died."""
         start = time.monotonic()
         while True:
             cs = self.containers()
             waiting = []
             for name, (service, state, health, code) in sorted(cs.items()):
-                if service == "migrate":
+                if service in ONE_OFF:
                     if state == "exited":
-                        check(code == 0, f"migrate exited {code}:\n{self.logs('migrate')}")
+                        check(code == 0, f"{service} exited {code}:\n{self.logs(service)}")
                     else:
                         waiting.append(f"{name} {state}")
                     continue
@@ -349,6 +354,26 @@ def step_up(dep):
     # Volumes created with the right owners: storage wrote its blob
     # directory (a message is stored below), PostgreSQL initialised its own.
     return took
+
+
+def step_pki_and_networks(dep):
+    """Each container holds its own identity only, the key readable by its
+    user alone; a dashboard container cannot even resolve storage,
+    PostgreSQL or NATS, only the collector (the networks of issue 15)."""
+    out = dep.compose("exec", "-T", "storage", "sh", "-ec",
+                      "ls /etc/mailfleet/pki; stat -c '%u %a' /etc/mailfleet/pki/storage.key; "
+                      "ls /etc/mailfleet/pki-mailctl", capture=True, timeout=60).split()
+    check(out == ["ca.crt", "storage.crt", "storage.key", "10001", "600", "ca.crt", "mailctl.crt", "mailctl.key"],
+          f"storage's pki mounts: {out}")
+    out = dep.compose("exec", "-T", "nats-1", "ls", "/etc/nats/pki", capture=True, timeout=60).split()
+    check(out == ["ca.crt", "nats.crt", "nats.key"], f"nats-1's pki mount: {out}")
+    # Idle Debian containers in the offline deployment: getent asks
+    # Docker's DNS on their networks only.
+    script = ("for h in storage postgres nats-1 otel-collector; do "
+              "getent hosts $h >/dev/null && echo $h=yes || echo $h=no; done")
+    out = dep.compose("exec", "-T", "grafana", "sh", "-c", script, capture=True, timeout=60).split()
+    check(out == ["storage=no", "postgres=no", "nats-1=no", "otel-collector=yes"], f"grafana resolves: {out}")
+    log("each container has its own identity only; grafana reaches the collector, not storage, postgres or NATS")
 
 
 def step_accounts(dep):
@@ -606,6 +631,7 @@ def main():
 
     t = time.monotonic()
     timings["healthy"] = step_up(dep)
+    step_pki_and_networks(dep)
     step_accounts(dep)
     step_first_mail(dep)
     step_scale(dep)
