@@ -6,7 +6,11 @@ mail clients would (README, "What the compose test proves").
 
   1. Up from nothing: every service healthy by its own healthcheck within
      HEALTHY_WITHIN, the migration run once, volumes owned right.
-  2. mailctl through `docker compose exec` creates a domain and accounts.
+     Each container mounts only its own fleet identity; a dashboard
+     container cannot resolve storage, PostgreSQL or NATS.
+  2. mailctl through `docker compose exec` creates a domain and accounts
+     (the admin API listens only inside the storage container) and reads
+     the queue as the NATS user mailctl, with its own fleet certificate.
   3. Mail in through the balancer's published SMTP port (25) and
      submission (587, STARTTLS + AUTH); read back over IMAP (143 STARTTLS,
      993) and POP3 (110 STLS, 995); the Received: header names the client
@@ -64,6 +68,8 @@ PASSWORD = "compose test password"
 LOAD_MESSAGES = 600
 
 T0 = time.monotonic()
+# Services that run once and exit: the fleet PKI and the migration.
+ONE_OFF = {"pki", "migrate"}
 
 
 def log(msg):
@@ -121,7 +127,7 @@ class Deployment:
     def pick_addresses(self):
         self.ports = {name: free_port() for name in
                       ["SMTP", "SUBMISSION", "SUBMISSIONS", "IMAP", "IMAPS", "POP3", "POP3S",
-                       "ADMIN", "JAEGER", "PROMETHEUS", "GRAFANA"]}
+                       "JAEGER", "PROMETHEUS", "GRAFANA"]}
         self.edge = free_subnet()
         self.env = dict(os.environ)
         for key in list(self.env):
@@ -172,15 +178,16 @@ class Deployment:
 
     def wait_healthy(self, what, within=HEALTHY_WITHIN):
         """Every container healthy (or running, without a healthcheck), the
-        migration exited 0; fails at once when one died."""
+        one-off services (certificates, migration) exited 0; fails at once
+        when one died."""
         start = time.monotonic()
         while True:
             cs = self.containers()
             waiting = []
             for name, (service, state, health, code) in sorted(cs.items()):
-                if service == "migrate":
+                if service in ONE_OFF:
                     if state == "exited":
-                        check(code == 0, f"migrate exited {code}:\n{self.logs('migrate')}")
+                        check(code == 0, f"{service} exited {code}:\n{self.logs(service)}")
                     else:
                         waiting.append(f"{name} {state}")
                     continue
@@ -349,6 +356,26 @@ def step_up(dep):
     return took
 
 
+def step_pki_and_networks(dep):
+    """Each container holds its own identity only, the key readable by its
+    user alone; a dashboard container cannot even resolve storage,
+    PostgreSQL or NATS, only the collector (the networks of issue 15)."""
+    out = dep.compose("exec", "-T", "storage", "sh", "-ec",
+                      "ls /etc/mailfleet/pki; stat -c '%u %a' /etc/mailfleet/pki/storage.key; "
+                      "ls /etc/mailfleet/pki-mailctl", capture=True, timeout=60).split()
+    check(out == ["ca.crt", "storage.crt", "storage.key", "10001", "600", "ca.crt", "mailctl.crt", "mailctl.key"],
+          f"storage's pki mounts: {out}")
+    out = dep.compose("exec", "-T", "nats-1", "ls", "/etc/nats/pki", capture=True, timeout=60).split()
+    check(out == ["ca.crt", "nats.crt", "nats.key"], f"nats-1's pki mount: {out}")
+    # Idle Debian containers in the offline deployment: getent asks
+    # Docker's DNS on their networks only.
+    script = ("for h in storage postgres nats-1 otel-collector; do "
+              "getent hosts $h >/dev/null && echo $h=yes || echo $h=no; done")
+    out = dep.compose("exec", "-T", "grafana", "sh", "-c", script, capture=True, timeout=60).split()
+    check(out == ["storage=no", "postgres=no", "nats-1=no", "otel-collector=yes"], f"grafana resolves: {out}")
+    log("each container has its own identity only; grafana reaches the collector, not storage, postgres or NATS")
+
+
 def step_accounts(dep):
     # One exec for the lot: each `docker-compose exec` costs seconds.
     listed = dep.compose(
@@ -359,10 +386,14 @@ def step_accounts(dep):
         f'm domain add {DOMAIN}\n'
         f'm account add alice@{DOMAIN} --password "$PASSWORD"\n'
         f'm account add bob@{DOMAIN} --password "$PASSWORD"\n'
-        'm account list\n',
+        'm account list\n'
+        # NATS with mailctl's identity (MAILCTL_NATS_* of the container):
+        # TLS, the certificate mapped to the user mailctl.
+        'm queue list\n',
         capture=True, timeout=120)
     check(f"alice@{DOMAIN}" in listed and f"bob@{DOMAIN}" in listed, f"account list: {listed}")
-    log("mailctl created the domain and two accounts")
+    check("job(s) in MAIL_QUEUE" in listed, f"queue list: {listed}")
+    log("mailctl created the domain and two accounts and listed the queue over NATS")
 
 
 def edge_gateway(dep):
@@ -600,6 +631,7 @@ def main():
 
     t = time.monotonic()
     timings["healthy"] = step_up(dep)
+    step_pki_and_networks(dep)
     step_accounts(dep)
     step_first_mail(dep)
     step_scale(dep)

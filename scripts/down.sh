@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Stop the services started by scripts/up.sh (SIGTERM, then wait).
+# Stop what scripts/up.sh started (SIGTERM, then wait): the services first,
+# then its NATS server, so that nothing the services still publish while
+# they finish is refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for pidfile in var/run/*.pid; do
-    [ -e "$pidfile" ] || continue
+stop() {
+    local pidfile="$1" pid svc
     pid="$(cat "$pidfile")"
     svc="$(basename "$pidfile" .pid)"
     if kill -0 "$pid" 2>/dev/null; then
@@ -13,4 +15,11 @@ for pidfile in var/run/*.pid; do
         echo "down: stopped $svc" >&2
     fi
     rm -f "$pidfile"
+}
+for pidfile in var/run/*.pid; do
+    [ -e "$pidfile" ] || continue
+    [ "$pidfile" = var/run/nats.pid ] && continue
+    stop "$pidfile"
 done
+[ -e var/run/nats.pid ] && stop var/run/nats.pid
+exit 0

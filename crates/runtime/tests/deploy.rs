@@ -3,7 +3,9 @@
 //! scaled services must be scalable (no fixed container name, no host port),
 //! the load balancer must publish every standard mail port, pass PROXY v2 to
 //! every gateway and check its /healthz, and the dashboard must be valid JSON, and
-//! HAProxy's own `haproxy -c` must accept deploy/haproxy.cfg. Without
+//! HAProxy's own `haproxy -c` must accept deploy/haproxy.cfg. The networks
+//! must keep storage, PostgreSQL and NATS private (issue 15) and every NATS
+//! client must have its own identity. Without
 //! docker-compose or haproxy these tests fail (scripts/test.sh installs both).
 //!
 //! It lives with the runtime crate because the mechanisms it deploys (PROXY
@@ -97,6 +99,110 @@ fn compose_file_is_valid_and_scalable() {
     for s in SCALED.iter().chain(&["storage"]) {
         let block = service_block(&config, s).join("\n");
         assert!(block.contains("stop_grace_period: 45s"), "{s}: stop_grace_period");
+    }
+}
+
+/// The lines of one entry of a top-level section (`networks:`, `volumes:`)
+/// in `docker-compose config` output.
+fn top_level_block<'a>(config: &'a str, section: &str, name: &str) -> Vec<&'a str> {
+    let header = format!("  {name}:");
+    let section = format!("{section}:");
+    let mut lines = config.lines().skip_while(|l| *l != section).skip(1).take_while(|l| l.starts_with(' '));
+    let _ = lines.by_ref().find(|l| l.trim_end() == header.trim_end() || l.starts_with(&format!("{header} ")));
+    lines.take_while(|l| l.starts_with("   ")).collect()
+}
+
+/// The networks a service joins (`networks:` of its block, map or list form).
+fn networks_of(config: &str, service: &str) -> Vec<String> {
+    service_block(config, service)
+        .into_iter()
+        .skip_while(|l| *l != "    networks:")
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .filter(|l| !l.starts_with("       "))
+        .map(|l| l.trim().trim_start_matches("- ").split(':').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Issue 15's network split, for the deployment as shipped and as the
+/// offline override runs it: storage, PostgreSQL and NATS only on the
+/// internal `backend`, never on `edge` and without a published port; the
+/// dashboards sharing no network with them (they meet the fleet at the
+/// collector only); `edge` holding just the balancer and the gateways.
+fn assert_networks_are_split(config: &str) {
+    let backend = top_level_block(config, "networks", "backend").join("\n");
+    assert!(backend.contains("internal: true"), "the backend network is internal:\n{backend}");
+    let private = ["storage", "postgres", "nats-1", "nats-2", "nats-3"];
+    for s in private {
+        let networks = networks_of(config, s);
+        assert!(!networks.is_empty(), "{s} names its networks");
+        assert!(!networks.iter().any(|n| n == "edge"), "{s} is on the edge network: {networks:?}");
+        let block = service_block(config, s);
+        assert!(!block.iter().any(|l| l.trim_start().starts_with("ports:")), "{s} publishes a port");
+    }
+    let private_networks: Vec<String> = private.iter().flat_map(|s| networks_of(config, s)).collect();
+    for dashboard in ["jaeger", "prometheus", "grafana"] {
+        let shared: Vec<String> =
+            networks_of(config, dashboard).into_iter().filter(|n| private_networks.contains(n)).collect();
+        assert!(shared.is_empty(), "{dashboard} shares {shared:?} with storage, postgres or nats");
+    }
+    let services = compose(&["config", "--services"]);
+    let mut on_edge: Vec<&str> =
+        services.lines().filter(|s| networks_of(config, s).iter().any(|n| n == "edge")).collect();
+    on_edge.sort_unstable();
+    assert_eq!(on_edge, ["imap-gateway", "lb", "pop3-gateway", "smtp-ingress"], "who is on the edge network");
+}
+
+#[test]
+fn storage_postgres_and_nats_are_private_and_the_dashboards_cannot_reach_them() {
+    require("docker-compose", "docker-compose");
+    assert_networks_are_split(&compose(&["config"]));
+    let offline = root().join("deploy/compose.offline.yml");
+    assert_networks_are_split(&compose(&["-f", offline.to_str().expect("utf-8 path"), "config"]));
+}
+
+#[test]
+fn every_nats_client_has_its_own_identity_and_nats_requires_one() {
+    require("docker-compose", "docker-compose");
+    let config = compose(&["config"]);
+    for (service, prefix) in
+        [("storage", "STORAGE"), ("smtp-ingress", "SMTP"), ("delivery-queue", "QUEUE"), ("imap-gateway", "IMAP")]
+    {
+        let block = service_block(&config, service).join("\n");
+        for (key, file) in [
+            ("CA_FILE", "ca.crt".to_string()),
+            ("CERT_FILE", format!("{service}.crt")),
+            ("KEY_FILE", format!("{service}.key")),
+        ] {
+            assert!(
+                block.contains(&format!("MAILFLEET_{prefix}_NATS_TLS__{key}: /etc/mailfleet/pki/{file}")),
+                "{service}: NATS_TLS__{key}:\n{block}"
+            );
+        }
+    }
+    // Each container mounts its own identity's volume only, read-only.
+    for service in ["storage", "smtp-ingress", "delivery-queue", "imap-gateway", "pop3-gateway"] {
+        let block = service_block(&config, service).join("\n");
+        assert!(block.contains(&format!("- pki-{service}:/etc/mailfleet/pki:ro")), "{service}: {block}");
+        assert!(!block.contains("- pki:"), "{service} mounts the CA's volume");
+    }
+    for nats in ["nats-1", "nats-2", "nats-3"] {
+        let block = service_block(&config, nats).join("\n");
+        assert!(block.contains("- pki-nats:/etc/nats/pki:ro"), "{block}");
+        assert!(block.contains("/etc/nats/auth.conf:ro"), "{nats} mounts auth.conf next to nats.conf");
+        assert!(block.contains("pki:\n        condition: service_completed_successfully"), "{nats} waits for pki");
+    }
+    // The configuration the three servers run: TLS, a client certificate
+    // mapped to a user, the shipped users.
+    let nats_conf = std::fs::read_to_string(root().join("deploy/nats/nats.conf")).expect("deploy/nats/nats.conf");
+    let active: String = nats_conf.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    for want in [
+        "cert_file: /etc/nats/pki/nats.crt",
+        "ca_file: /etc/nats/pki/ca.crt",
+        "verify_and_map: true",
+        "include auth.conf",
+    ] {
+        assert!(active.contains(want), "nats.conf: {want}");
     }
 }
 
