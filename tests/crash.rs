@@ -33,6 +33,12 @@ use tokio_rustls::TlsConnector;
 /// Everything accepted has arrived this long after the last restart. A job
 /// a killed delivery-queue held comes back after its ack_wait (20 s).
 const BOUND: Duration = Duration::from_secs(60);
+/// A message the far side took this shortly before delivery-queue was
+/// killed may reach it twice: between the far side's `250` and the
+/// queue's acknowledgement of the job (a NATS round trip) the relay dies
+/// with the job unfinished, so it is sent again. RFC 5321 §6.1 accepts a
+/// duplicate over a loss there; any other duplicate fails the test.
+const RELAY_WINDOW: Duration = Duration::from_secs(1);
 /// Upper bounds of the load.
 const MAX_MESSAGES: u32 = 4000;
 const MAX_LOAD: Duration = Duration::from_secs(180);
@@ -314,13 +320,21 @@ async fn inbox(imap: &system::Service, (user, password): (&str, &str)) -> Vec<St
 }
 
 /// `seen` holds every id of `accepted` once, ids of `uncertain` at most
-/// once, nothing else. `Err` lists what is missing so far.
-fn check(who: &str, seen: &[u32], accepted: &BTreeSet<u32>, uncertain: &BTreeSet<u32>) -> Result<(), String> {
+/// once, nothing else — but an id of `twice_ok` may be there twice.
+/// `Err` lists what is missing so far.
+fn check(
+    who: &str,
+    seen: &[u32],
+    accepted: &BTreeSet<u32>,
+    uncertain: &BTreeSet<u32>,
+    twice_ok: &BTreeSet<u32>,
+) -> Result<(), String> {
     let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
     for id in seen {
         *counts.entry(*id).or_default() += 1;
     }
-    let twice: Vec<u32> = counts.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+    let twice: Vec<u32> =
+        counts.iter().filter(|(id, n)| **n > 2 || (**n == 2 && !twice_ok.contains(id))).map(|(id, _)| *id).collect();
     assert!(twice.is_empty(), "{who}: more than once: {twice:?}");
     let unknown: Vec<u32> =
         counts.keys().filter(|id| !accepted.contains(id) && !uncertain.contains(id)).copied().collect();
@@ -376,7 +390,11 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
     mark("smtp-ingress", &load);
     progress("smtp-ingress's crash", BETWEEN, local).await;
 
+    // The relay's kills: a message the far side took just before one may
+    // come again (see RELAY_WINDOW).
+    let mut relay_kills = vec![Instant::now()];
     queue.kill().await;
+    relay_kills.push(Instant::now());
     queue.start().await;
     mark("delivery-queue", &load);
     progress("delivery-queue's crash", BETWEEN, local).await;
@@ -389,7 +407,9 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
         assert!(Instant::now() < deadline, "the relay never sent a message to hold");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    relay_kills.push(Instant::now());
     queue.kill().await;
+    relay_kills.push(Instant::now());
     while sink.dropped() == 0 {
         assert!(Instant::now() < deadline, "the far side never saw the relay's connection drop");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -441,7 +461,7 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
         let stored = loop {
             let stored = inbox(&imap, user).await;
             let ids: Vec<u32> = stored.iter().map(|s| s.id).collect();
-            match check(user.0, &ids, &accepted_local, &uncertain) {
+            match check(user.0, &ids, &accepted_local, &uncertain, &BTreeSet::new()) {
                 Ok(()) => break stored,
                 Err(missing) => assert!(Instant::now() < deadline, "{missing} {BOUND:?} after the last restart"),
             }
@@ -451,7 +471,7 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
             assert!(s.text == body(s.id), "{}: message {} is not what was sent", user.0, s.id);
         }
         // The quota counts exactly what the mailbox holds.
-        let mut admin = pb::admin_client::AdminClient::connect(sys.admin_url()).await.expect("admin");
+        let mut admin = sys.admin().await;
         let accounts = admin
             .list_accounts(pb::ListAccountsRequest { domain: "example.org".into() })
             .await
@@ -463,7 +483,19 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
         assert_eq!(account.used_bytes, stored.iter().map(|s| s.size).sum::<u64>(), "{}: quota used", user.0);
     }
     loop {
-        let received = sink.received();
+        let received_at = sink.received_at();
+        // Taken by the far side within RELAY_WINDOW before the relay died:
+        // its `250` may never have been recorded, so it is sent again.
+        let twice_ok: BTreeSet<u32> = received_at
+            .iter()
+            .filter(|(at, _)| {
+                relay_kills
+                    .chunks(2)
+                    .any(|kill| *at <= kill[1] && kill[0].saturating_duration_since(*at) < RELAY_WINDOW)
+            })
+            .filter_map(|(_, data)| after(&String::from_utf8_lossy(data), "X-Test-Id: ").and_then(leading_number))
+            .collect();
+        let received: Vec<Vec<u8>> = received_at.into_iter().map(|(_, data)| data).collect();
         let ids: Vec<u32> = received
             .iter()
             .map(|data| {
@@ -471,7 +503,7 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
                 after(&text, "X-Test-Id: ").and_then(leading_number).expect("relayed message has its id")
             })
             .collect();
-        match check(CAROL, &ids, &accepted_remote, &uncertain) {
+        match check(CAROL, &ids, &accepted_remote, &uncertain, &twice_ok) {
             Ok(()) => {
                 for (data, id) in received.iter().zip(&ids) {
                     let text = String::from_utf8_lossy(data);
@@ -495,10 +527,21 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
 #[test]
 fn the_compose_nats_cluster_is_valid_and_replicated() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The files as the containers see them: the configuration next to the
+    // users it includes, and the certificates the pki service copies into
+    // /etc/nats/pki (made here by the same `mailctl pki init` code).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = dir.path().join("pki");
+    mailfleet_runtime::pki::init(&pki, false).expect("fleet PKI");
+    let conf = std::fs::read_to_string(root.join("deploy/nats/nats.conf")).expect("deploy/nats/nats.conf");
+    assert!(conf.contains("/etc/nats/pki/nats.crt"), "nats.conf names the server's certificate");
+    let conf = conf.replace("/etc/nats/pki/", &format!("{}/", pki.display()));
+    std::fs::write(dir.path().join("nats.conf"), conf).expect("write nats.conf");
+    std::fs::copy(root.join("deploy/nats/auth.conf"), dir.path().join("auth.conf")).expect("copy auth.conf");
     for name in ["nats-1", "nats-2", "nats-3"] {
         let out = std::process::Command::new(system::nats::nats_server())
             .args(["-t", "-c"])
-            .arg(root.join("deploy/nats/nats.conf"))
+            .arg(dir.path().join("nats.conf"))
             .env("NATS_SERVER_NAME", name)
             .output()
             .expect("run nats-server -t");
@@ -512,7 +555,8 @@ fn the_compose_nats_cluster_is_valid_and_replicated() {
     ] {
         assert!(compose.contains(expected), "docker-compose.yml lacks {expected}");
     }
-    for service in ["STORAGE", "SMTP", "QUEUE", "IMAP", "POP3"] {
+    // (pop3-gateway uses no NATS and has no NATS user.)
+    for service in ["STORAGE", "SMTP", "QUEUE", "IMAP"] {
         assert!(compose.contains(&format!("MAILFLEET_{service}_NATS_URL: *nats-url")), "{service} gets every server");
     }
 }

@@ -7,13 +7,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Default)]
 struct Shared {
-    received: Mutex<Vec<Vec<u8>>>,
+    /// When each message was taken, and its data.
+    received: Mutex<Vec<(Instant, Vec<u8>)>>,
     hold_next: AtomicBool,
     holding: AtomicBool,
     dropped: AtomicUsize,
@@ -40,6 +42,11 @@ impl SinkMx {
 
     /// Every message taken (the data, dot-unstuffed).
     pub fn received(&self) -> Vec<Vec<u8>> {
+        self.shared.received.lock().expect("lock").iter().map(|(_, data)| data.clone()).collect()
+    }
+
+    /// Every message taken, with the moment it was (its `250` sent).
+    pub fn received_at(&self) -> Vec<(Instant, Vec<u8>)> {
         self.shared.received.lock().expect("lock").clone()
     }
 
@@ -93,7 +100,7 @@ async fn session(socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
                 shared.holding.store(false, Ordering::SeqCst);
                 return Ok(());
             }
-            shared.received.lock().expect("lock").push(data);
+            shared.received.lock().expect("lock").push((Instant::now(), data));
             b"250 2.0.0 taken\r\n"
         } else if upper == "QUIT" {
             io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
