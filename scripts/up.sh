@@ -67,8 +67,9 @@ for _ in $(seq 1 120); do
 done
 http_ok "$NATS_MONITOR_PORT" /healthz || { echo "up: nats not healthy; see var/log/nats.log" >&2; exit 1; }
 
-# Each service's environment: the development NATS, and its own identity
-# from var/pki (MAILFLEET_<PREFIX>_NATS_TLS__*). pop3-gateway uses no NATS.
+# Each service's environment: its own identity from var/pki, for storage
+# (mutual TLS, MAILFLEET_<PREFIX>_IDENTITY__*) and for the development NATS
+# (MAILFLEET_<PREFIX>_NATS_TLS__*). pop3-gateway uses no NATS.
 service_env() {
     local prefix name="$1"
     case "$name" in
@@ -76,8 +77,13 @@ service_env() {
         smtp-ingress) prefix=SMTP ;;
         delivery-queue) prefix=QUEUE ;;
         imap-gateway) prefix=IMAP ;;
+        pop3-gateway) prefix=POP3 ;;
         *) return 0 ;;
     esac
+    echo "MAILFLEET_${prefix}_IDENTITY__CA_FILE=$PKI/ca.crt"
+    echo "MAILFLEET_${prefix}_IDENTITY__CERT_FILE=$PKI/$name.crt"
+    echo "MAILFLEET_${prefix}_IDENTITY__KEY_FILE=$PKI/$name.key"
+    [ "$name" = pop3-gateway ] && return 0
     echo "MAILFLEET_${prefix}_NATS_URL=$NATS_URL"
     echo "MAILFLEET_${prefix}_NATS_TLS__CA_FILE=$PKI/ca.crt"
     echo "MAILFLEET_${prefix}_NATS_TLS__CERT_FILE=$PKI/$name.crt"
@@ -108,12 +114,12 @@ done
 
 cat >&2 <<MSG
 up: Mailfleet is running.
-    storage gRPC 127.0.0.1:50051, admin 127.0.0.1:50052
+    storage gRPC 127.0.0.1:50051, admin 127.0.0.1:50052 (both mutual TLS: fleet certificates in var/pki)
     IMAP 127.0.0.1:1143 (STARTTLS), IMAPS 127.0.0.1:9993
     SMTP MX 127.0.0.1:2525, submission 127.0.0.1:5587 (STARTTLS), 127.0.0.1:4465 (TLS)
     POP3 127.0.0.1:1110 (STLS), POP3S 127.0.0.1:9995
     NATS $NATS_URL (TLS, a fleet certificate required; monitoring 127.0.0.1:$NATS_MONITOR_PORT)
-    manage it with:  $BIN/mailctl --help
+    manage it with:  $BIN/mailctl --help   (as the fleet's mailctl: --pki var/pki, the default)
     the queue:       $BIN/mailctl queue --nats-url $NATS_URL \\
                          --nats-ca-file $PKI/ca.crt \\
                          --nats-cert-file $PKI/mailctl.crt --nats-key-file $PKI/mailctl.key list

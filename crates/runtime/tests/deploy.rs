@@ -162,6 +162,39 @@ fn storage_postgres_and_nats_are_private_and_the_dashboards_cannot_reach_them() 
 }
 
 #[test]
+fn every_caller_of_storage_has_its_own_identity_and_speaks_tls() {
+    require("docker-compose", "docker-compose");
+    let config = compose(&["config"]);
+    for (service, prefix) in [
+        ("storage", "STORAGE"),
+        ("smtp-ingress", "SMTP"),
+        ("delivery-queue", "QUEUE"),
+        ("imap-gateway", "IMAP"),
+        ("pop3-gateway", "POP3"),
+    ] {
+        let block = service_block(&config, service).join("\n");
+        for (key, file) in [
+            ("CA_FILE", "ca.crt".to_string()),
+            ("CERT_FILE", format!("{service}.crt")),
+            ("KEY_FILE", format!("{service}.key")),
+        ] {
+            assert!(
+                block.contains(&format!("MAILFLEET_{prefix}_IDENTITY__{key}: /etc/mailfleet/pki/{file}")),
+                "{service}: IDENTITY__{key}:\n{block}"
+            );
+        }
+        if service != "storage" {
+            assert!(block.contains(&format!("MAILFLEET_{prefix}_STORAGE_URL: https://storage:50051")), "{block}");
+        }
+    }
+    assert!(!config.contains("http://storage:"), "a plaintext storage URL");
+    // The operator's mailctl, inside the storage container, is mailctl.
+    let storage = service_block(&config, "storage").join("\n");
+    assert!(storage.contains("MAILCTL_PKI: /etc/mailfleet/pki-mailctl"), "{storage}");
+    assert!(storage.contains("- pki-mailctl:/etc/mailfleet/pki-mailctl:ro"), "{storage}");
+}
+
+#[test]
 fn every_nats_client_has_its_own_identity_and_nats_requires_one() {
     require("docker-compose", "docker-compose");
     let config = compose(&["config"]);
