@@ -134,8 +134,18 @@ fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
 
 /// A certificate for identity `name` signed by `issuer`: (certificate PEM,
 /// key PEM).
+/// The host names of compose's NATS servers. The `nats` certificate names
+/// them too: a server dialling a route to `nats-2` checks the answering
+/// certificate against that name (nats-server has no setting for an
+/// expected name), so the cluster's routes are verified both ways.
+pub const NATS_SERVERS: &[&str] = &["nats-1", "nats-2", "nats-3"];
+
 pub fn issue(issuer: &Issuer<'_, KeyPair>, name: &str) -> Result<(String, String), PkiError> {
-    let mut params = CertificateParams::new(vec![name.to_string(), "localhost".to_string()])?;
+    let mut names = vec![name.to_string(), "localhost".to_string()];
+    if name == "nats" {
+        names.extend(NATS_SERVERS.iter().map(|s| s.to_string()));
+    }
+    let mut params = CertificateParams::new(names)?;
     params.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -231,6 +241,32 @@ mod tests {
         let expires = not_after(&std::fs::read(cert_path(dir.path(), "storage")).unwrap()).unwrap();
         let left = expires.duration_since(SystemTime::now()).unwrap();
         assert!(left > Duration::from_secs(360 * 86_400) && left <= LEAF_VALIDITY, "{left:?}");
+    }
+
+    /// The DNS names a certificate is valid for.
+    fn dns_names(der: &[u8]) -> Vec<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().expect("SAN extension");
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_nats_certificate_names_the_nats_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), false).unwrap();
+        assert_eq!(
+            dns_names(&der(&cert_path(dir.path(), "nats"))),
+            ["nats", "localhost", "nats-1", "nats-2", "nats-3"]
+        );
+        // A service's certificate cannot answer for a NATS server's name.
+        assert_eq!(dns_names(&der(&cert_path(dir.path(), "imap-gateway"))), ["imap-gateway", "localhost"]);
     }
 
     #[test]
