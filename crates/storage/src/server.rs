@@ -232,11 +232,12 @@ fn check_admin_token(token: Option<&str>, req: tonic::Request<()>) -> Result<ton
         return Ok(req);
     };
     let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if given.strip_prefix("Bearer ").is_some_and(|t| t == expected) {
-        Ok(req)
-    } else {
-        Err(tonic::Status::unauthenticated("admin token required"))
-    }
+    // Compared in constant time: how long a wrong guess takes says nothing
+    // about how much of it was right.
+    let matches = given
+        .strip_prefix("Bearer ")
+        .is_some_and(|t| aws_lc_rs::constant_time::verify_slices_are_equal(t.as_bytes(), expected.as_bytes()).is_ok());
+    if matches { Ok(req) } else { Err(tonic::Status::unauthenticated("admin token required")) }
 }
 
 #[cfg(test)]
