@@ -20,12 +20,21 @@ mail clients would (README, "What the compose test proves").
      balancer are spread over all three IMAP replicas (their own
      connection metrics, exported to the collector stand-in); an IDLE
      client is told about new mail.
+     The POP3 maildrop lock holds across the two POP3 replicas (a second
+     session, on the other replica, gets -ERR [IN-USE]), and each replica's
+     log names the real client address (PROXY v2), not the balancer's.
   5. One message's trace reaches the collector as one trace across
      smtp-ingress, storage, delivery-queue and the idling IMAP session.
   6. Under a bounded submission load: SIGKILL of a delivery-queue replica,
      of storage and of an smtp-ingress replica, each started again; every
      message that got a 250 arrives exactly once, others at most once.
-  7. `down` then `up`: every message is still there (volumes).
+  7. Rolling restart and upgrade under load: a container of each Mailfleet
+     service is restarted in turn (SIGTERM, `docker restart`), then the image is
+     replaced by a newer build and the services are recreated one by one,
+     storage first (README, "Upgrading"); every 250 arrives exactly once,
+     and no connection to the balancer is refused for longer than the
+     healthcheck interval.
+  8. `down` then `up`: every message is still there (volumes).
 
 Clients connect only to ports published on 127.0.0.1. Containers,
 networks and volumes of the test's own compose project are removed at the
@@ -463,6 +472,65 @@ def step_scale(dep):
                 pass
 
 
+def pop3_auth_failures(dep):
+    """{pop3-gateway container: its log lines about failed logins}."""
+    out = {}
+    for name in dep.replicas("pop3-gateway"):
+        res = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=60)
+        out[name] = [l for l in (res.stdout + res.stderr).splitlines() if "authentication failed" in l]
+    return out
+
+
+def pop3_session(dep, user, fail_first):
+    """A POP3 session through the balancer (110, STLS); with `fail_first`
+    one wrong password first, which the replica serving it logs."""
+    p = poplib.POP3("127.0.0.1", dep.ports["POP3"], timeout=30)
+    p.stls(context=tls_context())
+    if fail_first:
+        p.user(user)
+        try:
+            p.pass_("not the password")
+            raise Failure("a wrong POP3 password was accepted")
+        except poplib.error_proto:
+            pass
+    p.user(user)
+    return p
+
+
+def step_pop3_lock(dep):
+    """RFC 1939 §8: one maildrop, one session, across replicas. The
+    balancer (leastconn) sends the second session to the replica without
+    one; which replica served which session, and the client address each
+    saw, come from their own logs."""
+    wait_for("the balancer sees both POP3 replicas up", lambda: balancer_up(dep, "pop3", 2), within=90)
+    alice, client = f"alice@{DOMAIN}", edge_gateway(dep)
+    before = pop3_auth_failures(dep)
+    first = pop3_session(dep, alice, fail_first=True)
+    first.pass_(PASSWORD)
+    middle = pop3_auth_failures(dep)
+    second = pop3_session(dep, alice, fail_first=True)
+    try:
+        second.pass_(PASSWORD)
+        raise Failure("a second POP3 session got the locked maildrop")
+    except poplib.error_proto as e:
+        check(b"[IN-USE]" in e.args[0], f"second session: {e}")
+    after = pop3_auth_failures(dep)
+    first_on = [n for n in middle if len(middle[n]) > len(before.get(n, []))]
+    second_on = [n for n in after if len(after[n]) > len(middle.get(n, []))]
+    check(len(first_on) == 1 and len(second_on) == 1 and first_on != second_on,
+          f"sessions not on two replicas: first {first_on}, second {second_on}")
+    for name in first_on + second_on:
+        line = after[name][-1]
+        check(f"client={client}" in line, f"{name} does not log the client {client}: {line}")
+    second.quit()
+    first.quit()
+    # QUIT released the lock: a new session gets the maildrop.
+    third = retrying("POP3 after the lock's release", lambda: pop3_session(dep, alice, fail_first=False))
+    third.pass_(PASSWORD)
+    third.quit()
+    log(f"POP3 lock held across {first_on[0]} and {second_on[0]}; both logged the client {client}")
+
+
 def balancer_up(dep, backend, n):
     """True once HAProxy's log says n servers of the backend are up (it
     finds replicas through Docker's DNS and checks /healthz)."""
@@ -512,12 +580,17 @@ class Load(threading.Thread):
     """Submissions as bob to alice, one at a time over a connection kept
     open, reconnecting after any failure; records what got a 250."""
 
-    def __init__(self, dep):
+    def __init__(self, dep, prefix="load"):
         super().__init__(daemon=True)
         self.dep = dep
+        self.prefix = prefix
         self.accepted = []
         self.attempted = []
         self.stop = threading.Event()
+        # The longest time the balancer refused (or dropped) connections
+        # without a session getting through, and when that began.
+        self.refused_since = None
+        self.longest_refusal = 0.0
 
     def run(self):
         bob, alice = f"bob@{DOMAIN}", f"alice@{DOMAIN}"
@@ -526,7 +599,7 @@ class Load(threading.Thread):
         while not self.stop.is_set() and n < LOAD_MESSAGES:
             # Paced: the load must last through every kill, bounded.
             time.sleep(0.2)
-            subject = f"load-{n}"
+            subject = f"{self.prefix}-{n}"
             try:
                 if s is None:
                     s = smtplib.SMTP("127.0.0.1", self.dep.ports["SUBMISSION"], timeout=30)
@@ -534,11 +607,21 @@ class Load(threading.Thread):
                     s.starttls(context=tls_context())
                     s.ehlo("client.compose.test")
                     s.login(bob, PASSWORD)
+                self.refused_since = None
                 n += 1
                 self.attempted.append(subject)
                 s.sendmail(bob, [alice], message(bob, alice, subject))
                 self.accepted.append(subject)
-            except (OSError, smtplib.SMTPException):
+            except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError) as e:
+                # No session: the balancer refused or dropped us.
+                if s is None or isinstance(e, (ConnectionError, smtplib.SMTPConnectError)):
+                    now = time.monotonic()
+                    self.refused_since = self.refused_since or now
+                    self.longest_refusal = max(self.longest_refusal, now - self.refused_since)
+                s = None
+                time.sleep(0.5)
+            except smtplib.SMTPException:
+                # A 4xx (storage restarting): the session was there.
                 s = None
                 time.sleep(0.5)
         if s is not None:
@@ -587,9 +670,78 @@ def check_exactly_once(dep, load):
     check(not twice, f"accepted but not exactly once: {[(s, counts.get(s, 0)) for s in twice]}")
     unaccepted = sorted(s for s in load.attempted if s not in load.accepted and counts.get(s, 0) > 1)
     check(not unaccepted, f"attempts without a 250 there more than once: {unaccepted}")
-    unknown = sorted(s for s in counts if s.startswith("load-") and s not in load.attempted)
+    unknown = sorted(s for s in counts if s.startswith(("load-", "roll-")) and s not in load.attempted)
     check(not unknown, f"messages nobody sent: {unknown}")
     return len(seen)
+
+
+# The gateways' healthcheck interval (docker-compose.yml) and HAProxy's
+# check interval (deploy/haproxy.cfg, inter 5s).
+HEALTHCHECK_INTERVAL = 10
+# Services recreated with a new image, in the README's order: storage
+# first (its schema and API are what the others need), then the queue,
+# then the gateways.
+UPGRADE_ORDER = ["storage", "delivery-queue", "smtp-ingress", "imap-gateway", "pop3-gateway"]
+
+
+def image_id(ref):
+    return subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def step_rolling_and_upgrade(dep, earlier):
+    """Under a bounded load: every Mailfleet container restarted in turn
+    (SIGTERM first, as `docker compose restart` does), then a newer image
+    rolled out service by service, storage first."""
+    load = Load(dep, "roll")
+    load.start()
+
+    def progressed(what):
+        mark = len(load.accepted)
+        wait_for(f"mail accepted after {what}", lambda: len(load.accepted) >= mark + 3 or len(load.accepted),
+                 within=90)
+
+    try:
+        progressed("the load started")
+        # One container of each service in turn (a scaled service's other
+        # replicas are the same program): the one that serves alone
+        # (storage) and one that the balancer must route around.
+        for service in UPGRADE_ORDER:
+            name = dep.replicas(service)[0]
+            dep.docker("restart", "-t", "30", name)
+            dep.wait_healthy(f"after restarting {name}")
+            progressed(f"restarting {name}")
+        log(f"rolling restart, a container of each service in turn: {len(load.accepted)} accepted so far")
+        # A newer build: the same binaries with one more layer, so a new
+        # image id that every container must end up running.
+        newer = IMAGE + "-newer"
+        build = subprocess.run(["docker", "build", "-q", "-t", newer, "-"], input=f"FROM {IMAGE}\nLABEL upgrade=1\n",
+                               capture_output=True, text=True, timeout=300)
+        check(build.returncode == 0, f"building the newer image: {build.stderr}")
+        dep.env["MAILFLEET_IMAGE"] = newer
+        for service in UPGRADE_ORDER:
+            dep.compose("up", "-d", "--no-deps", *dep.scale, service, timeout=600)
+            dep.wait_healthy(f"after upgrading {service}")
+            progressed(f"upgrading {service}")
+        want = image_id(newer)
+        for service in UPGRADE_ORDER:
+            for name in dep.replicas(service):
+                got = subprocess.run(["docker", "inspect", "-f", "{{.Image}}", name],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+                check(got == want, f"{name} still runs {got}, not the newer image")
+    finally:
+        load.stop.set()
+        load.join(timeout=120)
+    check(not load.is_alive(), "the load did not stop")
+    log(f"upgraded {', '.join(UPGRADE_ORDER)} in that order; load: {len(load.attempted)} attempts, "
+        f"{len(load.accepted)} accepted; longest refusal {load.longest_refusal:.1f} s")
+    check(load.longest_refusal <= HEALTHCHECK_INTERVAL,
+          f"the balancer refused connections for {load.longest_refusal:.1f} s")
+    # Both loads' subjects in one account: each accepted one exactly once.
+    merged = Load(dep, "merged")
+    merged.accepted = earlier.accepted + [s for s in load.accepted]
+    merged.attempted = earlier.attempted + [s for s in load.attempted]
+    return merged
 
 
 def step_down_up(dep, load):
@@ -636,7 +788,9 @@ def main():
     step_first_mail(dep)
     step_scale(dep)
     step_trace(dep)
+    step_pop3_lock(dep)
     load = step_faults(dep)
+    load = step_rolling_and_upgrade(dep, load)
     step_down_up(dep, load)
     timings["tests"] = time.monotonic() - t
     log("passed; " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
