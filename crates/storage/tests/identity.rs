@@ -17,7 +17,7 @@ async fn call(channel: Channel, method: &str) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let path = PathAndQuery::from_maybe_shared(method.to_string()).expect("path");
+    let path = PathAndQuery::try_from(method).expect("path");
     grpc.unary(tonic::Request::new(()), path, codec).await.map(|_| ())
 }
 
