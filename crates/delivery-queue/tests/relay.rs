@@ -408,11 +408,12 @@ async fn submitted_mail_reaches_local_and_remote_recipients_and_remote_bounces_g
 async fn falls_back_to_the_next_mx_and_honours_smarthosts() {
     let backup = ScriptedMx::start(Script::default()).await;
     let relay_host = ScriptedMx::start(Script::default()).await;
-    // The preferred MX refuses connections (a port nobody listens on).
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    // The preferred MX refuses connections: a port bound for the whole
+    // test but never listening (a port bound and released could be taken
+    // by another test's server meanwhile, which would then answer).
+    let dead_socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    dead_socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let dead = dead_socket.local_addr().expect("addr");
     let resolver = TableResolver::new()
         .with_mx("remote.test", 10, "mx1.remote.test")
         .with_mx("remote.test", 20, "mx2.remote.test")
@@ -431,6 +432,7 @@ async fn falls_back_to_the_next_mx_and_honours_smarthosts() {
     // The job is finished: a bounce would have been queued before its ack.
     assert_eq!(ctx.stream_published(&ctx.config.stream).await, 0, "no bounce");
     ctx.stop().await;
+    drop(dead_socket);
 }
 
 #[tokio::test]

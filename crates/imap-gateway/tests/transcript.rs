@@ -818,12 +818,14 @@ async fn idling_client_is_logged_out_eventually() {
     assert_eq!(c.line().await, "<EOF>");
 }
 
-/// A failed login is answered only after a pause (slows password guessing).
+/// A failed login is answered only after a pause (slows password
+/// guessing); a good one is not. The pause is long (2 s) so that a loaded
+/// machine cannot make an undelayed login look delayed.
 #[tokio::test]
 async fn failed_login_is_delayed() {
+    const DELAY: std::time::Duration = std::time::Duration::from_secs(2);
     let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
-    let gw =
-        Gateway::start_with(store, |c| c.connection.auth_failure_delay = std::time::Duration::from_millis(300)).await;
+    let gw = Gateway::start_with(store, |c| c.connection.auth_failure_delay = DELAY).await;
     let mut c = common::Client::connect(gw.addr).await;
     c.line().await;
     let started = std::time::Instant::now();
@@ -831,10 +833,10 @@ async fn failed_login_is_delayed() {
         c.cmd("a1", "LOGIN alice@example.org nope").await,
         vec!["a1 NO [AUTHENTICATIONFAILED] Authentication failed"]
     );
-    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(started.elapsed() >= DELAY, "{:?}", started.elapsed());
     let started = std::time::Instant::now();
     assert_eq!(c.cmd("a2", "LOGIN alice@example.org pw").await.len(), 1);
-    assert!(started.elapsed() < std::time::Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(started.elapsed() < DELAY, "a good login was delayed: {:?}", started.elapsed());
 }
 
 /// STARTTLS (RFC 3501 §6.2.1): commands pipelined before the handshake are

@@ -675,3 +675,214 @@ async fn a_session_outlives_its_token() {
         &["* 1 FETCH (BODY[TEXT] {19}", "Hi Alice,", "lunch?", ")", "a3 OK FETCH completed"],
     );
 }
+
+/// A message of exactly `size` octets (headers, then a body of `fill`).
+fn sized_message(size: usize, fill: u8) -> String {
+    let head = "From: bob@example.org\r\nSubject: sized\r\n\r\n";
+    let mut msg = head.to_string();
+    msg.extend(std::iter::repeat_n(fill as char, size - head.len() - 2));
+    msg.push_str("\r\n");
+    assert_eq!(msg.len(), size);
+    msg
+}
+
+/// QUOTA (RFC 9208) against real storage: the limit the administrator
+/// sets and the usage storage counts, in units of 1024 octets rounded up
+/// (§5.1), rising with APPEND and falling with EXPUNGE; an APPEND past
+/// the limit is NO [OVERQUOTA] and stores nothing.
+#[tokio::test]
+async fn quota_against_storage() {
+    use mailfleet_proto::storage::v1 as pb;
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut c = login(gw.addr).await;
+
+    // No limit set: INBOX has no quota root, and there is no quota "".
+    assert_lines(&c.cmd("a1", "GETQUOTAROOT INBOX").await, &["* QUOTAROOT INBOX", "a1 OK GETQUOTAROOT completed"]);
+    assert_lines(&c.cmd("a2", "GETQUOTA \"\"").await, &["a2 NO [NONEXISTENT] No quota is set"]);
+
+    // mailctl account quota alice@example.org 8K, while she is logged in.
+    let quota = pb::SetQuotaRequest { address: "alice@example.org".into(), quota_bytes: 8 * 1024 };
+    env.admin().await.set_quota(quota).await.expect("set quota");
+    assert_lines(
+        &c.cmd("a3", "GETQUOTAROOT INBOX").await,
+        &["* QUOTAROOT INBOX \"\"", "* QUOTA \"\" (STORAGE 0 8)", "a3 OK GETQUOTAROOT completed"],
+    );
+
+    // 3000 octets stored: 3 units (2.93 rounded up); 6000: 6 (5.86).
+    let msg = sized_message(3000, b'x');
+    assert_lines(&append(&mut c, "b1", "INBOX", "()", &msg).await, &["b1 OK [APPENDUID ... 1] APPEND completed"]);
+    assert_lines(&c.cmd("b2", "GETQUOTA \"\"").await, &["* QUOTA \"\" (STORAGE 3 8)", "b2 OK GETQUOTA completed"]);
+    assert_lines(&append(&mut c, "b3", "INBOX", "()", &msg).await, &["b3 OK [APPENDUID ... 2] APPEND completed"]);
+    assert_lines(&c.cmd("b4", "GETQUOTA \"\"").await, &["* QUOTA \"\" (STORAGE 6 8)", "b4 OK GETQUOTA completed"]);
+
+    // 9000 octets would exceed 8192: refused, nothing stored.
+    assert_lines(&append(&mut c, "b5", "INBOX", "()", &msg).await, &["b5 NO [OVERQUOTA] Over quota"]);
+    assert_lines(
+        &c.cmd("b6", "STATUS INBOX (MESSAGES SIZE)").await,
+        &["* STATUS INBOX (MESSAGES 2 SIZE 6000)", "b6 OK STATUS completed"],
+    );
+    assert_lines(&c.cmd("b7", "GETQUOTA \"\"").await, &["* QUOTA \"\" (STORAGE 6 8)", "b7 OK GETQUOTA completed"]);
+
+    // Expunging one frees its room, and the APPEND refused before fits.
+    assert!(c.cmd("c1", "SELECT INBOX").await.contains(&"* 2 EXISTS".to_string()));
+    c.cmd("c2", "STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    assert_lines(&c.cmd("c3", "EXPUNGE").await, &["* 1 EXPUNGE", "c3 OK EXPUNGE completed"]);
+    assert_lines(
+        &c.cmd("c4", "GETQUOTAROOT INBOX").await,
+        &["* QUOTAROOT INBOX \"\"", "* QUOTA \"\" (STORAGE 3 8)", "c4 OK GETQUOTAROOT completed"],
+    );
+    assert_lines(
+        &append(&mut c, "c5", "INBOX", "()", &msg).await,
+        &["* 2 EXISTS", "* 2 RECENT", "c5 OK [APPENDUID ... 3] APPEND completed"],
+    );
+    assert_lines(&c.cmd("c6", "GETQUOTA \"\"").await, &["* QUOTA \"\" (STORAGE 6 8)", "c6 OK GETQUOTA completed"]);
+    assert_lines(&c.cmd("c7", "GETQUOTA \"other\"").await, &["c7 NO [NONEXISTENT] No such quota root"]);
+}
+
+/// UID EXPUNGE (RFC 4315 §2.1) against real storage: only the named
+/// UIDs that are \Deleted go; a \Deleted message outside the set stays,
+/// and so does a named one without \Deleted. Another session sees the
+/// same mailbox afterwards.
+#[tokio::test]
+async fn uid_expunge_against_storage() {
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+    let mut c = login(gw.addr).await;
+    for (i, tag) in ["a1", "a2", "a3", "a4"].iter().enumerate() {
+        let reply = append(&mut c, tag, "INBOX", "()", MSG).await;
+        assert_lines(&reply, &[&format!("{tag} OK [APPENDUID ... {}] APPEND completed", i + 1)]);
+    }
+    assert!(c.cmd("b1", "SELECT INBOX").await.contains(&"* 4 EXISTS".to_string()));
+    assert_lines(&c.cmd("b2", "UID STORE 1,3,4 +FLAGS.SILENT (\\Deleted)").await, &["b2 OK STORE completed"]);
+
+    // UIDs 2 (not \Deleted) and 3 (\Deleted) named: only 3 goes.
+    assert_lines(&c.cmd("b3", "UID EXPUNGE 2:3").await, &["* 3 EXPUNGE", "b3 OK EXPUNGE completed"]);
+    assert_lines(
+        &c.cmd("b4", "UID FETCH 1:* (FLAGS)").await,
+        &[
+            "* 1 FETCH (UID 1 FLAGS (\\Deleted \\Recent))",
+            "* 2 FETCH (UID 2 FLAGS (\\Recent))",
+            "* 3 FETCH (UID 4 FLAGS (\\Deleted \\Recent))",
+            "b4 OK FETCH completed",
+        ],
+    );
+    // A UID already gone: nothing happens.
+    assert_lines(&c.cmd("b5", "UID EXPUNGE 3").await, &["b5 OK UID EXPUNGE completed"]);
+
+    // Another session: three messages, UIDs 1, 2 and 4, as stored.
+    let mut other = login(gw.addr).await;
+    assert_lines(
+        &other.cmd("d1", "STATUS INBOX (MESSAGES)").await,
+        &["* STATUS INBOX (MESSAGES 3)", "d1 OK STATUS completed"],
+    );
+    assert!(other.cmd("d2", "EXAMINE INBOX").await.contains(&"* 3 EXISTS".to_string()));
+    assert_lines(&other.cmd("d3", "UID SEARCH ALL").await, &["* SEARCH 1 2 4", "d3 OK SEARCH completed"]);
+
+    // UID EXPUNGE 4 in the first session; the rest of \Deleted (UID 1) stays.
+    assert_lines(&c.cmd("b6", "UID EXPUNGE 4").await, &["* 3 EXPUNGE", "b6 OK EXPUNGE completed"]);
+    assert_lines(&other.cmd("d4", "UID SEARCH ALL").await, &["* SEARCH 1 2", "d4 OK SEARCH completed"]);
+    assert_lines(&other.cmd("d5", "NOOP").await, &["* 3 EXPUNGE", "d5 OK NOOP completed"]);
+}
+
+/// Pseudo-random octets (xorshift), which DEFLATE cannot shrink.
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+/// COMPRESS=DEFLATE (RFC 4978) against real storage: after the OK both
+/// directions are raw DEFLATE; an APPEND sent compressed is stored as
+/// sent, and a large incompressible body streamed from storage arrives
+/// complete through the compressor.
+#[tokio::test]
+async fn compress_deflate_against_storage() {
+    use base64::Engine;
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start().await;
+    env.add_account("alice@example.org", "secret-pw").await;
+    let gw = Gateway::start_grpc(&env.storage_url(), &env.nats_url, &env.events_prefix).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let mut buf = vec![0u8; 65536];
+    let mut plain = Vec::new();
+    tcp.write_all(b"a1 LOGIN alice@example.org secret-pw\r\na2 COMPRESS DEFLATE\r\n").await.expect("write");
+    while !plain.ends_with(b"a2 OK DEFLATE active\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), tcp.read(&mut buf))
+            .await
+            .expect("the gateway answers")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&plain));
+        plain.extend_from_slice(&buf[..n]);
+    }
+    let (mut tx, mut rx) = (Compress::new(Compression::fast(), false), Decompress::new(false));
+    // Send `cmd` compressed; the decompressed answer through the line tagged `tag`.
+    let mut exchange = async |tcp: &mut tokio::net::TcpStream, cmd: &[u8], tag: &str| -> Vec<u8> {
+        let mut out = Vec::with_capacity(cmd.len() + 1024);
+        tx.compress_vec(cmd, &mut out, FlushCompress::Sync).expect("deflate");
+        tcp.write_all(&out).await.expect("write");
+        let mut text: Vec<u8> = Vec::new();
+        let tagged = format!("{tag} ");
+        loop {
+            let last_line = text.strip_suffix(b"\r\n").map(|t| match t.iter().rposition(|&b| b == b'\n') {
+                Some(at) => &t[at + 1..],
+                None => t,
+            });
+            if last_line.is_some_and(|l| l.starts_with(tagged.as_bytes())) {
+                return text;
+            }
+            let n = tokio::time::timeout(std::time::Duration::from_secs(20), tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no tagged answer; so far: {}", String::from_utf8_lossy(&text)))
+                .expect("read");
+            assert!(n > 0, "closed; so far: {}", String::from_utf8_lossy(&text));
+            let mut input = &buf[..n];
+            while !input.is_empty() {
+                text.reserve(64 * 1024);
+                let before = rx.total_in();
+                rx.decompress_vec(input, &mut text, FlushDecompress::Sync).expect("inflate");
+                input = &input[(rx.total_in() - before) as usize..];
+            }
+        }
+    };
+    assert_eq!(exchange(&mut tcp, b"b1 NOOP\r\n", "b1").await, b"b1 OK NOOP completed\r\n");
+
+    // 300 KB of base64 noise appended through the compressed stream (LITERAL+).
+    let body = base64::engine::general_purpose::STANDARD.encode(noise(225_000, 0x9e37_79b9_7f4a_7c15));
+    let msg = format!("From: bob@example.org\r\nSubject: noise\r\n\r\n{body}\r\n");
+    let mut cmd = format!("b2 APPEND INBOX {{{}+}}\r\n", msg.len()).into_bytes();
+    cmd.extend_from_slice(msg.as_bytes());
+    cmd.extend_from_slice(b"\r\n");
+    let appended = exchange(&mut tcp, &cmd, "b2").await;
+    assert!(glob("b2 OK [APPENDUID ... 1] APPEND completed\r\n", &String::from_utf8_lossy(&appended)), "{appended:?}");
+
+    let sel = String::from_utf8_lossy(&exchange(&mut tcp, b"b3 EXAMINE INBOX\r\n", "b3").await).to_string();
+    assert!(sel.contains("* 1 EXISTS\r\n") && sel.ends_with("b3 OK [READ-ONLY] EXAMINE completed\r\n"), "{sel}");
+    let fetched = exchange(&mut tcp, b"b4 UID FETCH 1 (BODY.PEEK[])\r\n", "b4").await;
+    let mut expected = format!("* 1 FETCH (UID 1 BODY[] {{{}}}\r\n", msg.len()).into_bytes();
+    expected.extend_from_slice(msg.as_bytes());
+    expected.extend_from_slice(b")\r\nb4 OK FETCH completed\r\n");
+    assert!(fetched == expected, "got {} octets, expected {}", fetched.len(), expected.len());
+
+    // Storage holds the octets sent: an uncompressed session reads them back.
+    let mut c = login(gw.addr).await;
+    c.cmd("c1", "EXAMINE INBOX").await;
+    let size = c.cmd("c2", "FETCH 1 (RFC822.SIZE)").await;
+    assert_lines(&size, &[&format!("* 1 FETCH (RFC822.SIZE {})", msg.len()), "c2 OK FETCH completed"]);
+
+    let again = exchange(&mut tcp, b"b5 COMPRESS DEFLATE\r\n", "b5").await;
+    assert_eq!(String::from_utf8_lossy(&again), "b5 NO [COMPRESSIONACTIVE] Compression is already active\r\n");
+    assert_eq!(
+        exchange(&mut tcp, b"b6 LOGOUT\r\n", "b6").await,
+        b"* BYE Mailfleet IMAP logging out\r\nb6 OK LOGOUT completed\r\n"
+    );
+}

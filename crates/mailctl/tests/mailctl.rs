@@ -107,3 +107,67 @@ async fn a_reader_that_goes_away_ends_the_listing_quietly() {
     assert!(out.status.success(), "status {:?}, stderr: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `mailctl blobs sweep` through the binary: blobs older than
+/// --min-age-days that no message refers to are removed, the one a
+/// delivered message needs stays (and the message reads back whole), a
+/// young orphan stays until --min-age-days 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_sweep_removes_old_orphans_only() {
+    use futures::StreamExt;
+    use mailfleet_proto::storage::v1 as pb;
+    let env = TestEnv::start().await;
+    let alice = env.add_account("alice@example.org", "correct horse").await;
+    let mut queue = pb::messages_client::MessagesClient::new(env.channel_as("delivery-queue").await);
+    let mut put = async |data: &[u8]| {
+        let chunks = vec![pb::PutBlobRequest { chunk: data.to_vec() }];
+        queue.put_blob(futures::stream::iter(chunks)).await.expect("put blob").into_inner().blob_id
+    };
+    let kept_msg = b"Subject: delivered\r\n\r\nin alice's INBOX for ten days\r\n";
+    let (kept, old, young) = (
+        put(kept_msg).await,
+        put(b"Subject: old orphan\r\n\r\nits job failed ten days ago\r\n").await,
+        put(b"Subject: young orphan\r\n\r\nstored a moment ago\r\n").await,
+    );
+    let target = pb::DeliveryTarget {
+        account_id: alice.id,
+        mailbox: String::new(),
+        delivery_key: "job-1:alice".into(),
+        header_prefix: vec![],
+        flags: vec![],
+    };
+    let req = pb::DeliverRequest { blob_id: kept.clone(), targets: vec![target], internal_date: None };
+    let uid = queue.deliver(req).await.expect("deliver").into_inner().results[0].uid;
+    let file = |id: &str| env.blob_dir.join(&id[..2]).join(id);
+    for id in [&kept, &old] {
+        let f = std::fs::File::options().write(true).open(file(id)).expect("blob file");
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86_400)).expect("age");
+    }
+
+    let out = ok(&env, &["blobs", "sweep"]);
+    assert_eq!(out, "removed 1 blob(s), kept 2 (0 for queued jobs)\n");
+    assert!(!file(&old).exists(), "the old orphan is removed");
+    assert!(file(&kept).exists() && file(&young).exists(), "the delivered and the young blob stay");
+
+    let out = ok(&env, &["blobs", "sweep", "--min-age-days", "0"]);
+    assert_eq!(out, "removed 1 blob(s), kept 1 (0 for queued jobs)\n");
+    assert!(!file(&young).exists(), "the young orphan goes at --min-age-days 0");
+
+    // alice's message reads back whole.
+    let mut messages = pb::messages_client::MessagesClient::new(env.session_channel(alice.id).await);
+    let inbox = pb::mailboxes_client::MailboxesClient::new(env.session_channel(alice.id).await)
+        .get_mailbox(pb::GetMailboxRequest { account_id: alice.id, name: "INBOX".into(), select: false })
+        .await
+        .expect("INBOX")
+        .into_inner()
+        .id;
+    let req = pb::FetchRequest { account_id: alice.id, mailbox_id: inbox, uid, offset: 0, length: None };
+    let mut stream = messages.fetch(req).await.expect("fetch").into_inner();
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.expect("chunk").data);
+    }
+    assert_eq!(got, kept_msg);
+
+    assert!(fails(&env, &["blobs", "sweep", "--min-age-days", "soon"]).contains("invalid value"));
+}

@@ -598,6 +598,30 @@ mod tests {
     }
 
     proptest! {
+        // Cheap enough to try many: a valid command with a bad argument is a
+        // small share of the lines generated.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Command-shaped lines (any verb, one or two spaces, numbers or
+        /// arguments of any characters but SP, control characters
+        /// included): one with a control character is refused, and what
+        /// parses re-encodes to the same command.
+        #[test]
+        fn command_shaped_lines_are_refused_or_re_encode_to_themselves(
+            line in "(?i)(user|pass|apop|auth|list|uidl|retr|dele|top|capa|stls|quit|stat|noop|rset|xtnd)( {1,2}([0-9]{1,11}|[^ ]{0,12})){0,3}(\r\n)?"
+        ) {
+            let parsed = parse_command(line.as_bytes());
+            let text = std::str::from_utf8(trim_eol(line.as_bytes())).expect("a String");
+            if text.chars().any(char::is_control) {
+                prop_assert!(parsed.is_err(), "{:?} accepted: {:?}", line, parsed);
+            }
+            if let Ok(cmd) = parsed {
+                prop_assert_eq!(parse_command(cmd.to_line().as_bytes()), Ok(cmd));
+            }
+        }
+    }
+
+    proptest! {
         /// RETR's line-at-a-time stuffing gives the same octets as the
         /// octet-at-a-time path TOP uses (with more lines than the text
         /// has), however the text is cut into chunks.
@@ -617,10 +641,31 @@ mod tests {
             prop_assert_eq!(stuff(Stuffer::retr(), &chunks), stuff(Stuffer::top(u32::MAX), &chunks));
         }
 
+        /// Fuzz smoke test (arbitrary bytes), with the properties that
+        /// hold for any input: a line that is not UTF-8 or holds a control
+        /// character is refused, an accepted one re-encodes to a line that
+        /// parses to the same command, and `next_line` finds exactly the
+        /// first LF within the limit.
         #[test]
-        fn parser_never_panics(line in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = parse_command(&line);
-            let _ = next_line(&line, 255);
+        fn parser_fuzz_smoke(
+            line in proptest::collection::vec(prop_oneof![3 => any::<u8>(), 1 => Just(b'\n')], 0..300),
+            limit in 1usize..16,
+        ) {
+            let parsed = parse_command(&line);
+            match std::str::from_utf8(trim_eol(&line)) {
+                Err(_) => prop_assert_eq!(&parsed, &Err(ParseError::NotUtf8)),
+                Ok(text) if text.chars().any(char::is_control) => prop_assert!(parsed.is_err(), "{:?}", parsed),
+                Ok(_) => {}
+            }
+            if let Ok(cmd) = &parsed {
+                prop_assert_eq!(&parse_command(cmd.to_line().as_bytes()), &parsed);
+            }
+            let first_lf = line.iter().position(|&b| b == b'\n');
+            match next_line(&line, limit) {
+                Line::Complete(n) => prop_assert!(first_lf == Some(n - 1) && n <= limit),
+                Line::NeedMore => prop_assert!(first_lf.is_none() && line.len() < limit),
+                Line::TooLong => prop_assert!(first_lf.map_or(line.len() >= limit, |i| i >= limit)),
+            }
         }
 
         #[test]

@@ -75,6 +75,98 @@ async fn concurrent_appends_respect_the_quota() {
     assert_eq!((q.message_count, q.used_bytes), (10, size * 10));
 }
 
+/// What the account's counters say equals what its messages hold.
+async fn counters_match_the_messages(ctx: &mut Ctx) -> (u64, u64) {
+    let (bytes, count): (i64, i64) =
+        sqlx::query_as("SELECT coalesce(sum(size), 0)::bigint, count(*) FROM messages WHERE account_id = $1")
+            .bind(ctx.account.id)
+            .fetch_one(&ctx.env.store().pool)
+            .await
+            .expect("sum the messages");
+    let q = ctx.quota(ctx.account.id).await;
+    assert_eq!((q.used_bytes, q.message_count), (bytes as u64, count as u64), "counters vs messages");
+    (q.used_bytes, q.message_count)
+}
+
+/// Many deliveries at once (one per queued job, as delivery-queue's
+/// workers make them) into an account with room for exactly 10: exactly
+/// 10 are DELIVERED, every other answer is OVER_QUOTA, and the usage
+/// never exceeds the limit.
+#[tokio::test]
+async fn concurrent_deliveries_respect_the_quota() {
+    use pb::delivery_result::Status as D;
+    let mut ctx = setup().await;
+    let raw = message(2000);
+    let blob = ctx.put_blob(&raw).await.blob_id;
+    let prefix = b"Delivered-To: alice\r\n".to_vec();
+    let size = (raw.len() + prefix.len()) as u64;
+    let account = ctx.account.clone();
+    ctx.set_quota(&account, size * 10).await;
+    let mut handles = Vec::new();
+    for job in 0..24usize {
+        let mut queue = ctx.queue.clone();
+        let target = pb::DeliveryTarget {
+            account_id: account.id,
+            mailbox: String::new(),
+            delivery_key: format!("job-{job}:alice"),
+            header_prefix: prefix.clone(),
+            flags: vec![],
+        };
+        let req = pb::DeliverRequest { blob_id: blob.clone(), targets: vec![target], internal_date: None };
+        handles.push(tokio::spawn(async move { queue.deliver(req).await.expect("deliver").into_inner().results }));
+    }
+    let mut statuses = Vec::new();
+    for h in handles {
+        let results = h.await.expect("delivery task");
+        assert_eq!(results.len(), 1, "{results:?}");
+        statuses.push(results[0].status());
+    }
+    let delivered = statuses.iter().filter(|s| **s == D::Delivered).count();
+    let over = statuses.iter().filter(|s| **s == D::OverQuota).count();
+    assert_eq!((delivered, over), (10, 14), "{statuses:?}");
+    assert_eq!(counters_match_the_messages(&mut ctx).await, (size * 10, 10));
+    let inbox = ctx.mailbox("INBOX").await;
+    assert_eq!(ctx.uids(inbox.id).await.uids, (1..=10).collect::<Vec<u32>>());
+}
+
+/// Many COPYs of one message at once, with room for exactly 4 more
+/// copies: 4 succeed, the others are RESOURCE_EXHAUSTED, and the usage
+/// is exactly 5 messages, never above the limit.
+#[tokio::test]
+async fn concurrent_copies_respect_the_quota() {
+    let mut ctx = setup().await;
+    let raw = message(3000);
+    let size = raw.len() as u64;
+    ctx.append("INBOX", &raw, &[]).await;
+    let inbox = ctx.mailbox("INBOX").await.id;
+    let account = ctx.account.clone();
+    ctx.set_quota(&account, size * 5).await;
+    let mut handles = Vec::new();
+    for t in 0..12usize {
+        let mut c = ctx.messages.clone();
+        let req = pb::CopyRequest {
+            account_id: account.id,
+            mailbox_id: inbox,
+            uids: vec![range(1, 1)],
+            destination: if t % 2 == 0 { "Archive" } else { "INBOX" }.into(),
+            r#move: false,
+        };
+        handles.push(tokio::spawn(async move { c.copy(req).await.map(drop) }));
+    }
+    let mut copied = 0;
+    for h in handles {
+        match h.await.expect("copy task") {
+            Ok(()) => copied += 1,
+            Err(e) => assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}"),
+        }
+    }
+    assert_eq!(copied, 4);
+    assert_eq!(counters_match_the_messages(&mut ctx).await, (size * 5, 5));
+    let archive = ctx.mailbox("Archive").await.id;
+    let stored = ctx.uids(inbox).await.uids.len() + ctx.uids(archive).await.uids.len();
+    assert_eq!(stored, 5);
+}
+
 /// Appends, flag changes, copies, moves and expunges racing on two
 /// mailboxes: no deadlock or error, and the account's usage counters still
 /// equal what is stored.

@@ -206,3 +206,78 @@ async fn a_blob_stored_again_while_the_sweep_removes_it_is_written_again() {
     assert_eq!(stored, data);
     token.cancel();
 }
+
+/// Deliveries of ten-day-old blobs racing sweeps of them (no queue to
+/// protect them: the job is being delivered right now): each delivery
+/// either stores a message whose octets read back whole, or is NOT_FOUND
+/// and stores nothing; no sweep, then or later, removes a blob a message
+/// refers to.
+#[tokio::test]
+async fn a_delivery_racing_the_sweep_is_readable_or_refused() {
+    use futures::StreamExt;
+    use pb::delivery_result::Status as D;
+    let env = TestEnv::start().await;
+    let account = env.add_account(&format!("alice@{}.test", env.id), "correct horse battery").await;
+    let queue = pb::messages_client::MessagesClient::new(env.channel_as("delivery-queue").await);
+    let admin = env.admin().await;
+    // An operator's sweep; ABORTED (another sweep holds the lock) is tried again.
+    let sweep_now = async |mut admin: pb::admin_client::AdminClient<tonic::transport::Channel>| loop {
+        match admin.sweep_blobs(pb::SweepBlobsRequest { min_age_seconds: 7 * DAY }).await {
+            Ok(r) => return r.into_inner(),
+            Err(e) if e.code() == Code::Aborted => tokio::task::yield_now().await,
+            Err(e) => panic!("sweep: {e}"),
+        }
+    };
+
+    let mut delivered = Vec::new();
+    let mut refused = 0;
+    for round in 0..24u32 {
+        let raw = format!("Subject: round {round}\r\n\r\nstored ten days ago\r\n").into_bytes();
+        let chunks = vec![pb::PutBlobRequest { chunk: raw.clone() }];
+        let blob = queue.clone().put_blob(futures::stream::iter(chunks)).await.expect("put blob").into_inner().blob_id;
+        age_blob(&env.blob_dir, &blob, 10);
+        let target = pb::DeliveryTarget {
+            account_id: account.id,
+            mailbox: String::new(),
+            delivery_key: format!("job-{round}:alice"),
+            header_prefix: vec![],
+            flags: vec![],
+        };
+        let req = pb::DeliverRequest { blob_id: blob.clone(), targets: vec![target], internal_date: None };
+        let sweeping = tokio::spawn(sweep_now(admin.clone()));
+        let mut q = queue.clone();
+        let delivering = tokio::spawn(async move { q.deliver(req).await.map(|r| r.into_inner().results) });
+        let (swept, result) = (sweeping.await.expect("sweep task"), delivering.await.expect("deliver task"));
+        match result {
+            Ok(results) => {
+                assert_eq!(results.iter().map(|r| r.status()).collect::<Vec<_>>(), vec![D::Delivered]);
+                assert!(blob_exists(&env.blob_dir, &blob), "round {round}: delivered, then swept ({swept:?})");
+                delivered.push((results[0].mailbox_id, results[0].uid, raw));
+            }
+            Err(e) if e.code() == Code::NotFound => {
+                assert!(!blob_exists(&env.blob_dir, &blob), "round {round}: NOT_FOUND with the blob there");
+                refused += 1;
+            }
+            Err(e) => panic!("round {round}: deliver: {e}"),
+        }
+    }
+    // Once more with nothing racing: what messages refer to stays.
+    assert_eq!(sweep_now(admin.clone()).await.removed, 0);
+    let mut messages = pb::messages_client::MessagesClient::new(env.session_channel(account.id).await);
+    for (mailbox_id, uid, raw) in &delivered {
+        let req =
+            pb::FetchRequest { account_id: account.id, mailbox_id: *mailbox_id, uid: *uid, offset: 0, length: None };
+        let mut stream = messages.fetch(req).await.expect("fetch").into_inner();
+        let mut got = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            got.extend_from_slice(&chunk.expect("a chunk of a delivered message").data);
+        }
+        assert_eq!(&got, raw, "uid {uid}");
+    }
+    let q = pb::mailboxes_client::MailboxesClient::new(env.session_channel(account.id).await)
+        .get_quota(pb::GetQuotaRequest { account_id: account.id })
+        .await
+        .expect("quota")
+        .into_inner();
+    assert_eq!(q.message_count, delivered.len() as u64, "{refused} refused");
+}

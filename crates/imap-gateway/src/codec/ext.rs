@@ -672,16 +672,34 @@ mod tests {
         assert!(parse(b"a STORE $ +FLAGS (\\Seen)\r\n").expect("parsed").expect("ok").saved);
     }
 
+    /// What every accepted command must show: the tag the client sent,
+    /// its first word.
+    fn accepted_with_the_clients_tag(bytes: &[u8]) -> Result<(), String> {
+        match parse(bytes) {
+            Some(Ok(cmd)) => {
+                let first = bytes.split(|&b| b == b' ').next().unwrap_or_default();
+                if cmd.tag.inner().as_bytes() == first {
+                    Ok(())
+                } else {
+                    Err(format!("tag {:?} from {:?}", cmd.tag.inner(), String::from_utf8_lossy(bytes)))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     proptest::proptest! {
-        /// Any bytes, and any splice of the extension forms, parse or fail
-        /// without panicking.
+        /// Fuzz smoke tests: any bytes, and any splice of the extension
+        /// forms, parse or fail without panicking; a command accepted
+        /// carries the tag the client sent; a form with nothing spliced
+        /// in is accepted.
         #[test]
-        fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = parse(&bytes);
+        fn fuzz_smoke(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            proptest::prop_assert_eq!(accepted_with_the_clients_tag(&bytes), Ok(()));
         }
 
         #[test]
-        fn spliced_forms_never_panic(seed in 0usize..8, cut in 0usize..80, junk in "[ ()\\\"{}~$0-9A-Z%*+\r\n]{0,12}") {
+        fn spliced_forms_fuzz_smoke(seed in 0usize..8, cut in 0usize..80, junk in "[ ()\\\"{}~$0-9A-Z%*+\r\n]{0,12}") {
             let forms = [
                 "a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"a\" b%) RETURN (CHILDREN STATUS (MESSAGES))\r\n",
                 "a UID SEARCH RETURN (MIN SAVE) $ FROM {3}\r\nbob\r\n",
@@ -697,12 +715,17 @@ mod tests {
             let mut bytes = form[..at].to_vec();
             bytes.extend_from_slice(junk.as_bytes());
             bytes.extend_from_slice(&form[at..]);
-            let _ = parse(&bytes);
+            proptest::prop_assert_eq!(accepted_with_the_clients_tag(&bytes), Ok(()));
+            if junk.is_empty() {
+                proptest::prop_assert!(matches!(parse(form), Some(Ok(_))), "{:?} refused", forms[seed]);
+            }
         }
     }
 
+    /// Truncated and malformed extension forms are refused (BAD), never
+    /// taken for a command.
     #[test]
-    fn no_panic_on_garbage() {
+    fn truncated_forms_are_refused() {
         for line in [
             "",
             "a",
@@ -717,7 +740,7 @@ mod tests {
             "a LIST \"\" \"\\q\"",
             "a {3}\r\n",
         ] {
-            let _ = parse(line.as_bytes());
+            assert!(!matches!(parse(line.as_bytes()), Some(Ok(_))), "{line:?} accepted");
         }
     }
 }
