@@ -216,8 +216,22 @@ impl Mail {
     pub async fn queue_state(&self) -> Vec<delivery_queue::state::JobState> {
         use futures::TryStreamExt;
         let js = async_nats::jetstream::new(self.env.nats().await);
-        let kv = js.get_key_value(self.queue_config().state_bucket).await.expect("state bucket");
-        let keys: Vec<String> = kv.keys().await.expect("keys").try_collect().await.expect("keys");
+        let bucket = self.queue_config().state_bucket;
+        let kv = js.get_key_value(&bucket).await.expect("state bucket");
+        // The keys from the bucket's stream's subjects, not `kv.keys()`:
+        // its ordered consumer was seen to wait for ever on a bucket with
+        // nothing in it yet (1 run in 3), which hung the test.
+        let stream = js.get_stream(format!("KV_{bucket}")).await.expect("state stream");
+        let prefix = format!("$KV.{bucket}.");
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .expect("state subjects")
+            .try_collect()
+            .await
+            .expect("state subjects");
+        let keys: Vec<String> =
+            subjects.into_iter().filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_string)).collect();
         let mut out = Vec::new();
         for k in keys {
             // A read error or an unparseable entry fails the test: read as
