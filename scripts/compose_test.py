@@ -585,10 +585,11 @@ class Load(threading.Thread):
     """Submissions as bob to alice, one at a time over a connection kept
     open, reconnecting after any failure; records what got a 250."""
 
-    def __init__(self, dep, prefix="load"):
+    def __init__(self, dep, prefix="load", limit=LOAD_MESSAGES):
         super().__init__(daemon=True)
         self.dep = dep
         self.prefix = prefix
+        self.limit = limit
         self.accepted = []
         self.attempted = []
         self.stop = threading.Event()
@@ -601,7 +602,7 @@ class Load(threading.Thread):
         bob, alice = f"bob@{DOMAIN}", f"alice@{DOMAIN}"
         s = None
         n = 0
-        while not self.stop.is_set() and n < LOAD_MESSAGES:
+        while not self.stop.is_set() and n < self.limit:
             # Paced: the load must last through every kill, bounded.
             time.sleep(0.2)
             subject = f"{self.prefix}-{n}"
@@ -698,7 +699,9 @@ def step_rolling_and_upgrade(dep, earlier):
     """Under a bounded load: every Mailfleet container restarted in turn
     (SIGTERM first, as `docker compose restart` does), then a newer image
     rolled out service by service, storage first."""
-    load = Load(dep, "roll")
+    # Ten restarts and recreations of about 20 s each, at up to 5 messages
+    # a second: room for all of them, still bounded.
+    load = Load(dep, "roll", limit=2000)
     load.start()
 
     def progressed(what):
@@ -778,10 +781,21 @@ def main():
     dep = Deployment()
 
     def cleanup(*_):
-        try:
-            dep.down(volumes=True)
-        except Exception as e:  # noqa: BLE001 - report, then go on
-            log(f"cleanup: {e}")
+        for _ in range(2):
+            try:
+                dep.down(volumes=True)
+                return
+            except Exception as e:  # noqa: BLE001 - report, then go on
+                log(f"cleanup: {e}")
+        # What `down` left (it can fail on a container it is still
+        # creating): everything of the project, by its label.
+        label = f"label=com.docker.compose.project={dep.project}"
+        for kind in ("container", "network", "volume"):
+            ids = subprocess.run(["docker", kind, "ls", "-aq" if kind == "container" else "-q", "--filter", label],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                rm = ["docker", kind, "rm"] + (["-f"] if kind != "network" else []) + ids
+                subprocess.run(rm, capture_output=True)
     atexit.register(cleanup)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(1))
