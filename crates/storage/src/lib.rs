@@ -38,6 +38,9 @@ pub struct Store {
     pub auth_throttle: auth_throttle::AuthThrottle,
     /// Signs and checks session tokens (see `auth::session`).
     pub sessions: auth::session::SessionKeys,
+    /// Scheduled sweeps that found another sweep (another replica's, an
+    /// operator's) holding the sweep lock and so did nothing.
+    pub sweeps_deferred: std::sync::atomic::AtomicU64,
 }
 
 /// Embedded migrations (crates/storage/migrations).

@@ -136,6 +136,7 @@ pub async fn serve(config: StorageConfig, shutdown: CancellationToken) -> anyhow
         config: Arc::new(config.clone()),
         auth_throttle: crate::auth_throttle::AuthThrottle::new(config.auth_throttle.clone()),
         sessions,
+        sweeps_deferred: Default::default(),
     });
     tokio::spawn(forget_old_auth_failures(store.clone(), shutdown.clone()));
 

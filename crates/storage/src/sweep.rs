@@ -106,6 +106,10 @@ impl Store {
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(SWEEP_LOCK).fetch_one(&mut lock).await?;
         if !held {
             let _ = lock.close().await;
+            if every.is_some() {
+                self.sweeps_deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!("blob sweep due here, but another one holds the lock");
+            }
             return Ok(None);
         }
         let outcome = async {

@@ -139,7 +139,16 @@ async fn the_sweep_runs_by_itself_one_replica_at_a_time() {
     age_blob(&env.blob_dir, &orphan, 2);
     let busy = sweep(&second, DAY).await.expect_err("a sweep is running");
     assert_eq!(busy.code(), Code::Aborted, "{busy:?}");
-    tokio::time::sleep(interval * 3).await;
+    // Each replica's scheduler comes round (twice, so at least once after
+    // the blob was aged) and finds the lock taken: only then is the blob's
+    // presence proof that none swept.
+    let deferred = |s: &storage::RunningStorage| s.store.sweeps_deferred.load(std::sync::atomic::Ordering::Relaxed);
+    let (first_before, second_before) = (deferred(&first), deferred(&second));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while deferred(&first) < first_before + 2 || deferred(&second) < second_before + 2 {
+        assert!(Instant::now() < deadline, "the schedulers never came round");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(blob_exists(&env.blob_dir, &orphan), "no sweep while the lock is held");
 
     // Released: one of the replicas sweeps, by itself, and records it.
