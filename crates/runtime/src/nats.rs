@@ -13,9 +13,8 @@ use std::time::Duration;
 use async_nats::ServerAddr;
 use async_nats::jetstream::{self, stream};
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +83,7 @@ impl NatsTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_err(&e))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NamedServer { webpki, name }))
+            .with_custom_certificate_verifier(Arc::new(crate::tls::WebPkiWith { webpki, policy: NamedServer(name) }))
             .with_client_auth_cert(
                 crate::tls::read_certs(cert).map_err(|e| tls_err(&e))?,
                 crate::tls::read_key(key).map_err(|e| tls_err(&e))?,
@@ -94,43 +93,22 @@ impl NatsTls {
     }
 }
 
-/// Checks the server's certificate against the fleet CA for one fixed name
-/// (`NatsTls::server_name`) rather than the host that was dialled.
+/// The server's certificate must chain to the fleet CA and carry one fixed
+/// name (`NatsTls::server_name`), whatever host was dialled.
 #[derive(Debug)]
-struct NamedServer {
-    webpki: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
+struct NamedServer(ServerName<'static>);
 
-impl ServerCertVerifier for NamedServer {
+impl crate::tls::ServerCertPolicy for NamedServer {
     fn verify_server_cert(
         &self,
+        webpki: &WebPkiServerVerifier,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _dialled: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.webpki.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        webpki.verify_server_cert(end_entity, intermediates, &self.0, ocsp_response, now)
     }
 }
 

@@ -135,6 +135,62 @@ pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
     PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::Pem { path: path.into(), message: e.to_string() })
 }
 
+/// What a client decides about a server's certificate, given webpki's
+/// verifier to ask (or not): the relay's policy levels, NATS's fixed
+/// expected name. Signatures are always webpki's ([`WebPkiWith`]).
+pub trait ServerCertPolicy: std::fmt::Debug + Send + Sync {
+    fn verify_server_cert(
+        &self,
+        webpki: &rustls::client::WebPkiServerVerifier,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error>;
+}
+
+/// A rustls server-certificate verifier: `policy` decides about the
+/// certificate, webpki checks the handshake signatures against it, so the
+/// session key belongs to whoever holds the certificate in every case.
+#[derive(Debug)]
+pub struct WebPkiWith<P> {
+    pub webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pub policy: P,
+}
+
+impl<P: ServerCertPolicy> rustls::client::danger::ServerCertVerifier for WebPkiWith<P> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.policy.verify_server_cert(&self.webpki, end_entity, intermediates, server_name, ocsp_response, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,10 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -105,7 +105,7 @@ impl TlsTrust {
             .build()
             .map_err(|e| TrustError::Config(e.to_string()))?;
         let checks = |verify: Verify| -> Result<TlsChecks, TrustError> {
-            let verifier = Arc::new(Checked { webpki: webpki.clone(), verify });
+            let verifier = Arc::new(mailfleet_runtime::tls::WebPkiWith { webpki: webpki.clone(), policy: verify });
             let config = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TrustError::Config(e.to_string()))?
@@ -142,26 +142,21 @@ impl TlsTrust {
 /// certificate itself must chain to a trust anchor and name the server:
 /// not at all (RFC 7435), logged only (MTA-STS testing, RFC 8461 §5), or
 /// required.
-#[derive(Debug)]
-struct Checked {
-    webpki: Arc<WebPkiServerVerifier>,
-    verify: Verify,
-}
-
-impl ServerCertVerifier for Checked {
+impl mailfleet_runtime::tls::ServerCertPolicy for Verify {
     fn verify_server_cert(
         &self,
+        webpki: &WebPkiServerVerifier,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.verify == Verify::None {
+        if *self == Verify::None {
             return Ok(ServerCertVerified::assertion());
         }
-        let checked = self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
-        match (checked, self.verify) {
+        let checked = webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        match (checked, *self) {
             (Err(e), Verify::Report) => {
                 tracing::warn!(
                     server = ?server_name,
@@ -172,24 +167,5 @@ impl ServerCertVerifier for Checked {
             }
             (checked, _) => checked,
         }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
     }
 }
