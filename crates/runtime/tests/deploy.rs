@@ -161,6 +161,20 @@ fn storage_postgres_and_nats_are_private_and_the_dashboards_cannot_reach_them() 
     assert_networks_are_split(&compose(&["-f", offline.to_str().expect("utf-8 path"), "config"]));
 }
 
+/// `block` (a service's `docker-compose config` lines) sets `{settings}CA_FILE`,
+/// `CERT_FILE` and `KEY_FILE` to the CA and `service`'s own certificate and
+/// key in its pki mount.
+fn assert_own_pki_files(block: &str, service: &str, settings: &str) {
+    for (key, file) in [
+        ("CA_FILE", "ca.crt".to_string()),
+        ("CERT_FILE", format!("{service}.crt")),
+        ("KEY_FILE", format!("{service}.key")),
+    ] {
+        let line = format!("{settings}{key}: /etc/mailfleet/pki/{file}");
+        assert!(block.contains(&line), "{service}: no {line}:\n{block}");
+    }
+}
+
 #[test]
 fn every_caller_of_storage_has_its_own_identity_and_speaks_tls() {
     require("docker-compose", "docker-compose");
@@ -173,16 +187,7 @@ fn every_caller_of_storage_has_its_own_identity_and_speaks_tls() {
         ("pop3-gateway", "POP3"),
     ] {
         let block = service_block(&config, service).join("\n");
-        for (key, file) in [
-            ("CA_FILE", "ca.crt".to_string()),
-            ("CERT_FILE", format!("{service}.crt")),
-            ("KEY_FILE", format!("{service}.key")),
-        ] {
-            assert!(
-                block.contains(&format!("MAILFLEET_{prefix}_IDENTITY__{key}: /etc/mailfleet/pki/{file}")),
-                "{service}: IDENTITY__{key}:\n{block}"
-            );
-        }
+        assert_own_pki_files(&block, service, &format!("MAILFLEET_{prefix}_IDENTITY__"));
         if service != "storage" {
             assert!(block.contains(&format!("MAILFLEET_{prefix}_STORAGE_URL: https://storage:50051")), "{block}");
         }
@@ -202,16 +207,7 @@ fn every_nats_client_has_its_own_identity_and_nats_requires_one() {
         [("storage", "STORAGE"), ("smtp-ingress", "SMTP"), ("delivery-queue", "QUEUE"), ("imap-gateway", "IMAP")]
     {
         let block = service_block(&config, service).join("\n");
-        for (key, file) in [
-            ("CA_FILE", "ca.crt".to_string()),
-            ("CERT_FILE", format!("{service}.crt")),
-            ("KEY_FILE", format!("{service}.key")),
-        ] {
-            assert!(
-                block.contains(&format!("MAILFLEET_{prefix}_NATS_TLS__{key}: /etc/mailfleet/pki/{file}")),
-                "{service}: NATS_TLS__{key}:\n{block}"
-            );
-        }
+        assert_own_pki_files(&block, service, &format!("MAILFLEET_{prefix}_NATS_TLS__"));
     }
     // Each container mounts its own identity's volume only, read-only.
     for service in ["storage", "smtp-ingress", "delivery-queue", "imap-gateway", "pop3-gateway"] {
