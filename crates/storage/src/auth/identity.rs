@@ -19,7 +19,9 @@
 //! account for every such call, `auth::session`); only mailctl reaches
 //! the Admin API.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
@@ -122,7 +124,7 @@ pub fn authorize<B>(req: &Request<B>) -> Result<Caller, Refusal> {
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|info| info.peer_certs())
-        .and_then(|certs| certs.first().and_then(|leaf| mailfleet_runtime::pki::common_name(leaf)))
+        .and_then(|certs| certs.first().and_then(|leaf| common_name(leaf)))
         .ok_or(Refusal::NoCertificate)?;
     let method = req.uri().path();
     if allowed(&identity, method) {
@@ -130,6 +132,31 @@ pub fn authorize<B>(req: &Request<B>) -> Result<Caller, Refusal> {
     } else {
         Err(Refusal::NotAllowed { identity, method: method.to_string() })
     }
+}
+
+/// Most distinct certificates whose CN is remembered; the fleet has a
+/// handful, and only certificates from its CA get this far.
+const MAX_REMEMBERED: usize = 64;
+
+/// The CN of a peer's (already verified) certificate. Every call asks, so
+/// the answer per certificate is remembered rather than parsed from DER
+/// on every RPC.
+fn common_name(leaf: &[u8]) -> Option<String> {
+    static SEEN: Mutex<Option<HashMap<Vec<u8>, String>>> = Mutex::new(None);
+    if let Ok(seen) = SEEN.lock()
+        && let Some(cn) = seen.as_ref().and_then(|m| m.get(leaf))
+    {
+        return Some(cn.clone());
+    }
+    let cn = mailfleet_runtime::pki::common_name(leaf)?;
+    if let Ok(mut seen) = SEEN.lock() {
+        let map = seen.get_or_insert_with(HashMap::new);
+        if map.len() >= MAX_REMEMBERED {
+            map.clear();
+        }
+        map.insert(leaf.to_vec(), cn.clone());
+    }
+    Some(cn)
 }
 
 /// A gRPC service that only callers allowed by [`ROLES`] reach.
