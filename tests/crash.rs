@@ -509,8 +509,10 @@ async fn sigkill_of_every_part_under_load_loses_and_duplicates_nothing() {
             .collect();
         // A message that arrived twice: when, next to the relay's kills (in
         // ms since the first), for whoever reads a failure below.
-        let ms = |t: &Instant| t.saturating_duration_since(relay_kills[0]).as_millis() as i128
-            - relay_kills[0].saturating_duration_since(*t).as_millis() as i128;
+        let ms = |t: &Instant| {
+            t.saturating_duration_since(relay_kills[0]).as_millis() as i128
+                - relay_kills[0].saturating_duration_since(*t).as_millis() as i128
+        };
         for (i, id) in ids.iter().enumerate().filter(|(i, id)| ids[..*i].contains(id)) {
             let first = ids.iter().position(|x| x == id).expect("seen before");
             eprintln!(
