@@ -9,6 +9,9 @@
 //! On shutdown ([`pull`]) no new job is pulled, jobs already started finish
 //! within `shutdown_grace`, and anything else is handed back for redelivery.
 
+// Tests set environment variables (unsafe since Rust 2024); the code itself needs none.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 pub mod config;
 pub mod metrics;
 pub mod pull;

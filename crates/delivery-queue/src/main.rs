@@ -1,5 +1,7 @@
 //! `delivery-queue`: delivers queued mail to local mailboxes.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

@@ -6,6 +6,9 @@
 //! - [`config`]: the `ImapConfig`;
 //! - [`metrics`]: OpenTelemetry instruments.
 
+// Tests set environment variables (unsafe since Rust 2024); the code itself needs none.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 pub mod cmd;
 pub mod codec;
 pub mod compress;

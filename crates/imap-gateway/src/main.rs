@@ -1,5 +1,7 @@
 //! `imap-gateway`: the Mailfleet IMAP service.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

@@ -5,6 +5,8 @@
 //! (`*/codec.rs`, bytes in, items out) and a client session over
 //! [`conn::Conn`], the only socket code.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod conn;
 pub mod error;

@@ -1,5 +1,7 @@
 //! `loadgen`: see `loadgen --help` and README.md.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! Domain newtypes shared by the services: addresses and mailbox names.
 //! Constructors check their invariants, so invalid values cannot exist.
 
+#![forbid(unsafe_code)]
+
 pub mod address;
 pub mod dsn;
 pub mod header;

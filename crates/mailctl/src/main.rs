@@ -1,6 +1,8 @@
 //! mailctl: administration of a Mailfleet installation through storage's
 //! Admin API.
 
+#![forbid(unsafe_code)]
+
 mod dkim;
 mod output;
 mod pki;

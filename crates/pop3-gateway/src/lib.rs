@@ -8,6 +8,9 @@
 //! - [`config`]: the [`Pop3Config`] type.
 //! - [`metrics`]: OpenTelemetry instruments (connections, commands, auth failures).
 
+// Tests set environment variables (unsafe since Rust 2024); the code itself needs none.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 pub mod codec;
 pub mod config;
 pub mod driver;

@@ -1,5 +1,7 @@
 //! `pop3-gateway`: the Mailfleet POP3 server.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

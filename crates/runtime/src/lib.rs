@@ -5,6 +5,9 @@
 //! session token. No service's config
 //! lives here.
 
+// Tests set environment variables (unsafe since Rust 2024); the code itself needs none.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 pub mod config;
 pub mod grpc;
 pub mod health;

@@ -10,6 +10,9 @@
 //! - [`recipients`]: where local recipients led, remembered briefly;
 //! - [`metrics`]: OpenTelemetry instruments.
 
+// Tests set environment variables (unsafe since Rust 2024); the code itself needs none.
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 pub mod backend;
 pub mod codec;
 pub mod config;

@@ -1,5 +1,7 @@
 //! `smtp-ingress`: the Mailfleet SMTP receiver.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

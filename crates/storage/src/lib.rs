@@ -1,6 +1,8 @@
 //! The storage service: the only owner of Postgres and the blob store.
 //! Gateways, the queue and mailctl reach it over gRPC (see `proto/`).
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod auth;
 pub mod auth_throttle;

@@ -1,5 +1,7 @@
 //! `storage`: the Mailfleet storage service.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

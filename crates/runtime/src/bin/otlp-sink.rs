@@ -12,6 +12,8 @@
 //! Usage: `otlp-sink [LISTEN]` (default `0.0.0.0:4317`). Logs are accepted
 //! and dropped. SIGTERM ends it at once (it holds nothing).
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::net::SocketAddr;
 
