@@ -13,6 +13,10 @@ async fn gateway() -> (Gateway, Arc<FakeStore>) {
     (Gateway::start_with(store.clone(), |_| {}).await, store)
 }
 
+fn msg(n: u32) -> Vec<u8> {
+    format!("From: bob@example.org\r\nSubject: note {n}\r\n\r\nbody {n}\r\n").into_bytes()
+}
+
 /// RFC 3501 §9: every one of these characters is an ATOM-CHAR, so the
 /// argument is an astring: a mailbox that does not exist (NO), and for
 /// LIST a pattern (which may add `%` and `*`) that matches nothing. The
@@ -43,6 +47,53 @@ async fn every_atom_char_is_a_mailbox_name() {
         S: a7 BAD Syntax error
         C: a8 NOOP
         S: a8 OK NOOP completed
+        "#,
+    )
+    .await;
+}
+
+/// RFC 3501 §6.4.4: a sequence number above EXISTS as a SEARCH key matches
+/// no message (FETCH of it stays BAD); RFC 4731 §3.1: ESEARCH then carries
+/// no MIN, MAX or ALL, and COUNT 0.
+#[tokio::test]
+async fn search_for_a_sequence_number_beyond_exists_finds_nothing() {
+    let (gw, store) = gateway().await;
+    for n in 1..=3 {
+        store.add_message(1, "INBOX", &msg(n), &[]);
+    }
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 SELECT INBOX
+        S: * FLAGS ...
+        S: * 3 EXISTS
+        S: * 3 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 4] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a1 OK [READ-WRITE] SELECT completed
+        C: a2 SEARCH RETURN () 1000
+        S: * ESEARCH (TAG "a2")
+        S: a2 OK SEARCH completed
+        C: a3 SEARCH RETURN (MIN) 1000
+        S: * ESEARCH (TAG "a3")
+        S: a3 OK SEARCH completed
+        C: a4 SEARCH RETURN (COUNT) 1000
+        S: * ESEARCH (TAG "a4") COUNT 0
+        S: a4 OK SEARCH completed
+        C: a5 UID SEARCH RETURN (COUNT) 1000
+        S: * ESEARCH (TAG "a5") UID COUNT 0
+        S: a5 OK SEARCH completed
+        C: a6 SEARCH 2:1000
+        S: * SEARCH 2 3
+        S: a6 OK SEARCH completed
+        C: a7 FETCH 1000 FLAGS
+        S: a7 BAD Invalid sequence number
         "#,
     )
     .await;

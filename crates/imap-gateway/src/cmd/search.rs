@@ -10,7 +10,7 @@ use imap_codec::imap_types::search::SearchKey;
 use mailfleet_proto::storage::v1 as pb;
 use pb::search_key::Key;
 
-use super::select::resolve;
+use super::select::search_members;
 use crate::codec::ext::SearchReturn;
 use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session};
 use crate::store::{MailStore, uid_ranges};
@@ -56,8 +56,8 @@ fn translate(mailbox: &Selected, k: &SearchKey<'_>) -> Result<pb::SearchKey, Ima
             key(Key::Or(pb::SearchKeyList { keys: vec![translate(mailbox, a)?, translate(mailbox, b)?] }))
         }
         SearchKey::Not(a) => not(translate(mailbox, a)?),
-        SearchKey::SequenceSet(set) => uids(resolve(mailbox, set, false)?.into_iter().map(|(_, u)| u).collect()),
-        SearchKey::Uid(set) => uids(resolve(mailbox, set, true)?.into_iter().map(|(_, u)| u).collect()),
+        SearchKey::SequenceSet(set) => uids(search_members(mailbox, set, false).into_iter().map(|(_, u)| u).collect()),
+        SearchKey::Uid(set) => uids(search_members(mailbox, set, true).into_iter().map(|(_, u)| u).collect()),
         SearchKey::Answered => has("\\Answered"),
         SearchKey::Deleted => has("\\Deleted"),
         SearchKey::Draft => has("\\Draft"),

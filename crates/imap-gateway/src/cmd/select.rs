@@ -397,6 +397,23 @@ pub fn resolve(
     if !uid && ranges.max().is_some_and(|hi| hi > largest) {
         return Err(ImapError::bad("Invalid sequence number"));
     }
+    Ok(members(mailbox, &ranges, uid))
+}
+
+/// Messages named by a sequence set used as a SEARCH key, as (sequence
+/// number, UID): there a number beyond EXISTS is no error, it simply
+/// matches no message (RFC 3501 §6.4.4 `<sequence set>`: "messages with
+/// message sequence numbers corresponding to the specified set").
+pub fn search_members(
+    mailbox: &Selected,
+    set: &imap_codec::imap_types::sequence::SequenceSet,
+    uid: bool,
+) -> Vec<(u32, u32)> {
+    let largest = if uid { mailbox.uids.last().copied().unwrap_or(0) } else { mailbox.exists() };
+    members(mailbox, &Ranges::new(set, largest), uid)
+}
+
+fn members(mailbox: &Selected, ranges: &Ranges, uid: bool) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for (i, &u) in mailbox.uids.iter().enumerate() {
         let seq = i as u32 + 1;
@@ -404,7 +421,7 @@ pub fn resolve(
             out.push((seq, u));
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
