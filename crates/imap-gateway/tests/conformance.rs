@@ -98,3 +98,98 @@ async fn search_for_a_sequence_number_beyond_exists_finds_nothing() {
     )
     .await;
 }
+
+/// RFC 7162 §3.1: FETCH … MODSEQ enables CONDSTORE in a selected mailbox,
+/// and the client is told its HIGHESTMODSEQ; RFC 7162 §3.1.5 / RFC 4731:
+/// ESEARCH with MIN or MAX alone reports the MODSEQ of the message
+/// returned, with both the higher of the two, with ALL the highest match.
+#[tokio::test]
+async fn condstore_enabled_by_fetch_and_esearch_modseq_of_the_returned_message() {
+    let (gw, store) = gateway().await;
+    for n in 1..=4 {
+        store.add_message(1, "INBOX", &msg(n), &[]); // modseq 2..=5
+    }
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 SELECT INBOX
+        S: * FLAGS ...
+        S: * 4 EXISTS
+        S: * 4 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 5] ...
+        S: * OK [HIGHESTMODSEQ 5] Highest
+        S: a1 OK [READ-WRITE] SELECT completed
+        C: a2 FETCH 1 MODSEQ
+        S: * 1 FETCH (MODSEQ (2))
+        S: * OK [HIGHESTMODSEQ 5] Highest
+        S: a2 OK FETCH completed
+        C: a3 FETCH 1 MODSEQ
+        S: * 1 FETCH (MODSEQ (2))
+        S: a3 OK FETCH completed
+        C: a4 STORE 1 +FLAGS.SILENT (\Seen)
+        S: * 1 FETCH (MODSEQ (6))
+        S: a4 OK STORE completed
+        C: a5 STORE 3 +FLAGS.SILENT (\Seen)
+        S: * 3 FETCH (MODSEQ (7))
+        S: a5 OK STORE completed
+        C: a6 STORE 2 +FLAGS.SILENT (\Seen)
+        S: * 2 FETCH (MODSEQ (8))
+        S: a6 OK STORE completed
+        C: a7 STORE 4 +FLAGS.SILENT (\Seen)
+        S: * 4 FETCH (MODSEQ (9))
+        S: a7 OK STORE completed
+        C: b1 SEARCH RETURN (MIN) 1:3 MODSEQ "/flags/\\seen" all 1
+        S: * ESEARCH (TAG "b1") MIN 1 MODSEQ 6
+        S: b1 OK SEARCH completed
+        C: b2 SEARCH RETURN (MAX) 1:3 MODSEQ "/flags/\\seen" all 1
+        S: * ESEARCH (TAG "b2") MAX 3 MODSEQ 7
+        S: b2 OK SEARCH completed
+        C: b3 SEARCH RETURN () 1:3 MODSEQ "/flags/\\seen" all 1
+        S: * ESEARCH (TAG "b3") ALL 1:3 MODSEQ 8
+        S: b3 OK SEARCH completed
+        C: b4 SEARCH RETURN (MIN MAX) 2:3 MODSEQ "/flags/\\seen" all 1
+        S: * ESEARCH (TAG "b4") MIN 2 MAX 3 MODSEQ 8
+        S: b4 OK SEARCH completed
+        C: b5 SEARCH RETURN (ALL) 2:3 MODSEQ "/flags/\\seen" all 9
+        S: * ESEARCH (TAG "b5")
+        S: b5 OK SEARCH completed
+        "#,
+    )
+    .await;
+}
+
+/// The same when a SEARCH with a MODSEQ key is what enables CONDSTORE.
+#[tokio::test]
+async fn condstore_enabled_by_esearch_reports_highestmodseq() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", &msg(1), &[]); // modseq 2
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 SELECT INBOX
+        S: * FLAGS ...
+        S: * 1 EXISTS
+        S: * 1 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 2] ...
+        S: * OK [HIGHESTMODSEQ 2] Highest
+        S: a1 OK [READ-WRITE] SELECT completed
+        C: a2 SEARCH RETURN (COUNT) MODSEQ 1
+        S: * ESEARCH (TAG "a2") COUNT 1 MODSEQ 2
+        S: * OK [HIGHESTMODSEQ 2] Highest
+        S: a2 OK SEARCH completed
+        "#,
+    )
+    .await;
+}
