@@ -193,3 +193,56 @@ async fn condstore_enabled_by_esearch_reports_highestmodseq() {
     )
     .await;
 }
+
+/// RFC 3501 §6.3.2: EXAMINE reports the \Recent messages and leaves them
+/// \Recent; the SELECT after it claims them (§6.3.1), STATUS counts them
+/// until then (§6.3.10).
+#[tokio::test]
+async fn examine_reports_recent_without_claiming_it() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", &msg(1), &[]);
+    store.add_message(1, "INBOX", &msg(2), &[]);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 EXAMINE INBOX
+        S: * FLAGS (\Answered \Flagged \Deleted \Seen \Draft)
+        S: * 2 EXISTS
+        S: * 2 RECENT
+        S: * OK [UNSEEN 1] Message 1 is first unseen
+        S: * OK [PERMANENTFLAGS ()] Flags permitted
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 3] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a1 OK [READ-ONLY] EXAMINE completed
+        C: a2 FETCH 1:* FLAGS
+        S: * 1 FETCH (FLAGS (\Recent))
+        S: * 2 FETCH (FLAGS (\Recent))
+        S: a2 OK FETCH completed
+        C: a3 CLOSE
+        S: a3 OK CLOSE completed
+        C: a4 STATUS INBOX (MESSAGES RECENT)
+        S: * STATUS INBOX (MESSAGES 2 RECENT 2)
+        S: a4 OK STATUS completed
+        C: a5 SELECT INBOX
+        S: * FLAGS ...
+        S: * 2 EXISTS
+        S: * 2 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ...
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 3] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a5 OK [READ-WRITE] SELECT completed
+        C: a6 CLOSE
+        S: a6 OK CLOSE completed
+        C: a7 STATUS INBOX (RECENT)
+        S: * STATUS INBOX (RECENT 0)
+        S: a7 OK STATUS completed
+        "#,
+    )
+    .await;
+}

@@ -79,7 +79,13 @@ pub async fn select<S: MailStore>(
         read_only,
         uid_validity: uids.uid_validity.max(info.uid_validity),
         // RFC 9051 Appendix E: no \Recent in rev2.
-        recent: if s.rev2 { Default::default() } else { info.recent_uids.iter().copied().collect() },
+        recent: if s.rev2 {
+            Default::default()
+        } else if read_only {
+            unclaimed_recent(&info, &uids.uids)
+        } else {
+            info.recent_uids.iter().copied().collect()
+        },
         uids: uids.uids,
         highest_modseq: uids.highest_modseq,
         saved: Vec::new(),
@@ -134,6 +140,17 @@ pub async fn select<S: MailStore>(
     } else {
         Done::with_code(Code::ReadWrite, "SELECT completed")
     }
+}
+
+/// RFC 3501 §6.3.2: EXAMINE reports the \Recent messages without taking
+/// the flag away from the next SELECT. Storage counts them (`recent`: the
+/// messages at or above its recent floor, i.e. the newest ones) without
+/// claiming; they are the last `recent` UIDs that existed when it counted
+/// (below its `uid_next`), whatever arrived after.
+fn unclaimed_recent(info: &pb::MailboxInfo, uids: &[u32]) -> BTreeSet<u32> {
+    let known = uids.partition_point(|u| *u < info.uid_next);
+    let first = known.saturating_sub(info.recent as usize);
+    uids[first..known].iter().copied().collect()
 }
 
 /// RFC 7162 §3.2.5.2: what the client missed since `since`: VANISHED
