@@ -246,3 +246,43 @@ async fn examine_reports_recent_without_claiming_it() {
     )
     .await;
 }
+
+/// RFC 5258 §3.5: with RECURSIVEMATCH a parent that does not meet the
+/// selection criteria is listed with CHILDINFO for a descendant that does
+/// but that the pattern hides; a descendant the pattern matches is listed
+/// itself, and its parent is not listed for it.
+#[tokio::test]
+async fn recursivematch_childinfo_only_for_descendants_the_pattern_hides() {
+    let (gw, _) = gateway().await;
+    let mut setup = String::from("S: * OK ...\nC: a0 LOGIN alice@example.org pw\nS: a0 OK ...\n");
+    for (i, name) in
+        ["t", "t/test2", "t/test2/test1", "t/test7", "t/test7/test7", "t/test8", "t/test8/test8", "t/test8/test9"]
+            .iter()
+            .enumerate()
+    {
+        setup.push_str(&format!("C: c{i} CREATE {name}\nS: c{i} OK CREATE completed\n"));
+    }
+    for (i, name) in ["t/test2/test1", "t/test7/test7", "t/test8/test8", "t/test8/test9"].iter().enumerate() {
+        setup.push_str(&format!("C: s{i} SUBSCRIBE {name}\nS: s{i} OK SUBSCRIBE completed\n"));
+    }
+    let script = setup
+        + r#"
+        C: a1 LIST (SUBSCRIBED RECURSIVEMATCH) "" t/test2% RETURN (CHILDREN)
+        S: * LIST (\HasChildren) "/" t/test2 ("CHILDINFO" ("SUBSCRIBED"))
+        S: a1 OK LIST completed
+        C: a2 LIST (SUBSCRIBED RECURSIVEMATCH) "" t*test7
+        S: * LIST (\HasNoChildren \Subscribed) "/" t/test7/test7
+        S: a2 OK LIST completed
+        C: a3 LIST (SUBSCRIBED RECURSIVEMATCH) "" t*test8
+        S: * LIST (\HasChildren) "/" t/test8 ("CHILDINFO" ("SUBSCRIBED"))
+        S: * LIST (\HasNoChildren \Subscribed) "/" t/test8/test8
+        S: a3 OK LIST completed
+        C: a4 LIST (SUBSCRIBED RECURSIVEMATCH) "" (t/test2)
+        S: * LIST (\HasChildren) "/" t/test2 ("CHILDINFO" ("SUBSCRIBED"))
+        S: a4 OK LIST completed
+        C: a5 LIST (SUBSCRIBED RECURSIVEMATCH) "" (t/test2 t/test2/test1)
+        S: * LIST (\HasNoChildren \Subscribed) "/" t/test2/test1
+        S: a5 OK LIST completed
+        "#;
+    transcript(gw.addr, &script).await;
+}

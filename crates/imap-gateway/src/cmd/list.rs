@@ -85,7 +85,8 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
     let filtering = cmd.select_subscribed || cmd.select_special_use;
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for name in base.iter().copied().filter(|n| selected(n)) {
-        if matching(name) {
+        let listed = matching(name);
+        if listed {
             entries.entry(name.to_string()).or_default();
         }
         for parent in ancestors(name) {
@@ -94,8 +95,12 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
             }
             if cmd.select_recursive {
                 // RFC 5258 §3.5: a parent of a selected mailbox is listed
-                // with CHILDINFO when only its descendants qualify.
-                entries.entry(parent.to_string()).or_default().childinfo = true;
+                // with CHILDINFO when only its descendants qualify, to tell
+                // of a descendant the pattern hides; one the pattern
+                // matches is listed itself and needs no CHILDINFO.
+                if !listed {
+                    entries.entry(parent.to_string()).or_default().childinfo = true;
+                }
             } else if !filtering && wildcard_percent {
                 // RFC 3501 §6.3.8: with "%", a parent that is not a mailbox
                 // is listed so the client can descend.
