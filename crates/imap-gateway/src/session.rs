@@ -245,6 +245,9 @@ pub struct Selected {
     /// so the next sync does not report them twice; anything else that
     /// changed meanwhile is still reported.
     pub own_changes: std::collections::HashMap<u32, u64>,
+    /// Keywords the client was told of in FLAGS (RFC 3501 §7.2.6), as
+    /// spelled when first seen.
+    pub keywords: Vec<String>,
 }
 
 impl Selected {

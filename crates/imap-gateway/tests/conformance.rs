@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Gateway, transcript};
+use common::{Client, Gateway, transcript};
 use imap_gateway::store::fake::FakeStore;
 
 async fn gateway() -> (Gateway, Arc<FakeStore>) {
@@ -285,4 +285,92 @@ async fn recursivematch_childinfo_only_for_descendants_the_pattern_hides() {
         S: a5 OK LIST completed
         "#;
     transcript(gw.addr, &script).await;
+}
+
+/// RFC 3501 §7.2.6: a keyword the client was not told of in FLAGS (and
+/// PERMANENTFLAGS) is announced before the first FETCH that shows it:
+/// stored by this session, or by another one. A keyword named NIL is an
+/// atom like any other (RFC 3501 §9 `flag-keyword = atom`).
+#[tokio::test]
+async fn new_keywords_are_announced_before_a_fetch_shows_them() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", &msg(1), &["$Known"]);
+    store.add_message(1, "INBOX", &msg(2), &[]);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org pw
+        S: a0 OK ...
+        C: a1 SELECT INBOX
+        S: * FLAGS (\Answered \Flagged \Deleted \Seen \Draft $Known)
+        S: * 2 EXISTS
+        S: * 2 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft $Known \*)] Flags permitted
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 3] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a1 OK [READ-WRITE] SELECT completed
+        C: a2 STORE 1,2 +FLAGS ($hello)
+        S: * FLAGS (\Answered \Flagged \Deleted \Seen \Draft $Known $hello)
+        S: * OK [PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft $Known $hello \*)] Flags permitted
+        S: * 1 FETCH (FLAGS ($Known $hello \Recent))
+        S: * 2 FETCH (FLAGS ($hello \Recent))
+        S: a2 OK STORE completed
+        C: a3 STORE 1 +FLAGS.SILENT (NIL)
+        S: * FLAGS (\Answered \Flagged \Deleted \Seen \Draft $Known $hello NIL)
+        S: * OK [PERMANENTFLAGS (\Answered \Flagged \Deleted \Seen \Draft $Known $hello NIL \*)] Flags permitted
+        S: a3 OK STORE completed
+        C: a4 FETCH 1 FLAGS
+        S: * 1 FETCH (FLAGS ($Known $hello NIL \Recent))
+        S: a4 OK FETCH completed
+        "#,
+    )
+    .await;
+}
+
+/// Another session's keyword reaches this one with FLAGS first.
+#[tokio::test]
+async fn a_keyword_set_by_another_session_is_announced_first() {
+    let (gw, store) = gateway().await;
+    store.add_message(1, "INBOX", &msg(1), &[]);
+    let mut a = Client::connect(gw.addr).await;
+    let mut b = Client::connect(gw.addr).await;
+    for c in [&mut a, &mut b] {
+        c.line().await;
+        c.cmd("x1", "LOGIN alice@example.org pw").await;
+        c.cmd("x2", "SELECT INBOX").await;
+    }
+    assert_eq!(
+        b.cmd("b1", "STORE 1 +FLAGS.SILENT ($world)").await.last().map(String::as_str),
+        Some("b1 OK STORE completed")
+    );
+    assert_eq!(
+        a.cmd("a1", "NOOP").await,
+        vec![
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $world)",
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $world \\*)] Flags permitted",
+            "* 1 FETCH (FLAGS ($world \\Recent))",
+            "a1 OK NOOP completed",
+        ]
+    );
+    // Told once: the next change of that keyword needs no new FLAGS.
+    b.cmd("b2", "STORE 1 -FLAGS.SILENT ($world)").await;
+    assert_eq!(a.cmd("a2", "NOOP").await, vec!["* 1 FETCH (FLAGS (\\Recent))", "a2 OK NOOP completed"]);
+    // An APPEND with a new keyword, seen through the sync.
+    let message = msg(2);
+    b.send(format!("b3 APPEND INBOX ($fresh) {{{}+}}\r\n", message.len()).as_bytes()).await;
+    b.send(&message).await;
+    b.send(b"\r\n").await;
+    assert!(b.until("b3").await.last().is_some_and(|l| l.starts_with("b3 OK")));
+    assert_eq!(
+        a.cmd("a3", "NOOP").await,
+        vec![
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $world $fresh)",
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $world $fresh \\*)] Flags permitted",
+            "* 2 EXISTS",
+            "a3 OK NOOP completed",
+        ]
+    );
 }
