@@ -32,6 +32,55 @@ async fn append(c: &mut Client, tag: &str, prefix: &str, message: &[u8]) {
     assert!(reply.last().is_some_and(|l| l.starts_with(&format!("{tag} OK"))), "{reply:?}");
 }
 
+/// RFC 3501 §6.4.4: FROM searches the addresses, so an address written
+/// with comments inside it (RFC 5322 §3.4.1 CFWS) is found by its plain
+/// `mailbox@host` form; display names and substrings still match.
+#[tokio::test]
+async fn search_from_matches_an_address_written_with_comments() {
+    let (_env, gw) = start().await;
+    let mut c = login(&gw).await;
+    append(&mut c, "p1", "", b"From: <user-from (comment)@ (comment) domain.org>\r\nSubject: 1\r\n\r\nbody\r\n").await;
+    append(&mut c, "p2", "", b"From: RealFrom <user-from@domain.org>\r\nSubject: 2\r\n\r\nbody\r\n").await;
+    append(&mut c, "p3", "", b"From: user-from1@domain.org, user-from2@domain.org\r\nSubject: 3\r\n\r\nbody\r\n").await;
+    drop(c);
+    transcript(
+        gw.addr,
+        r#"
+        S: * OK ...
+        C: a0 LOGIN alice@example.org secret-pw
+        S: a0 OK ...
+        C: a1 EXAMINE INBOX
+        S: * FLAGS ...
+        S: * 3 EXISTS
+        S: * 3 RECENT
+        S: * OK [UNSEEN 1] ...
+        S: * OK [PERMANENTFLAGS ()] Flags permitted
+        S: * OK [UIDVALIDITY ...
+        S: * OK [UIDNEXT 4] ...
+        S: * OK [HIGHESTMODSEQ ...
+        S: a1 OK [READ-ONLY] EXAMINE completed
+        C: a2 SEARCH FROM user-from@domain.org
+        S: * SEARCH 1 2
+        S: a2 OK SEARCH completed
+        C: a3 SEARCH FROM realfrom
+        S: * SEARCH 2
+        S: a3 OK SEARCH completed
+        C: a4 SEARCH FROM ser-fro
+        S: * SEARCH 1 2 3
+        S: a4 OK SEARCH completed
+        C: a5 SEARCH FROM user-from2
+        S: * SEARCH 3
+        S: a5 OK SEARCH completed
+        C: a6 UNSELECT
+        S: a6 OK UNSELECT completed
+        C: a7 STATUS INBOX (RECENT)
+        S: * STATUS INBOX (RECENT 3)
+        S: a7 OK STATUS completed
+        "#,
+    )
+    .await;
+}
+
 /// RFC 3501 §7.2.6 with storage's keyword list: a keyword already in the
 /// mailbox is in SELECT's FLAGS; a new one is announced before the FETCH.
 #[tokio::test]
