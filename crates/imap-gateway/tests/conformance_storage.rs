@@ -81,6 +81,30 @@ async fn search_from_matches_an_address_written_with_comments() {
     .await;
 }
 
+/// RFC 3516 §4.4: a `binary` part appended in a literal8 keeps its octets:
+/// BINARY.SIZE and BINARY give exactly what was sent (storage keeps text,
+/// so the part is stored base64-encoded and BODY[1] shows that).
+#[tokio::test]
+async fn binary_append_keeps_the_octets_of_a_binary_part() {
+    let (_env, gw) = start().await;
+    let mut c = login(&gw).await;
+    let message = b"From: user@domain.org\r\nDate: Sat, 24 Mar 2007 23:00:00 +0200\r\nMime-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\0-\xe4\n\r\n\n";
+    append(&mut c, "p1", "~", message).await;
+    assert!(c.cmd("s", "SELECT INBOX").await.last().is_some_and(|l| l.starts_with("s OK")));
+    assert_eq!(
+        c.cmd("f1", "FETCH 1 (BINARY.SIZE[1])").await,
+        vec!["* 1 FETCH (BINARY.SIZE[1] 7)", "f1 OK FETCH completed"]
+    );
+    assert_eq!(
+        c.cmd("f2", "FETCH 1 (BINARY.PEEK[1])").await,
+        vec!["* 1 FETCH (BINARY[1] ~{7}", "\0-\u{fffd}", "", "", ")", "f2 OK FETCH completed"]
+    );
+    assert_eq!(
+        c.cmd("f3", "FETCH 1 (BODY.PEEK[1])").await,
+        vec!["* 1 FETCH (BODY[1] {14}", "AC3kCg0KCg==", ")", "f3 OK FETCH completed"]
+    );
+}
+
 /// RFC 3501 §7.2.6 with storage's keyword list: a keyword already in the
 /// mailbox is in SELECT's FLAGS; a new one is announced before the FETCH.
 #[tokio::test]
