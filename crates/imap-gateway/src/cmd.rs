@@ -4,6 +4,7 @@ pub mod any;
 pub mod append;
 pub mod auth;
 pub mod binary;
+pub mod binary_append;
 pub mod bodystructure;
 pub mod copy;
 pub mod expunge;

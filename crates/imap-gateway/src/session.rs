@@ -245,6 +245,9 @@ pub struct Selected {
     /// so the next sync does not report them twice; anything else that
     /// changed meanwhile is still reported.
     pub own_changes: std::collections::HashMap<u32, u64>,
+    /// Keywords the client was told of in FLAGS (RFC 3501 §7.2.6), as
+    /// spelled when first seen.
+    pub keywords: Vec<String>,
 }
 
 impl Selected {
@@ -422,6 +425,7 @@ impl<S: MailStore> Session<S> {
     ) -> Reply {
         let ClientCommand { tag, body, saved } = command.into();
         let mut out = Out::new(sink);
+        let condstore_before = self.condstore;
         let mut body = match body {
             ClientBody::Std(body) => body,
             ClientBody::Ext(mut ext) => {
@@ -434,6 +438,7 @@ impl<S: MailStore> Session<S> {
                     }
                 }
                 let result = self.handle_ext(&tag, ext, &mut out).await;
+                self.report_condstore_enabled(condstore_before, &mut out);
                 return self.finish_with_sync(tag, result, out, true).await;
             }
             ClientBody::Bad(text) => return self.finish(tag, Err(ImapError::bad(text)), out),
@@ -557,7 +562,25 @@ impl<S: MailStore> Session<S> {
                 forget_recent(mailbox, &mut out);
             }
         }
+        if !just_selected {
+            self.report_condstore_enabled(condstore_before, &mut out);
+        }
         self.finish_with_sync(tag, result, out, false).await
+    }
+
+    /// RFC 7162 §3.1: when a command other than SELECT/EXAMINE enables
+    /// CONDSTORE while a mailbox is selected, the client learns the
+    /// mailbox's HIGHESTMODSEQ (an untagged OK), which SELECT gave it
+    /// before MODSEQs mattered to it.
+    fn report_condstore_enabled(&self, condstore_before: bool, out: &mut Out) {
+        if condstore_before || !self.condstore {
+            return;
+        }
+        if let State::Selected { mailbox, .. } = &self.state {
+            // As SELECT reports it (an empty mailbox has none yet).
+            let highest = std::num::NonZeroU64::new(mailbox.highest_modseq).unwrap_or(std::num::NonZeroU64::MIN);
+            out.push(codec::status(None, StatusKindArg::Ok, Some(Code::HighestModSeq(highest)), "Highest"));
+        }
     }
 
     /// The command forms imap-codec does not parse (`codec::ext`).

@@ -359,7 +359,7 @@ async fn read_only_examine_close_copy_move() {
         C: a1 EXAMINE INBOX
         S: * FLAGS (\Answered \Flagged \Deleted \Seen \Draft)
         S: * 2 EXISTS
-        S: * 0 RECENT
+        S: * 2 RECENT
         S: * OK [UNSEEN 1] Message 1 is first unseen
         S: * OK [PERMANENTFLAGS ()] Flags permitted
         S: * OK [UIDVALIDITY 1001] UIDs valid

@@ -64,15 +64,37 @@ pub fn parse(raw: &[u8]) -> ParsedMessage {
     }
 }
 
+/// Fields that hold address lists (RFC 5322 §3.6.2, §3.6.3).
+const ADDRESS_FIELDS: [&str; 6] = ["from", "sender", "reply-to", "to", "cc", "bcc"];
+
 fn header_text(top: &header::HeaderBlock<'_>) -> String {
     let mut out = String::new();
     for field in &top.fields {
         let name = header::text(field.name).to_ascii_lowercase();
-        let value = header::decode_words(&header::unfold(field.value));
+        let unfolded = header::unfold(field.value);
+        let value = header::decode_words(&unfolded);
+        let start = out.len();
         out.push_str(&name);
         out.push_str(": ");
         // One line per field, whatever the encoded words decoded to.
         out.extend(value.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }));
+        if ADDRESS_FIELDS.contains(&name.as_str()) {
+            // RFC 3501 §6.4.4: FROM, TO, CC and BCC search the addresses
+            // (the envelope's), not just the text as written: an address
+            // spelled with comments or white space inside it
+            // (`<user (c)@ (c) example.org>`, RFC 5322 §3.4.1 CFWS) is
+            // added in its plain `mailbox@host` form when the line does
+            // not already hold it.
+            for a in address::parse_address_list(&unfolded) {
+                let (Some(mailbox), Some(host)) = (&a.mailbox, &a.host) else { continue };
+                let plain = format!("{mailbox}@{host}");
+                if plain.contains(['\r', '\n']) || out[start..].to_lowercase().contains(&plain.to_lowercase()) {
+                    continue;
+                }
+                out.push(' ');
+                out.push_str(&plain);
+            }
+        }
         out.push('\n');
     }
     out

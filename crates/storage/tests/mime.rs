@@ -645,3 +645,16 @@ fn message_global_and_encoded_rfc822_keep_the_message_shape() {
     assert_eq!(p.message_envelope, Some(pb::Envelope::default()));
     assert_eq!(p.message_body.as_deref().map(|b| b.media_type.as_str()), Some("text"));
 }
+
+#[test]
+fn header_text_holds_addresses_written_with_comments_in_plain_form() {
+    // RFC 3501 §6.4.4 FROM/TO/CC/BCC match addresses; CFWS inside one
+    // (RFC 5322 §3.4.1) must not hide it from a search for mailbox@host.
+    let raw = b"From: <user-from (comment)@ (comment) domain.org>\r\nTo: RealTo <user-to@domain.org>\r\nSubject: x <a (b)@c>\r\n\r\nbody\r\n";
+    let m = parse_checked(raw);
+    let h = &m.header_text;
+    assert!(h.contains("from: <user-from (comment)@ (comment) domain.org> user-from@domain.org\n"), "{h}");
+    // Already there as written: nothing added; not an address field: untouched.
+    assert!(h.contains("to: RealTo <user-to@domain.org>\n"), "{h}");
+    assert!(h.contains("subject: x <a (b)@c>\n"), "{h}");
+}

@@ -22,8 +22,11 @@ pub async fn append<S: MailStore>(
 ) -> CmdResult {
     let bytes = match message {
         LiteralOrLiteral8::Literal(l) => l.into_inner().into_owned(),
-        // RFC 3516 §4.4: binary content in a literal8 is stored as sent.
-        LiteralOrLiteral8::Literal8(l) => l.data.into_owned(),
+        // RFC 3516 §4.4: binary content in a literal8; its binary parts
+        // are stored base64-encoded, every octet kept (cmd/binary_append.rs).
+        LiteralOrLiteral8::Literal8(l) => {
+            super::binary_append::encode_binary_parts(&l.data).unwrap_or_else(|| l.data.into_owned())
+        }
     };
     append_bytes(s, mailbox, flags, date, bytes).await
 }

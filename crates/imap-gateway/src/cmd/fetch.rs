@@ -633,6 +633,9 @@ pub async fn fetch<S: MailStore>(
             }
         }
     }
+    if items.contains(&MessageDataItemName::Flags) {
+        super::select::announce_keywords(mailbox, metas.iter().flat_map(|m| &m.flags), out);
+    }
     // UIDs expunged elsewhere are skipped (RFC 2180 §4.1.2).
     let jobs: Vec<FetchJob> =
         metas.iter().filter_map(|m| Some((mailbox.seq_of(m.uid)?, mailbox.recent.contains(&m.uid), m))).collect();

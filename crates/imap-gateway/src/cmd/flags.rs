@@ -9,7 +9,7 @@ use imap_codec::imap_types::sequence::SequenceSet;
 use mailfleet_proto::storage::v1 as pb;
 use pb::store_flags_request::Operation;
 
-use super::select::{flag_items, need_writable, resolve, sequence_set};
+use super::select::{announce_keywords, flag_items, need_writable, resolve, sequence_set};
 use crate::session::{CmdResult, Done, Out, Session};
 use crate::store::{MailStore, uid_ranges};
 
@@ -54,6 +54,11 @@ pub async fn store<S: MailStore>(
         unchanged_since,
     };
     let stored = store.store_flags(req).await?;
+    // Keywords this STORE added are in the mailbox now, answered or not.
+    if !matches!(kind, StoreType::Remove) {
+        let added: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        announce_keywords(mailbox, &added, out);
+    }
     // Our own change is answered here (or not wanted: .SILENT); the sync
     // after the command skips exactly these MODSEQs, nothing else.
     mailbox.own_changes.extend(stored.updated.iter().map(|m| (m.uid, m.modseq)));
@@ -65,7 +70,9 @@ pub async fn store<S: MailStore>(
             uids: uid_ranges(&uids),
             ..Default::default()
         };
-        for m in store.list_messages(req).await? {
+        let metas = store.list_messages(req).await?;
+        announce_keywords(mailbox, metas.iter().flat_map(|m| &m.flags), out);
+        for m in metas {
             let Some(seq) = mailbox.seq_of(m.uid) else { continue };
             if stored.modified.contains(&m.uid) {
                 continue;

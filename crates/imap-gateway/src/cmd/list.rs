@@ -15,7 +15,7 @@ use super::mailbox::{DELIMITER, attr, has_children, status_items};
 use super::wildcard::Pattern;
 use crate::codec::ext::ListCommand;
 use crate::codec::{self, wire_mailbox};
-use crate::session::{CmdResult, Done, ImapError, Out, Session};
+use crate::session::{CmdResult, Done, Out, Session};
 use crate::store::MailStore;
 
 /// One name in the answer.
@@ -35,14 +35,20 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
     let account = s.need_auth()?;
     let utf8 = s.utf8;
     // Modified UTF-7 is ASCII only: 8-bit text is UTF-8 (RFC 6855 §3).
-    let decode = |raw: &str| -> Result<String, ImapError> {
-        if utf8 || !raw.is_ascii() {
-            Ok(raw.to_string())
-        } else {
-            codec::decode_mutf7(raw).map_err(|e| ImapError::bad(e.to_string()))
+    // RFC 3501 §9: text that is not valid modified UTF-7 is still a valid
+    // reference or pattern; it names no mailbox (names are always sent in
+    // valid modified UTF-7), so it matches nothing rather than being BAD.
+    let decode = |raw: &str| -> Option<String> {
+        if utf8 || !raw.is_ascii() { Some(raw.to_string()) } else { codec::decode_mutf7(raw).ok() }
+    };
+    let reference = if cmd.reference.eq_ignore_ascii_case("INBOX") {
+        "INBOX".into()
+    } else {
+        match decode(&cmd.reference) {
+            Some(reference) => reference,
+            None => return Done::ok("LIST completed"),
         }
     };
-    let reference = if cmd.reference.eq_ignore_ascii_case("INBOX") { "INBOX".into() } else { decode(&cmd.reference)? };
     let delimiter = Some(QuotedChar::unvalidated(DELIMITER));
     if matches!(cmd.patterns.as_slice(), [p] if p.is_empty()) {
         // RFC 3501 §6.3.8 / RFC 9051 §6.3.9: an empty pattern asks for the
@@ -59,7 +65,8 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
     let mut patterns = Vec::new();
     let mut wildcard_percent = false;
     for p in cmd.patterns.iter().filter(|p| !p.is_empty()) {
-        let full = format!("{reference}{}", decode(p)?);
+        let Some(pattern) = decode(p) else { continue };
+        let full = format!("{reference}{pattern}");
         wildcard_percent |= full.contains('%');
         patterns.push(Pattern::new(&full));
     }
@@ -78,7 +85,8 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
     let filtering = cmd.select_subscribed || cmd.select_special_use;
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     for name in base.iter().copied().filter(|n| selected(n)) {
-        if matching(name) {
+        let listed = matching(name);
+        if listed {
             entries.entry(name.to_string()).or_default();
         }
         for parent in ancestors(name) {
@@ -87,8 +95,12 @@ pub async fn list<S: MailStore>(s: &mut Session<S>, cmd: ListCommand, out: &mut 
             }
             if cmd.select_recursive {
                 // RFC 5258 §3.5: a parent of a selected mailbox is listed
-                // with CHILDINFO when only its descendants qualify.
-                entries.entry(parent.to_string()).or_default().childinfo = true;
+                // with CHILDINFO when only its descendants qualify, to tell
+                // of a descendant the pattern hides; one the pattern
+                // matches is listed itself and needs no CHILDINFO.
+                if !listed {
+                    entries.entry(parent.to_string()).or_default().childinfo = true;
+                }
             } else if !filtering && wildcard_percent {
                 // RFC 3501 §6.3.8: with "%", a parent that is not a mailbox
                 // is listed so the client can descend.

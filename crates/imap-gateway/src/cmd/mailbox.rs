@@ -25,7 +25,11 @@ pub const SPECIAL_USE: [&str; 7] = ["\\All", "\\Archive", "\\Drafts", "\\Flagged
 pub const DELIMITER: char = '/';
 
 pub(crate) fn name_arg(mailbox: &Mailbox<'_>, utf8: bool) -> Result<String, ImapError> {
-    let name = mailbox_name(mailbox, utf8).map_err(|e| ImapError::bad(e.to_string()))?;
+    // RFC 3501 §9: any astring is a valid mailbox argument, so a name that
+    // is not valid modified UTF-7 (§5.1.3) is no syntax error (BAD): no
+    // mailbox can have it, which is a NO.
+    let name = mailbox_name(mailbox, utf8)
+        .map_err(|_| ImapError::no(Some("NONEXISTENT"), "Mailbox name is not valid modified UTF-7"))?;
     // RFC 3501 §6.3.3: a trailing delimiter only says "I want children".
     Ok(name.trim_end_matches(DELIMITER).to_string())
 }
@@ -83,18 +87,22 @@ pub async fn list<S: MailStore>(
     out: &mut Out,
 ) -> CmdResult {
     let account = s.need_auth()?;
+    let verb = if lsub { "LSUB" } else { "LIST" };
     let reference = match &reference {
-        Mailbox::Inbox => "INBOX".to_string(),
-        Mailbox::Other(o) => codec::decode_mutf7(&String::from_utf8_lossy(o.inner().as_ref()))
-            .map_err(|e| ImapError::bad(e.to_string()))?,
+        Mailbox::Inbox => Ok("INBOX".to_string()),
+        Mailbox::Other(o) => codec::decode_mutf7(&String::from_utf8_lossy(o.inner().as_ref())),
     };
     let raw = match &wildcard {
         ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).to_string(),
         ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).to_string(),
     };
-    let pattern = codec::decode_mutf7(&raw).map_err(|e| ImapError::bad(e.to_string()))?;
+    // RFC 3501 §9: a reference or pattern that is not valid modified UTF-7
+    // is still a valid argument; it names no mailbox (every name is sent
+    // in valid modified UTF-7), so the answer is empty, not BAD.
+    let (Ok(reference), Ok(pattern)) = (reference, codec::decode_mutf7(&raw)) else {
+        return Done::ok(format!("{verb} completed"));
+    };
     let delimiter = Some(QuotedChar::unvalidated(DELIMITER));
-    let verb = if lsub { "LSUB" } else { "LIST" };
     if pattern.is_empty() && !lsub {
         // RFC 3501 §6.3.8: an empty pattern asks for the delimiter and root.
         out.push(Response::Data(Data::List {

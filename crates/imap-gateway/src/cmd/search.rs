@@ -10,7 +10,7 @@ use imap_codec::imap_types::search::SearchKey;
 use mailfleet_proto::storage::v1 as pb;
 use pb::search_key::Key;
 
-use super::select::resolve;
+use super::select::search_members;
 use crate::codec::ext::SearchReturn;
 use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session};
 use crate::store::{MailStore, uid_ranges};
@@ -56,8 +56,8 @@ fn translate(mailbox: &Selected, k: &SearchKey<'_>) -> Result<pb::SearchKey, Ima
             key(Key::Or(pb::SearchKeyList { keys: vec![translate(mailbox, a)?, translate(mailbox, b)?] }))
         }
         SearchKey::Not(a) => not(translate(mailbox, a)?),
-        SearchKey::SequenceSet(set) => uids(resolve(mailbox, set, false)?.into_iter().map(|(_, u)| u).collect()),
-        SearchKey::Uid(set) => uids(resolve(mailbox, set, true)?.into_iter().map(|(_, u)| u).collect()),
+        SearchKey::SequenceSet(set) => uids(search_members(mailbox, set, false).into_iter().map(|(_, u)| u).collect()),
+        SearchKey::Uid(set) => uids(search_members(mailbox, set, true).into_iter().map(|(_, u)| u).collect()),
         SearchKey::Answered => has("\\Answered"),
         SearchKey::Deleted => has("\\Deleted"),
         SearchKey::Draft => has("\\Draft"),
@@ -278,9 +278,47 @@ pub async fn esearch<S: MailStore>(
     // RFC 5182 §2.1: with SAVE alone there is no ESEARCH response.
     if options.min || options.max || options.all || options.count {
         let numbers: Vec<u32> = found.hits.iter().map(|&(seq, u)| if uid { u } else { seq }).collect();
-        out.push_raw(esearch_line(tag.inner(), uid, options, &numbers, found.modseq.map(NonZeroU64::get)));
+        let modseq = match found.modseq {
+            Some(highest) => Some(returned_modseq(s, options, &found.hits, highest).await?),
+            None => None,
+        };
+        out.push_raw(esearch_line(tag.inner(), uid, options, &numbers, modseq));
     }
     Done::ok("SEARCH completed")
+}
+
+/// The MODSEQ an ESEARCH answer carries (RFC 7162 §3.1.5, RFC 4731 §3.2):
+/// with ALL or COUNT it covers every match (the highest of them all); with
+/// only MIN and/or MAX, just the message(s) returned, so it is the MODSEQ
+/// of that message (the higher of the two for MIN and MAX).
+async fn returned_modseq<S: MailStore>(
+    s: &mut Session<S>,
+    options: &SearchReturn,
+    hits: &[(u32, u32)],
+    highest: NonZeroU64,
+) -> Result<u64, ImapError> {
+    if options.all || options.count {
+        return Ok(highest.get());
+    }
+    let mut returned: Vec<u32> = Vec::with_capacity(2);
+    if let (true, Some(&(_, first))) = (options.min, hits.first()) {
+        returned.push(first);
+    }
+    if let (true, Some(&(_, last))) = (options.max, hits.last())
+        && !returned.contains(&last)
+    {
+        returned.push(last);
+    }
+    let store = s.store.clone();
+    let (account, mailbox) = s.need_selected()?;
+    let req = pb::ListMessagesRequest {
+        account_id: account.id,
+        mailbox_id: mailbox.id,
+        uids: uid_ranges(&returned),
+        ..Default::default()
+    };
+    let metas = store.list_messages(req).await?;
+    Ok(metas.iter().map(|m| m.modseq).max().unwrap_or(highest.get()))
 }
 
 #[cfg(test)]

@@ -36,6 +36,51 @@ pub fn fetch_flags(flags: &[String], recent: bool) -> Vec<FlagFetch<'static>> {
     out
 }
 
+/// A keyword (RFC 3501 §2.3.2) IMAP can carry, not a system flag.
+fn is_keyword(name: &str) -> bool {
+    !name.starts_with('\\') && flag_of(name).is_some()
+}
+
+/// The FLAGS list (system flags and `keywords`) and the PERMANENTFLAGS
+/// list (RFC 3501 §7.1: none for a read-only mailbox; `\*` as any new
+/// keyword may be stored).
+fn flags_and_permanent(keywords: &[String], read_only: bool) -> (Vec<Flag<'static>>, Vec<FlagPerm<'static>>) {
+    let mut flags = system_flags();
+    for k in keywords {
+        if let Some(f) = flag_of(k)
+            && !flags.contains(&f)
+        {
+            flags.push(f);
+        }
+    }
+    let mut perm: Vec<FlagPerm<'static>> = Vec::new();
+    if !read_only {
+        perm.extend(flags.iter().cloned().map(FlagPerm::Flag));
+        perm.push(FlagPerm::Asterisk);
+    }
+    (flags, perm)
+}
+
+/// RFC 3501 §7.2.6: the client learns the flags of the mailbox from FLAGS
+/// (and PERMANENTFLAGS), so before a FETCH shows a keyword the session has
+/// not announced (set by this session's STORE or APPEND, or by another
+/// session), updated FLAGS and PERMANENTFLAGS go out. Keywords compare
+/// case-insensitively, as storage matches them.
+pub fn announce_keywords<'a>(mailbox: &mut Selected, flags: impl IntoIterator<Item = &'a String>, out: &mut Out) {
+    let mut added = false;
+    for f in flags {
+        if is_keyword(f) && !mailbox.keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
+            mailbox.keywords.push(f.clone());
+            added = true;
+        }
+    }
+    if added {
+        let (flags, perm) = flags_and_permanent(&mailbox.keywords, mailbox.read_only);
+        out.push(Response::Data(Data::Flags(flags)));
+        out.push(codec::status(None, StatusKindArg::Ok, Some(Code::PermanentFlags(perm)), "Flags permitted"));
+    }
+}
+
 pub async fn select<S: MailStore>(
     s: &mut Session<S>,
     mailbox: Mailbox<'static>,
@@ -65,32 +110,28 @@ pub async fn select<S: MailStore>(
     s.state = State::Authenticated { account: account.clone() };
     let info = s.store.get_mailbox(account.id, &name, !read_only).await?;
     let uids = s.store.list_uids(account.id, info.id).await?;
-    let mut flags = system_flags();
-    for k in &info.keywords {
-        if let Some(f) = flag_of(k)
-            && !flags.contains(&f)
-        {
-            flags.push(f);
-        }
-    }
-    let selected = Selected {
+    let keywords: Vec<String> = info.keywords.iter().filter(|k| is_keyword(k)).cloned().collect();
+    let (flags, perm) = flags_and_permanent(&keywords, read_only);
+    let mut selected = Selected {
         id: info.id,
         name: info.name.clone(),
         read_only,
         uid_validity: uids.uid_validity.max(info.uid_validity),
         // RFC 9051 Appendix E: no \Recent in rev2.
-        recent: if s.rev2 { Default::default() } else { info.recent_uids.iter().copied().collect() },
+        recent: if s.rev2 {
+            Default::default()
+        } else if read_only {
+            unclaimed_recent(&info, &uids.uids)
+        } else {
+            info.recent_uids.iter().copied().collect()
+        },
         uids: uids.uids,
         highest_modseq: uids.highest_modseq,
         saved: Vec::new(),
         pending_expunges: BTreeSet::new(),
         own_changes: Default::default(),
+        keywords,
     };
-    let mut perm: Vec<FlagPerm<'static>> = Vec::new();
-    if !read_only {
-        perm.extend(flags.iter().cloned().map(FlagPerm::Flag));
-        perm.push(FlagPerm::Asterisk);
-    }
     out.push(Response::Data(Data::Flags(flags)));
     out.push(Response::Data(Data::Exists(selected.exists())));
     if s.rev2 {
@@ -126,7 +167,7 @@ pub async fn select<S: MailStore>(
     if let Some((uid_validity, since, known)) = resync
         && uid_validity == selected.uid_validity
     {
-        resync_report(&*s.store, &account, &selected, since, known, out).await?;
+        resync_report(&*s.store, &account, &mut selected, since, known, out).await?;
     }
     s.state = State::Selected { account, mailbox: selected };
     if read_only {
@@ -136,13 +177,24 @@ pub async fn select<S: MailStore>(
     }
 }
 
+/// RFC 3501 §6.3.2: EXAMINE reports the \Recent messages without taking
+/// the flag away from the next SELECT. Storage counts them (`recent`: the
+/// messages at or above its recent floor, i.e. the newest ones) without
+/// claiming; they are the last `recent` UIDs that existed when it counted
+/// (below its `uid_next`), whatever arrived after.
+fn unclaimed_recent(info: &pb::MailboxInfo, uids: &[u32]) -> BTreeSet<u32> {
+    let known = uids.partition_point(|u| *u < info.uid_next);
+    let first = known.saturating_sub(info.recent as usize);
+    uids[first..known].iter().copied().collect()
+}
+
 /// RFC 7162 §3.2.5.2: what the client missed since `since`: VANISHED
 /// (EARLIER) for expunged UIDs it knew of, then FETCH (UID FLAGS MODSEQ)
 /// for messages changed since.
 pub async fn resync_report<S: MailStore + ?Sized>(
     store: &S,
     account: &Account,
-    mailbox: &Selected,
+    mailbox: &mut Selected,
     since: u64,
     known: Option<imap_codec::imap_types::sequence::SequenceSet>,
     out: &mut Out,
@@ -165,6 +217,7 @@ pub async fn resync_report<S: MailStore + ?Sized>(
     if let Some(known_uids) = sequence_set(&vanished) {
         out.push(Response::Data(Data::Vanished { earlier: true, known_uids }));
     }
+    announce_keywords(mailbox, changes.changed.iter().flat_map(|m| &m.flags), out);
     for m in &changes.changed {
         let Some(seq) = mailbox.seq_of(m.uid) else { continue };
         let meta = pb::MessageMeta { uid: m.uid, flags: m.flags.clone(), modseq: m.modseq, ..Default::default() };
@@ -254,6 +307,7 @@ pub async fn sync<S: MailStore + ?Sized>(
         }
     };
     let last = mailbox.uids.last().copied().unwrap_or(0);
+    announce_keywords(mailbox, changes.changed.iter().flat_map(|m| &m.flags), out);
     mailbox.pending_expunges.extend(changes.vanished.iter().copied().filter(|u| *u <= last));
     if expunge_ok && !mailbox.pending_expunges.is_empty() {
         let gone: Vec<u32> = std::mem::take(&mut mailbox.pending_expunges).into_iter().collect();
@@ -397,6 +451,23 @@ pub fn resolve(
     if !uid && ranges.max().is_some_and(|hi| hi > largest) {
         return Err(ImapError::bad("Invalid sequence number"));
     }
+    Ok(members(mailbox, &ranges, uid))
+}
+
+/// Messages named by a sequence set used as a SEARCH key, as (sequence
+/// number, UID): there a number beyond EXISTS is no error, it simply
+/// matches no message (RFC 3501 §6.4.4 `<sequence set>`: "messages with
+/// message sequence numbers corresponding to the specified set").
+pub fn search_members(
+    mailbox: &Selected,
+    set: &imap_codec::imap_types::sequence::SequenceSet,
+    uid: bool,
+) -> Vec<(u32, u32)> {
+    let largest = if uid { mailbox.uids.last().copied().unwrap_or(0) } else { mailbox.exists() };
+    members(mailbox, &Ranges::new(set, largest), uid)
+}
+
+fn members(mailbox: &Selected, ranges: &Ranges, uid: bool) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for (i, &u) in mailbox.uids.iter().enumerate() {
         let seq = i as u32 + 1;
@@ -404,7 +475,7 @@ pub fn resolve(
             out.push((seq, u));
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

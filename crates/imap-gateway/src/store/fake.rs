@@ -150,6 +150,14 @@ fn info(name: &str, mb: &Mbox, has_children: bool) -> pb::MailboxInfo {
         has_children,
         first_unseen_uid: unseen.first().copied().unwrap_or(0),
         special_use: mb.special_use.clone(),
+        // As storage: every flag and keyword in use in the mailbox.
+        keywords: mb
+            .messages
+            .values()
+            .flat_map(|m| m.flags.iter().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
 }
