@@ -17,4 +17,6 @@ pub mod quota;
 pub mod search;
 pub mod searchres;
 pub mod select;
+pub mod sort;
+pub mod thread;
 pub mod wildcard;

@@ -208,7 +208,7 @@ pub fn base_subject(subject: &str) -> (String, bool) {
 /// `subj-blob = "[" *BLOBCHAR "]" *WSP` at the start: what follows it.
 fn strip_blob(s: &str) -> Option<&str> {
     let rest = s.strip_prefix('[')?;
-    let close = rest.find(|c| c == '[' || c == ']')?;
+    let close = rest.find(['[', ']'])?;
     if !rest[close..].starts_with(']') {
         return None;
     }
