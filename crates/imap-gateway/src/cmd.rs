@@ -18,4 +18,6 @@ pub mod quota;
 pub mod search;
 pub mod searchres;
 pub mod select;
+pub mod sort;
+pub mod thread;
 pub mod wildcard;

@@ -406,6 +406,7 @@ impl<S: MailStore> Session<S> {
         for atom in ["LIST-EXTENDED", "LIST-STATUS", "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES"] {
             caps.push(Capability::from(Atom::try_from(atom).expect("static atom")));
         }
+        cmd::sort::capabilities(&mut caps);
         caps
     }
 
@@ -458,8 +459,14 @@ impl<S: MailStore> Session<S> {
         }
         // RFC 3501 §7.4.1: no EXPUNGE during FETCH, STORE or SEARCH (sequence
         // numbers must not shift under the client's feet).
-        let expunge_ok =
-            !matches!(body, CommandBody::Fetch { .. } | CommandBody::Store { .. } | CommandBody::Search { .. });
+        let expunge_ok = !matches!(
+            body,
+            CommandBody::Fetch { .. }
+                | CommandBody::Store { .. }
+                | CommandBody::Search { .. }
+                | CommandBody::Sort { .. }
+                | CommandBody::Thread { .. }
+        );
         let just_selected = matches!(body, CommandBody::Select { .. } | CommandBody::Examine { .. });
         // Commands that change nothing need no sync while storage announced
         // no change (every change is announced on NATS); NOOP and CHECK
@@ -469,6 +476,8 @@ impl<S: MailStore> Session<S> {
             CommandBody::Fetch { .. }
                 | CommandBody::Idle
                 | CommandBody::Search { .. }
+                | CommandBody::Sort { .. }
+                | CommandBody::Thread { .. }
                 | CommandBody::Status { .. }
                 | CommandBody::List { .. }
                 | CommandBody::Lsub { .. }
@@ -549,6 +558,15 @@ impl<S: MailStore> Session<S> {
             CommandBody::Search { charset, criteria, uid } => {
                 cmd::search::search(self, charset, criteria, uid, &mut out).await
             }
+            CommandBody::Sort { sort_criteria, charset, search_criteria, uid } => {
+                cmd::sort::sort(self, &tag, None, sort_criteria, charset, search_criteria, uid, &mut out).await
+            }
+            CommandBody::Thread { algorithm, charset, search_criteria, uid } => {
+                cmd::thread::thread(self, algorithm, charset, search_criteria, uid, &mut out).await
+            }
+            // Every command imap-codec parses with the enabled features is
+            // served; this arm is for those a feature change would add.
+            #[allow(unreachable_patterns)]
             _ => Err(ImapError::bad(format!("{name} is not supported"))),
         };
         if let State::Selected { account, mailbox } = &mut self.state
@@ -589,6 +607,9 @@ impl<S: MailStore> Session<S> {
             ExtBody::List(list) => cmd::list::list(self, list, out).await,
             ExtBody::Search { uid, options, charset, criteria } => {
                 cmd::search::esearch(self, tag, &options, charset, criteria, uid, out).await
+            }
+            ExtBody::Sort { uid, options, sort_criteria, charset, search_criteria } => {
+                cmd::sort::sort(self, tag, Some(&options), sort_criteria, charset, search_criteria, uid, out).await
             }
             ExtBody::Create { mailbox, special_use } => cmd::mailbox::create(self, mailbox, special_use).await,
             ExtBody::AppendUtf8 { mailbox, flags, date, message } => {

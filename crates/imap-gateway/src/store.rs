@@ -134,6 +134,10 @@ pub trait MailStore: Send + Sync + 'static {
     fn copy(&self, req: pb::CopyRequest) -> impl Future<Output = StoreResult<pb::CopyResponse>> + Send;
     fn expunge(&self, req: pb::ExpungeRequest) -> impl Future<Output = StoreResult<pb::ExpungeResponse>> + Send;
     fn search(&self, req: pb::SearchRequest) -> impl Future<Output = StoreResult<pb::SearchResponse>> + Send;
+    /// SORT (RFC 5256): the matching UIDs in sort order, ordered by storage.
+    fn sort(&self, req: pb::SortRequest) -> impl Future<Output = StoreResult<pb::SortResponse>> + Send;
+    /// THREAD (RFC 5256): the matching messages as threads, built by storage.
+    fn thread(&self, req: pb::ThreadRequest) -> impl Future<Output = StoreResult<pb::ThreadResponse>> + Send;
     fn get_quota(&self, account: i64) -> impl Future<Output = StoreResult<pb::QuotaInfo>> + Send;
     fn changes(&self, req: pb::ChangesRequest) -> impl Future<Output = StoreResult<pb::ChangesResponse>> + Send;
 }

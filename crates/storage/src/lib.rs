@@ -18,7 +18,9 @@ pub mod messages;
 pub mod mime;
 pub mod password;
 pub mod server;
+pub mod sortkeys;
 pub mod sweep;
+pub mod threading;
 
 use std::sync::Arc;
 

@@ -27,6 +27,7 @@ mod envelope;
 mod header;
 mod structure;
 
+pub(crate) use header::decode_words;
 pub use structure::{MAX_DEPTH, MAX_PARTS};
 
 /// What storage keeps about a message besides its raw octets.

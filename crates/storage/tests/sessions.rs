@@ -34,6 +34,8 @@ const SCOPED: &[&str] = &[
     "Expunge",
     "Changes",
     "Search",
+    "Sort",
+    "Thread",
     "Acquire",
     "Renew",
     "Release",
@@ -179,6 +181,16 @@ async fn call(f: &Fixture, rpc: &str, token: Option<&str>) -> Result<(), Status>
         "Search" => {
             let request = pb::SearchRequest { account_id: id, mailbox_id: inbox, criteria: None };
             messages.search(with(token, request)).await?;
+        }
+        "Sort" => {
+            let order = vec![pb::SortCriterion { key: pb::sort_criterion::Key::Subject as i32, reverse: false }];
+            let request = pb::SortRequest { account_id: id, mailbox_id: inbox, criteria: None, order };
+            messages.sort(with(token, request)).await?;
+        }
+        "Thread" => {
+            let algorithm = pb::thread_request::Algorithm::References as i32;
+            let request = pb::ThreadRequest { account_id: id, mailbox_id: inbox, criteria: None, algorithm };
+            messages.thread(with(token, request)).await?;
         }
         "Acquire" => {
             locks.acquire(with(token, lock)).await?;

@@ -15,7 +15,7 @@ use crate::codec::ext::SearchReturn;
 use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session};
 use crate::store::{MailStore, uid_ranges};
 
-fn key(k: Key) -> pb::SearchKey {
+pub(crate) fn key(k: Key) -> pb::SearchKey {
     pb::SearchKey { key: Some(k) }
 }
 
@@ -41,7 +41,7 @@ fn not(k: pb::SearchKey) -> pb::SearchKey {
 }
 
 /// Translate one IMAP search key (RFC 3501 §6.4.4).
-fn translate(mailbox: &Selected, k: &SearchKey<'_>) -> Result<pb::SearchKey, ImapError> {
+pub(crate) fn translate(mailbox: &Selected, k: &SearchKey<'_>) -> Result<pb::SearchKey, ImapError> {
     use pb::date_key::Relation::{Before, On, Since};
     let has = |f: &str| key(Key::HasFlag(f.into()));
     let lacks = |f: &str| key(Key::LacksFlag(f.into()));
@@ -116,7 +116,7 @@ fn size(k: &SearchKey<'_>) -> (usize, usize) {
 }
 
 /// RFC 5530 §3 LIMIT: a program over the bounds is refused before any work.
-fn check_size(criteria: &[SearchKey<'_>]) -> Result<(), ImapError> {
+pub(crate) fn check_size(criteria: &[SearchKey<'_>]) -> Result<(), ImapError> {
     let (keys, depth) = criteria.iter().map(size).fold((0, 0), |(n, d), (cn, cd)| (n + cn, d.max(cd)));
     if keys > MAX_SEARCH_KEYS || depth > MAX_SEARCH_DEPTH {
         return Err(ImapError::no(Some("LIMIT"), "Search program too large"));
@@ -124,7 +124,7 @@ fn check_size(criteria: &[SearchKey<'_>]) -> Result<(), ImapError> {
     Ok(())
 }
 
-fn has_modseq(k: &SearchKey<'_>) -> bool {
+pub(crate) fn has_modseq(k: &SearchKey<'_>) -> bool {
     match k {
         SearchKey::ModSequence { .. } => true,
         SearchKey::Not(a) => has_modseq(a),

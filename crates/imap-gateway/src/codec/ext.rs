@@ -8,6 +8,8 @@
 //! the command without the extension syntax, so they follow exactly the
 //! same rules as everywhere else.
 
+mod esort;
+
 use imap_codec::CommandCodec;
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::IntoStatic;
@@ -15,6 +17,7 @@ use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::{Charset, Tag, Vec1};
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::flag::Flag;
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::search::SearchKey;
@@ -50,6 +53,7 @@ impl ClientBody {
             ClientBody::Std(body) => body.name(),
             ClientBody::Ext(ExtBody::List(_)) => "LIST",
             ClientBody::Ext(ExtBody::Search { .. }) => "SEARCH",
+            ClientBody::Ext(ExtBody::Sort { .. }) => "SORT",
             ClientBody::Ext(ExtBody::Create { .. }) => "CREATE",
             ClientBody::Ext(ExtBody::AppendUtf8 { .. }) => "APPEND",
             ClientBody::Bad(_) => "BAD",
@@ -72,6 +76,14 @@ pub enum ExtBody {
         options: SearchReturn,
         charset: Option<Charset<'static>>,
         criteria: Vec1<SearchKey<'static>>,
+    },
+    /// SORT with a RETURN clause: answered with ESEARCH (RFC 5267 §3.2).
+    Sort {
+        uid: bool,
+        options: SearchReturn,
+        sort_criteria: Vec1<SortCriterion>,
+        charset: Charset<'static>,
+        search_criteria: Vec1<SearchKey<'static>>,
     },
     /// CREATE with special-use attributes (RFC 6154 §5.2); the attribute
     /// names as sent (with their backslash).
@@ -334,6 +346,10 @@ fn parse_forms(msg: &[u8]) -> Option<Result<ClientCommand, ExtError>> {
         parse_search(msg, &toks, 1, false)?
     } else if is_atom(verb, "UID") && toks.get(2).is_some_and(|t| is_atom(t, "SEARCH")) {
         parse_search(msg, &toks, 2, true)?
+    } else if is_atom(verb, "SORT") {
+        esort::parse_esort(msg, &toks, 1, false)?
+    } else if is_atom(verb, "UID") && toks.get(2).is_some_and(|t| is_atom(t, "SORT")) {
+        esort::parse_esort(msg, &toks, 2, true)?
     } else if is_atom(verb, "CREATE") {
         parse_create(msg, &toks)?
     } else if is_atom(verb, "APPEND") {

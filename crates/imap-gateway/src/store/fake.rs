@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use mailfleet_proto::storage::v1 as pb;
 
+mod sort;
+
 use super::{Account, MailStore, RangeStream, SessionToken, StoreError, StoreResult, in_ranges};
 
 #[derive(Debug, Clone)]
@@ -582,6 +584,49 @@ impl MailStore for FakeStore {
                 }
             }
             Ok(pb::SearchResponse { uids, highest_modseq })
+        })
+    }
+
+    async fn sort(&self, req: pb::SortRequest) -> StoreResult<pb::SortResponse> {
+        self.with_mailbox_id(req.account_id, req.mailbox_id, |mb| {
+            let key = req.criteria.clone().unwrap_or(pb::SearchKey { key: Some(pb::search_key::Key::All(true)) });
+            let mut rows = Vec::new();
+            let mut highest_modseq = 0;
+            for (uid, m) in &mb.messages {
+                if matches(&key, *uid, m)? {
+                    let header = |f: &str| header_value(&m.raw, f);
+                    let values = req
+                        .order
+                        .iter()
+                        .map(|c| {
+                            let k = pb::sort_criterion::Key::try_from(c.key).unwrap_or_default();
+                            sort::value(k, m.raw.len(), m.internal_date, &header)
+                        })
+                        .collect();
+                    rows.push((*uid, values));
+                    highest_modseq = highest_modseq.max(m.modseq);
+                }
+            }
+            Ok(pb::SortResponse { uids: sort::sort(&req.order, rows), highest_modseq })
+        })
+    }
+
+    async fn thread(&self, req: pb::ThreadRequest) -> StoreResult<pb::ThreadResponse> {
+        self.with_mailbox_id(req.account_id, req.mailbox_id, |mb| {
+            let key = req.criteria.clone().unwrap_or(pb::SearchKey { key: Some(pb::search_key::Key::All(true)) });
+            let mut rows = Vec::new();
+            for (uid, m) in &mb.messages {
+                if matches(&key, *uid, m)? {
+                    let subject = sort::base_subject(&header_value(&m.raw, "Subject").unwrap_or_default());
+                    let header = |f: &str| header_value(&m.raw, f);
+                    let date = match sort::value(pb::sort_criterion::Key::Date, 0, m.internal_date, &header) {
+                        sort::Val::Num(n) => n,
+                        sort::Val::Text(_) => m.internal_date,
+                    };
+                    rows.push((*uid, subject, date));
+                }
+            }
+            Ok(pb::ThreadResponse { nodes: sort::threads(rows) })
         })
     }
 }

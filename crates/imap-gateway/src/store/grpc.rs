@@ -169,6 +169,14 @@ impl MailStore for GrpcStore {
         Ok(self.messages.clone().search(traced(req)).await?.into_inner())
     }
 
+    async fn sort(&self, req: pb::SortRequest) -> StoreResult<pb::SortResponse> {
+        Ok(self.messages.clone().sort(traced(req)).await?.into_inner())
+    }
+
+    async fn thread(&self, req: pb::ThreadRequest) -> StoreResult<pb::ThreadResponse> {
+        Ok(self.messages.clone().thread(traced(req)).await?.into_inner())
+    }
+
     async fn changes(&self, req: pb::ChangesRequest) -> StoreResult<pb::ChangesResponse> {
         Ok(self.messages.clone().changes(traced(req)).await?.into_inner())
     }

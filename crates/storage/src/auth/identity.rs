@@ -75,6 +75,9 @@ pub const ROLES: &[(&str, &[&str])] = &[
     ("/mailfleet.storage.v1.Messages/Expunge", GATEWAYS),
     ("/mailfleet.storage.v1.Messages/Changes", &[IMAP_GATEWAY]),
     ("/mailfleet.storage.v1.Messages/Search", &[IMAP_GATEWAY]),
+    // SORT and THREAD are IMAP commands (RFC 5256).
+    ("/mailfleet.storage.v1.Messages/Sort", &[IMAP_GATEWAY]),
+    ("/mailfleet.storage.v1.Messages/Thread", &[IMAP_GATEWAY]),
     // Locks: POP3's maildrop lock (RFC 1939 §8).
     ("/mailfleet.storage.v1.Locks/Acquire", &[POP3_GATEWAY]),
     ("/mailfleet.storage.v1.Locks/Renew", &[POP3_GATEWAY]),
@@ -226,5 +229,11 @@ mod tests {
         assert!(!allowed(MAILCTL, "/mailfleet.storage.v1.Messages/Fetch"));
         assert!(!allowed("storage", "/mailfleet.storage.v1.Messages/Fetch"));
         assert!(!allowed(IMAP_GATEWAY, "/mailfleet.storage.v1.Messages/NotYetWritten"));
+        for method in ["Sort", "Thread"] {
+            let method = format!("/mailfleet.storage.v1.Messages/{method}");
+            assert!(allowed(IMAP_GATEWAY, &method));
+            assert!(!allowed(POP3_GATEWAY, &method), "POP3 has no SORT");
+            assert!(!allowed(SMTP_INGRESS, &method));
+        }
     }
 }

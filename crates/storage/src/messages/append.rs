@@ -38,7 +38,7 @@ async fn parse_blocking(raw: bytes::Bytes) -> StorageResult<crate::mime::ParsedM
 }
 
 /// Postgres TEXT cannot hold NUL.
-fn pg_text(s: String) -> String {
+pub(super) fn pg_text(s: String) -> String {
     if s.contains('\0') { s.replace('\0', "") } else { s }
 }
 
@@ -95,16 +95,26 @@ impl Store {
     /// Should a crash still lose it, the first delivery parses the file
     /// again (`deliver`, status `no_blob`).
     async fn record_metadata(&self, blob_id: &str, size: i64, parsed: crate::mime::ParsedMessage) -> StorageResult<()> {
+        // The sort fields (RFC 5256, `sortkeys`) go in the same statement.
+        let sort = crate::sortkeys::SortFields::compute(&parsed.envelope, &parsed.header_text);
         sqlx::query(
-            "INSERT INTO blobs (id, size, envelope, body_structure, header_size, sent_date, header_text, body_text)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS c
+            "INSERT INTO blobs (id, size, envelope, body_structure, header_size, sent_date, header_text, body_text,
+                sort_version, base_subject, subject_is_reply, sort_from, sort_to, sort_cc, display_from, display_to,
+                sent_at, message_id, thread_refs)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19
+             FROM (SELECT set_config('synchronous_commit', 'off', true)) AS c
              ON CONFLICT (id) DO UPDATE SET size = EXCLUDED.size,
                 envelope = COALESCE(blobs.envelope, EXCLUDED.envelope),
                 body_structure = COALESCE(blobs.body_structure, EXCLUDED.body_structure),
                 header_size = COALESCE(blobs.header_size, EXCLUDED.header_size),
                 sent_date = CASE WHEN blobs.header_size IS NULL THEN EXCLUDED.sent_date ELSE blobs.sent_date END,
                 header_text = COALESCE(blobs.header_text, EXCLUDED.header_text),
-                body_text = COALESCE(blobs.body_text, EXCLUDED.body_text)",
+                body_text = COALESCE(blobs.body_text, EXCLUDED.body_text),
+                sort_version = EXCLUDED.sort_version, base_subject = EXCLUDED.base_subject,
+                subject_is_reply = EXCLUDED.subject_is_reply, sort_from = EXCLUDED.sort_from,
+                sort_to = EXCLUDED.sort_to, sort_cc = EXCLUDED.sort_cc, display_from = EXCLUDED.display_from,
+                display_to = EXCLUDED.display_to, sent_at = EXCLUDED.sent_at, message_id = EXCLUDED.message_id,
+                thread_refs = EXCLUDED.thread_refs",
         )
         .bind(blob_id)
         .bind(size)
@@ -114,6 +124,17 @@ impl Store {
         .bind(parsed.sent_date)
         .bind(pg_text(parsed.header_text))
         .bind(pg_text(parsed.body_text))
+        .bind(crate::sortkeys::SORT_VERSION)
+        .bind(pg_text(sort.base_subject))
+        .bind(sort.subject_is_reply)
+        .bind(pg_text(sort.from_mailbox))
+        .bind(pg_text(sort.to_mailbox))
+        .bind(pg_text(sort.cc_mailbox))
+        .bind(pg_text(sort.display_from))
+        .bind(pg_text(sort.display_to))
+        .bind(sort.sent_at)
+        .bind(sort.message_id.map(pg_text))
+        .bind(pg_text(sort.references.join(" ")))
         .execute(&self.pool)
         .await?;
         Ok(())

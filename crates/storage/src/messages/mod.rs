@@ -20,6 +20,7 @@ mod fetch;
 pub(crate) mod flags;
 mod list;
 mod search;
+mod sort;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -395,6 +396,14 @@ impl Messages for MessagesService {
     async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
         self.0.sessions.check(&req, req.get_ref().account_id)?;
         Ok(Response::new(self.0.search(req.get_ref()).await?))
+    }
+    async fn sort(&self, req: Request<pb::SortRequest>) -> Result<Response<pb::SortResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
+        Ok(Response::new(self.0.sort(req.get_ref()).await?))
+    }
+    async fn thread(&self, req: Request<pb::ThreadRequest>) -> Result<Response<pb::ThreadResponse>, Status> {
+        self.0.sessions.check(&req, req.get_ref().account_id)?;
+        Ok(Response::new(self.0.thread(req.get_ref()).await?))
     }
 }
 

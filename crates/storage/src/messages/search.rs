@@ -204,30 +204,45 @@ impl Builder {
     }
 }
 
+/// `SELECT {columns} FROM messages m JOIN blobs b … WHERE` the mailbox's
+/// messages match `criteria`: the query SEARCH runs, and SORT and THREAD
+/// extend (RFC 5256 §3: their searching criteria are SEARCH's). The caller
+/// appends ORDER BY.
+pub(super) async fn matching(
+    conn: &mut sqlx::PgConnection,
+    mailbox_id: i64,
+    columns: &str,
+    criteria: Option<&pb::SearchKey>,
+) -> StorageResult<QueryBuilder<Postgres>> {
+    let max_uid: Option<i64> = sqlx::query_scalar("SELECT max(uid) FROM messages WHERE mailbox_id = $1")
+        .bind(mailbox_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut b = Builder {
+        qb: QueryBuilder::new(format!(
+            "SELECT {columns} FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = "
+        )),
+        max_uid,
+    };
+    b.qb.push_bind(mailbox_id);
+    b.qb.push(" AND (");
+    match criteria {
+        Some(c) => b.key(c, 0)?,
+        None => {
+            b.qb.push("TRUE");
+        }
+    }
+    b.qb.push(")");
+    Ok(b.qb)
+}
+
 impl Store {
     pub(crate) async fn search(&self, req: &pb::SearchRequest) -> StorageResult<pb::SearchResponse> {
         let mut conn = self.pool.acquire().await?;
         let mailbox = mailbox_by_id(&mut conn, req.account_id, req.mailbox_id, false).await?;
-        let max_uid: Option<i64> = sqlx::query_scalar("SELECT max(uid) FROM messages WHERE mailbox_id = $1")
-            .bind(mailbox.id)
-            .fetch_one(&mut *conn)
-            .await?;
-        let mut b = Builder {
-            qb: QueryBuilder::new(
-                "SELECT m.uid, m.modseq FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id = ",
-            ),
-            max_uid,
-        };
-        b.qb.push_bind(mailbox.id);
-        b.qb.push(" AND (");
-        match &req.criteria {
-            Some(c) => b.key(c, 0)?,
-            None => {
-                b.qb.push("TRUE");
-            }
-        }
-        b.qb.push(") ORDER BY m.uid");
-        let rows = b.qb.build().fetch_all(&mut *conn).await?;
+        let mut qb = matching(&mut conn, mailbox.id, "m.uid, m.modseq", req.criteria.as_ref()).await?;
+        qb.push(" ORDER BY m.uid");
+        let rows = qb.build().fetch_all(&mut *conn).await?;
         let mut uids = Vec::with_capacity(rows.len());
         let mut highest = 0;
         for r in &rows {
