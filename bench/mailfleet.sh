@@ -18,6 +18,10 @@
 #   MF_DATABASE [mailfleet_bench] on the PostgreSQL of scripts/ensure-deps.sh
 #   MF_BIN [<repo>/target/release]  where the binaries are (another build's,
 #                                   to compare two versions on one machine)
+#   MF_NATS_URL [nats://127.0.0.1:4222]  comma-separated for a cluster
+#   MF_QUEUE_REPLICAS [1]  replicas of the queue streams and state bucket
+#   MF_NATS_PIDS [the oldest nats-server]  comma-separated PIDs that `pids`
+#                          reports as the stack's NATS (bench/nats_cost.sh)
 #   BENCH_TRASH [unset]  reset moves the blobs into this directory (same
 #                        filesystem) instead of deleting them; see scripts/bench.sh
 set -euo pipefail
@@ -38,6 +42,7 @@ MF_PASSWORD=${MF_PASSWORD:-bench-password}
 MF_DATABASE=${MF_DATABASE:-mailfleet_bench}
 PG_URL=${MF_PG_URL:-postgres://postgres@127.0.0.1:5432}
 NATS_URL=${MF_NATS_URL:-nats://127.0.0.1:4222}
+QUEUE_REPLICAS=${MF_QUEUE_REPLICAS:-1}
 
 # JetStream and event names of this instance only.
 STREAM=BENCH_MAIL_QUEUE
@@ -80,7 +85,8 @@ service_env() {
             MAILFLEET_QUEUE_STREAM=$STREAM MAILFLEET_QUEUE_SUBJECT=bench.queue.jobs \
             MAILFLEET_QUEUE_CONSUMER=bench-delivery \
             MAILFLEET_QUEUE_RELAY_STREAM=$RELAY_STREAM MAILFLEET_QUEUE_RELAY_SUBJECT=bench.relay.jobs \
-            MAILFLEET_QUEUE_STATE_BUCKET=$STATE_BUCKET ;;
+            MAILFLEET_QUEUE_STATE_BUCKET=$STATE_BUCKET \
+            MAILFLEET_QUEUE_STREAM_REPLICAS=$QUEUE_REPLICAS ;;
         smtp-ingress) echo "${common[@]}" \
             MAILFLEET_SMTP_HOSTNAME=mx.$MF_DOMAIN \
             MAILFLEET_SMTP_MX_LISTEN=127.0.0.1:$MF_SMTP_PORT \
@@ -88,6 +94,7 @@ service_env() {
             MAILFLEET_SMTP_SUBMISSIONS_LISTEN=127.0.0.1:$((MF_SMTP_PORT + 2)) \
             MAILFLEET_SMTP_STORAGE_URL=$STORAGE_URL MAILFLEET_SMTP_NATS_URL=$NATS_URL \
             MAILFLEET_SMTP_QUEUE__STREAM=$STREAM MAILFLEET_SMTP_QUEUE__SUBJECT=bench.queue.jobs \
+            MAILFLEET_SMTP_QUEUE__REPLICAS=$QUEUE_REPLICAS \
             MAILFLEET_SMTP_TLS__SELF_SIGNED_DIR=$MF_DIR/tls \
             MAILFLEET_SMTP_INBOUND_AUTH__ENABLED=false ;;
         imap-gateway) echo "${common[@]}" \
@@ -177,7 +184,8 @@ reset() {
         mv "$MF_DIR/blobs" "$BENCH_TRASH/mailfleet-blobs.$(date +%s%N)"
     fi
     rm -rf "$MF_DIR/blobs"
-    python3 "$HERE/nats_delete_streams.py" "$NATS_URL" "$STREAM" "$RELAY_STREAM" "KV_$STATE_BUCKET"
+    # Any server of a cluster deletes a stream for all of them.
+    python3 "$HERE/nats_delete_streams.py" "${NATS_URL%%,*}" "$STREAM" "$RELAY_STREAM" "KV_$STATE_BUCKET"
     log "reset: database, blobs and streams removed"
 }
 
@@ -188,7 +196,11 @@ pids() {
     done
     # The shared engines Mailfleet leans on belong to its cost too.
     head -1 "$(ls -d /var/lib/postgresql/*/main | sort -V | tail -1)/postmaster.pid"
-    pgrep -o -x nats-server
+    if [ -n "${MF_NATS_PIDS:-}" ]; then
+        tr , '\n' <<<"$MF_NATS_PIDS"
+    else
+        pgrep -o -x nats-server
+    fi
 }
 
 case "${1:-}" in
