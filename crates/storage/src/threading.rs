@@ -6,6 +6,43 @@ use std::collections::HashMap;
 
 use mailfleet_proto::storage::v1 as pb;
 
+/// Hostile mail must not make THREAD recurse without end or go quadratic:
+/// anyone can send a mailbox messages whose References: build a chain
+/// thousands deep. Only the last `MAX_REFERENCES` of a message's
+/// references are linked (the last is its parent, RFC 5256 §3 step 1.B;
+/// older ones only join ancestors), a loop check walks at most `MAX_WALK`
+/// parents (a longer walk counts as a loop: the link is not made), and
+/// before the recursive steps a thread deeper than `MAX_DEPTH` is cut
+/// there: what lies below that depth hangs directly from the message at
+/// it. No real conversation comes near these numbers.
+pub const MAX_REFERENCES: usize = 100;
+const MAX_WALK: usize = 10_000;
+pub const MAX_DEPTH: usize = 1_000;
+/// The thread the algorithms run on: room for `MAX_DEPTH` levels of the
+/// recursive steps (and the drop of the tree) in any build.
+const STACK_BYTES: usize = 64 * 1024 * 1024;
+
+/// Which RFC 5256 §3 algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    OrderedSubject,
+    References,
+}
+
+/// THREAD over `msgs` (in sequence order), in `ThreadResponse` form; run
+/// on a thread of its own with a stack sized for [`MAX_DEPTH`].
+pub fn thread(algorithm: Algorithm, msgs: Vec<ThreadMsg>) -> std::io::Result<Vec<pb::ThreadNode>> {
+    let worker =
+        std::thread::Builder::new().name("thread-algorithm".into()).stack_size(STACK_BYTES).spawn(move || {
+            let forest = match algorithm {
+                Algorithm::OrderedSubject => ordered_subject(&msgs),
+                Algorithm::References => references(&msgs),
+            };
+            encode(&forest)
+        })?;
+    worker.join().map_err(|_| std::io::Error::other("the threading algorithm panicked"))
+}
+
 /// One message as THREAD sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadMsg {
@@ -91,15 +128,40 @@ impl Forest<'_> {
     }
 
     /// Is `a` an ancestor of `b` (or `b` itself)?
+    /// Is `a` among `b` and its parents? A walk longer than [`MAX_WALK`]
+    /// answers yes, so the caller does not link (see [`MAX_REFERENCES`]).
     fn is_ancestor(&self, a: usize, b: usize) -> bool {
         let mut at = Some(b);
+        let mut steps = 0;
         while let Some(n) = at {
-            if n == a {
+            if n == a || steps == MAX_WALK {
                 return true;
             }
             at = self.nodes[n].parent;
+            steps += 1;
         }
         false
+    }
+
+    /// Cut every thread at [`MAX_DEPTH`]: the descendants of a node at
+    /// that depth become its children, in no order (step 6 sorts them).
+    /// Iterative, so depth costs no stack.
+    fn cut_deep_threads(&mut self, roots: &[usize]) {
+        let mut stack: Vec<(usize, usize)> = roots.iter().map(|&r| (r, 0)).collect();
+        while let Some((n, depth)) = stack.pop() {
+            if depth < MAX_DEPTH {
+                stack.extend(self.nodes[n].children.iter().map(|&c| (c, depth + 1)));
+                continue;
+            }
+            let mut below = Vec::new();
+            let mut pending = std::mem::take(&mut self.nodes[n].children);
+            while let Some(d) = pending.pop() {
+                pending.append(&mut self.nodes[d].children);
+                self.nodes[d].parent = Some(n);
+                below.push(d);
+            }
+            self.nodes[n].children = below;
+        }
     }
 
     fn unlink(&mut self, child: usize) {
@@ -217,7 +279,7 @@ pub fn references(msgs: &[ThreadMsg]) -> Vec<Tree> {
         // next; a missing one becomes a dummy; an existing link is kept;
         // no link that would make a loop.
         let mut previous: Option<usize> = None;
-        for r in &m.references {
+        for r in &m.references[m.references.len().saturating_sub(MAX_REFERENCES)..] {
             let n = match by_id.get(r.as_str()) {
                 Some(&n) => n,
                 None => {
@@ -248,6 +310,7 @@ pub fn references(msgs: &[ThreadMsg]) -> Vec<Tree> {
     }
     // (2) The root set: containers without a parent.
     let roots: Vec<usize> = (0..f.nodes.len()).filter(|&n| f.nodes[n].parent.is_none()).collect();
+    f.cut_deep_threads(&roots);
     // (3) Prune dummies.
     let mut roots = f.prune(roots, None);
     // (4) Sort the root set by sent date (a dummy by its first child).
@@ -481,5 +544,53 @@ mod tests {
         assert_eq!(nodes.len(), 8);
         assert_eq!((nodes[1].uid, nodes[1].children), (3, 1));
         assert_eq!((nodes[2].uid, nodes[2].children), (6, 2));
+    }
+
+    /// The depth of the deepest node of `ThreadResponse` nodes.
+    fn depth(nodes: &[pb::ThreadNode]) -> usize {
+        let mut open: Vec<u32> = Vec::new();
+        let mut deepest = 0;
+        for n in nodes {
+            while open.last() == Some(&0) {
+                open.pop();
+            }
+            if let Some(left) = open.last_mut() {
+                *left -= 1;
+            }
+            open.push(n.children);
+            deepest = deepest.max(open.len());
+        }
+        deepest
+    }
+
+    /// A reply chain far deeper than any conversation (hostile mail): the
+    /// algorithm neither overflows the stack nor loses a message, and the
+    /// thread is cut at MAX_DEPTH — whether the replies arrive in order
+    /// or the other way round (the chain then grows at its top).
+    #[test]
+    fn a_hostile_reply_chain_is_cut_not_followed() {
+        let n = 12_000u32;
+        let ids: Vec<String> = (0..n).map(|i| format!("{i}@x")).collect();
+        // The message at position `p` (UID p + 1) is link `i` of the chain.
+        let link = |p: u32, i: u32| {
+            let refs: Vec<&str> = if i == 0 { vec![] } else { vec![ids[i as usize - 1].as_str()] };
+            // Subjects of their own: no thread is gathered by subject (step 5).
+            msg(p + 1, &format!("s{p}"), i64::from(p), Some(&ids[i as usize]), &refs)
+        };
+        let in_order: Vec<ThreadMsg> = (0..n).map(|p| link(p, p)).collect();
+        let reversed: Vec<ThreadMsg> = (0..n).map(|p| link(p, n - 1 - p)).collect();
+        for msgs in [in_order, reversed] {
+            let nodes = thread(Algorithm::References, msgs).expect("threads");
+            assert_eq!(nodes.len(), n as usize, "every message, no dummy");
+            // The root is level 1; below the message at level MAX_DEPTH + 1
+            // hangs the rest of the chain.
+            assert_eq!(depth(&nodes), MAX_DEPTH + 2);
+        }
+        // A single message referring to more ancestors than are linked.
+        let refs: Vec<String> = (0..5_000).map(|i| format!("r{i}@x")).collect();
+        let refs: Vec<&str> = refs.iter().map(String::as_str).collect();
+        let nodes = thread(Algorithm::References, vec![msg(1, "s", 0, Some("m@x"), &refs)]).expect("threads");
+        assert_eq!(depth(&nodes), 1, "the dummies of its references are pruned away");
+        assert_eq!(nodes.len(), 1);
     }
 }

@@ -102,15 +102,17 @@ impl Store {
         qb.push(" ORDER BY m.uid");
         let rows = qb.build().fetch_all(&mut *conn).await?;
         let msgs: Vec<ThreadMsg> = rows.iter().map(thread_msg).collect();
-        // The algorithms are CPU work over the whole result: off the
-        // async workers for a big mailbox.
-        let forest = tokio::task::spawn_blocking(move || match algorithm {
-            Algorithm::OrderedSubject => threading::ordered_subject(&msgs),
-            _ => threading::references(&msgs),
-        })
-        .await
-        .map_err(|e| StorageError::Internal(format!("threading task: {e}")))?;
-        Ok(pb::ThreadResponse { nodes: threading::encode(&forest) })
+        let algorithm = match algorithm {
+            Algorithm::OrderedSubject => threading::Algorithm::OrderedSubject,
+            _ => threading::Algorithm::References,
+        };
+        // CPU work over the whole result: off the async workers, on a
+        // thread with room for deep threads (see `threading`).
+        let nodes = tokio::task::spawn_blocking(move || threading::thread(algorithm, msgs))
+            .await
+            .map_err(|e| StorageError::Internal(format!("threading task: {e}")))?
+            .map_err(|e| StorageError::Internal(format!("threading: {e}")))?;
+        Ok(pb::ThreadResponse { nodes })
     }
 }
 
