@@ -43,7 +43,10 @@ pub struct ImapConfig {
     pub max_literal: u32,
     /// Before login: the longest command line, and the literal octets of
     /// one command together (LOGIN's arguments only). A client that has not
-    /// logged in cannot make the gateway hold more than their sum.
+    /// logged in cannot make the gateway hold more than their sum. The line
+    /// limit fits the largest ID command RFC 2971 §3.3 allows (30 pairs of
+    /// a 30-octet field and a 1024-octet value: about 31.8 KB), which
+    /// clients may send before they log in.
     pub max_line_unauthenticated: u32,
     pub max_literal_unauthenticated: u32,
     /// Commands per second a connection may sustain; beyond it the
@@ -75,7 +78,7 @@ impl Default for ImapConfig {
             max_line: 64 * 1024,
             // Matches storage's default message limit (50 MiB).
             max_literal: 50 * 1024 * 1024,
-            max_line_unauthenticated: 8 * 1024,
+            max_line_unauthenticated: 32 * 1024,
             max_literal_unauthenticated: 8 * 1024,
             // Generous for pipelining clients, fatal for a flood.
             commands_per_second: 200,

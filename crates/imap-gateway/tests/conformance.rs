@@ -374,3 +374,29 @@ async fn a_keyword_set_by_another_session_is_announced_first() {
         ]
     );
 }
+
+/// RFC 2971 §3.3 allows 30 field-value pairs, fields of 30 octets and
+/// values of 1024: an ID that large is legitimate before login (imaptest's
+/// `id` group sends one) and is answered, where a longer line still ends
+/// the connection with BYE [TOOBIG].
+#[tokio::test]
+async fn the_largest_id_rfc_2971_allows_is_answered_before_login() {
+    let (gw, _) = gateway().await;
+    let pairs: Vec<String> = (0..30).map(|i| format!("\"{:0>30}\" \"{}\"", i, "v".repeat(1024))).collect();
+    let mut c = Client::connect(gw.addr).await;
+    let id = c.cmd("a1", &format!("ID ({})", pairs.join(" "))).await;
+    assert_eq!(id.last().map(String::as_str), Some("a1 OK ID completed"), "{id:?}");
+    assert!(id.iter().any(|l| l.starts_with("* ID (")), "{id:?}");
+    drop(c);
+    // 40 KiB: over the limit. The gateway answers BYE and closes; the rest
+    // of the line may still be unread then, so the close can be a reset
+    // that loses the BYE on its way: the connection must end either way.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let _ = tcp.write_all(format!("a2 ID (\"x\" \"{}\")\r\n", "v".repeat(40 * 1024)).as_bytes()).await;
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(ended.is_ok(), "the connection stays open after a 40 KiB line: {text:?}");
+    assert!(!text.contains("a2 OK"), "{text:?}");
+}

@@ -1,4 +1,4 @@
-//! Before login an IMAP client can make the gateway hold only a few KiB,
+//! Before login an IMAP client can make the gateway hold only tens of KiB,
 //! whatever it sends: a megabyte line and chained `{8000+}` literals are
 //! cut off with the connection closed. Measured with a counting allocator
 //! (this binary holds one test: the count is process-wide).
@@ -44,11 +44,13 @@ async fn a_megabyte_line_and_chained_literals_before_login_are_cut_off() {
     let store = Arc::new(FakeStore::with_account("alice@example.org", "pw"));
     let gw = Gateway::start_with(store, |_| {}).await;
     // Warm up what is allocated once per process.
-    abuse(gw.addr, b"a LOGIN ", &[b'x'; 16 * 1024], 1).await;
+    abuse(gw.addr, b"a LOGIN ", &[b'x'; 16 * 1024], 4).await;
 
     let line = abuse(gw.addr, b"a LOGIN ", &[b'x'; 16 * 1024], 64).await;
     println!("heap growth while a 1 MiB line arrived: {line} bytes");
-    assert!(line < 64 * 1024, "{line} bytes held for one pre-login line");
+    // The line limit before login is 32 KiB (RFC 2971's largest ID fits);
+    // the buffer that held it may have doubled once past it.
+    assert!(line < 128 * 1024, "{line} bytes held for one pre-login line");
 
     let mut literal = vec![b'y'; 8000];
     literal.extend_from_slice(b" {8000+}\r\n");

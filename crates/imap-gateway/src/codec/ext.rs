@@ -336,7 +336,9 @@ fn substitute_saved(msg: &[u8]) -> Option<Vec<u8>> {
 
 fn parse_forms(msg: &[u8]) -> Option<Result<ClientCommand, ExtError>> {
     let toks = tokenize(msg).ok()?;
-    let tag_tok = toks.first()?;
+    // RFC 3501 §9: a command begins with its tag; nothing (not even a
+    // stray line end) comes before it.
+    let tag_tok = toks.first().filter(|t| t.start == 0)?;
     let Tok::Atom(tag_bytes) = &tag_tok.tok else { return None };
     let tag = Tag::try_from(String::from_utf8(tag_bytes.clone()).ok()?).ok()?.into_static();
     let verb = toks.get(1)?;
@@ -755,6 +757,9 @@ mod tests {
             "a APPEND x UTF8 (~{99}\r\nab)",
             "a LIST \"\" \"\\q\"",
             "a {3}\r\n",
+            // Found by spliced_forms_fuzz_smoke: a line end before the tag.
+            "\na LIST \"\" ({1}\r\n* \"x\")\r\n",
+            " a LIST \"\" (\"x\")\r\n",
         ] {
             assert!(!matches!(parse(line.as_bytes()), Some(Ok(_))), "{line:?} accepted");
         }
