@@ -163,7 +163,11 @@ fn tokenize(msg: &[u8]) -> Result<Vec<Spanned>, ExtError> {
         let start = i;
         match msg[i] {
             b' ' => i += 1,
-            b'\r' | b'\n' => i += 1,
+            // RFC 3501 §9: a line end only ends the command (a literal's
+            // own CRLF is taken with it below); anywhere else it is no
+            // separator but a syntax error.
+            b'\r' | b'\n' if matches!(&msg[i..], b"\r\n" | b"\n") => i = msg.len(),
+            b'\r' | b'\n' => return Err(bad),
             b'(' => {
                 out.push(Spanned { tok: Tok::Open, start, end: i + 1 });
                 i += 1;
@@ -757,8 +761,11 @@ mod tests {
             "a APPEND x UTF8 (~{99}\r\nab)",
             "a LIST \"\" \"\\q\"",
             "a {3}\r\n",
-            // Found by spliced_forms_fuzz_smoke: a line end before the tag.
+            // Found by spliced_forms_fuzz_smoke: a line end before the tag,
+            // or between two words.
             "\na LIST \"\" ({1}\r\n* \"x\")\r\n",
+            "a\r LIST \"\" ({1}\r\n* \"x\")\r\n",
+            "a LIST \"\"\r\n(\"x\")\r\n",
             " a LIST \"\" (\"x\")\r\n",
         ] {
             assert!(!matches!(parse(line.as_bytes()), Some(Ok(_))), "{line:?} accepted");
