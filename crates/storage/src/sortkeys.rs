@@ -12,7 +12,7 @@ use mailfleet_proto::storage::v1 as pb;
 /// Bumped when the extraction below changes: rows computed by an older
 /// version are computed again on their next SORT/THREAD (see
 /// `messages::sort`), so a change never needs a data migration.
-pub const SORT_VERSION: i16 = 1;
+pub const SORT_VERSION: i16 = 2;
 
 /// What SORT and THREAD need of one message. Strings that are compared
 /// are already mapped for the i;ascii-casemap collation (RFC 5256 §3:
@@ -81,9 +81,13 @@ fn first_field<'a>(header_text: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// A real address of the list (group start/end markers have no host).
+/// The first address of the list. A group comes first as its start
+/// marker (RFC 3501 §7.4.2: no host, the group's name as mailbox), and
+/// the group's name is what SORT compares then, for CC and FROM/TO as for
+/// DISPLAYFROM/DISPLAYTO — as Dovecot does (imaptest's sort-addresses
+/// and sort-display-to): `Cc: team: a@x;` sorts as "team", not "a".
 fn first_address(list: &[pb::Address]) -> Option<&pb::Address> {
-    list.iter().find(|a| a.host.is_some())
+    list.iter().find(|a| a.mailbox.is_some() || a.host.is_some())
 }
 
 fn first_mailbox(list: &[pb::Address]) -> String {
@@ -316,10 +320,11 @@ mod tests {
         assert_eq!(f.base_subject, "PLANS");
         assert!(f.subject_is_reply);
         assert_eq!(f.from_mailbox, "ZOE");
-        assert_eq!(f.to_mailbox, "BOB");
+        // A group first: its name is what sorts (Dovecot's order too).
+        assert_eq!(f.to_mailbox, "TEAM");
         assert_eq!(f.cc_mailbox, "");
         assert_eq!(f.display_from, "ZOé");
-        assert_eq!(f.display_to, "BOB@EXAMPLE.NET");
+        assert_eq!(f.display_to, "TEAM");
         assert_eq!(f.message_id.as_deref(), Some("m1@x"));
         assert_eq!(f.references, vec!["a@x", "b@x"]);
         assert_eq!(f.sent_at.map(|t| t.unix_timestamp()), Some(1_704_256_200));

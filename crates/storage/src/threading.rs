@@ -299,7 +299,11 @@ pub fn references(msgs: &[ThreadMsg]) -> Vec<Tree> {
         // got from a truncated References: of another message is replaced;
         // with no references it has none.
         match previous {
+            // RFC 5256 §3 step 1.B: the current parent link goes first,
+            // then the new one is made unless it would make a loop (and
+            // the message is left a root).
             Some(p) if p != node => {
+                f.unlink(node);
                 if !f.is_ancestor(node, p) {
                     f.link(p, node);
                 }
@@ -523,6 +527,19 @@ mod tests {
         let out = show(&references(&msgs));
         // 2 refers to 1 last (step 1.B replaces 1's link to 2): one thread.
         assert_eq!(out, "(2 1)(3)");
+    }
+
+    /// imaptest's `thread` group: 2 refers to 1 and 3 (so 3 hangs under
+    /// 1 and 2 under 3); then 3 refers to 2. Step 1.B drops 3's link to 1
+    /// first, and as 3 under 2 would be a loop, 3 is left a root.
+    #[test]
+    fn a_parent_link_is_dropped_even_when_the_new_one_would_loop() {
+        let msgs = vec![
+            msg(1, "", 17, Some("a@b"), &[]),
+            msg(2, "", 15, Some("b@b"), &["a@b", "c@b"]),
+            msg(3, "", 16, Some("c@b"), &["b@b"]),
+        ];
+        assert_eq!(show(&references(&msgs)), "(3 2)(1)");
     }
 
     #[test]
