@@ -19,11 +19,11 @@
 //!   (NO, RFC 2180 §4.1.2, §4.2.2) when they name a message expunged elsewhere.
 //!
 //! Each round ends with a checkpoint: the load stops, every sent message
-//! is delivered, one session reads the mailbox as it is, and every other
-//! session, after one NOOP, must know the same flags for every message it
-//! had seen (RFC 3501 §6.1.2, §7.4.1: changes by other sessions are
-//! reported at the latest then) and, after a FETCH, hold exactly the same
-//! messages (expunges and new mail reached it).
+//! is delivered, a session opened for it reads the mailbox as it is, and
+//! every session, after one NOOP (RFC 3501 §6.1.2, §7.4.1: changes by
+//! other sessions are reported at the latest then), must hold as many
+//! messages, none expunged elsewhere, with the same flags for every
+//! message whose flags it knows; after a FETCH, exactly the same UIDs.
 //!
 //! The random choices come from a fixed seed; every read has a deadline,
 //! and so does the whole run.
@@ -87,6 +87,8 @@ struct Shared {
     /// Messages accepted (250) by SMTP so far, their ids `m1..=m{sent}`.
     sent: AtomicU32,
     barrier: Barrier,
+    /// The two imap-gateway replicas.
+    replicas: [(std::net::SocketAddr, &'static str); 2],
 }
 
 impl Shared {
@@ -396,9 +398,10 @@ impl Session {
         ok
     }
 
-    /// The checkpoint's reference (one session): wait until every message
+    /// The checkpoint's reference, by a session opened for it (so no
+    /// session's history can be wrong in it): wait until every message
     /// sent so far arrived, then read the whole mailbox.
-    async fn take_reference(&mut self) {
+    async fn take_reference(mut self) {
         let sent = self.shared.sent.load(Ordering::SeqCst);
         let deadline = Instant::now() + STEP;
         loop {
@@ -424,29 +427,32 @@ impl Session {
             }
         }
         self.shared.known().reference = reference;
+        self.run("LOGOUT").await;
     }
 
-    /// Checkpoint for every session: after one NOOP, the flags this
-    /// session knows are the reference's; after a FETCH, its messages are.
+    /// Checkpoint for every session: after one NOOP, its messages and the
+    /// flags it knows are the reference's; after a FETCH, so are all UIDs.
     async fn compare_with_reference(&mut self) {
         let reference = self.shared.known().reference.clone();
         self.run("NOOP").await;
+        if self.msgs.len() != reference.len() {
+            self.fail(format!("after NOOP {} messages, the mailbox has {}", self.msgs.len(), reference.len()));
+        }
         let flags: HashMap<u32, &BTreeSet<String>> = reference.iter().map(|(u, f)| (*u, f)).collect();
         for (i, m) in self.msgs.iter().enumerate() {
-            let (Some(uid), Some(mine)) = (m.uid, &m.flags) else { continue };
-            match flags.get(&uid) {
-                Some(theirs) if *theirs == mine => {}
-                Some(theirs) => self.fail(format!(
+            let Some(uid) = m.uid else { continue };
+            match (flags.get(&uid), &m.flags) {
+                (None, _) => self.fail(format!("after NOOP message {} is UID {uid}, expunged elsewhere", i + 1)),
+                (Some(theirs), Some(mine)) if *theirs != mine => self.fail(format!(
                     "after NOOP message {} (UID {uid}) has flags {mine:?}, the mailbox has {theirs:?}",
                     i + 1
                 )),
-                // Expunged elsewhere: must be gone once the FETCH below ran.
-                None => {}
+                _ => {}
             }
         }
         self.run("FETCH 1:* (UID FLAGS)").await;
-        let mine: Vec<Option<u32>> = self.msgs.iter().map(|m| m.uid).collect();
-        let theirs: Vec<Option<u32>> = reference.iter().map(|(u, _)| Some(*u)).collect();
+        let mine: Vec<u32> = self.msgs.iter().map(|m| m.uid.unwrap_or(0)).collect();
+        let theirs: Vec<u32> = reference.iter().map(|(u, _)| *u).collect();
         if mine != theirs {
             self.fail(format!("this session holds UIDs {mine:?}, the mailbox {theirs:?}"));
         }
@@ -560,7 +566,10 @@ async fn session_task(index: usize, addr: std::net::SocketAddr, replica: &'stati
         }
         shared.wait(&name, &format!("the end of round {round}")).await;
         if index == 0 {
-            s.take_reference().await;
+            // Each replica in turn.
+            let (addr, replica) = shared.replicas[round % 2];
+            let name = format!("reference session of round {round} on {replica}");
+            Session::open(name, addr, shared.clone()).await.take_reference().await;
         }
         shared.wait(&name, &format!("the reference of round {round}")).await;
         s.compare_with_reference().await;
@@ -613,6 +622,7 @@ async fn concurrent_sessions_on_two_replicas_keep_imap_invariants() {
         known: Mutex::new(Known::default()),
         sent: AtomicU32::new(0),
         barrier: Barrier::new(SESSIONS + 1),
+        replicas: [(imap_a.port("imap"), "imap-a"), (imap_b.port("imap"), "imap-b")],
     });
     let mut first = Smtp::connect(smtp.port("mx")).await.expect("SMTP");
     for _ in 0..MAILS_BEFORE {
@@ -624,8 +634,7 @@ async fn concurrent_sessions_on_two_replicas_keep_imap_invariants() {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(sender_task(smtp.port("mx"), shared.clone()));
     for i in 0..SESSIONS {
-        let (addr, replica) =
-            if i % 2 == 0 { (imap_a.port("imap"), "imap-a") } else { (imap_b.port("imap"), "imap-b") };
+        let (addr, replica) = shared.replicas[i % 2];
         tasks.spawn(session_task(i, addr, replica, shared.clone()));
     }
     let mut summary = Vec::new();
