@@ -60,7 +60,8 @@ impl Lines {
         self.line_within(READ_TIMEOUT).await
     }
 
-    async fn exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+    /// Exactly `n` octets (a literal's data, RFC 3501 §4.3).
+    pub async fn exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; n];
         tokio::time::timeout(READ_TIMEOUT, self.reader.read_exact(&mut buf)).await.map_err(|_| timed_out())??;
         Ok(buf)
