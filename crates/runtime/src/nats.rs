@@ -186,6 +186,10 @@ pub fn work_queue(name: &str, subject: &str, replicas: usize) -> stream::Config 
     }
 }
 
+/// How often [`ensure_stream`] tries before it reports a failure (about
+/// 3 s of pauses between the tries, beside the requests' own timeouts).
+const STREAM_TRIES: u32 = 5;
+
 /// Create the stream, or bring an existing one to `config`: a stream made
 /// by an older version (another duplicate window) or with another replica
 /// count (a deployment scaled to R3) is updated in place, keeping its
@@ -194,17 +198,33 @@ pub fn work_queue(name: &str, subject: &str, replicas: usize) -> stream::Config 
 pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), NatsError> {
     let name = config.name.clone();
     let err = |e: &dyn std::fmt::Display| NatsError::Stream(name.clone(), e.to_string());
-    let current = match js.get_stream(&name).await {
-        Ok(stream) => stream.cached_info().config.clone(),
-        Err(e) if is_not_found(&e.kind()) => {
-            // Another service may create it at the same moment: then
-            // bring that one to our settings.
-            if js.create_stream(config.clone()).await.is_ok() {
-                return Ok(());
+    // A busy server (many streams made at once, a cluster electing its
+    // leader) can time a create out and then not have the stream yet:
+    // try again a few times before giving up. Other failures (a refused
+    // look-up) are reported at once.
+    let mut pause = std::time::Duration::from_millis(200);
+    let mut tries = 0;
+    let current = loop {
+        tries += 1;
+        match js.get_stream(&name).await {
+            Ok(stream) => break stream.cached_info().config.clone(),
+            Err(e) if is_not_found(&e.kind()) => {
+                // Another service may create it at the same moment: then
+                // bring that one to our settings.
+                let created = match js.create_stream(config.clone()).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e,
+                };
+                match js.get_stream(&name).await {
+                    Ok(stream) => break stream.cached_info().config.clone(),
+                    Err(_) if tries < STREAM_TRIES => {}
+                    Err(e) => return Err(err(&format!("{e} (creating it: {created})"))),
+                }
             }
-            js.get_stream(&name).await.map_err(|e| err(&e))?.cached_info().config.clone()
+            Err(e) => return Err(err(&e)),
         }
-        Err(e) => return Err(err(&e)),
+        tokio::time::sleep(pause).await;
+        pause *= 2;
     };
     if current.num_replicas == config.num_replicas.max(1)
         && current.duplicate_window == config.duplicate_window
