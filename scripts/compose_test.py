@@ -107,13 +107,16 @@ def free_subnet():
         + subprocess.run(["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True).stdout.split(),
         capture_output=True, text=True, check=True).stdout.split()
     used = [ipaddress.ip_network(s, strict=False) for s in out if ":" not in s]
-    # In random order: two tests starting at once should not both pick the
-    # first free one.
+    # Outside Docker's default address pools (172.17-31.0.0/16 and
+    # 192.168.0.0/16): the project's other networks take theirs from those
+    # pools, and a later `up` (after `down`) may be handed the /16 that
+    # holds a 172.29.x.0/24 chosen here ("Pool overlaps"). In random
+    # order: two tests starting at once should not both pick the first.
     for third in random.sample(range(200, 255), 55):
-        net = ipaddress.ip_network(f"172.29.{third}.0/24")
+        net = ipaddress.ip_network(f"10.231.{third}.0/24")
         if not any(net.overlaps(u) for u in used):
             return net
-    raise Failure("no free 172.29.x.0/24 for the edge network")
+    raise Failure("no free 10.231.x.0/24 for the edge network")
 
 
 # The Mailfleet image this checkout's test builds and runs: a name of its
@@ -755,7 +758,18 @@ def step_rolling_and_upgrade(dep, earlier):
 def step_down_up(dep, load):
     before = subjects(dep, f"alice@{DOMAIN}")
     dep.down(volumes=False)
-    dep.compose("up", "-d", timeout=600)
+    for attempt in range(3):
+        try:
+            dep.compose("up", "-d", timeout=600)
+            break
+        except Failure as e:
+            # As in step_up: a port or the subnet taken meanwhile; the
+            # volumes (the mail) stay.
+            if attempt == 2 or not re.search(r"already allocated|address already in use|overlap", str(e), re.I):
+                raise
+            log(f"up failed, trying other ports and subnet: {e}")
+            dep.down(volumes=False)
+            dep.pick_addresses()
     dep.wait_healthy("up again after down")
     after = subjects(dep, f"alice@{DOMAIN}")
     check(sorted(after) == sorted(before), f"down/up changed the mailbox: {len(before)} -> {len(after)}")
