@@ -141,6 +141,24 @@ struct Found {
     modseq: Option<NonZeroU64>,
 }
 
+/// RFC 3501 §6.4.4: US-ASCII must be supported, and UTF-8 is what storage
+/// compares; any other charset is NO [BADCHARSET (the two)]. SORT and
+/// THREAD (RFC 5256 §3) check theirs the same way.
+pub(crate) fn check_charset(charset: &Charset<'_>) -> Result<(), ImapError> {
+    let name = match charset {
+        Charset::Atom(a) => a.inner(),
+        Charset::Quoted(q) => q.inner(),
+    };
+    if name.eq_ignore_ascii_case("US-ASCII") || name.eq_ignore_ascii_case("UTF-8") {
+        return Ok(());
+    }
+    let supported = || -> Option<Vec<Charset<'static>>> {
+        Some(vec![Charset::try_from("US-ASCII").ok()?, Charset::try_from("UTF-8").ok()?])
+    };
+    let code = supported().map(imap_codec::imap_types::response::Code::badcharset);
+    Err(ImapError::No(code, "Unsupported charset".into()))
+}
+
 async fn run<S: MailStore>(
     s: &mut Session<S>,
     charset: Option<Charset<'static>>,
@@ -154,20 +172,7 @@ async fn run<S: MailStore>(
     }
     let (account, mailbox) = s.need_selected()?;
     if let Some(cs) = &charset {
-        let name = match cs {
-            Charset::Atom(a) => a.inner().to_string(),
-            Charset::Quoted(q) => q.inner().to_string(),
-        };
-        // RFC 3501 §6.4.4: US-ASCII must be supported; UTF-8 is what storage compares.
-        if !name.eq_ignore_ascii_case("US-ASCII") && !name.eq_ignore_ascii_case("UTF-8") {
-            return Err(ImapError::No(
-                Some(imap_codec::imap_types::response::Code::badcharset(vec![
-                    Charset::try_from("US-ASCII").map_err(|_| ImapError::bad("charset"))?,
-                    Charset::try_from("UTF-8").map_err(|_| ImapError::bad("charset"))?,
-                ])),
-                "Unsupported charset".into(),
-            ));
-        }
+        check_charset(cs)?;
     }
     let keys = criteria.as_ref().iter().map(|k| translate(mailbox, k)).collect::<Result<Vec<_>, _>>()?;
     let criteria =

@@ -8,7 +8,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use imap_codec::imap_types::core::{Atom, Charset, Tag, Vec1};
 use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
-use imap_codec::imap_types::response::{Capability, Code, Data, Response};
+use imap_codec::imap_types::response::{Capability, Data, Response};
 use imap_codec::imap_types::search::SearchKey;
 use mailfleet_proto::storage::v1 as pb;
 use pb::search_key::Key;
@@ -41,23 +41,6 @@ pub(crate) struct Prepared {
     pub uses_modseq: bool,
 }
 
-/// RFC 5256 §3: the charset is required; US-ASCII must be supported, and
-/// UTF-8 is what storage compares. Others: NO [BADCHARSET] as for SEARCH.
-fn check_charset(charset: &Charset<'_>) -> Result<(), ImapError> {
-    let name = match charset {
-        Charset::Atom(a) => a.inner(),
-        Charset::Quoted(q) => q.inner(),
-    };
-    if name.eq_ignore_ascii_case("US-ASCII") || name.eq_ignore_ascii_case("UTF-8") {
-        return Ok(());
-    }
-    let supported = || -> Option<Vec<Charset<'static>>> {
-        Some(vec![Charset::try_from("US-ASCII").ok()?, Charset::try_from("UTF-8").ok()?])
-    };
-    let code = supported().map(Code::badcharset);
-    Err(ImapError::No(code, "Unsupported charset".into()))
-}
-
 /// The search part of SORT and THREAD, as SEARCH does it (RFC 5256 §3).
 pub(crate) fn prepare<S: MailStore>(
     s: &mut Session<S>,
@@ -70,7 +53,8 @@ pub(crate) fn prepare<S: MailStore>(
         s.condstore = true;
     }
     let (account, mailbox) = s.need_selected()?;
-    check_charset(charset)?;
+    // RFC 5256 §3: the charset is required, checked as SEARCH checks it.
+    super::search::check_charset(charset)?;
     let keys = criteria.as_ref().iter().map(|k| translate(mailbox, k)).collect::<Result<Vec<_>, _>>()?;
     let criteria =
         if keys.len() == 1 { keys.into_iter().next() } else { Some(key(Key::And(pb::SearchKeyList { keys }))) };

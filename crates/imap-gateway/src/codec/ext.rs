@@ -488,32 +488,11 @@ fn status_item(name: &str) -> Option<StatusDataItemName> {
 /// RFC 4731 §3.1: `"SEARCH" [search-return-opts] SP search-criteria`;
 /// the criteria are parsed by imap-codec once RETURN (…) is cut out.
 fn parse_search(msg: &[u8], toks: &[Spanned], verb: usize, uid: bool) -> Option<Result<ExtBody, ExtError>> {
-    let ret = toks.get(verb + 1)?;
-    if !is_atom(ret, "RETURN") {
+    if !toks.get(verb + 1).is_some_and(|t| is_atom(t, "RETURN")) {
         return None;
     }
     Some((|| {
-        let (opts, next) = atom_list(toks, verb + 2)?;
-        let mut options = SearchReturn::default();
-        for o in &opts {
-            match o.as_str() {
-                "MIN" => options.min = true,
-                "MAX" => options.max = true,
-                "ALL" => options.all = true,
-                "COUNT" => options.count = true,
-                "SAVE" => options.save = true,
-                // RFC 4731 §3.1: unknown return options are a syntax error.
-                _ => return Err(ExtError("Unknown SEARCH return option")),
-            }
-        }
-        // RFC 4731 §3.1: "RETURN ()" means ALL.
-        if opts.is_empty() {
-            options.all = true;
-        }
-        let rest = toks.get(next).ok_or(ExtError("Missing search criteria"))?;
-        let mut rebuilt = msg[..toks[verb].end].to_vec();
-        rebuilt.push(b' ');
-        rebuilt.extend_from_slice(&msg[rest.start..]);
+        let (options, rebuilt) = cut_return(msg, toks, verb, ReturnOf::Search)?;
         match decode_std(&rebuilt).map(|c| c.body) {
             Some(CommandBody::Search { charset, criteria, uid: u }) if u == uid => {
                 Ok(ExtBody::Search { uid, options, charset, criteria })
@@ -521,6 +500,48 @@ fn parse_search(msg: &[u8], toks: &[Spanned], verb: usize, uid: bool) -> Option<
             _ => Err(ExtError("Syntax error in search criteria")),
         }
     })())
+}
+
+/// Which command's RETURN (…) [`cut_return`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReturnOf {
+    Search,
+    Sort,
+}
+
+/// The return options of `toks[verb] RETURN (…) rest` (RFC 4731 §3.1, for
+/// SORT RFC 5267 §3.2), and the command without them — `… VERB rest`,
+/// for imap-codec to parse as a plain SEARCH or SORT.
+fn cut_return(msg: &[u8], toks: &[Spanned], verb: usize, of: ReturnOf) -> Result<(SearchReturn, Vec<u8>), ExtError> {
+    let (opts, next) = atom_list(toks, verb + 2)?;
+    let mut options = SearchReturn::default();
+    for o in &opts {
+        match (o.as_str(), of) {
+            ("MIN", _) => options.min = true,
+            ("MAX", _) => options.max = true,
+            ("ALL", _) => options.all = true,
+            ("COUNT", _) => options.count = true,
+            ("SAVE", ReturnOf::Search) => options.save = true,
+            // RFC 4731 §3.1: unknown return options are a syntax error.
+            (_, ReturnOf::Search) => return Err(ExtError("Unknown SEARCH return option")),
+            // RFC 5267 §4.4 PARTIAL and UPDATE/CONTEXT belong to
+            // CONTEXT=SORT, SAVE to SEARCHRES with SORT: not offered.
+            (_, ReturnOf::Sort) => return Err(ExtError("Unknown or unsupported SORT return option")),
+        }
+    }
+    // RFC 4731 §3.1: "RETURN ()" means ALL.
+    if opts.is_empty() {
+        options.all = true;
+    }
+    let missing = match of {
+        ReturnOf::Search => "Missing search criteria",
+        ReturnOf::Sort => "Missing sort criteria",
+    };
+    let rest = toks.get(next).ok_or(ExtError(missing))?;
+    let mut rebuilt = msg[..toks[verb].end].to_vec();
+    rebuilt.push(b' ');
+    rebuilt.extend_from_slice(&msg[rest.start..]);
+    Ok((options, rebuilt))
 }
 
 /// RFC 6154 §5.2: `create = "CREATE" SP mailbox [create-params]`,

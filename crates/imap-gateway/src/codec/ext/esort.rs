@@ -5,7 +5,7 @@
 
 use imap_codec::imap_types::command::CommandBody;
 
-use super::{ExtBody, ExtError, SearchReturn, Spanned, atom_list, decode_std, is_atom};
+use super::{ExtBody, ExtError, ReturnOf, Spanned, cut_return, decode_std, is_atom};
 
 /// `toks[verb]` is SORT (`uid`: after UID). `None` when there is no RETURN.
 pub(super) fn parse_esort(msg: &[u8], toks: &[Spanned], verb: usize, uid: bool) -> Option<Result<ExtBody, ExtError>> {
@@ -13,27 +13,7 @@ pub(super) fn parse_esort(msg: &[u8], toks: &[Spanned], verb: usize, uid: bool) 
         return None;
     }
     Some((|| {
-        let (opts, next) = atom_list(toks, verb + 2)?;
-        let mut options = SearchReturn::default();
-        for o in &opts {
-            match o.as_str() {
-                "MIN" => options.min = true,
-                "MAX" => options.max = true,
-                "ALL" => options.all = true,
-                "COUNT" => options.count = true,
-                // RFC 5267 §4.4 PARTIAL and UPDATE/CONTEXT belong to
-                // CONTEXT=SORT, SAVE to SEARCHRES with SORT: not offered.
-                _ => return Err(ExtError("Unknown or unsupported SORT return option")),
-            }
-        }
-        // RFC 4731 §3.1 (which RFC 5267 §3.2 extends): "RETURN ()" means ALL.
-        if opts.is_empty() {
-            options.all = true;
-        }
-        let rest = toks.get(next).ok_or(ExtError("Missing sort criteria"))?;
-        let mut rebuilt = msg[..toks[verb].end].to_vec();
-        rebuilt.push(b' ');
-        rebuilt.extend_from_slice(&msg[rest.start..]);
+        let (options, rebuilt) = cut_return(msg, toks, verb, ReturnOf::Sort)?;
         match decode_std(&rebuilt).map(|c| c.body) {
             Some(CommandBody::Sort { sort_criteria, charset, search_criteria, uid: u }) if u == uid => {
                 Ok(ExtBody::Sort { uid, options, sort_criteria, charset, search_criteria })
@@ -45,7 +25,7 @@ pub(super) fn parse_esort(msg: &[u8], toks: &[Spanned], verb: usize, uid: bool) 
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ClientBody, parse};
+    use super::super::{ClientBody, SearchReturn, parse};
     use super::*;
 
     fn ext(line: &[u8]) -> ExtBody {
