@@ -52,6 +52,9 @@ impl SortFields {
         if references.is_empty() {
             references = field("in-reply-to").map(msg_ids).unwrap_or_default().into_iter().take(1).collect();
         }
+        // THREAD links only the last few (`threading::MAX_REFERENCES`); a
+        // sender's References: of thousands of ids is not stored whole.
+        references.drain(..references.len().saturating_sub(crate::threading::MAX_REFERENCES));
         SortFields {
             base_subject,
             subject_is_reply,
@@ -331,6 +334,11 @@ mod tests {
         // In-Reply-To when References has no msg-id; its first id only.
         let f = SortFields::compute(&envelope, "in-reply-to: <p@x> <q@x>\nreferences: none\ndate: garbage\n");
         assert_eq!(f.references, vec!["p@x"]);
+        // Only the last MAX_REFERENCES ids are kept, the parent last.
+        let many: String = (0..500).map(|i| format!("<r{i}@x> ")).collect();
+        let f = SortFields::compute(&envelope, &format!("references: {many}\n"));
+        assert_eq!(f.references.len(), crate::threading::MAX_REFERENCES);
+        assert_eq!(f.references.last().map(String::as_str), Some("r499@x"));
         assert_eq!(f.sent_at, None);
         assert_eq!(f.message_id, None);
     }
