@@ -245,9 +245,42 @@ pub struct Selected {
     /// so the next sync does not report them twice; anything else that
     /// changed meanwhile is still reported.
     pub own_changes: std::collections::HashMap<u32, u64>,
-    /// Keywords the client was told of in FLAGS (RFC 3501 §7.2.6), as
-    /// spelled when first seen.
-    pub keywords: Vec<String>,
+    /// Keywords the client was told of in FLAGS (RFC 3501 §7.2.6).
+    pub keywords: KnownKeywords,
+}
+
+/// Keywords a session announced in FLAGS: in the order and spelling first
+/// seen, and sets for the check a FETCH of FLAGS makes for every flag of
+/// every message (a hash look-up, not a scan of the list). Keywords
+/// compare case-insensitively, as storage matches them.
+// Boxed: a session's State stays small while no mailbox is selected.
+#[derive(Debug, Default, Clone)]
+pub struct KnownKeywords(Box<Keywords>);
+
+#[derive(Debug, Default, Clone)]
+struct Keywords {
+    order: Vec<String>,
+    as_spelled: std::collections::HashSet<String>,
+    folded: std::collections::HashSet<String>,
+}
+
+impl KnownKeywords {
+    pub fn knows(&self, keyword: &str) -> bool {
+        self.0.as_spelled.contains(keyword) || self.0.folded.contains(&keyword.to_ascii_lowercase())
+    }
+    /// Remember `keyword`; false when it was known already.
+    pub fn add(&mut self, keyword: &str) -> bool {
+        if self.knows(keyword) {
+            return false;
+        }
+        self.0.order.push(keyword.to_string());
+        self.0.as_spelled.insert(keyword.to_string());
+        self.0.folded.insert(keyword.to_ascii_lowercase());
+        true
+    }
+    pub fn as_slice(&self) -> &[String] {
+        &self.0.order
+    }
 }
 
 impl Selected {

@@ -14,7 +14,7 @@ use mailfleet_proto::storage::v1 as pb;
 
 use super::mailbox::name_arg;
 use crate::codec::{self, StatusKindArg};
-use crate::session::{CmdResult, Done, ImapError, Out, Selected, Session, State};
+use crate::session::{CmdResult, Done, ImapError, KnownKeywords, Out, Selected, Session, State};
 use crate::store::{Account, MailStore};
 
 /// The five system flags a client may set (RFC 3501 §2.3.2).
@@ -44,15 +44,10 @@ fn is_keyword(name: &str) -> bool {
 /// The FLAGS list (system flags and `keywords`) and the PERMANENTFLAGS
 /// list (RFC 3501 §7.1: none for a read-only mailbox; `\*` as any new
 /// keyword may be stored).
-fn flags_and_permanent(keywords: &[String], read_only: bool) -> (Vec<Flag<'static>>, Vec<FlagPerm<'static>>) {
+fn flags_and_permanent(keywords: &KnownKeywords, read_only: bool) -> (Vec<Flag<'static>>, Vec<FlagPerm<'static>>) {
+    // Keywords only (no system flag), each once: KnownKeywords sees to it.
     let mut flags = system_flags();
-    for k in keywords {
-        if let Some(f) = flag_of(k)
-            && !flags.contains(&f)
-        {
-            flags.push(f);
-        }
-    }
+    flags.extend(keywords.as_slice().iter().filter_map(|k| flag_of(k)));
     let mut perm: Vec<FlagPerm<'static>> = Vec::new();
     if !read_only {
         perm.extend(flags.iter().cloned().map(FlagPerm::Flag));
@@ -69,9 +64,9 @@ fn flags_and_permanent(keywords: &[String], read_only: bool) -> (Vec<Flag<'stati
 pub fn announce_keywords<'a>(mailbox: &mut Selected, flags: impl IntoIterator<Item = &'a String>, out: &mut Out) {
     let mut added = false;
     for f in flags {
-        if is_keyword(f) && !mailbox.keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
-            mailbox.keywords.push(f.clone());
-            added = true;
+        // Cheapest test first: this runs for every flag of every message.
+        if !f.starts_with('\\') && !mailbox.keywords.knows(f) && is_keyword(f) {
+            added |= mailbox.keywords.add(f);
         }
     }
     if added {
@@ -110,7 +105,10 @@ pub async fn select<S: MailStore>(
     s.state = State::Authenticated { account: account.clone() };
     let info = s.store.get_mailbox(account.id, &name, !read_only).await?;
     let uids = s.store.list_uids(account.id, info.id).await?;
-    let keywords: Vec<String> = info.keywords.iter().filter(|k| is_keyword(k)).cloned().collect();
+    let mut keywords = KnownKeywords::default();
+    for k in info.keywords.iter().filter(|k| is_keyword(k)) {
+        keywords.add(k);
+    }
     let (flags, perm) = flags_and_permanent(&keywords, read_only);
     let mut selected = Selected {
         id: info.id,
